@@ -1,0 +1,14 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""mmvheat: physics-inspired vision backbones for OpenMMLab."""
+from .utils.compat import (allow_mmengine_checkpoints,
+                           allow_torchvision_without_ops, check_mm_versions)
+from .version import __version__, version_info
+
+check_mm_versions()
+allow_mmengine_checkpoints()
+allow_torchvision_without_ops()
+
+from .registry import MODELS  # noqa: E402
+from . import models  # noqa: E402,F401
+
+__all__ = ['__version__', 'version_info', 'MODELS']
