@@ -117,20 +117,22 @@ def decay_map(h: int,
 def heat_transfer(k: Tensor) -> Tensor:
     """The per-frequency filter ``decay_map ** k`` for an exponent map ``k``.
 
-    Computed as ``exp(-k * energy)`` in float32, which equals
-    ``decay ** k`` without forming the tiny ``decay`` values first.
+    Computed as ``exp(-k * energy)`` in float32 (float64 for a float64
+    ``k``), which equals ``decay ** k`` without forming the tiny ``decay``
+    values first.
 
     Args:
         k (Tensor): Non-negative exponents of shape ``(H, W, C)``.
 
     Returns:
-        Tensor: The float32 filter of shape ``(H, W, C)``.
+        Tensor: The filter of shape ``(H, W, C)``, at least float32.
     """
     if k.dim() != 3:
         raise ValueError(f'k must be (H, W, C), got shape {tuple(k.shape)}')
     h, w, _ = k.shape
-    energy = frequency_energy(h, w, k.device, torch.float32)
-    return torch.exp(-k.float() * energy[:, :, None])
+    dtype = torch.promote_types(k.dtype, torch.float32)
+    energy = frequency_energy(h, w, k.device, dtype)
+    return torch.exp(-k.to(dtype) * energy[:, :, None])
 
 
 def _separable_transform(x: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
