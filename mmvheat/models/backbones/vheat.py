@@ -18,6 +18,7 @@ any weight they came from changes (an optimizer step, ``load_state_dict``, an
 EMA swap or a device move all do), or until ``train()`` is called.
 """
 import copy
+import re
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -460,9 +461,9 @@ class VHeat(BaseModule):
     def init_weights(self):
         """Initialise the weights, or load them from a ``Pretrained`` config.
 
-        A pretrained checkpoint must set every weight; only the output
-        LayerNorms (``norm{i}``) may be missing, since a classification
-        checkpoint carries just the last one.
+        A pretrained checkpoint must set every weight and hold no weight the
+        model lacks; only the output LayerNorms (``norm{i}``) may differ,
+        since a classification checkpoint carries just the last one.
         """
         if (isinstance(self.init_cfg, dict)
                 and self.init_cfg.get('type') == 'Pretrained'):
@@ -489,21 +490,24 @@ class VHeat(BaseModule):
             checkpoint = _load_checkpoint(filename, map_location)
             state_dict = checkpoint.get('state_dict', checkpoint)
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        fresh_norms = [
-            k for k in missing if k.split('.')[0] in
-            {f'norm{i}' for i in self.out_indices}
-        ]
-        missing = [k for k in missing if k not in fresh_norms]
-        if missing:
+        # Output norms differ between classification and dense models; any
+        # other difference means the checkpoint is of another architecture.
+        output_norm = re.compile(r'^norm\d+\.')
+        fresh_norms = [k for k in missing if output_norm.match(k)]
+        missing = [k for k in missing if not output_norm.match(k)]
+        extra = [k for k in unexpected if not output_norm.match(k)]
+        if missing or extra:
             raise RuntimeError(
-                f'The checkpoint {filename} leaves {len(missing)} vHeat '
-                f'weights unset: {missing}. Is it a vHeat checkpoint of this '
-                'arch in mmvheat layout (see tools/model_converters/'
-                'vheat_to_mmvheat.py), with the right prefix?')
+                f'The checkpoint {filename} does not fit this vHeat '
+                f'({self.arch_settings}): {len(missing)} weights unset '
+                f'{missing}, {len(extra)} unexpected {extra}. Is it a vHeat '
+                'checkpoint of this arch in mmvheat layout (see '
+                'tools/model_converters/vheat_to_mmvheat.py), with the right '
+                'prefix?')
         if fresh_norms:
             logger.info(f'Output norms initialised afresh: {fresh_norms}')
         if unexpected:
-            logger.warning(f'Unused checkpoint keys: {unexpected}')
+            logger.info(f'Unused output norms in the checkpoint: {unexpected}')
 
     # -- train/eval behaviour -----------------------------------------------
     def _freeze_stages(self):
