@@ -15,7 +15,10 @@ copy. The outputs are NCHW, as OpenMMLab necks and heads expect.
 In eval mode the filters ``decay ** k`` depend only on the weights and the
 grid size, so each stage folds them once per input size and reuses them until
 any weight they came from changes (an optimizer step, ``load_state_dict``, an
-EMA swap or a device move all do), or until ``train()`` is called.
+in-place update under ``no_grad`` or a device move), or until ``train()`` or
+``eval()`` is called. Writes through ``param.data`` bypass the version
+counters this relies on: call :meth:`VHeat.clear_folded` after them, or
+``eval()``, as mmengine's loops do right after ``EMAHook`` swaps weights.
 """
 import copy
 import re
@@ -75,8 +78,18 @@ class HeatConduction2d(nn.Module):
         self.to_k = nn.Linear(dim, dim)
 
     def heat_transfer(self, freq_embed: Tensor) -> Tensor:
-        """The filter ``decay ** k`` for an ``(H, W, C)`` embedding."""
-        return heat_transfer(F.relu(self.to_k(freq_embed)))
+        """The filter ``decay ** k`` for an ``(H, W, C)`` embedding.
+
+        At least float32, autocast or not: ``k`` sits in an exponent, and a
+        half-precision ``k`` would also leak into the filters folded for
+        later float32 passes.
+        """
+        dtype = torch.promote_types(self.to_k.weight.dtype, torch.float32)
+        with torch.autocast(freq_embed.device.type, enabled=False):
+            k = F.linear(
+                freq_embed.to(dtype), self.to_k.weight.to(dtype),
+                self.to_k.bias.to(dtype))
+        return heat_transfer(F.relu(k))
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         x = _conv_nhwc(self.dwconv, x)
@@ -521,6 +534,11 @@ class VHeat(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+
+    def clear_folded(self):
+        """Drop the filters folded in eval mode (see the module doc)."""
+        for stage in self.stages:
+            stage.clear_folded()
 
     def train(self, mode: bool = True):
         super().train(mode)

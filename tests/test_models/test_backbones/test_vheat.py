@@ -1,0 +1,1004 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""Unit tests of the vHeat backbone (``mmvheat.models.backbones.vheat``).
+
+In the spirit of mmpretrain's backbone tests and timm's model tests. All
+models but the few arch checks are tiny (``dims=8``) so that the whole file
+runs in seconds on a small CPU.
+"""
+import copy
+import json
+import math
+import os.path as osp
+
+import pytest
+import torch
+from torch import nn
+
+import mmvheat.models.backbones.vheat as vheat_module
+from mmvheat.models.backbones.vheat import HeatStage, VHeat
+from mmvheat.utils.freq_embed import pad_freq_embed, resize_freq_embed
+
+PRE_ARCH = dict(
+    depths=[1, 1, 2, 1],
+    dims=8,
+    post_norm=False,
+    layer_scale=None,
+    mlp_ratio=2.)
+POST_ARCH = dict(
+    depths=[1, 1, 2, 1],
+    dims=8,
+    post_norm=True,
+    layer_scale=0.5,
+    mlp_ratio=2.)
+SMALL_DIMS = [8, 16, 32, 64]
+ALL_OUT = (0, 1, 2, 3)
+
+# Backbone-only parameter counts (stem, stages, freq_embeds, norm3; no
+# classifier Linear) at img_size 224. They equal the published classification
+# checkpoints minus their classifier Linear (30,853,480 - 769,000 for tiny,
+# 52,220,392 - 769,000 for small, 92,132,328 - 1,025,000 for base).
+PARAM_COUNTS = dict(tiny=30_084_480, small=51_451_392, base=91_107_328)
+ARCHS = dict(
+    tiny=dict(depths=[2, 2, 6, 2], dims=[96, 192, 384, 768],
+              post_norm=False, layer_scale=None, mlp_ratio=4.),
+    small=dict(depths=[2, 2, 18, 2], dims=[96, 192, 384, 768],
+               post_norm=True, layer_scale=1e-5, mlp_ratio=4.),
+    base=dict(depths=[2, 2, 18, 2], dims=[128, 256, 512, 1024],
+              post_norm=True, layer_scale=1e-5, mlp_ratio=4.),
+)
+ALIASES = {
+    'tiny': 'tiny', 't': 'tiny', 'TINY': 'tiny', 'T': 'tiny', 'Tiny': 'tiny',
+    'small': 'small', 's': 'small', 'SMALL': 'small', 'S': 'small',
+    'Small': 'small',
+    'base': 'base', 'b': 'base', 'BASE': 'base', 'B': 'base', 'Base': 'base',
+}
+
+
+# -- helpers ------------------------------------------------------------------
+def make_model(arch=PRE_ARCH, img_size=32, seed=0, randomize=True, **kwargs):
+    """A small VHeat whose weights all matter (no identity-like filters)."""
+    torch.manual_seed(seed)
+    model = VHeat(arch=copy.deepcopy(arch), img_size=img_size, **kwargs)
+    if randomize:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith('freq_embed'):
+                    p.copy_(torch.randn(p.shape, generator=g))
+                else:
+                    p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def rand_input(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def weighted_loss(outs, seed=123):
+    """A loss whose gradient is non-trivial (a plain sum of LayerNorm outputs
+    has an almost-zero gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    return sum((o.float() * torch.randn(o.shape, generator=g)).sum()
+               for o in outs)
+
+
+def grid(n, stride):
+    """Size after ``log2(stride)`` stride-2, pad-1, 3x3 convolutions."""
+    for _ in range(int(math.log2(stride))):
+        n = (n + 1) // 2
+    return n
+
+
+def assert_outs_close(outs, refs, atol=1e-5, rtol=1e-5):
+    assert len(outs) == len(refs)
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+
+
+def max_diff(outs, refs):
+    return max((o - r).abs().max().item() for o, r in zip(outs, refs))
+
+
+def unfolded_eval_outputs(model, x):
+    """Eval-mode outputs computed without any folded filter."""
+    ref = copy.deepcopy(model)
+    for stage in ref.stages:
+        stage.clear_folded()
+    ref.eval()
+    with torch.no_grad():
+        for stage in ref.stages:
+            stage.fold_cache_size = 0
+        outs = ref(x)
+    assert all(len(stage._folded) == 0 for stage in ref.stages)
+    return outs
+
+
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """One intra-op thread: the models are tiny, and OpenMP threads spinning
+    on a busy machine make the file many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fast_init(monkeypatch):
+    """Skip the default init of Linear/Conv2d layers: builds of the full-size
+    archs are then instant (parameter counts and structure are unaffected)."""
+    monkeypatch.setattr(nn.Linear, 'reset_parameters', lambda self: None)
+    monkeypatch.setattr(nn.Conv2d, 'reset_parameters', lambda self: None)
+
+
+# -- 1. arch ------------------------------------------------------------------
+@pytest.mark.parametrize('name', list(ALIASES))
+def test_arch_names_and_aliases(name, fast_init):
+    expected = ARCHS[ALIASES[name]]
+    model = VHeat(arch=name, out_indices=ALL_OUT)
+    settings = model.arch_settings
+    for key in ('depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio'):
+        assert settings[key] == expected[key], key
+    assert model.dims == expected['dims']
+    assert model.out_channels == tuple(expected['dims'])
+    assert len(model.stages) == 4
+    for i, stage in enumerate(model.stages):
+        dim = expected['dims'][i]
+        assert len(stage.blocks) == expected['depths'][i]
+        side = 224 // 4 // 2**i
+        assert stage.freq_embed.shape == (side, side, dim)
+        assert (stage.downsample is None) == (i == 0)
+        for block in stage.blocks:
+            assert block.post_norm == expected['post_norm']
+            assert block.op.dim == dim
+            assert block.mlp.fc1.out_features == int(dim * 4)
+            if expected['layer_scale'] is None:
+                assert block.gamma1 is None and block.gamma2 is None
+            else:
+                assert torch.all(block.gamma1 == expected['layer_scale'])
+                assert block.gamma2.shape == (dim, )
+
+
+def test_arch_zoo_entries_are_not_shared():
+    """Parsing returns copies: editing one model's settings leaves the zoo."""
+    settings = VHeat._parse_arch('tiny')
+    settings['depths'][0] = 99
+    assert VHeat.arch_zoo['tiny']['depths'][0] == 2
+    assert VHeat._parse_arch('t')['depths'] == [2, 2, 6, 2]
+
+
+@pytest.mark.parametrize('name', ['tiny', 'small', 'base'])
+def test_arch_param_counts(name, fast_init):
+    model = VHeat(arch=name)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == PARAM_COUNTS[name]
+    # Plausible ranges (vHeat-T/S/B: ~29M/50M/87M with a 1000-class head in
+    # the paper; the published checkpoints hold ~30.9M/52.2M/92.1M).
+    low, high = dict(
+        tiny=(29e6, 31e6), small=(49e6, 53e6), base=(86e6, 93e6))[name]
+    assert low < count < high
+    # A 1000-class head (LayerNorm is norm3 already) makes the published size.
+    head = model.dims[-1] * 1000 + 1000
+    assert count + head == dict(
+        tiny=30_853_480, small=52_220_392, base=92_132_328)[name]
+
+
+def test_arch_param_counts_match_reference_shapes(reference_dir, fast_init):
+    path = osp.join(reference_dir, 'vheat_official_state_dict_shapes.json')
+    if not osp.exists(path):
+        pytest.skip('no published state-dict shapes')
+    with open(path) as f:
+        official = json.load(f)
+    for name, entry in official.items():
+        shapes = entry['state_dict']
+        total = sum(math.prod(s) for s in shapes.values())
+        classifier = sum(
+            math.prod(s) for k, s in shapes.items()
+            if k.startswith('classifier') and len(s) in (1, 2)
+            and k.split('.')[1] != '0')
+        assert PARAM_COUNTS[name] == total - classifier, name
+
+
+def test_arch_unknown_name():
+    with pytest.raises(ValueError) as info:
+        VHeat(arch='huge')
+    message = str(info.value)
+    assert 'huge' in message
+    for name in ('tiny', 't', 'small', 's', 'base', 'b'):
+        assert repr(name) in message
+
+
+@pytest.mark.parametrize('missing', VHeat.arch_keys)
+def test_arch_dict_missing_key(missing):
+    arch = {k: v for k, v in PRE_ARCH.items() if k != missing}
+    with pytest.raises(ValueError, match=missing):
+        VHeat(arch=arch, img_size=32)
+
+
+def test_arch_dict_bad_entries():
+    with pytest.raises(ValueError, match='drop_rate'):
+        VHeat(arch=dict(PRE_ARCH, drop_rate=0.1), img_size=32)
+    with pytest.raises(ValueError):
+        VHeat(arch=dict(PRE_ARCH, depths=[1, 1, 1]), img_size=32)
+    with pytest.raises(ValueError):
+        VHeat(arch=dict(PRE_ARCH, dims=[8, 16, 32]), img_size=32)
+    with pytest.raises(ValueError):
+        VHeat(arch=['tiny'], img_size=32)
+
+
+def test_arch_dims_int_or_list():
+    model = VHeat(arch=PRE_ARCH, img_size=32, out_indices=ALL_OUT)
+    assert model.dims == SMALL_DIMS
+    assert model.out_channels == tuple(SMALL_DIMS)
+
+    dims = [8, 12, 20, 24]
+    model = VHeat(arch=dict(PRE_ARCH, dims=dims), img_size=32,
+                  out_indices=ALL_OUT)
+    assert model.dims == dims
+    assert model.out_channels == tuple(dims)
+    for stage, dim in zip(model.stages, dims):
+        assert stage.freq_embed.shape[-1] == dim
+    outs = model(rand_input(1, 3, 64, 32))
+    assert [o.shape[1] for o in outs] == dims
+
+
+@pytest.mark.parametrize('img_size', [0, -32, 16, 48, 100, 224 + 16])
+def test_bad_img_size(img_size):
+    with pytest.raises(ValueError, match='img_size'):
+        VHeat(arch=PRE_ARCH, img_size=img_size)
+
+
+@pytest.mark.parametrize('img_size', [32, 64, 96])
+def test_good_img_size(img_size):
+    model = VHeat(arch=PRE_ARCH, img_size=img_size)
+    assert [s.freq_embed.shape[0] for s in model.stages] == [
+        img_size // 4 // 2**i for i in range(4)]
+
+
+@pytest.mark.parametrize('out_indices', [4, -5, (0, 4), (1, -5), [7]])
+def test_out_indices_out_of_range(out_indices):
+    with pytest.raises(ValueError, match='out_indices'):
+        VHeat(arch=PRE_ARCH, img_size=32, out_indices=out_indices)
+
+
+@pytest.mark.parametrize('out_indices, expected', [
+    (-1, (3, )),
+    ((-1, ), (3, )),
+    ((-4, -1), (0, 3)),
+    ((0, -3, 2), (0, 1, 2)),
+    (2, (2, )),
+])
+def test_negative_and_int_out_indices(out_indices, expected):
+    model = VHeat(arch=PRE_ARCH, img_size=32, out_indices=out_indices)
+    assert model.out_indices == expected
+    assert model.out_channels == tuple(SMALL_DIMS[i] for i in expected)
+    for i in range(4):
+        assert hasattr(model, f'norm{i}') == (i in expected)
+    outs = model(rand_input(1, 3, 64, 64))
+    assert [o.shape for o in outs] == [
+        (1, SMALL_DIMS[i], 64 // 4 // 2**i, 64 // 4 // 2**i) for i in expected
+    ]
+
+
+def test_out_channels_tiny(fast_init):
+    model = VHeat(arch='tiny', out_indices=ALL_OUT)
+    assert model.out_channels == (96, 192, 384, 768)
+    assert model.out_strides == (4, 8, 16, 32)
+    assert VHeat(arch='tiny').out_channels == (768, )
+    assert VHeat(arch='tiny').out_strides == (32, )
+
+
+def test_registry_build():
+    from mmengine.registry import MODELS as ROOT_MODELS
+
+    from mmvheat.registry import MODELS
+    cfg = dict(arch=PRE_ARCH, img_size=32, out_indices=(1, 2))
+    scoped = MODELS.build(dict(type='VHeat', **cfg))
+    prefixed = ROOT_MODELS.build(dict(type='mmvheat.VHeat', **cfg))
+    plain = ROOT_MODELS.build(dict(type='VHeat', **cfg))
+    for model in (scoped, prefixed, plain):
+        assert type(model) is VHeat
+        assert model.out_channels == (16, 32)
+
+
+# -- 2. shapes ----------------------------------------------------------------
+@pytest.mark.parametrize('out_indices',
+                         [(0, ), (1, ), (2, ), (3, ), ALL_OUT, (-1, )])
+def test_forward_shapes(out_indices):
+    model = make_model(out_indices=out_indices)
+    outs = model(rand_input(2, 3, 64, 96))
+    assert isinstance(outs, tuple)
+    assert len(outs) == len(out_indices)
+    assert len(model.out_channels) == len(model.out_strides) == len(outs)
+    for out, channels, stride in zip(outs, model.out_channels,
+                                     model.out_strides):
+        assert out.shape == (2, channels, 64 // stride, 96 // stride)
+        assert out.is_contiguous()
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('size', [(65, 47), (33, 31), (32, 32), (17, 9)])
+def test_forward_odd_and_tiny_inputs(size):
+    model = make_model(out_indices=ALL_OUT)
+    h, w = size
+    outs = model(rand_input(1, 3, h, w))
+    for out, channels, stride in zip(outs, SMALL_DIMS, (4, 8, 16, 32)):
+        assert out.shape == (1, channels, grid(h, stride), grid(w, stride))
+        assert torch.isfinite(out).all()
+    if size == (32, 32):
+        assert outs[-1].shape[-2:] == (1, 1)
+
+
+def test_forward_input_larger_than_img_size():
+    model = make_model(img_size=64, out_indices=ALL_OUT)
+    assert model.stages[0].freq_embed.shape[:2] == (16, 16)
+    outs = model(rand_input(2, 3, 128, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (2, c, 128 // s, 96 // s) for c, s in zip(SMALL_DIMS, (4, 8, 16, 32))
+    ]
+    assert all(torch.isfinite(o).all() for o in outs)
+    # Resampling does not alter the parameters.
+    assert model.stages[0].freq_embed.shape[:2] == (16, 16)
+
+
+def test_in_channels():
+    model = make_model(in_channels=1)
+    assert model(rand_input(1, 1, 32, 64))[0].shape == (1, 64, 1, 2)
+
+
+# -- 3. frozen stages ---------------------------------------------------------
+def test_frozen_stages():
+    model = make_model(frozen_stages=2, out_indices=ALL_OUT)
+    model.train()
+    frozen = [model.patch_embed, model.stages[0], model.stages[1],
+              model.norm0, model.norm1]
+    trainable = [model.stages[2], model.stages[3], model.norm2, model.norm3]
+    for module in frozen:
+        assert all(not m.training for m in module.modules())
+        assert all(not p.requires_grad for p in module.parameters())
+    for module in trainable:
+        assert all(m.training for m in module.modules())
+        assert all(p.requires_grad for p in module.parameters())
+    assert model.training
+
+    # eval() then train() keeps them frozen.
+    model.eval()
+    model.train()
+    assert not model.stages[1].training and model.stages[2].training
+
+    x = rand_input(2, 3, 64, 64)
+    weighted_loss(model(x)).backward()
+    for module in frozen:
+        for p in module.parameters():
+            assert p.grad is None
+    for module in trainable:
+        for name, p in module.named_parameters():
+            assert p.grad is not None, name
+
+
+@pytest.mark.parametrize('frozen_stages', [0, -1])
+def test_frozen_stages_none(frozen_stages):
+    model = make_model(frozen_stages=frozen_stages, out_indices=ALL_OUT)
+    model.train()
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# -- 4. norm_eval -------------------------------------------------------------
+def test_norm_eval():
+    model = make_model(norm_eval=True, out_indices=ALL_OUT)
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    others = [m for m in model.modules() if not isinstance(m, nn.LayerNorm)]
+    assert len(norms) > 0 and len(others) > 0
+    assert all(not m.training for m in norms)
+    assert all(m.training for m in others)
+    # Parameters of the norms still train.
+    assert all(p.requires_grad for p in model.parameters())
+
+    model = make_model(norm_eval=False, out_indices=ALL_OUT)
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+# -- 5. gradient checkpointing ------------------------------------------------
+@pytest.mark.parametrize('arch, drop_path_rate', [(PRE_ARCH, 0.),
+                                                  (POST_ARCH, 0.),
+                                                  (PRE_ARCH, 0.4),
+                                                  (POST_ARCH, 0.4)])
+def test_with_cp_matches(arch, drop_path_rate, monkeypatch):
+    kwargs = dict(arch=arch, out_indices=ALL_OUT,
+                  drop_path_rate=drop_path_rate)
+    plain = make_model(**kwargs)
+    ckpt = make_model(with_cp=True, seed=5, **kwargs)
+    ckpt.load_state_dict(plain.state_dict())
+    plain.train()
+    ckpt.train()
+
+    calls = []
+    checkpoint = vheat_module.cp.checkpoint
+
+    def counting_checkpoint(*args, **kw):
+        calls.append(1)
+        return checkpoint(*args, **kw)
+
+    monkeypatch.setattr(vheat_module.cp, 'checkpoint', counting_checkpoint)
+
+    x = rand_input(2, 3, 64, 48)
+    results = []
+    for model in (plain, ckpt):
+        inp = x.clone().requires_grad_()
+        torch.manual_seed(7)
+        outs = model(inp)
+        weighted_loss(outs).backward()
+        results.append((outs, inp.grad,
+                        {n: p.grad for n, p in model.named_parameters()}))
+    assert len(calls) == sum(arch['depths'])  # only the with_cp model
+
+    (outs_a, gin_a, grads_a), (outs_b, gin_b, grads_b) = results
+    assert_outs_close(outs_b, outs_a, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gin_b, gin_a, atol=1e-5, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert grads_a[name] is not None and grads_b[name] is not None, name
+        torch.testing.assert_close(
+            grads_b[name], grads_a[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_with_cp_skipped_without_grad(monkeypatch):
+    model = make_model(with_cp=True)
+
+    def fail(*args, **kwargs):
+        raise AssertionError('checkpoint used without grad')
+
+    monkeypatch.setattr(vheat_module.cp, 'checkpoint', fail)
+    with torch.no_grad():
+        model(rand_input(1, 3, 32, 32))
+
+
+# -- 6. gradients and finiteness ---------------------------------------------
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_every_parameter_gets_a_finite_gradient(arch):
+    model = make_model(arch=arch, out_indices=ALL_OUT)
+    model.train()
+    weighted_loss(model(rand_input(2, 3, 64, 48))).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_outputs_finite(arch):
+    model = make_model(arch=arch, out_indices=ALL_OUT)
+    x = 10 * rand_input(2, 3, 64, 80)
+    for mode in (True, False):
+        model.train(mode)
+        with torch.no_grad():
+            outs = model(x)
+        assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_bf16_autocast_finite(arch):
+    model = make_model(arch=arch, out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (c, grid(64, s), grid(48, s))
+        for c, s in zip(SMALL_DIMS, (4, 8, 16, 32))
+    ]
+    assert all(torch.isfinite(o.float()).all() for o in outs)
+
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+        loss = weighted_loss(outs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_drop_path_inactive_in_eval():
+    with_drop = make_model(drop_path_rate=0.5, out_indices=ALL_OUT)
+    no_drop = make_model(drop_path_rate=0., out_indices=ALL_OUT)
+    no_drop.load_state_dict(with_drop.state_dict())
+    rates = [b.drop_path.drop_prob for s in with_drop.stages for b in s.blocks]
+    assert rates[0] == 0. and rates[-1] == pytest.approx(0.5)
+    assert rates == sorted(rates)
+    with_drop.eval()
+    no_drop.eval()
+    x = rand_input(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_outs_close(with_drop(x), no_drop(x), atol=0, rtol=0)
+
+
+# -- 7. init_weights ----------------------------------------------------------
+def test_init_weights():
+    model = make_model(img_size=128, out_indices=ALL_OUT)
+    linears = {n: m for n, m in model.named_modules()
+               if isinstance(m, nn.Linear)}
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.freq_embed.fill_(5.)
+    assert any((m.weight != 1).any() for m in norms)
+
+    model.init_weights()
+    for name, module in linears.items():
+        assert not torch.equal(module.weight, before[name]), name
+        assert module.weight.abs().max() <= 2.
+        assert module.weight.std() < 0.05, name
+        assert torch.all(module.bias == 0), name
+    for module in norms:
+        assert torch.all(module.weight == 1)
+        assert torch.all(module.bias == 0)
+    embeds = torch.cat([s.freq_embed.detach().flatten() for s in model.stages])
+    assert embeds.numel() > 10000
+    assert embeds.std().item() == pytest.approx(0.02, abs=0.002)
+    assert embeds.mean().abs() < 0.002
+    assert embeds.abs().max() <= 2.
+
+
+def test_freq_embed_initialised_at_construction():
+    model = VHeat(arch=PRE_ARCH, img_size=128)
+    embeds = torch.cat([s.freq_embed.detach().flatten() for s in model.stages])
+    assert embeds.std().item() == pytest.approx(0.02, abs=0.002)
+
+
+def test_two_models_init_differently():
+    a = make_model()
+    b = make_model(seed=3)
+    b.load_state_dict(a.state_dict())
+    a.init_weights()
+    b.init_weights()
+    linears_b = dict(b.named_modules())
+    for name, module in a.named_modules():
+        if isinstance(module, nn.Linear):
+            assert not torch.equal(module.weight,
+                                   linears_b[name].weight), name
+    for sa, sb in zip(a.stages, b.stages):
+        assert not torch.equal(sa.freq_embed, sb.freq_embed)
+
+
+# -- 8. folding in eval mode --------------------------------------------------
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_eval_matches_train(arch):
+    model = make_model(arch=arch, out_indices=ALL_OUT)
+    for i, (h, w) in enumerate([(64, 64), (96, 64), (48, 80)]):
+        x = rand_input(2, 3, h, w, seed=i)
+        model.train()
+        with torch.no_grad():
+            ref = model(x)
+        assert all(len(s._folded) == 0 for s in model.stages)
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+        assert all(len(s._folded) == 1 for s in model.stages)
+        assert_outs_close(out, ref)
+
+
+def test_fold_cache_is_bounded_lru():
+    model = make_model()
+    model.eval()
+    assert all(s.fold_cache_size == 4 for s in model.stages)
+    widths = [32, 64, 96, 128]
+    with torch.no_grad():
+        for w in widths:
+            model(rand_input(1, 3, 32, w))
+            for s in model.stages:
+                assert len(s._folded) <= s.fold_cache_size
+    stage = model.stages[0]
+    assert [k[0] for k in stage._folded] == [(8, w // 4) for w in widths]
+    with torch.no_grad():
+        model(rand_input(1, 3, 32, 32))  # a hit: now most recent
+        model(rand_input(1, 3, 32, 160))  # evicts the least recent (64)
+    for s in model.stages:
+        assert len(s._folded) == 4
+    assert [k[0] for k in stage._folded] == [(8, 24), (8, 32), (8, 8),
+                                             (8, 40)]
+    assert [k[0] for k in model.stages[3]._folded] == [(1, 3), (1, 4),
+                                                       (1, 1), (1, 5)]
+
+    for s in model.stages:
+        s.fold_cache_size = 2
+    with torch.no_grad():
+        model(rand_input(1, 3, 32, 192))
+    assert all(len(s._folded) == 2 for s in model.stages)
+
+    for s in model.stages:
+        s.clear_folded()
+    assert all(len(s._folded) == 0 for s in model.stages)
+
+
+def test_fold_reuses_cached_filters(monkeypatch):
+    model = make_model(out_indices=ALL_OUT)
+    model.eval()
+    calls = []
+    original = HeatStage.heat_transfers
+
+    def counting(self, size):
+        calls.append(size)
+        return original(self, size)
+
+    monkeypatch.setattr(HeatStage, 'heat_transfers', counting)
+    x1 = rand_input(2, 3, 64, 48, seed=1)
+    x2 = rand_input(2, 3, 64, 48, seed=2)
+    with torch.no_grad():
+        out1 = model(x1)
+        assert len(calls) == 4
+        cached = [dict(s._folded) for s in model.stages]
+        out2 = model(x2)
+        again = model(x1)
+    assert len(calls) == 4  # no new folding
+    for stage, before in zip(model.stages, cached):
+        assert stage._folded.keys() == before.keys()
+        for key, transfers in before.items():
+            assert len(transfers) == len(stage.blocks)
+            assert all(a is b for a, b in zip(stage._folded[key], transfers))
+            assert all(not t.requires_grad for t in transfers)
+    assert_outs_close(again, out1, atol=0, rtol=0)
+    assert max_diff(out2, out1) > 1e-3
+
+
+def test_fold_cached_filters_are_the_stage_filters():
+    model = make_model()
+    model.eval()
+    with torch.no_grad():
+        model(rand_input(1, 3, 64, 96))
+        for stage, size in zip(model.stages, [(16, 24), (8, 12), (4, 6),
+                                              (2, 3)]):
+            (key, folded), = stage._folded.items()
+            assert key[0] == size
+            for f, ref in zip(folded, stage.heat_transfers(size)):
+                assert f.shape == (*size, stage.freq_embed.shape[-1])
+                torch.testing.assert_close(f, ref, atol=0, rtol=0)
+
+
+def test_fold_invalidated_by_load_state_dict():
+    model = make_model(out_indices=ALL_OUT)
+    other = make_model(out_indices=ALL_OUT, seed=10)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(other.state_dict())
+        after = model(x)
+    expected = unfolded_eval_outputs(other, x)
+    assert max_diff(after, before) > 1e-3
+    assert_outs_close(after, expected)
+
+
+@pytest.mark.parametrize('target', [
+    'blocks.0.op.to_k.weight', 'blocks.1.op.to_k.bias', 'freq_embed'])
+def test_fold_invalidated_by_inplace_update(target):
+    model = make_model(out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        param = model.stages[2].get_parameter(target)
+        param.add_(0.1 if target != 'freq_embed' else 1.)
+        after = model(x)
+    assert max_diff(after, before) > 1e-4
+    assert_outs_close(after, unfolded_eval_outputs(model, x))
+
+
+def test_fold_invalidated_by_optimizer_step():
+    model = make_model(out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    weighted_loss(model(x)).backward()
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    optimizer.step()  # in eval mode, without train()/eval()
+    with torch.no_grad():
+        after = model(x)
+    assert max_diff(after, before) > 1e-4
+    assert_outs_close(after, unfolded_eval_outputs(model, x))
+
+
+def test_train_eval_clears_folded_filters():
+    model = make_model(out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    assert all(len(s._folded) == 1 for s in model.stages)
+    old = [next(iter(s._folded.values())) for s in model.stages]
+    # An update the weight stamps cannot see (``.data`` has its own version
+    # counter); train() / eval() must drop the folded filters anyway.
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.blocks[0].op.to_k.weight.data.mul_(1.5)
+    model.train()
+    assert all(len(s._folded) == 0 for s in model.stages)
+    model.eval()
+    assert all(len(s._folded) == 0 for s in model.stages)
+    with torch.no_grad():
+        after = model(x)
+    new = [next(iter(s._folded.values())) for s in model.stages]
+    assert all(a is not b for a, b in zip(old, new))
+    assert max_diff(after, before) > 1e-4
+    assert_outs_close(after, unfolded_eval_outputs(model, x))
+
+
+@pytest.mark.parametrize('refresh', ['eval', 'clear_folded'])
+def test_fold_refreshed_after_ema_style_data_copy(refresh):
+    """mmengine's EMAHook swaps weights with ``p.data.copy_(...)``, which no
+    version counter sees; its loops call ``model.eval()`` right after, and
+    that (or ``clear_folded()``) must refresh the folded filters."""
+    model = make_model(out_indices=ALL_OUT)
+    ema = make_model(out_indices=ALL_OUT, seed=10)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        # EMAHook._swap_ema_parameters, verbatim.
+        for p_avg, p_src in zip(ema.parameters(), model.parameters()):
+            tmp = p_avg.data.clone()
+            p_avg.data.copy_(p_src.data)
+            p_src.data.copy_(tmp)
+        if refresh == 'eval':
+            model.eval()
+        else:
+            model.clear_folded()
+        after = model(x)
+    expected = unfolded_eval_outputs(model, x)
+    assert max_diff(expected, before) > 1e-3
+    assert_outs_close(after, expected)
+
+
+def test_fold_invalidated_by_dtype_move():
+    model = make_model(out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        model.double()
+        out = model(x.double())
+    assert all(o.dtype == torch.float64 for o in out)
+    model.train()
+    with torch.no_grad():
+        ref = model(x.double())
+    assert_outs_close(out, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_fp32_eval_after_bf16_autocast_eval():
+    """Filters folded under bf16 autocast must not be reused, with bf16
+    precision, by a later float32 forward at the same input size."""
+    model = make_model(out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(x)
+        out = model(x)
+    assert_outs_close(out, unfolded_eval_outputs(model, x))
+
+
+def test_eval_with_grad_does_not_fold():
+    model = make_model(out_indices=ALL_OUT)
+    model.eval()
+    x = rand_input(2, 3, 64, 48)
+    outs = model(x)
+    assert all(len(s._folded) == 0 for s in model.stages)
+    weighted_loss(outs).backward()
+    for i, stage in enumerate(model.stages):
+        for name in ('freq_embed', 'blocks.0.op.to_k.weight',
+                     'blocks.0.op.to_k.bias'):
+            grad = stage.get_parameter(name).grad
+            assert grad is not None, (i, name)
+            assert grad.abs().sum() > 0, (i, name)
+
+    with torch.no_grad():
+        folded = model(x)
+    assert all(len(s._folded) == 1 for s in model.stages)
+    assert_outs_close(folded, outs)
+
+
+def test_eval_with_grad_folds_frozen_weights():
+    """With no filter weight requiring grad, eval folds even under grad mode
+    (and gradients still flow to the input)."""
+    model = make_model(out_indices=ALL_OUT)
+    model.eval()
+    model.requires_grad_(False)
+    x = rand_input(2, 3, 64, 48).requires_grad_()
+    outs = model(x)
+    assert all(len(s._folded) == 1 for s in model.stages)
+    weighted_loss(outs).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert_outs_close(outs, unfolded_eval_outputs(model, x.detach()))
+
+
+def test_frozen_stages_fold_while_training():
+    model = make_model(frozen_stages=2, out_indices=ALL_OUT)
+    model.train()
+    x = rand_input(2, 3, 64, 48)
+    outs = model(x)
+    assert [len(s._folded) for s in model.stages] == [1, 1, 0, 0]
+    model.eval()
+    with torch.no_grad():
+        ref = unfolded_eval_outputs(model, x)
+    assert_outs_close(outs, ref)
+
+
+# -- 9. pretrained init -------------------------------------------------------
+def save_checkpoint(model, path, prefix='backbone.', drop=()):
+    state_dict = {
+        prefix + k: v.clone()
+        for k, v in model.state_dict().items() if k not in drop
+    }
+    torch.save({'state_dict': state_dict, 'meta': {}}, str(path))
+    return str(path)
+
+
+def pretrained(path, prefix='backbone.'):
+    cfg = dict(type='Pretrained', checkpoint=path)
+    if prefix:
+        cfg['prefix'] = prefix
+    return cfg
+
+
+def assert_state_dicts_equal(a, b, skip=()):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if key not in skip:
+            torch.testing.assert_close(sa[key], sb[key], atol=0, rtol=0,
+                                       msg=key)
+
+
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_pretrained_roundtrip(arch, tmp_path):
+    source = make_model(arch=arch, out_indices=ALL_OUT)
+    path = save_checkpoint(source, tmp_path / 'ckpt.pth')
+    target = make_model(arch=arch, out_indices=ALL_OUT, seed=4,
+                        init_cfg=pretrained(path))
+    target.init_weights()
+    assert_state_dicts_equal(target, source)
+    x = rand_input(1, 3, 64, 48)
+    source.eval()
+    target.eval()
+    with torch.no_grad():
+        assert_outs_close(target(x), source(x), atol=0, rtol=0)
+
+
+def test_pretrained_without_prefix(tmp_path):
+    source = make_model()
+    path = save_checkpoint(source, tmp_path / 'plain.pth', prefix='')
+    target = make_model(seed=4, init_cfg=pretrained(path, prefix=None))
+    target.init_weights()
+    assert_state_dicts_equal(target, source)
+
+
+@pytest.mark.parametrize('missing', [
+    'stages.2.blocks.1.op.to_k.weight', 'stages.1.freq_embed',
+    'patch_embed.conv1.weight', 'stages.3.blocks.0.mlp.fc2.bias'
+])
+def test_pretrained_missing_weight_raises(missing, tmp_path):
+    source = make_model(out_indices=ALL_OUT)
+    path = save_checkpoint(source, tmp_path / 'ckpt.pth', drop=(missing, ))
+    target = make_model(out_indices=ALL_OUT, init_cfg=pretrained(path))
+    with pytest.raises(RuntimeError) as info:
+        target.init_weights()
+    assert missing in str(info.value)
+
+
+def test_pretrained_wrong_checkpoint_raises(tmp_path):
+    source = make_model(out_indices=ALL_OUT)
+    # Only the output norms match: everything else would stay random.
+    keep = {k for k in source.state_dict() if k.startswith('norm')}
+    drop = [k for k in source.state_dict() if k not in keep]
+    path = save_checkpoint(source, tmp_path / 'norms.pth', drop=drop)
+    target = make_model(out_indices=ALL_OUT, init_cfg=pretrained(path))
+    with pytest.raises(RuntimeError, match='stages.0.freq_embed'):
+        target.init_weights()
+    # A prefix that matches nothing is refused by mmengine.
+    path = save_checkpoint(source, tmp_path / 'ckpt.pth', prefix='model.')
+    target = make_model(init_cfg=pretrained(path, prefix='backbone.'))
+    with pytest.raises((RuntimeError, AssertionError)):
+        target.init_weights()
+
+
+def test_pretrained_classification_into_dense(tmp_path):
+    cls_model = make_model(out_indices=(3, ))
+    assert not torch.all(cls_model.norm3.weight == 1)
+    path = save_checkpoint(cls_model, tmp_path / 'cls.pth')
+    dense = make_model(out_indices=ALL_OUT, seed=4, randomize=False,
+                       init_cfg=pretrained(path))
+    dense.init_weights()
+    dense_sd, cls_sd = dense.state_dict(), cls_model.state_dict()
+    for key, value in cls_sd.items():
+        torch.testing.assert_close(dense_sd[key], value, atol=0, rtol=0,
+                                   msg=key)
+    for i in range(3):
+        norm = getattr(dense, f'norm{i}')
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    outs = dense(rand_input(1, 3, 64, 64))
+    assert len(outs) == 4
+
+
+def test_pretrained_dense_into_classification(tmp_path):
+    """Extra output norms in the checkpoint are unexpected keys, not errors."""
+    dense = make_model(out_indices=ALL_OUT)
+    path = save_checkpoint(dense, tmp_path / 'dense.pth')
+    cls_model = make_model(out_indices=(3, ), seed=4,
+                           init_cfg=pretrained(path))
+    cls_model.init_weights()
+    torch.testing.assert_close(cls_model.norm3.weight, dense.norm3.weight)
+
+
+def test_pretrained_resizes_freq_embed(tmp_path):
+    small = make_model(img_size=32, out_indices=ALL_OUT)
+    path = save_checkpoint(small, tmp_path / 'ckpt32.pth')
+    large = make_model(img_size=64, out_indices=ALL_OUT, seed=4,
+                       init_cfg=pretrained(path))
+    large.init_weights()
+    for i, (s, l) in enumerate(zip(small.stages, large.stages)):
+        side = 64 // 4 // 2**i
+        assert l.freq_embed.shape == (side, side, SMALL_DIMS[i])
+        expected = resize_freq_embed(s.freq_embed.detach(), (side, side))
+        torch.testing.assert_close(l.freq_embed.detach(), expected,
+                                   atol=1e-6, rtol=1e-6)
+    assert_state_dicts_equal(
+        large, small, skip=[f'stages.{i}.freq_embed' for i in range(4)])
+
+
+def test_load_state_dict_resizes_freq_embed_and_clears_cache():
+    large = make_model(img_size=64)
+    small = make_model(img_size=32, seed=9)
+    large.eval()
+    with torch.no_grad():
+        large(rand_input(1, 3, 64, 64))
+    assert all(len(s._folded) == 1 for s in large.stages)
+    large.load_state_dict(small.state_dict())
+    assert all(len(s._folded) == 0 for s in large.stages)
+    for i, (s, l) in enumerate(zip(small.stages, large.stages)):
+        side = 64 // 4 // 2**i
+        expected = resize_freq_embed(s.freq_embed.detach(), (side, side))
+        torch.testing.assert_close(l.freq_embed.detach(), expected)
+    # The checkpoint dict given by the caller is left alone.
+    sd = small.state_dict()
+    large.load_state_dict(sd)
+    assert sd['stages.0.freq_embed'].shape == (8, 8, 8)
+
+
+def test_load_state_dict_wrong_channels_fails():
+    model = make_model()
+    sd = model.state_dict()
+    sd['stages.0.freq_embed'] = torch.zeros(4, 4, 5)
+    with pytest.raises(RuntimeError, match='freq_embed'):
+        model.load_state_dict(sd)
+
+
+# -- freq_embed utilities -----------------------------------------------------
+def test_resize_freq_embed():
+    embed = torch.randn(4, 6, 3)
+    assert resize_freq_embed(embed, (4, 6)) is embed
+    resized = resize_freq_embed(embed, (7, 5))
+    assert resized.shape == (7, 5, 3) and resized.is_contiguous()
+    const = torch.full((3, 3, 2), 0.7)
+    torch.testing.assert_close(
+        resize_freq_embed(const, (8, 5)), torch.full((8, 5, 2), 0.7))
+    half = resize_freq_embed(embed.to(torch.bfloat16), (7, 5))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), resized, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError):
+        resize_freq_embed(torch.zeros(4, 4), (2, 2))
+
+
+def test_pad_freq_embed():
+    embed = torch.randn(3, 2, 4)
+    padded = pad_freq_embed(embed, (5, 4))
+    assert padded.shape == (5, 4, 4)
+    torch.testing.assert_close(padded[:3, :2], embed)
+    assert torch.all(padded[3:] == 0) and torch.all(padded[:, 2:] == 0)
+    with pytest.raises(ValueError):
+        pad_freq_embed(embed, (2, 4))
