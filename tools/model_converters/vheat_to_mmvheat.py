@@ -31,7 +31,7 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 import torch  # noqa: E402
 
 from mmvheat.models.backbones.vheat import VHeat  # noqa: E402
-from mmvheat.utils.checkpoint import (NotAVHeatCheckpoint,  # noqa: E402
+from mmvheat.utils.convert_vheat import (NotAVHeatCheckpoint,  # noqa: E402
                                       convert_published_vheat,
                                       extract_state_dict)
 
