@@ -21,6 +21,7 @@ counters this relies on: call :meth:`VHeat.clear_folded` after them, or
 ``eval()``, as mmengine's loops do right after ``EMAHook`` swaps weights.
 """
 import copy
+import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -494,6 +495,13 @@ class VHeat(BaseModule):
         filename = init_cfg['checkpoint']
         prefix = init_cfg.get('prefix')
         map_location = init_cfg.get('map_location', 'cpu')
+        if '://' not in filename and not osp.isfile(filename):
+            raise FileNotFoundError(
+                f'Pretrained vHeat checkpoint not found: {filename}. Convert '
+                'the published ImageNet weights with tools/model_converters/'
+                'vheat_to_mmvheat.py, enlarge them to the downstream '
+                'resolution with tools/interpolate4downstream.py, or set '
+                'model.backbone.init_cfg=None to train from scratch.')
         logger.info(f'Load vHeat weights from {filename}' +
                     (f' (prefix {prefix!r})' if prefix else ''))
         if prefix:

@@ -1002,3 +1002,17 @@ def test_pad_freq_embed():
     assert torch.all(padded[3:] == 0) and torch.all(padded[:, 2:] == 0)
     with pytest.raises(ValueError):
         pad_freq_embed(embed, (2, 4))
+
+
+def test_pretrained_missing_file_names_the_tools(tmp_path):
+    path = str(tmp_path / 'no-such-checkpoint.pth')
+    model = VHeat(
+        PRE_ARCH,
+        img_size=32,
+        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    with pytest.raises(FileNotFoundError) as info:
+        model.init_weights()
+    message = str(info.value)
+    assert path in message
+    assert 'tools/interpolate4downstream.py' in message
+    assert 'vheat_to_mmvheat.py' in message
