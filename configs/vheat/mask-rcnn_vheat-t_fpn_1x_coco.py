@@ -1,7 +1,10 @@
 # Mask R-CNN + FPN with a vHeat-T backbone, COCO 1x: mmdet's Swin-T 1x recipe
 # (AdamW lr 1e-4, wd 0.05, 12 epochs, steps 8/11, 1000-iter warm-up,
-# 2 images x 8 GPUs) with the backbone swapped.
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+# 2 images x 8 GPUs) with the backbone swapped, plus flip and multi-scale
+# test-time augmentation.
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', './mask-rcnn_tta.py'
+]
 
 # ImageNet weights converted and enlarged to the 512 grid:
 #   python tools/model_converters/vheat_to_mmvheat.py vHeat_tiny.pth \
