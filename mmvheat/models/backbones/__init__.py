@@ -1,4 +1,5 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+from .mpvit import MPViT
 from .vheat import VHeat
 
-__all__ = ['VHeat']
+__all__ = ['VHeat', 'MPViT']
