@@ -24,11 +24,9 @@ Example::
         --tg_pth checkpoints/vheat-tiny_in1k-512.pth --tg_size 512
 """
 import argparse
-import os
 import os.path as osp
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -42,7 +40,8 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 
 import torch  # noqa: E402
 
-from mmvheat.utils import pad_freq_embed, resize_freq_embed  # noqa: E402
+from mmvheat.utils import (pad_freq_embed, resize_freq_embed,  # noqa: E402
+                           save_checkpoint_atomic)
 from mmvheat.utils.convert_vheat import (  # noqa: E402
     NotAVHeatCheckpoint, convert_published_vheat, extract_state_dict,
     is_published_vheat_state_dict)
@@ -154,28 +153,6 @@ def enlarge_freq_embeds(state_dict, pt_size, tg_size, mode='pad'):
     return changes
 
 
-def save_atomic(checkpoint, dst):
-    """Write ``dst`` through a temporary file in its directory."""
-    dst_dir = osp.dirname(osp.abspath(dst))
-    os.makedirs(dst_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=dst_dir)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private; give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def interpolate(src, dst, pt_size=224, tg_size=512, mode='pad', use_ema=False):
     """Enlarge ``src``'s embeddings, write ``dst``; return summary lines."""
     check_sizes(pt_size, tg_size)
@@ -192,7 +169,7 @@ def interpolate(src, dst, pt_size=224, tg_size=512, mode='pad', use_ema=False):
             pt_size=pt_size,
             tg_size=tg_size))
     try:
-        save_atomic(dict(state_dict=state_dict, meta=meta), dst)
+        save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), dst)
     except OSError as exc:
         raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
     lines = [

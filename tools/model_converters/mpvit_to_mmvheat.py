@@ -14,11 +14,9 @@ Example::
         mpvit_small.pth checkpoints/mpvit-small_in1k_mmvheat.pth
 """
 import argparse
-import os
 import os.path as osp
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 
 try:
@@ -38,6 +36,7 @@ from mmvheat.utils.convert_mpvit import (NotAnMPViTCheckpoint,  # noqa: E402
                                          convert_published_mpvit,
                                          extract_state_dict)
 from mmvheat.utils.convert_vheat import NotAVHeatCheckpoint  # noqa: E402
+from mmvheat.utils.io import first_line, save_checkpoint_atomic  # noqa: E402
 
 _CONVERTED_KEY = re.compile(r'^(backbone\.)?stages\.\d+\.(encoders|'
                             r'patch_embed|local_block|aggregate)\.')
@@ -115,29 +114,6 @@ class _WriteError(RuntimeError):
     pass
 
 
-def _save_atomic(checkpoint, dst):
-    """Write ``dst`` through a temporary file in its directory."""
-    dst_dir = osp.dirname(osp.abspath(dst))
-    os.makedirs(dst_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=dst_dir)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _first_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def convert(src, dst):
     """Convert ``src`` to ``dst``; returns the summary lines."""
     try:
@@ -147,7 +123,7 @@ def convert(src, dst):
     except Exception as exc:
         raise NotAnMPViTCheckpoint(
             'cannot be read as a PyTorch checkpoint '
-            f'({type(exc).__name__}: {_first_line(exc)})')
+            f'({type(exc).__name__}: {first_line(exc)})')
     try:
         state_dict = extract_state_dict(checkpoint)
     except NotAVHeatCheckpoint as exc:  # its messages name no model
@@ -169,7 +145,7 @@ def convert(src, dst):
     if info is not None:
         meta.update(info)
     try:
-        _save_atomic(dict(state_dict=converted, meta=meta), dst)
+        save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
     except OSError as exc:
         raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
 

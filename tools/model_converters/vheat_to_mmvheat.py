@@ -12,11 +12,9 @@ Example::
         vHeat_tiny.pth checkpoints/vheat-tiny_in1k_mmvheat.pth [--ema]
 """
 import argparse
-import os
 import os.path as osp
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 
 try:
@@ -31,6 +29,7 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 import torch  # noqa: E402
 
 from mmvheat.models.backbones.vheat import VHeat  # noqa: E402
+from mmvheat.utils.io import first_line, save_checkpoint_atomic  # noqa: E402
 from mmvheat.utils.convert_vheat import (NotAVHeatCheckpoint,  # noqa: E402
                                       convert_published_vheat,
                                       extract_state_dict)
@@ -96,29 +95,6 @@ class _WriteError(RuntimeError):
     pass
 
 
-def _save_atomic(checkpoint, dst):
-    """Write ``dst`` through a temporary file in its directory."""
-    dst_dir = osp.dirname(osp.abspath(dst))
-    os.makedirs(dst_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=dst_dir)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _first_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def convert(src, dst, use_ema=False):
     """Convert ``src`` to ``dst``; returns the summary lines."""
     try:
@@ -128,7 +104,7 @@ def convert(src, dst, use_ema=False):
     except Exception as exc:
         raise NotAVHeatCheckpoint(
             'cannot be read as a PyTorch checkpoint '
-            f'({type(exc).__name__}: {_first_line(exc)})')
+            f'({type(exc).__name__}: {first_line(exc)})')
     state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
     if not isinstance(state_dict, Mapping) or not state_dict or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -148,7 +124,7 @@ def convert(src, dst, use_ema=False):
     if info is not None:
         meta.update(info)
     try:
-        _save_atomic(dict(state_dict=converted, meta=meta), dst)
+        save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
     except OSError as exc:
         raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
 
