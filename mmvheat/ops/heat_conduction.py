@@ -207,8 +207,16 @@ def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
 
 
 def spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
-    """Filter a channels-last map in the cosine basis (see module doc)."""
-    return spectral_filter_reference(x, transfer)
+    """Filter a channels-last map in the cosine basis (see module doc).
+
+    Same function as :func:`spectral_filter_reference`; on CUDA with Triton
+    installed it runs the fused Triton kernel instead. The environment
+    variable ``MMVHEAT_HCO_BACKEND=torch|triton`` forces a path (see
+    :mod:`mmvheat.ops.dispatch`).
+    """
+    # Imported here: the dispatcher imports this module.
+    from .dispatch import dispatch_spectral_filter
+    return dispatch_spectral_filter(x, transfer)
 
 
 def heat_conduction(x: Tensor, k: Tensor) -> Tensor:
