@@ -1,0 +1,686 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""tools/train.py, tools/test.py, tools/dist_train.sh and tools/dist_test.sh.
+
+End to end on tiny vHeat models and tiny datasets in the real formats (COCO
+instances, ADE20K layout, ImageNet layout): a few training iterations, then
+testing with and without ``--tta``, for mmpretrain, mmdet and mmseg configs
+that inherit the libraries' own ``_base_`` files; an interrupted run resumed
+with ``--resume``; a two-process CPU (gloo) run through the dist scripts.
+The datasets come from :mod:`mmvheat.datasets.demo_data` when it is there,
+else from the small generator below.
+"""
+import copy
+import json
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import mmvheat  # noqa: F401  (before mmpretrain and torch.load)
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config, ConfigDict
+
+from mmvheat.apis import runner_utils
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TRAIN = osp.join(ROOT, 'tools', 'train.py')
+TEST = osp.join(ROOT, 'tools', 'test.py')
+ARCH = dict(depths=[1, 1, 1, 1], dims=16, post_norm=False, layer_scale=None,
+            mlp_ratio=2.)
+SHAPES = ('circle', 'square', 'triangle')
+TIMEOUT = 300
+CLS_RUN = dict(max_iters=6, val_interval=3)  # shared with the resume test
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _keep_local_rank(monkeypatch):
+    # The tools' argument parsing sets LOCAL_RANK, as the libraries' do.
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+
+
+# -- datasets -----------------------------------------------------------------
+def _fallback_picture(rng, size, label_map=False, label=None):
+    """A noisy background with one or two filled squares/triangles/circles."""
+    import cv2
+    img = rng.integers(60, 120, (size, size, 3)).astype(np.uint8)
+    seg = np.ones((size, size), np.uint8)
+    polygons = []
+    for k in range(1 if label is not None else 2):
+        cls = int(rng.integers(3)) if label is None else label
+        r = size * 0.15
+        cx = size * (0.3 + 0.4 * k) + rng.uniform(-3, 3)
+        cy = size * 0.5 + rng.uniform(-3, 3)
+        n = (32, 4, 3)[cls]
+        t = rng.uniform(0, 6.28) + 2 * np.pi * np.arange(n) / n
+        poly = np.round(np.stack([cx + r * np.cos(t), cy + r * np.sin(t)],
+                                 1), 2)
+        pts = np.round(poly).astype(np.int32)
+        cv2.fillPoly(img, [pts], tuple(int(c) for c in
+                                       rng.integers(150, 255, 3)))
+        cv2.fillPoly(seg, [pts], cls + 2)
+        polygons.append((cls, poly))
+    return img, (seg if label_map else polygons)
+
+
+def _fallback_datasets(root, n_train, n_val):
+    """COCO / ADE20K / ImageNet layouts as mmvheat.datasets.demo_data's."""
+    import cv2
+    rng = np.random.default_rng(0)
+    for split, n in (('train', n_train), ('val', n_val)):
+        # COCO instances
+        os.makedirs(osp.join(root, 'coco', f'{split}2017'), exist_ok=True)
+        os.makedirs(osp.join(root, 'coco', 'annotations'), exist_ok=True)
+        images, annotations = [], []
+        for i in range(n):
+            img, polygons = _fallback_picture(rng, 128)
+            name = f'{i + 1:012d}.jpg'
+            cv2.imwrite(osp.join(root, 'coco', f'{split}2017', name), img)
+            images.append(dict(id=i + 1, file_name=name, height=128,
+                               width=128))
+            for cls, poly in polygons:
+                (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=i + 1,
+                    category_id=cls + 1, iscrowd=0,
+                    bbox=[float(x0), float(y0), float(x1 - x0),
+                          float(y1 - y0)],
+                    area=float((x1 - x0) * (y1 - y0)) * 0.6,
+                    segmentation=[poly.reshape(-1).tolist()]))
+        with open(osp.join(root, 'coco', 'annotations',
+                           f'instances_{split}2017.json'), 'w') as f:
+            json.dump(dict(images=images, annotations=annotations,
+                           categories=[dict(id=k + 1, name=c)
+                                       for k, c in enumerate(SHAPES)]), f)
+        # ADE20K layout: labels 1 = background, 2.. = shapes
+        sub = 'training' if split == 'train' else 'validation'
+        for part in ('images', 'annotations'):
+            os.makedirs(osp.join(root, 'ade', part, sub), exist_ok=True)
+        for i in range(n):
+            img, seg = _fallback_picture(rng, 128, label_map=True)
+            stem = f'ADE_{split}_{i + 1:08d}'
+            cv2.imwrite(osp.join(root, 'ade', 'images', sub, stem + '.jpg'),
+                        img)
+            cv2.imwrite(
+                osp.join(root, 'ade', 'annotations', sub, stem + '.png'), seg)
+        # ImageNet layout with meta/<split>.txt
+        os.makedirs(osp.join(root, 'imagenet', 'meta'), exist_ok=True)
+        lines = []
+        for i in range(n):
+            label = i % 3
+            img, _ = _fallback_picture(rng, 64, label=label)
+            rel = f'{SHAPES[label]}/{split}_{i + 1:06d}.JPEG'
+            os.makedirs(osp.join(root, 'imagenet', split, SHAPES[label]),
+                        exist_ok=True)
+            cv2.imwrite(osp.join(root, 'imagenet', split, rel), img)
+            lines.append(f'{rel} {label}\n')
+        with open(osp.join(root, 'imagenet', 'meta', f'{split}.txt'),
+                  'w') as f:
+            f.writelines(lines)
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('data'))
+    n_train, n_val = 8, 4
+    try:
+        from mmvheat.datasets import demo_data
+    except ImportError:
+        demo_data = None
+    if demo_data is None:
+        _fallback_datasets(root, n_train, n_val)
+    else:
+        demo_data.make_coco_instances(osp.join(root, 'coco'), n_train, n_val,
+                                      image_size=(128, 128), max_instances=2)
+        demo_data.make_ade20k_like(osp.join(root, 'ade'), n_train, n_val,
+                                   image_size=(128, 128), max_instances=2)
+        demo_data.make_imagenet_like(osp.join(root, 'imagenet'), n_train,
+                                     n_val, image_size=(64, 64))
+    return root
+
+
+# -- configs ------------------------------------------------------------------
+def _schedule(max_iters, val_interval, ckpt_interval):
+    return f"""
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
+                 max_iters={max_iters}, val_interval={val_interval})
+param_scheduler = [dict(type='MultiStepLR', by_epoch=False,
+                        milestones=[3], gamma=0.5)]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False,
+                    interval={ckpt_interval}))
+log_processor = dict(by_epoch=False, window_size=1)
+randomness = dict(seed=0, deterministic=True)
+env_cfg = dict(cudnn_benchmark=False)
+"""
+
+
+def cls_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
+    root = osp.join(data, 'imagenet')
+    # No random transforms: resumed and uninterrupted runs see the same data.
+    return f"""
+_base_ = [
+    'mmpretrain::_base_/models/resnet18.py',
+    'mmpretrain::_base_/datasets/imagenet_bs32.py',
+    'mmpretrain::_base_/schedules/imagenet_bs256.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+model = dict(
+    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
+                  img_size=64, out_indices=(3, ), init_cfg=None),
+    head=dict(num_classes=3, in_channels=128, topk=(1, )))
+data_preprocessor = dict(num_classes=3)
+metainfo = dict(classes={SHAPES!r})
+pipeline = [dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(64, 64)),
+            dict(type='PackInputs')]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(data_root={root!r}, split='train', metainfo=metainfo,
+                 pipeline=pipeline))
+val_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, split='val', metainfo=metainfo,
+                 pipeline=pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+""" + _schedule(max_iters, val_interval, ckpt_interval)
+
+
+def det_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
+    root = osp.join(data, 'coco') + '/'
+    return f"""
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+model = dict(
+    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
+                  img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=16),
+    rpn_head=dict(in_channels=16, feat_channels=16),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=16),
+        bbox_head=dict(in_channels=16, fc_out_channels=32, num_classes=3),
+        mask_roi_extractor=dict(out_channels=16),
+        mask_head=dict(in_channels=16, conv_out_channels=16, num_classes=3)))
+metainfo = dict(classes={SHAPES!r})
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor'))]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, metainfo=metainfo,
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, metainfo=metainfo,
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file={root!r} + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+""" + _schedule(max_iters, val_interval, ckpt_interval)
+
+
+def seg_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
+    root = osp.join(data, 'ade')
+    # ADE20KDataset accepts only ADE20K's class names: BaseSegDataset with
+    # what ADE20KDataset fixes (suffixes, reduce_zero_label).
+    return f"""
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_80k.py',
+]
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=(128, 128)),
+    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
+                  img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None),
+    decode_head=dict(in_channels=[16, 32, 64, 128], channels=16,
+                     num_classes=4, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=64, channels=16, num_classes=4,
+                        norm_cfg=norm_cfg))
+seg_dataset = dict(type='BaseSegDataset', data_root={root!r},
+                   img_suffix='.jpg', seg_map_suffix='.png',
+                   reduce_zero_label=True,
+                   metainfo=dict(classes=('background', ) + {SHAPES!r}))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.75, 1.25),
+         keep_ratio=True),
+    dict(type='RandomCrop', crop_size=(128, 128), cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True)
+         for r in (0.75, 1.0)],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(seg_dataset, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(seg_dataset, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+""" + _schedule(max_iters, val_interval, ckpt_interval)
+
+
+CONFIGS = dict(mmpretrain=cls_config, mmdet=det_config, mmseg=seg_config)
+METRICS = dict(mmpretrain=r'accuracy/top1: (\d+\.\d+)',
+               mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)',
+               mmseg=r'mIoU: (\d+\.\d+)')
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(
+                   [ROOT] + [p for p in [env.get('PYTHONPATH')] if p]))
+    env.update(extra)
+    return env
+
+
+def _run(cmd, cwd, env=None, expect_rc=0):
+    return _run_many([cmd], cwd, env, expect_rc)[0]
+
+
+def _run_many(cmds, cwd, env=None, expect_rc=0):
+    """Run commands side by side (the machine has two cores); outputs."""
+    procs = [subprocess.Popen(cmd, cwd=str(cwd), env=env or _env(),
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for cmd in cmds]
+    outs = []
+    try:
+        for cmd, proc in zip(cmds, procs):
+            out = proc.communicate(timeout=TIMEOUT)[0]
+            if expect_rc is not None:
+                assert proc.returncode == expect_rc, \
+                    f'{" ".join(cmd)} -> {proc.returncode}\n{out[-6000:]}'
+            outs.append(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return outs
+
+
+def _metric(library, output):
+    found = re.findall(METRICS[library], output)
+    assert found, f'no {METRICS[library]} in the output:\n{output[-4000:]}'
+    return float(found[-1])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def _state_dict(path):
+    return torch.load(path, map_location='cpu')['state_dict']
+
+
+# -- train, then test with and without --tta ----------------------------------
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_root):
+    """``train(library)``: train its tiny model once, return (config,
+    work_dir, output)."""
+    runs = {}
+
+    def train(library, **kwargs):
+        if library not in runs:
+            tmp = tmp_path_factory.mktemp(library)
+            config = _write(tmp / f'vheat_{library}.py',
+                            CONFIGS[library](data_root, **kwargs))
+            work_dir = str(tmp / 'work_dir')
+            out = _run([sys.executable, TRAIN, config, '--work-dir',
+                        work_dir], cwd=tmp)
+            runs[library] = (config, work_dir, out)
+        return runs[library]
+
+    return train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('library', ['mmpretrain', 'mmdet', 'mmseg'])
+def test_train_then_test(trained, library, tmp_path):
+    kwargs = CLS_RUN if library == 'mmpretrain' else {}
+    config, work_dir, out = trained(library, **kwargs)
+    last = 6 if library == 'mmpretrain' else 4
+    assert re.search(rf'Iter\(train\) \[\s*{last}/{last}\]', out), out[-3000:]
+    assert 'loss:' in out
+    _metric(library, out)  # validation during training
+    ckpt = osp.join(work_dir, f'iter_{last}.pth')
+    assert osp.isfile(ckpt) and osp.isfile(osp.join(work_dir, 'iter_2.pth'))
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith(f'iter_{last}.pth')
+
+    # Without and with --tta, side by side.
+    out_path = str(tmp_path / ('pred' if library == 'mmseg' else 'pred.pkl'))
+    show_dir = str(tmp_path / 'show')
+    test = [sys.executable, TEST, config, ckpt]
+    plain_args = ['--work-dir', str(tmp_path / 'test'), '--out', out_path]
+    if library != 'mmseg':  # mmseg's hook draws every 50th image only
+        plain_args += ['--show-dir', show_dir]
+    out, tta = _run_many(
+        [test + plain_args,
+         test + ['--tta', '--work-dir', str(tmp_path / 'tta')]], tmp_path)
+
+    _metric(library, out)
+    assert re.search(r'Iter\(test\) \[\s*\d+/\d+\]', out)  # progress
+    if library == 'mmseg':
+        assert len(os.listdir(out_path)) == 4  # predicted label maps
+    else:
+        assert osp.getsize(out_path) > 0
+        drawn = [f for _, _, files in os.walk(tmp_path) for f in files
+                 if f.endswith(('.jpg', '.JPEG', '.png'))]
+        assert len(drawn) >= 4, drawn
+    if library == 'mmdet':
+        assert 'coco/segm_mAP' in out
+
+    _metric(library, tta)
+    assert 'TestTimeAug' in tta
+    if library == 'mmdet':
+        assert 'mmvheat.MaskDetTTAModel' in tta
+        assert 'coco/segm_mAP' in tta
+
+
+# -- interrupted and resumed --------------------------------------------------
+@pytest.mark.slow
+def test_resume_continues_where_it_stopped(trained, data_root, tmp_path):
+    # The uninterrupted 6-iteration run of test_train_then_test.
+    config, reference_dir, _ = trained('mmpretrain', **CLS_RUN)
+    work_dir = str(tmp_path / 'work_dir')
+    # "Interrupted" after iteration 4: the same config, stopped early.
+    out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir,
+                '--cfg-options', 'train_cfg.max_iters=4'], cwd=tmp_path)
+    assert 'Saving checkpoint at 4 iterations' in out
+    assert not osp.exists(osp.join(work_dir, 'iter_6.pth'))
+
+    out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir,
+                '--resume'], cwd=tmp_path)
+    assert re.search(r'resumed epoch: \d+, iter: 4', out), out[-3000:]
+    assert 'iter_4.pth' in out  # the latest checkpoint was found
+    iters = [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/6\]', out)]
+    assert iters == [5, 6], iters
+    assert 'Saving checkpoint at 6 iterations' in out
+
+    resumed = _state_dict(osp.join(work_dir, 'iter_6.pth'))
+    reference = _state_dict(osp.join(reference_dir, 'iter_6.pth'))
+    assert resumed.keys() == reference.keys()
+    before = _state_dict(osp.join(work_dir, 'iter_4.pth'))
+    assert any(not torch.equal(before[k], resumed[k]) for k in resumed)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5,
+                                   atol=1e-6, msg=key)
+
+
+# -- two processes on the CPU -------------------------------------------------
+@pytest.mark.slow
+def test_dist_train_and_test_two_cpu_processes(data_root, tmp_path):
+    config = _write(tmp_path / 'vheat_cls_dist.py',
+                    cls_config(data_root, max_iters=2, val_interval=2,
+                               ckpt_interval=2))
+    work_dir = str(tmp_path / 'work_dir')
+    env = _env(PORT=_free_port(), PYTHON=sys.executable)
+    out = _run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
+                '--work-dir', work_dir], cwd=tmp_path, env=env)
+    assert 'replaced by gloo' in out
+    assert 'Distributed training: True' in out
+    assert re.search(r'Iter\(train\) \[\s*2/2\]', out)
+    _metric('mmpretrain', out)
+    ckpt = osp.join(work_dir, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+
+    env = _env(PORT=_free_port(), PYTHON=sys.executable)
+    out = _run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, ckpt,
+                '2', '--work-dir', str(tmp_path / 'test')], cwd=tmp_path,
+               env=env)
+    _metric('mmpretrain', out)
+    # 4 images, 2 a batch: one batch for each of the two processes.
+    assert re.search(r'Iter\(test\) \[\s*1/1\]', out), out[-3000:]
+
+
+# -- without processes: the library, the flags, the config --------------------
+@pytest.fixture(scope='module')
+def configs(tmp_path_factory):
+    """Each library's config, parsed once (the ``::`` bases are slow)."""
+    tmp = tmp_path_factory.mktemp('configs')
+    cfgs = {}
+    for library, make in CONFIGS.items():
+        path = _write(tmp / f'vheat_{library}.py', make('/nonexistent'))
+        cfgs[library] = Config.fromfile(path)
+    return cfgs
+
+
+def _setup(configs, library, *argv, kind='test', cfg=None):
+    """What tools/{train,test}.py do to the config, minus building."""
+    if kind == 'test':
+        args = runner_utils.parse_test_args(
+            [f'vheat_{library}.py', 'ckpt.pth', *argv])
+    else:
+        args = runner_utils.parse_train_args([f'vheat_{library}.py', *argv])
+    cfg = runner_utils.merge_common_args(
+        copy.deepcopy(cfg or configs[library]), args)
+    setup = runner_utils.setup_test_cfg if kind == 'test' else \
+        runner_utils.setup_train_cfg
+    return setup(cfg, args, library)
+
+
+@pytest.mark.parametrize('library', ['mmpretrain', 'mmdet', 'mmseg'])
+def test_detect_library(configs, library):
+    assert runner_utils.detect_library(configs[library]) == library
+
+
+def test_detect_library_errors():
+    with pytest.raises(ValueError, match='sets no default_scope'):
+        runner_utils.detect_library(Config(dict(model=dict())))
+    with pytest.raises(ValueError, match="default_scope='mmocr'"):
+        runner_utils.detect_library(Config(dict(default_scope='mmocr')))
+
+
+def test_tool_without_default_scope_fails_clearly(tmp_path):
+    config = _write(tmp_path / 'noscope.py', 'model = dict()\n')
+    out = _run([sys.executable, TRAIN, config], cwd=tmp_path, expect_rc=1)
+    assert 'sets no default_scope' in out
+
+
+def test_load_config(tmp_path):
+    config = _write(tmp_path / 'vheat_cls.py', cls_config('/nonexistent'))
+    args = runner_utils.parse_train_args(
+        [config, '--cfg-options', 'train_cfg.max_iters=7'])
+    cfg = runner_utils.load_config(args)
+    assert cfg.work_dir == osp.join('./work_dirs', 'vheat_cls')
+    assert cfg.train_cfg.max_iters == 7 and cfg.launcher == 'none'
+
+
+def test_train_flags(configs):
+    def setup(*argv):
+        return _setup(configs, 'mmdet', *argv, kind='train')
+
+    cfg = setup()
+    assert not cfg.resume and cfg.load_from is None
+    cfg = setup('--resume')
+    assert cfg.resume is True and cfg.load_from is None
+    cfg = setup('--resume', 'a/iter_2.pth', '--work-dir', 'w')
+    assert cfg.resume is True and cfg.load_from == 'a/iter_2.pth'
+    assert cfg.work_dir == 'w'
+    cfg = setup('--amp', '--auto-scale-lr', '--cfg-options',
+                'train_cfg.max_iters=7')
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.auto_scale_lr.enable is True
+    assert cfg.train_cfg.max_iters == 7
+    cfg = setup('--no-validate')
+    assert cfg.val_cfg is None and cfg.val_dataloader is None
+    args = runner_utils.parse_train_args(
+        ['c.py', '--launcher', 'pytorch', '--local-rank', '1'])
+    assert args.launcher == 'pytorch' and args.local_rank == 1
+
+    no_base = copy.deepcopy(configs['mmdet'])
+    no_base.auto_scale_lr = dict(enable=False)
+    with pytest.raises(RuntimeError, match='auto_scale_lr'):
+        _setup(configs, 'mmdet', '--auto-scale-lr', kind='train',
+               cfg=no_base)
+
+    # mmpretrain's tools fill in its dataloader defaults.
+    cfg = _setup(configs, 'mmpretrain', '--no-pin-memory', kind='train')
+    loader = cfg.train_dataloader
+    assert loader.pin_memory is False and loader.collate_fn.type == \
+        'default_collate'
+    assert 'persistent_workers' in loader and not loader.persistent_workers
+
+
+def test_tta_configs(configs):
+    cfg = _setup(configs, 'mmdet', '--tta')
+    assert cfg.load_from == 'ckpt.pth'
+    assert cfg.model.type == runner_utils.MASK_TTA
+    assert cfg.model.module.type == 'MaskRCNN'
+    assert cfg.test_dataloader.dataset.pipeline[-1].type == 'TestTimeAug'
+
+    cfg = _setup(configs, 'mmseg', '--tta')
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.type == 'EncoderDecoder'
+    assert cfg.test_dataloader.dataset.pipeline[-1].type == 'TestTimeAug'
+    no_tta = copy.deepcopy(configs['mmseg'])
+    no_tta.tta_pipeline = None
+    no_tta._cfg_dict.pop('tta_pipeline')
+    with pytest.raises(ValueError, match='no tta_pipeline'):
+        _setup(configs, 'mmseg', '--tta', cfg=no_tta)
+
+    cfg = _setup(configs, 'mmpretrain', '--tta', '--out', 'r.pkl',
+                 '--out-item', 'metrics')
+    assert cfg.model.type == 'mmpretrain.AverageClsScoreTTA'
+    assert cfg.model.module.type == 'ImageClassifier'
+    flips = cfg.test_dataloader.dataset.pipeline[-1]
+    assert flips.type == 'TestTimeAug' and len(flips.transforms[0]) == 2
+
+
+def test_out_and_show(configs):
+    cfg = _setup(configs, 'mmseg', '--out', 'preds', '--show-dir', 'vis')
+    assert cfg.test_evaluator.output_dir == 'preds'
+    assert cfg.test_evaluator.keep_results is True
+    assert cfg.visualizer.save_dir == 'vis'
+    assert cfg.default_hooks.visualization.draw is True
+    cfg = _setup(configs, 'mmdet', '--show-dir', 'vis')
+    assert cfg.default_hooks.visualization.test_out_dir == 'vis'
+    cfg = _setup(configs, 'mmpretrain', '--show-dir', 'vis')
+    assert cfg.default_hooks.visualization.out_dir == 'vis'
+    with pytest.raises(AssertionError, match='pkl'):
+        _setup(configs, 'mmdet', '--out', 'preds.json')
+    with pytest.raises(ValueError, match='--out'):
+        runner_utils.parse_test_args(['c.py', 'k.pth', '--out-item', 'pred'])
+
+
+def test_cpu_distributed_config(configs, monkeypatch):
+    import mmengine.dist
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(mmengine.dist, 'is_distributed', lambda: False)
+    monkeypatch.setattr(mmengine.dist, 'init_dist',
+                        lambda launcher, **kw: calls.append((launcher, kw)))
+    cfg = _setup(configs, 'mmseg', '--launcher', 'pytorch', kind='train')
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+    runner_utils.setup_cpu_distributed(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == runner_utils.CPU_DDP
+    assert calls == [('pytorch', dict(backend='gloo'))]
+
+    cfg = _setup(configs, 'mmseg', kind='train')  # one process: untouched
+    runner_utils.setup_cpu_distributed(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+    assert 'model_wrapper_cfg' not in cfg
+
+
+def test_mask_tta_merges_flipped_masks():
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from mmengine.registry import MODELS
+
+    runner_utils._register_mask_tta_model()
+    class Detector(torch.nn.Module):
+
+        def test_step(self, data):
+            raise NotImplementedError
+
+    tta = MODELS.build(dict(
+        type=runner_utils.MASK_TTA, module=Detector(),
+        tta_cfg=ConfigDict(nms=dict(type='nms', iou_threshold=0.5),
+                           max_per_img=100)))
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 0:3] = True  # left side
+    views = []
+    for flip in (False, True):
+        sample = DetDataSample(metainfo=dict(
+            ori_shape=(8, 8), flip=flip, flip_direction='horizontal'))
+        sample.pred_instances = InstanceData(
+            bboxes=torch.tensor([[0., 2., 3., 4.]]),
+            scores=torch.tensor([0.9 if flip else 0.8]),
+            labels=torch.tensor([1]),
+            masks=masks)
+        views.append(sample)
+    # The flipped view predicted the mirrored box and mask.
+    views[1].pred_instances.bboxes = torch.tensor([[5., 2., 8., 4.]])
+    views[1].pred_instances.masks = masks.flip(-1)
+    merged = tta.merge_preds([views])[0].pred_instances
+    assert len(merged) == 1  # the two views agree: one box after NMS
+    torch.testing.assert_close(merged.scores, torch.tensor([0.9]))
+    torch.testing.assert_close(merged.bboxes, torch.tensor([[0., 2., 3.,
+                                                              4.]]))
+    assert torch.equal(merged.masks, masks)  # flipped back
+
+    for view in views:  # without masks: mmdet's DetTTAModel
+        del view.pred_instances.masks
+    merged = tta.merge_preds([views])[0].pred_instances
+    assert len(merged) == 1 and 'masks' not in merged
