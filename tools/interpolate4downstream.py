@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from mmvheat.utils import (pad_freq_embed, resize_freq_embed,  # noqa: E402
                            save_checkpoint_atomic)
+from mmvheat.utils.io import run_checkpoint_tool  # noqa: E402
 from mmvheat.utils.convert_vheat import (  # noqa: E402
     NotAVHeatCheckpoint, convert_published_vheat, extract_state_dict,
     is_published_vheat_state_dict)
@@ -53,9 +54,6 @@ MODES = ('pad', 'bicubic')
 _FREQ_EMBED_KEY = 'backbone.stages.{}.freq_embed'
 _BARE_FREQ_EMBED = re.compile(r'^stages\.\d+\.freq_embed$')
 
-
-class _WriteError(RuntimeError):
-    pass
 
 
 def grid_size(img_size, stage):
@@ -168,10 +166,7 @@ def interpolate(src, dst, pt_size=224, tg_size=512, mode='pad', use_ema=False):
             mode=mode,
             pt_size=pt_size,
             tg_size=tg_size))
-    try:
-        save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), dst)
-    except OSError as exc:
-        raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
+    save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), dst)
     lines = [
         f'Read {src} ({layout} layout'
         f'{", EMA weights" if use_ema else ""})'
@@ -225,20 +220,10 @@ def main(argv=None):
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    try:
-        lines = interpolate(args.pt_pth, args.tg_pth, args.pt_size,
-                            args.tg_size, args.mode, args.ema)
-    except Exception as exc:
-        if isinstance(exc, NotAVHeatCheckpoint):
-            message = f'{args.pt_pth}: {exc}'
-        elif isinstance(exc, _WriteError):
-            message = str(exc)
-        else:
-            message = f'{args.pt_pth}: {type(exc).__name__}: {exc}'
-        print(f'error: {message}', file=sys.stderr)
-        return 1
-    print('\n'.join(lines))
-    return 0
+    return run_checkpoint_tool(
+        lambda: interpolate(args.pt_pth, args.tg_pth, args.pt_size,
+                            args.tg_size, args.mode, args.ema), args.pt_pth,
+        (NotAVHeatCheckpoint, ))
 
 
 if __name__ == '__main__':

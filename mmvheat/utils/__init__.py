@@ -1,8 +1,9 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .freq_embed import pad_freq_embed, resize_freq_embed
-from .io import first_line, save_checkpoint_atomic
+from .io import (CheckpointWriteError, first_line, run_checkpoint_tool,
+                 save_checkpoint_atomic)
 
 __all__ = [
     'resize_freq_embed', 'pad_freq_embed', 'save_checkpoint_atomic',
-    'first_line'
+    'first_line', 'run_checkpoint_tool', 'CheckpointWriteError'
 ]

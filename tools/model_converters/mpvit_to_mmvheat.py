@@ -36,7 +36,8 @@ from mmvheat.utils.convert_mpvit import (NotAnMPViTCheckpoint,  # noqa: E402
                                          convert_published_mpvit,
                                          extract_state_dict)
 from mmvheat.utils.convert_vheat import NotAVHeatCheckpoint  # noqa: E402
-from mmvheat.utils.io import first_line, save_checkpoint_atomic  # noqa: E402
+from mmvheat.utils.io import (first_line, run_checkpoint_tool,  # noqa: E402
+                              save_checkpoint_atomic)
 
 _CONVERTED_KEY = re.compile(r'^(backbone\.)?stages\.\d+\.(encoders|'
                             r'patch_embed|local_block|aggregate)\.')
@@ -110,9 +111,6 @@ def infer_arch(state_dict):
     return info
 
 
-class _WriteError(RuntimeError):
-    pass
-
 
 def convert(src, dst):
     """Convert ``src`` to ``dst``; returns the summary lines."""
@@ -144,10 +142,7 @@ def convert(src, dst):
                               for k in state_dict) else 'classification')
     if info is not None:
         meta.update(info)
-    try:
-        save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
-    except OSError as exc:
-        raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
+    save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
 
     merged = len(state_dict) - len(converted)
     lines = [
@@ -175,19 +170,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        lines = convert(args.src, args.dst)
-    except Exception as exc:
-        if isinstance(exc, NotAnMPViTCheckpoint):
-            message = f'{args.src}: {exc}'
-        elif isinstance(exc, _WriteError):
-            message = str(exc)
-        else:
-            message = f'{args.src}: {type(exc).__name__}: {exc}'
-        print(f'error: {message}', file=sys.stderr)
-        return 1
-    print('\n'.join(lines))
-    return 0
+    return run_checkpoint_tool(
+        lambda: convert(args.src, args.dst), args.src,
+        (NotAnMPViTCheckpoint, ))
 
 
 if __name__ == '__main__':

@@ -29,7 +29,8 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 import torch  # noqa: E402
 
 from mmvheat.models.backbones.vheat import VHeat  # noqa: E402
-from mmvheat.utils.io import first_line, save_checkpoint_atomic  # noqa: E402
+from mmvheat.utils.io import (first_line, run_checkpoint_tool,  # noqa: E402
+                              save_checkpoint_atomic)
 from mmvheat.utils.convert_vheat import (NotAVHeatCheckpoint,  # noqa: E402
                                       convert_published_vheat,
                                       extract_state_dict)
@@ -91,9 +92,6 @@ def infer_arch(state_dict):
     return info
 
 
-class _WriteError(RuntimeError):
-    pass
-
 
 def convert(src, dst, use_ema=False):
     """Convert ``src`` to ``dst``; returns the summary lines."""
@@ -123,10 +121,7 @@ def convert(src, dst, use_ema=False):
                               for k in state_dict) else 'classification')
     if info is not None:
         meta.update(info)
-    try:
-        save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
-    except OSError as exc:
-        raise _WriteError(f'cannot write {dst}: {exc.strerror or exc}')
+    save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
 
     lines = [
         f'Converted {len(converted)} of {len(state_dict)} keys '
@@ -160,19 +155,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        lines = convert(args.src, args.dst, use_ema=args.ema)
-    except Exception as exc:
-        if isinstance(exc, NotAVHeatCheckpoint):
-            message = f'{args.src}: {exc}'
-        elif isinstance(exc, _WriteError):
-            message = str(exc)
-        else:
-            message = f'{args.src}: {type(exc).__name__}: {exc}'
-        print(f'error: {message}', file=sys.stderr)
-        return 1
-    print('\n'.join(lines))
-    return 0
+    return run_checkpoint_tool(
+        lambda: convert(args.src, args.dst, use_ema=args.ema), args.src,
+        (NotAVHeatCheckpoint, ))
 
 
 if __name__ == '__main__':

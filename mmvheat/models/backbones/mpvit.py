@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.registry import MODELS, register_plain_name
 from ..layers import DropPath
+from ..utils import parse_out_indices
 
 __all__ = [
     'MPViT', 'MPViTStage', 'MHCAEncoder', 'MHCABlock', 'FactorizedAttention',
@@ -546,7 +547,7 @@ class MPViT(BaseModule):
         embed_dims = self.arch_settings['embed_dims']
         num_layers = self.arch_settings['num_layers']
         self.embed_dims = embed_dims
-        self.out_indices = self._parse_out_indices(out_indices)
+        self.out_indices = parse_out_indices(out_indices, self.num_stages)
         if not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be in [-1, '
                              f'{self.num_stages}], got {frozen_stages}')
@@ -634,19 +635,6 @@ class MPViT(BaseModule):
                 raise ValueError(f'embed_dims[{i}]={dim} is not divisible by '
                                  f'num_heads[{i}]={head}')
         return settings
-
-    @classmethod
-    def _parse_out_indices(cls, out_indices) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        parsed = []
-        for index in out_indices:
-            if not -cls.num_stages <= index < cls.num_stages:
-                raise ValueError(f'out_indices must be in '
-                                 f'[-{cls.num_stages}, {cls.num_stages}), got '
-                                 f'{index}')
-            parsed.append(index % cls.num_stages)
-        return tuple(parsed)
 
     @property
     def stage_channels(self) -> Tuple[int, ...]:

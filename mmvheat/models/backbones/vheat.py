@@ -39,6 +39,7 @@ from mmvheat.ops import heat_transfer, spectral_filter
 from mmvheat.registry import MODELS, register_plain_name
 from mmvheat.utils.freq_embed import resize_freq_embed
 from ..layers import DropPath
+from ..utils import parse_out_indices
 
 __all__ = ['VHeat', 'HeatBlock', 'HeatConduction2d']
 
@@ -392,7 +393,7 @@ class VHeat(BaseModule):
             raise ValueError(f'img_size must be a positive multiple of '
                              f'{min_size}, got {img_size}')
         self.img_size = img_size
-        self.out_indices = self._parse_out_indices(out_indices)
+        self.out_indices = parse_out_indices(out_indices, self.num_stages)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
 
@@ -447,19 +448,6 @@ class VHeat(BaseModule):
                              f'got {depths} and {dims}')
         settings['depths'], settings['dims'] = list(depths), list(dims)
         return settings
-
-    @classmethod
-    def _parse_out_indices(cls, out_indices) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        parsed = []
-        for index in out_indices:
-            if not -cls.num_stages <= index < cls.num_stages:
-                raise ValueError(f'out_indices must be in '
-                                 f'[-{cls.num_stages}, {cls.num_stages}), got '
-                                 f'{index}')
-            parsed.append(index % cls.num_stages)
-        return tuple(parsed)
 
     @property
     def out_channels(self) -> Tuple[int, ...]:
