@@ -1,0 +1,109 @@
+# vHeat-T Mask R-CNN trained from scratch on the generated COCO-format shapes
+# dataset (tools/dataset_converters/make_demo_data.py): a CPU-sized demo of
+# the full detection workflow, not a benchmark. Heads are narrowed and the
+# proposal budget cut to fit a few minutes of CPU training.
+_base_ = ['../mask-rcnn_vheat-t_fpn_1x_coco.py']
+
+# Names must agree with mmvheat.datasets.DEMO_DET_CLASSES.
+classes = ('circle', 'square', 'triangle')
+data_root = 'data/demo/coco/'
+image_size = (128, 128)
+max_iters = 360
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(img_size=128, drop_path_rate=0.0, init_cfg=None),
+    neck=dict(out_channels=128),
+    rpn_head=dict(in_channels=128, feat_channels=128),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128),
+        bbox_head=dict(
+            in_channels=128, fc_out_channels=256, num_classes=len(classes)),
+        mask_roi_extractor=dict(out_channels=128),
+        mask_head=dict(
+            in_channels=128, conv_out_channels=128,
+            num_classes=len(classes))),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=300, max_per_img=100),
+        rcnn=dict(max_per_img=20)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+metainfo = dict(classes=classes)
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val2017.json',
+        data_prefix=dict(img='val2017/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root +
+                     'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+# Test-time augmentation at the demo's scale: three sizes, with and
+# without flip.
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=s, keep_ratio=True)
+             for s in [(112, 112), (128, 128), (160, 160)]],
+            [dict(type='RandomFlip', prob=1.),
+             dict(type='RandomFlip', prob=0.)],
+            [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
+            [dict(
+                type='PackDetInputs',
+                meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                           'scale_factor', 'flip', 'flip_direction'))]])
+]
+
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+    val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50,
+         end=max_iters, eta_min=1e-5)
+]
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
+                     clip_grad=dict(max_norm=10.))
+default_hooks = dict(
+    logger=dict(interval=25),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

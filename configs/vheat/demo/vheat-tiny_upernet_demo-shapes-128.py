@@ -1,0 +1,82 @@
+# vHeat-T UperNet trained from scratch on the generated ADE20K-format shapes
+# dataset (tools/dataset_converters/make_demo_data.py): a CPU-sized demo of
+# the full segmentation workflow, not a benchmark. Heads are narrowed and BN
+# replaces SyncBN so that it also runs as several CPU processes.
+_base_ = ['../vheat-tiny_upernet_8xb2-160k_ade20k-512x512.py']
+
+# Names must agree with mmvheat.datasets.DEMO_SEG_CLASSES.
+classes = ('background', 'circle', 'square', 'triangle')
+palette = [[120, 120, 120], [220, 20, 60], [0, 130, 255], [255, 200, 0]]
+data_root = 'data/demo/ade/'
+crop_size = (128, 128)
+max_iters = 250
+norm_cfg = dict(type='BN', requires_grad=True)
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=128, drop_path_rate=0.0, init_cfg=None),
+    decode_head=dict(
+        channels=128, num_classes=len(classes), norm_cfg=norm_cfg),
+    auxiliary_head=dict(
+        channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
+    test_cfg=dict(_delete_=True, mode='whole'))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(
+        type='RandomResize',
+        scale=crop_size,
+        ratio_range=(0.75, 1.5),
+        keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.9),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+dataset = dict(
+    type='BaseSegDataset',
+    data_root=data_root,
+    metainfo=dict(classes=classes, palette=palette),
+    img_suffix='.jpg',
+    seg_map_suffix='.png',
+    reduce_zero_label=True)
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    dataset=dict(
+        **dataset,
+        data_prefix=dict(
+            img_path='images/training', seg_map_path='annotations/training'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=1,
+    dataset=dict(
+        **dataset,
+        data_prefix=dict(
+            img_path='images/validation',
+            seg_map_path='annotations/validation'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+    val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=30),
+    dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=30,
+         end=max_iters)
+]
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
+default_hooks = dict(
+    logger=dict(interval=25),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+randomness = dict(seed=0)
