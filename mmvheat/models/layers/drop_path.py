@@ -1,5 +1,4 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-import torch
 from torch import Tensor, nn
 
 
