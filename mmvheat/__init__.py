@@ -9,6 +9,6 @@ allow_mmengine_checkpoints()
 allow_torchvision_without_ops()
 
 from .registry import MODELS  # noqa: E402
-from . import models  # noqa: E402,F401
+from . import engine, models  # noqa: E402,F401
 
 __all__ = ['__version__', 'version_info', 'MODELS']

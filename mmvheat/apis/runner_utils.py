@@ -258,6 +258,12 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
         if wrapper == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.',
                       logger='current', level=logging.WARNING)
+        elif not torch.cuda.is_available():
+            # mmengine's AmpOptimWrapper asserts a GPU: bfloat16 autocast.
+            print_log('No CUDA: --amp trains with bfloat16 autocast on the '
+                      'CPU (CPUAmpOptimWrapper).', logger='current')
+            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+            cfg.optim_wrapper.pop('loss_scale', None)
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
