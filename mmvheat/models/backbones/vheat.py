@@ -297,7 +297,9 @@ class HeatStage(nn.Module):
         """Map a ``(B, H, W, C_in)`` tensor to ``(B, H', W', C)``."""
         if self.downsample is not None:
             x = self.downsample(x)
-        size = tuple(x.shape[1:3])
+        # Plain ints also under tracing (e.g. ONNX export), where shapes are
+        # 0-dim tensors: the folded filters then enter the graph as constants.
+        size = tuple(int(s) for s in x.shape[1:3])
         if self._can_fold():
             transfers = self.folded_heat_transfers(size)
         else:
