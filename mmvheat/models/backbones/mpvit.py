@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.registry import MODELS, register_plain_name
 from ..layers import DropPath
-from ..utils import parse_out_indices
+from ..utils import freeze_modules, norms_to_eval, parse_out_indices
 
 __all__ = [
     'MPViT', 'MPViTStage', 'MHCAEncoder', 'MHCABlock', 'FactorizedAttention',
@@ -705,19 +705,13 @@ class MPViT(BaseModule):
     def _freeze_stages(self):
         if self.frozen_stages <= 0:
             return
-        for module in [self.stem] + list(self.stages[:self.frozen_stages]):
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze_modules([self.stem] + list(self.stages[:self.frozen_stages]))
 
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module,
-                              (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                    module.eval()
+            norms_to_eval(self)
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:

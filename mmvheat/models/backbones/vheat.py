@@ -33,13 +33,12 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.ops import heat_transfer, spectral_filter
 from mmvheat.registry import MODELS, register_plain_name
 from mmvheat.utils.freq_embed import resize_freq_embed
 from ..layers import DropPath
-from ..utils import parse_out_indices
+from ..utils import freeze_modules, norms_to_eval, parse_out_indices
 
 __all__ = ['VHeat', 'HeatBlock', 'HeatConduction2d']
 
@@ -155,15 +154,17 @@ class HeatBlock(nn.Module):
 
     def _forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         if self.post_norm:
-            x = self._residual(x, self.norm1(self.op(x, transfer)), self.gamma1)
+            heat = self.norm1(self.op(x, transfer))
+            x = self._residual(x, heat, self.gamma1)
             x = self._residual(x, self.norm2(self.mlp(x)), self.gamma2)
         else:
-            x = self._residual(x, self.op(self.norm1(x), transfer), self.gamma1)
+            heat = self.op(self.norm1(x), transfer)
+            x = self._residual(x, heat, self.gamma1)
             x = self._residual(x, self.mlp(self.norm2(x)), self.gamma2)
         return x
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
-        """Map a ``(B, H, W, C)`` tensor with the block's filter ``transfer``."""
+        """Map a ``(B, H, W, C)`` tensor, filtering with ``transfer``."""
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(
                 self._forward, x, transfer, use_reentrant=False)
@@ -528,10 +529,7 @@ class VHeat(BaseModule):
         for i in range(self.frozen_stages):
             if i in self.out_indices:
                 frozen.append(getattr(self, f'norm{i}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze_modules(frozen)
 
     def clear_folded(self):
         """Drop the filters folded in eval mode (see the module doc)."""
@@ -542,10 +540,7 @@ class VHeat(BaseModule):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module,
-                              (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                    module.eval()
+            norms_to_eval(self)
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
