@@ -34,7 +34,7 @@ Options:
                            URL); passed to pip as --find-links, which adds to
                            the locations configured for pip. Repeatable.
   --with-optional          also install requirements/optional.txt
-                           (triton, onnx, onnxruntime, matplotlib)
+                           (matplotlib; triton, onnx, onnxruntime are test requirements)
   --force                  reinstall the requirements even if up to date
   -h, --help               show this help
 

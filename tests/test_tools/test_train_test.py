@@ -545,6 +545,18 @@ def test_load_config(tmp_path):
     assert cfg.train_cfg.max_iters == 7 and cfg.launcher == 'none'
 
 
+@pytest.mark.parametrize('cuda', [True, False])
+def test_amp_flag_picks_wrapper_by_device(configs, monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    cfg = _setup(configs, 'mmdet', '--amp', kind='train')
+    if cuda:
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+        assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    else:
+        assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+        assert 'loss_scale' not in cfg.optim_wrapper
+
+
 def test_train_flags(configs):
     def setup(*argv):
         return _setup(configs, 'mmdet', *argv, kind='train')
@@ -558,8 +570,12 @@ def test_train_flags(configs):
     assert cfg.work_dir == 'w'
     cfg = setup('--amp', '--auto-scale-lr', '--cfg-options',
                 'train_cfg.max_iters=7')
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
-    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    if torch.cuda.is_available():
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+        assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    else:  # mmengine's AmpOptimWrapper needs a GPU: bf16 autocast instead
+        assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+        assert 'loss_scale' not in cfg.optim_wrapper
     assert cfg.auto_scale_lr.enable is True
     assert cfg.train_cfg.max_iters == 7
     cfg = setup('--no-validate')
