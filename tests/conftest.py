@@ -21,3 +21,33 @@ def reference_dir():
 @pytest.fixture(scope='session')
 def project_root():
     return PROJECT_ROOT
+
+
+class OneDNNSpy:
+    """Stands in for the fused oneDNN linear op and records each call's
+    post-op: ``'none'``, ``'gelu'``, ``'swish'`` or ``'add'``."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.calls = []
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        self.calls.append(attr)
+        return self.ops(x, weight, bias, attr, scalars, algorithm)
+
+    def binary(self, x, other, weight, bias, attr):
+        self.calls.append(attr)
+        return self.ops.binary(x, other, weight, bias, attr)
+
+
+@pytest.fixture
+def onednn_spy(monkeypatch):
+    """Record the calls that reach oneDNN's fused linear (skip without it)."""
+    import torch
+
+    import mmvheat.ops.fusion as fusion
+    if fusion._ONEDNN_OPS is None or not torch.backends.mkldnn.is_available():
+        pytest.skip('this torch has no oneDNN linear fusion')
+    spy = OneDNNSpy(fusion._ONEDNN_OPS)
+    monkeypatch.setattr(fusion, '_ONEDNN_OPS', spy)
+    return spy

@@ -1,0 +1,107 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""A linear layer with its activation or residual add fused, for inference.
+
+``activation(x @ W.T + b) + residual`` in one call. When no gradient is
+needed and the map is a float32 CPU tensor, the activation or the residual
+add runs inside the oneDNN matrix multiply as a post-op (the fusion
+PyTorch's compiler uses on CPU), so the output is written once instead of
+being read and written again per elementwise step. Everywhere else -- under
+autograd, autocast, tracing or export, on other devices or dtypes, or with
+``torch.backends.mkldnn`` disabled -- it is ``F.linear`` followed by the
+same elementwise ops, so results agree to float32 rounding either way.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['ACTIVATIONS', 'fused_linear', 'is_capturing_graph']
+
+#: Activation name -> (eager function, oneDNN post-op, its algorithm).
+ACTIVATIONS = {
+    'gelu': (F.gelu, 'gelu', 'none'),  # exact (erf) GELU, as nn.GELU
+    'silu': (F.silu, 'swish', ''),
+}
+
+_ONEDNN_OPS = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if hasattr(
+    torch.ops, 'mkldnn') else None
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
+def is_capturing_graph() -> bool:
+    """Whether the code runs under TorchScript, tracing, ONNX export or
+    ``torch.compile``, where eager-only shortcuts must stay out."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, 'compiler', None)
+    return compiler is not None and compiler.is_compiling()
+
+
+def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                    residual: Optional[Tensor]) -> bool:
+    """Whether the fused oneDNN call computes the same as the eager ops."""
+    if _ONEDNN_OPS is None or x.device.type != 'cpu':
+        return False
+    if not (torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled):
+        return False
+    tensors = [t for t in (x, weight, bias, residual) if t is not None]
+    if any(t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if _cpu_autocast_enabled() or is_capturing_graph():
+        return False
+    if residual is not None and (
+            residual.shape != x.shape[:-1] + weight.shape[:1]
+            or not residual.is_contiguous()):
+        return False  # broadcasting adds stay eager
+    return x.numel() > 0 and x.is_contiguous()
+
+
+def fused_linear(x: Tensor,
+                 weight: Tensor,
+                 bias: Optional[Tensor] = None,
+                 activation: Optional[str] = None,
+                 residual: Optional[Tensor] = None) -> Tensor:
+    """``activation(F.linear(x, weight, bias)) + residual``.
+
+    oneDNN takes one post-op per call here: the activation, or else the
+    residual add.
+
+    Args:
+        x (Tensor): Input ``(..., C_in)``.
+        weight (Tensor): ``(C_out, C_in)``.
+        bias (Tensor, optional): ``(C_out, )``. Defaults to None.
+        activation (str, optional): A key of :data:`ACTIVATIONS`, or None.
+            Defaults to None.
+        residual (Tensor, optional): Added to the (activated) output, with
+            broadcasting. Defaults to None.
+
+    Returns:
+        Tensor: ``(..., C_out)``.
+    """
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)} '
+                         f'or None, got {activation!r}')
+    if activation is None and residual is not None and _onednn_applies(
+            x, weight, bias, residual):
+        return _ONEDNN_OPS.binary(x, residual, weight, bias, 'add')
+    if _onednn_applies(x, weight, bias, None):
+        post_op, algorithm = ('none', '') if activation is None else \
+            ACTIVATIONS[activation][1:]
+        y = _ONEDNN_OPS(x, weight, bias, post_op, [], algorithm)
+    else:
+        y = F.linear(x, weight, bias)
+        if activation is not None:
+            y = ACTIVATIONS[activation][0](y)
+    return y if residual is None else y + residual
