@@ -63,7 +63,7 @@ def _block(block, x: Tensor, embed: Tensor) -> Tensor:
         return block.drop_path(value)
 
     def mlp(value):
-        hidden = block.mlp.act(_conv1x1(block.mlp.fc1, value))
+        hidden = F.gelu(_conv1x1(block.mlp.fc1, value))
         return _conv1x1(block.mlp.fc2, hidden)
 
     if block.post_norm:

@@ -582,6 +582,54 @@ def test_eval_matches_train(arch):
         assert_outs_close(out, ref)
 
 
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+def test_eval_fuses_activations_and_residuals(arch, onednn_spy):
+    model = make_model(arch=arch, out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    ref = [o.detach() for o in model(x)]  # under autograd: eager ops
+    assert onednn_spy.calls == []
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert_outs_close(out, ref)
+    blocks = sum(arch['depths'])
+    # Per block: u, gate (SiLU), out_linear and the MLP's fc1 (GELU), fc2.
+    # Pre-norm blocks without layer scale end both branches in a fused add.
+    last = 'add' if not arch['post_norm'] else 'none'
+    assert sorted(onednn_spy.calls) == sorted(
+        ['none', 'swish', 'gelu'] * blocks + [last] * 2 * blocks)
+
+
+@pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
+@pytest.mark.parametrize('sub_batch', [1, 2])
+def test_cpu_inference_in_sub_batches(arch, sub_batch, monkeypatch):
+    model = make_model(arch=arch, out_indices=ALL_OUT).eval()
+    x = rand_input(5, 3, 64, 32)
+    with torch.no_grad():
+        ref = model(x)
+    seen = {i: [] for i in range(4)}
+    for i, stage in enumerate(model.stages):
+        for block in stage.blocks:
+            block.register_forward_pre_hook(
+                lambda m, args, i=i: seen[i].append(args[0].shape[0]))
+    # A budget of `sub_batch` images of stage 0's 16 x 8 x 8 float map; each
+    # later stage's map is half as large, so twice as many images fit.
+    monkeypatch.setattr(HeatStage, 'cpu_sub_batch_bytes',
+                        sub_batch * 16 * 8 * 8 * 4)
+    with torch.no_grad():
+        out = model(x)
+    assert_outs_close(out, ref)
+    for i, depth in enumerate(arch['depths']):
+        parts = torch.ones(5).split(sub_batch * 2**i)
+        assert seen[i] == [len(p) for p in parts for _ in range(depth)]
+    # Training, and anything that needs the graph, keeps the whole batch.
+    for sizes in seen.values():
+        sizes.clear()
+    model.train()
+    model(x)
+    assert all(set(sizes) == {5} for sizes in seen.values())
+
+
 def test_fold_cache_is_bounded_lru():
     model = make_model()
     model.eval()
