@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['ACTIVATIONS', 'fused_linear', 'is_capturing_graph']
+__all__ = [
+    'ACTIVATIONS', 'cpu_autocast_enabled', 'fused_linear', 'is_capturing_graph'
+]
 
 #: Activation name -> (eager function, oneDNN post-op, its algorithm).
 ACTIVATIONS = {
@@ -28,7 +30,8 @@ _ONEDNN_OPS = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if hasattr(
     torch.ops, 'mkldnn') else None
 
 
-def _cpu_autocast_enabled() -> bool:
+def cpu_autocast_enabled() -> bool:
+    """``torch.is_autocast_enabled('cpu')`` on any torch 2.x."""
     try:
         return torch.is_autocast_enabled('cpu')
     except TypeError:  # torch < 2.4 takes no device type
@@ -59,7 +62,7 @@ def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if _cpu_autocast_enabled() or is_capturing_graph():
+    if cpu_autocast_enabled() or is_capturing_graph():
         return False
     if residual is not None and (
             residual.shape != x.shape[:-1] + weight.shape[:1]
