@@ -3,7 +3,8 @@
 says which library. Flags as the libraries' own tools/train.py:
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-        [--auto-scale-lr] [--cfg-options K=V ...] [--launcher pytorch]
+        [--amp-dtype float16|bfloat16] [--auto-scale-lr]
+        [--cfg-options K=V ...] [--launcher pytorch]
 
 See mmvheat/apis/runner_utils.py.
 """

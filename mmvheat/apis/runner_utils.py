@@ -48,6 +48,7 @@ import mmvheat  # noqa: F401  (first: torch.load and torchvision)
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
+from mmvheat.utils.compat import mmcv_ops_in_float32_under_cpu_autocast
 
 __all__ = [
     'LIBRARIES', 'detect_library', 'register_library', 'train_parser',
@@ -125,7 +126,12 @@ def train_parser() -> argparse.ArgumentParser:
         'directory.')
     parser.add_argument(
         '--amp', action='store_true', default=False,
-        help='enable automatic-mixed-precision training (needs a GPU)')
+        help='enable automatic-mixed-precision training (on a GPU with '
+        "mmengine's AmpOptimWrapper, on the CPU with CPUAmpOptimWrapper)")
+    parser.add_argument(
+        '--amp-dtype', choices=['float16', 'bfloat16'],
+        help='the autocast dtype of --amp (default: float16 with dynamic '
+        'loss scaling on a GPU, bfloat16 on the CPU, where float16 is slow)')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='enable automatically scaling LR (the config needs '
@@ -253,20 +259,26 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
         cfg.val_dataloader = None
         cfg.val_evaluator = None
 
+    if args.amp_dtype and not args.amp:
+        raise ValueError('--amp-dtype needs --amp')
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper == 'AmpOptimWrapper':
+        if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
             print_log('AMP training is already enabled in your config.',
                       logger='current', level=logging.WARNING)
         elif not torch.cuda.is_available():
-            # mmengine's AmpOptimWrapper asserts a GPU: bfloat16 autocast.
-            print_log('No CUDA: --amp trains with bfloat16 autocast on the '
+            # mmengine's AmpOptimWrapper asserts a GPU.
+            dtype = args.amp_dtype or 'bfloat16'
+            print_log(f'No CUDA: --amp trains with {dtype} autocast on the '
                       'CPU (CPUAmpOptimWrapper).', logger='current')
             cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
-            cfg.optim_wrapper.pop('loss_scale', None)
+            cfg.optim_wrapper.dtype = dtype
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        if args.amp_dtype:
+            cfg.optim_wrapper.dtype = args.amp_dtype
 
     if args.auto_scale_lr:
         auto_scale_lr = cfg.get('auto_scale_lr', None)
@@ -402,6 +414,10 @@ def setup_test_cfg(cfg: Config, args, library: str) -> Config:
     if args.amp:
         cfg.test_cfg = cfg.get('test_cfg', None) or ConfigDict()
         cfg.test_cfg.fp16 = True
+        if not torch.cuda.is_available():
+            # mmengine's test loop then autocasts to bfloat16 on the CPU,
+            # where mmcv's compiled ops take float32 only.
+            mmcv_ops_in_float32_under_cpu_autocast()
     if args.show or args.show_dir:
         _show(cfg, args, library)
     if args.tta:

@@ -436,6 +436,35 @@ def test_train_then_test(trained, library, tmp_path):
         assert 'coco/segm_mAP' in tta
 
 
+# -- mixed precision ----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize('library', ['mmdet', 'mmseg'])
+def test_amp_train_and_test_in_both_half_dtypes(data_root, library,
+                                                tmp_path):
+    """``--amp`` trains in bfloat16 and float16 with finite losses, and
+    ``test.py --amp`` evaluates the result; on the CPU the detector's mmcv
+    ops (NMS, RoIAlign) run in float32 inside the autocast region."""
+    config = _write(tmp_path / f'vheat_{library}.py',
+                    CONFIGS[library](data_root, max_iters=3, val_interval=3,
+                                     ckpt_interval=3))
+    runs = {dtype: str(tmp_path / dtype) for dtype in ('bfloat16', 'float16')}
+    outs = _run_many([[sys.executable, TRAIN, config, '--amp', '--amp-dtype',
+                       dtype, '--work-dir', work_dir,
+                       '--cfg-options', 'default_hooks.logger.interval=1']
+                      for dtype, work_dir in runs.items()], tmp_path)
+    for (dtype, work_dir), out in zip(runs.items(), outs):
+        if not torch.cuda.is_available():
+            assert f'--amp trains with {dtype} autocast on the CPU' in out
+        losses = [float(v) for v in re.findall(r'\bloss: (\S+)', out)]
+        assert len(losses) == 3, out[-3000:]
+        assert all(np.isfinite(losses)), losses
+        _metric(library, out)
+    out = _run([sys.executable, TEST, config,
+                osp.join(runs['bfloat16'], 'iter_3.pth'), '--amp',
+                '--work-dir', str(tmp_path / 'test')], tmp_path)
+    _metric(library, out)
+
+
 # -- interrupted and resumed --------------------------------------------------
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(trained, data_root, tmp_path):
@@ -546,15 +575,24 @@ def test_load_config(tmp_path):
 
 
 @pytest.mark.parametrize('cuda', [True, False])
-def test_amp_flag_picks_wrapper_by_device(configs, monkeypatch, cuda):
+@pytest.mark.parametrize('dtype', [None, 'float16', 'bfloat16'])
+def test_amp_flag_picks_wrapper_by_device(configs, monkeypatch, cuda, dtype):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
-    cfg = _setup(configs, 'mmdet', '--amp', kind='train')
+    argv = ['--amp'] + (['--amp-dtype', dtype] if dtype else [])
+    cfg = _setup(configs, 'mmdet', *argv, kind='train')
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
     if cuda:
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
-        assert cfg.optim_wrapper.loss_scale == 'dynamic'
+        # mmengine's default on a GPU is float16
+        assert cfg.optim_wrapper.get('dtype') == dtype
     else:
         assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
-        assert 'loss_scale' not in cfg.optim_wrapper
+        assert cfg.optim_wrapper.dtype == (dtype or 'bfloat16')
+
+
+def test_amp_dtype_needs_amp(configs):
+    with pytest.raises(ValueError, match='--amp-dtype needs --amp'):
+        _setup(configs, 'mmdet', '--amp-dtype', 'float16', kind='train')
 
 
 def test_train_flags(configs):
@@ -575,7 +613,7 @@ def test_train_flags(configs):
         assert cfg.optim_wrapper.loss_scale == 'dynamic'
     else:  # mmengine's AmpOptimWrapper needs a GPU: bf16 autocast instead
         assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
-        assert 'loss_scale' not in cfg.optim_wrapper
+        assert cfg.optim_wrapper.dtype == 'bfloat16'
     assert cfg.auto_scale_lr.enable is True
     assert cfg.train_cfg.max_iters == 7
     cfg = setup('--no-validate')
