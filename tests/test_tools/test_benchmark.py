@@ -93,6 +93,27 @@ def test_benchmark_cpu_tiny(tmp_path):
     }
     exps = {(e['impl'], e['stage']): e['exponent'] for e in out['exponents']}
     assert ('reference', 3) in exps and ('published', 'all (x depth)') in exps
+    # float32: the two implementations agree with the exact result.
+    assert all(float(r['max_rel_err']) < 1e-5 for r in ok)
+
+
+@pytest.mark.parametrize('dtype, low, high', [('bf16', 1e-3, 2e-2),
+                                              ('fp16', 1e-4, 2e-3)])
+def test_benchmark_reports_half_precision_error(tmp_path, dtype, low, high):
+    import benchmark
+    out = benchmark.main([
+        '--device', 'cpu', '--op-only', '--dtype', dtype, '--batch-size',
+        '1', '--mode', 'infer', '--repeats', '1', '--warmup', '0',
+        '--op-resolutions', '128', '--op-stages', '2', '3', '--out-dir',
+        str(tmp_path)
+    ])
+    errors = {(r['impl'], r['stage']): r['max_rel_err'] for r in out['ops']
+              if r['status'] == 'ok'}
+    assert set(errors) == {(i, s) for i in ('reference', 'published')
+                           for s in (2, 3)}
+    # Rounding the input and the output to the half dtype, and no more for
+    # the reference path, which computes in float32.
+    assert all(low < e < high for e in errors.values()), errors
 
 
 def test_fit_exponent():

@@ -12,7 +12,10 @@ so the *ratios* are the result; absolute times on CPU are informative only.
   interpreter is no benchmark) and ``published`` (cosine matrices through
   ``F.conv1d`` in separate passes). Per implementation and stage the
   exponent ``p`` of ``time ~ N^p`` (N = H*W pixels) is fitted by log-log
-  least squares; the operator's MACs grow as ``N^1.5``.
+  least squares; the operator's MACs grow as ``N^1.5``. Each output is
+  also compared with float32 arithmetic on the unrounded input
+  (``max_rel_err``): with ``--dtype bf16``/``fp16`` that is the operator's
+  half-precision error.
 * model level: ImageNet classifiers (backbone, global pooling, linear head)
   of vHeat-T/S/B, mmpretrain's Swin-T/S/B and MPViT-T/XS/S/B at each
   resolution, inference (``torch.no_grad``, eval mode) and/or one training
@@ -94,7 +97,7 @@ MODEL_COLUMNS = [
 OP_COLUMNS = [
     'impl', 'input_res', 'stage', 'batch_size', 'H', 'W', 'C', 'N', 'mode',
     'dtype', 'device', 'median_ms', 'speedup_vs_reference', 'gmacs',
-    'gmacs_per_s', 'status'
+    'gmacs_per_s', 'max_rel_err', 'status'
 ]
 EXP_COLUMNS = ['impl', 'stage', 'C', 'mode', 'exponent', 'points']
 
@@ -236,6 +239,11 @@ def _op_impls(device: torch.device) -> Dict[str, Optional[Callable]]:
     return impls
 
 
+def _max_rel_err(out: torch.Tensor, exact: torch.Tensor) -> float:
+    """``max |out - exact| / max |exact|``."""
+    return ((out.float() - exact).abs().max() / exact.abs().max()).item()
+
+
 def benchmark_ops(args, device) -> (List[dict], List[dict]):
     dtype = _dtype(args.dtype)
     impls = _op_impls(device)
@@ -251,11 +259,15 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                     continue
                 h = w = res // 4 // 2**stage
                 b = args.op_batch_size
-                x = torch.randn(b, h, w, c, device=device)
-                if dtype is not None:
-                    x = x.to(dtype)
+                x32 = torch.randn(b, h, w, c, device=device)
+                x = x32 if dtype is None else x32.to(dtype)
                 transfer = torch.rand(h, w, c, device=device)
                 dct_basis(h, device, torch.float32)  # warm the basis cache
+                # What each implementation loses against float32 arithmetic
+                # on the unrounded input (for fp32: their disagreement).
+                with torch.no_grad():
+                    exact = spectral_filter_reference(x32, transfer)
+                errors = {}
                 cands = []
                 for name, fn in impls.items():
                     if fn is None:
@@ -267,6 +279,9 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                                 return fn(x.float(), t)
                         return fn(x, t)
 
+                    if mode == 'infer':
+                        with torch.no_grad():
+                            errors[name] = _max_rel_err(call(), exact)
                     if mode == 'train':
                         xg = x.detach().requires_grad_()
 
@@ -303,6 +318,7 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                             speedup_vs_reference=ref / t,
                             gmacs=macs,
                             gmacs_per_s=macs / t,
+                            max_rel_err=errors.get(cand.name),
                             status=cand.status))
                 if impls['triton'] is None:
                     rows.append(
@@ -320,7 +336,7 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                             device=device.type,
                             gmacs=macs,
                             status='skipped: needs CUDA'))
-                del x, transfer
+                del x, x32, exact, transfer
     exps = []
     for mode in modes:
         for impl in impls:
@@ -620,9 +636,10 @@ def main(argv=None):
                   EXP_COLUMNS)
         print_table(op_rows, [
             'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
-            'speedup_vs_reference', 'gmacs_per_s', 'status'
+            'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
         ], f'HCO op (batch {args.op_batch_size}; speedup = reference time '
-           '/ time)')
+           '/ time; max_rel_err = max |y - y_fp32| / max |y_fp32| against '
+           'float32 arithmetic on the unrounded input)')
         print_table(exps, EXP_COLUMNS,
                     'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)')
         out.update(ops=op_rows, exponents=exps)
