@@ -45,7 +45,7 @@ def onednn_spy(monkeypatch):
     """Record the calls that reach oneDNN's fused linear (skip without it)."""
     import torch
 
-    import mmvheat.ops.fusion as fusion
+    import mmvheat.ops.cpu as fusion
     if fusion._ONEDNN_OPS is None or not torch.backends.mkldnn.is_available():
         pytest.skip('this torch has no oneDNN linear fusion')
     spy = OneDNNSpy(fusion._ONEDNN_OPS)

@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from mmvheat.ops.fusion import cpu_autocast_enabled
+from mmvheat.ops.cpu import cpu_autocast_enabled
 
 __all__ = [
     'check_mm_versions', 'allow_mmengine_checkpoints',

@@ -34,7 +34,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
-from mmvheat.ops import (fused_linear, heat_transfer, is_capturing_graph,
+from mmvheat.ops import (cpu_sub_batch_size, fused_linear, heat_transfer,
                          spectral_filter)
 from mmvheat.registry import MODELS, register_plain_name
 from mmvheat.utils.freq_embed import resize_freq_embed
@@ -341,14 +341,6 @@ class HeatStage(nn.Module):
         state_dict[key] = resize_freq_embed(embed, size)
         self.clear_folded()
 
-    def _sub_batch_size(self, x: Tensor) -> int:
-        """Images per sub-batch for inference on CPU (see the attribute)."""
-        if (x.device.type != 'cpu' or self.cpu_sub_batch_bytes <= 0
-                or is_capturing_graph() or x.shape[0] <= 1):
-            return x.shape[0]
-        image_bytes = x[0].numel() * x.element_size()
-        return max(1, self.cpu_sub_batch_bytes // max(image_bytes, 1))
-
     def _blocks(self, x: Tensor, transfers: Tuple[Tensor, ...]) -> Tensor:
         for block, transfer in zip(self.blocks, transfers):
             x = block(x, transfer)
@@ -364,7 +356,7 @@ class HeatStage(nn.Module):
         if not self._can_fold():
             return self._blocks(x, self.heat_transfers(size))
         transfers = self.folded_heat_transfers(size)
-        sub_batch = self._sub_batch_size(x)
+        sub_batch = cpu_sub_batch_size(x, self.cpu_sub_batch_bytes)
         if sub_batch >= x.shape[0]:
             return self._blocks(x, transfers)
         return torch.cat(

@@ -1,11 +1,13 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""``fused_linear``: the oneDNN post-op fusion and its eager fallback agree,
-and the fusion is only taken where it computes the same thing."""
+"""CPU fast paths: ``fused_linear``'s oneDNN post-op fusion agrees with its
+eager fallback and is only taken where it computes the same thing;
+``cpu_sub_batch_size`` splits batches by bytes."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvheat.ops import fused_linear
+from mmvheat.ops import cpu_sub_batch_size, fused_linear
+
 
 def eager(x, weight, bias, activation, residual):
     y = F.linear(x, weight, bias)
@@ -100,3 +102,28 @@ def test_unknown_activation():
     x, weight, bias, _ = make_inputs()
     with pytest.raises(ValueError, match='relu'):
         fused_linear(x, weight, bias, activation='relu')
+
+
+@pytest.mark.parametrize('max_bytes, expected', [
+    (4 * 6 * 5 * 3 * 4, 4),  # exactly four images
+    (4 * 6 * 5 * 3 * 4 + 7, 4),
+    (6 * 5 * 3 * 4 - 1, 1),  # less than one image: still one
+    (10**9, 7),  # never more than the batch
+    (0, 7), (-1, 7)])  # off
+def test_cpu_sub_batch_size(max_bytes, expected):
+    x = torch.zeros(7, 6, 5, 3)
+    assert cpu_sub_batch_size(x, max_bytes) == expected
+    assert cpu_sub_batch_size(x[:1], max_bytes) == 1
+
+
+def test_cpu_sub_batch_size_keeps_the_batch_while_tracing():
+    x = torch.zeros(7, 6, 5, 3)
+    sizes = []
+
+    def fn(x):
+        sizes.append(cpu_sub_batch_size(x, 1))
+        return x + 1
+
+    torch.jit.trace(fn, x, check_trace=False)
+    assert sizes == [7]
+    assert cpu_sub_batch_size(x, 1) == 1

@@ -1,7 +1,8 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""A linear layer with its activation or residual add fused, for inference.
+"""CPU fast paths: fused linear layers and cache-sized sub-batches.
 
-``activation(x @ W.T + b) + residual`` in one call. When no gradient is
+:func:`fused_linear` computes ``activation(x @ W.T + b) + residual`` in one
+call. When no gradient is
 needed and the map is a float32 CPU tensor, the activation or the residual
 add runs inside the oneDNN matrix multiply as a post-op (the fusion
 PyTorch's compiler uses on CPU), so the output is written once instead of
@@ -9,6 +10,11 @@ being read and written again per elementwise step. Everywhere else -- under
 autograd, autocast, tracing or export, on other devices or dtypes, or with
 ``torch.backends.mkldnn`` disabled -- it is ``F.linear`` followed by the
 same elementwise ops, so results agree to float32 rounding either way.
+
+:func:`cpu_sub_batch_size` says how many images of a batch to process at a
+time so that a piece of work stays within the CPU caches: large maps
+otherwise pass through memory once per op, each fresh allocation faulted in
+page by page. Images are independent, so the result is the same.
 """
 from typing import Optional
 
@@ -17,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'ACTIVATIONS', 'cpu_autocast_enabled', 'fused_linear', 'is_capturing_graph'
+    'ACTIVATIONS', 'cpu_autocast_enabled', 'cpu_sub_batch_size',
+    'fused_linear', 'is_capturing_graph'
 ]
 
 #: Activation name -> (eager function, oneDNN post-op, its algorithm).
@@ -108,3 +115,18 @@ def fused_linear(x: Tensor,
         if activation is not None:
             y = ACTIVATIONS[activation][0](y)
     return y if residual is None else y + residual
+
+
+def cpu_sub_batch_size(x: Tensor, max_bytes: int) -> int:
+    """Images of ``x`` (batch first) to process together on the CPU.
+
+    As many as fit in ``max_bytes``, at least one; the whole batch for
+    tensors off the CPU, for ``max_bytes <= 0`` and while a graph is being
+    captured (a traced split would fix the batch size).
+    """
+    batch = x.shape[0]
+    if (x.device.type != 'cpu' or max_bytes <= 0 or batch <= 1
+            or is_capturing_graph()):
+        return batch
+    image_bytes = x[0].numel() * x.element_size()
+    return max(1, min(batch, max_bytes // max(image_bytes, 1)))
