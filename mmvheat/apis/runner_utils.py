@@ -414,6 +414,9 @@ def setup_test_cfg(cfg: Config, args, library: str) -> Config:
     if args.amp:
         cfg.test_cfg = cfg.get('test_cfg', None) or ConfigDict()
         cfg.test_cfg.fp16 = True
+        if cfg.test_cfg.get('type', 'TestLoop') == 'TestLoop':
+            # The same loop, with float32 predictions for the metrics.
+            cfg.test_cfg.type = 'AmpTestLoop'
         if not torch.cuda.is_available():
             # mmengine's test loop then autocasts to bfloat16 on the CPU,
             # where mmcv's compiled ops take float32 only.

@@ -661,6 +661,17 @@ def test_tta_configs(configs):
     assert flips.type == 'TestTimeAug' and len(flips.transforms[0]) == 2
 
 
+@pytest.mark.parametrize('library', ['mmpretrain', 'mmdet', 'mmseg'])
+def test_amp_test_flag(configs, library):
+    cfg = _setup(configs, library, '--amp')
+    assert cfg.test_cfg.fp16 is True
+    assert cfg.test_cfg.type == 'AmpTestLoop'
+    custom = copy.deepcopy(configs[library])
+    custom.test_cfg = dict(type='MyTestLoop')
+    cfg = _setup(configs, library, '--amp', cfg=custom)
+    assert cfg.test_cfg.type == 'MyTestLoop' and cfg.test_cfg.fp16 is True
+
+
 def test_out_and_show(configs):
     cfg = _setup(configs, 'mmseg', '--out', 'preds', '--show-dir', 'vis')
     assert cfg.test_evaluator.output_dir == 'preds'
