@@ -2,11 +2,10 @@
 """CPU fast paths: fused linear layers and cache-sized sub-batches.
 
 :func:`fused_linear` computes ``activation(x @ W.T + b) + residual`` in one
-call. When no gradient is
-needed and the map is a float32 CPU tensor, the activation or the residual
-add runs inside the oneDNN matrix multiply as a post-op (the fusion
-PyTorch's compiler uses on CPU), so the output is written once instead of
-being read and written again per elementwise step. Everywhere else -- under
+call. When no gradient is needed and the map is a float32 CPU tensor, the
+activation or the residual add runs inside the oneDNN matrix multiply as a
+post-op (the fusion PyTorch's compiler uses on CPU), so the output is written
+once instead of being read and written again per elementwise step. Everywhere else -- under
 autograd, autocast, tracing or export, on other devices or dtypes, or with
 ``torch.backends.mkldnn`` disabled -- it is ``F.linear`` followed by the
 same elementwise ops, so results agree to float32 rounding either way.
@@ -56,26 +55,31 @@ def is_capturing_graph() -> bool:
     return compiler is not None and compiler.is_compiling()
 
 
-def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                    residual: Optional[Tensor]) -> bool:
+def _onednn_applies(x: Tensor, weight: Tensor,
+                    bias: Optional[Tensor]) -> bool:
     """Whether the fused oneDNN call computes the same as the eager ops."""
     if _ONEDNN_OPS is None or x.device.type != 'cpu':
         return False
     if not (torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled):
         return False
-    tensors = [t for t in (x, weight, bias, residual) if t is not None]
+    tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.dtype != torch.float32 for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if cpu_autocast_enabled() or is_capturing_graph():
         return False
-    if residual is not None and (
-            residual.shape != x.shape[:-1] + weight.shape[:1]
-            or not residual.is_contiguous()):
-        return False  # broadcasting adds stay eager
     return x.numel() > 0 and x.is_contiguous()
+
+
+def _residual_fuses(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
+    """Whether oneDNN can add ``residual``: one float32 value per output
+    element, contiguous and needing no gradient (broadcasts stay eager)."""
+    return (residual.dtype == torch.float32
+            and not (torch.is_grad_enabled() and residual.requires_grad)
+            and residual.shape == x.shape[:-1] + weight.shape[:1]
+            and residual.is_contiguous())
 
 
 def fused_linear(x: Tensor,
@@ -103,17 +107,17 @@ def fused_linear(x: Tensor,
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)} '
                          f'or None, got {activation!r}')
-    if activation is None and residual is not None and _onednn_applies(
-            x, weight, bias, residual):
-        return _ONEDNN_OPS.binary(x, residual, weight, bias, 'add')
-    if _onednn_applies(x, weight, bias, None):
-        post_op, algorithm = ('none', '') if activation is None else \
-            ACTIVATIONS[activation][1:]
-        y = _ONEDNN_OPS(x, weight, bias, post_op, [], algorithm)
-    else:
+    if not _onednn_applies(x, weight, bias):
         y = F.linear(x, weight, bias)
         if activation is not None:
             y = ACTIVATIONS[activation][0](y)
+    elif activation is None and residual is not None and _residual_fuses(
+            x, weight, residual):
+        return _ONEDNN_OPS.binary(x, residual, weight, bias, 'add')
+    else:
+        post_op, algorithm = ('none', '') if activation is None else \
+            ACTIVATIONS[activation][1:]
+        y = _ONEDNN_OPS(x, weight, bias, post_op, [], algorithm)
     return y if residual is None else y + residual
 
 
