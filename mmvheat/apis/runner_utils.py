@@ -262,23 +262,21 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
     if args.amp_dtype and not args.amp:
         raise ValueError('--amp-dtype needs --amp')
     if args.amp:
+        if args.amp_dtype:
+            cfg.optim_wrapper.dtype = args.amp_dtype
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
             print_log('AMP training is already enabled in your config.',
                       logger='current', level=logging.WARNING)
-        elif not torch.cuda.is_available():
-            # mmengine's AmpOptimWrapper asserts a GPU.
-            dtype = args.amp_dtype or 'bfloat16'
-            print_log(f'No CUDA: --amp trains with {dtype} autocast on the '
-                      'CPU (CPUAmpOptimWrapper).', logger='current')
-            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
-            cfg.optim_wrapper.dtype = dtype
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-        if args.amp_dtype:
-            cfg.optim_wrapper.dtype = args.amp_dtype
+            if torch.cuda.is_available():
+                cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            else:  # mmengine's AmpOptimWrapper asserts a GPU
+                cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+                dtype = cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
+                print_log(f'No CUDA: --amp trains with {dtype} autocast on '
+                          'the CPU (CPUAmpOptimWrapper).', logger='current')
 
     if args.auto_scale_lr:
         auto_scale_lr = cfg.get('auto_scale_lr', None)
