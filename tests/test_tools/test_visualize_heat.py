@@ -133,6 +133,8 @@ def test_erf_vheat(backbone):
     assert erf.shape == (64, 64)
     assert (erf >= 0).all()
     assert float(erf.max()) == pytest.approx(1.0)
+    # Most pixels contribute: the heat operator is global.
+    assert float((erf > 1e-3).float().mean()) > 0.5
     # Peaked near the centre: the centre of mass within a few pixels of it
     # (a random init's argmax wanders), and the central half denser than
     # the whole map.
@@ -142,3 +144,115 @@ def test_erf_vheat(backbone):
     assert abs(cy - 32) <= 6 and abs(cx - 32) <= 6
     centre = erf[16:48, 16:48].mean()
     assert centre > erf.mean()
+
+
+class ConvNet(torch.nn.Module):
+    """Three 3x3 convolutions (receptive field 7 x 7), then an output norm
+    that mixes all pixels (GroupNorm statistics are global): the ERF must be
+    taken before it to stay within the receptive field."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1))
+        self.norm0 = torch.nn.GroupNorm(1, 8)
+
+    def forward(self, x):
+        return (self.norm0(self.convs(x)), )
+
+
+def test_erf_of_convolutions_is_their_receptive_field():
+    torch.manual_seed(0)
+    net = ConvNet()
+    erf = vh.effective_receptive_field(net, vh.erf_inputs(None, (32, 32), 2))
+    window = torch.zeros(32, 32, dtype=torch.bool)
+    window[16 - 3:16 + 4, 16 - 3:16 + 4] = True
+    # Outside the 7 x 7 window no path leads to the centre, so the gradient
+    # is exactly zero there (no rounding involved); inside, every pixel has
+    # a path through the three convolutions.
+    assert float(erf[~window].abs().max()) == 0
+    assert bool((erf[window] > 0).all())
+    # The output norm is bypassed and put back.
+    assert isinstance(net.norm0, torch.nn.GroupNorm)
+
+
+def test_erf_fails_without_dependence_on_the_input():
+
+    class Constant(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.map = torch.nn.Parameter(torch.ones(1, 4, 8, 8))
+
+        def forward(self, x):
+            return (self.map + 0 * x.sum(), )
+
+    with pytest.raises(RuntimeError, match='does not depend on the input'):
+        vh.effective_receptive_field(Constant(),
+                                     vh.erf_inputs(None, (8, 8), 1))
+
+
+def _stage2_vheat(k_bias):
+    """A tiny vHeat whose last output is stage 2 (stride 8; its convolutions
+    alone see 39 x 39 px), with the heat exponent ``k`` set to ``k_bias``
+    everywhere (``to_k`` weights zero)."""
+    from mmvheat.models.backbones.vheat import VHeat
+    torch.manual_seed(0)
+    model = VHeat(
+        arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
+                  layer_scale=None, mlp_ratio=2.),
+        img_size=64, out_indices=(1, )).eval()
+    with torch.no_grad():
+        for stage in model.stages:
+            for block in stage.blocks:
+                block.op.to_k.weight.zero_()
+                block.op.to_k.bias.fill_(k_bias)
+    return model
+
+
+@pytest.fixture(scope='module')
+def conv_support():
+    """Where the tiny stage-2 vHeat's convolutions alone reach the centre.
+
+    The same model with the heat operator replaced by the identity: its ERF
+    is the receptive field of its convolutions, with exact zeros outside
+    (no arithmetic reaches those pixels).
+    """
+    import mmvheat.models.backbones.vheat as vheat_module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vheat_module, 'spectral_filter', lambda x, t: x)
+        local = vh.effective_receptive_field(
+            _stage2_vheat(2.0), vh.erf_inputs(None, (96, 96), 2))
+    support = local > 0
+    assert 0.05 < float(support.float().mean()) < 0.5
+    assert not bool(support[0].any() or support[-1].any())
+    return support
+
+
+def _share_outside(erf, support):
+    return float(erf[~support].sum() / erf.sum())
+
+
+def test_erf_vheat_reaches_beyond_its_convolutions(conv_support):
+    erf = vh.effective_receptive_field(
+        _stage2_vheat(2.0), vh.erf_inputs(None, (96, 96), 2))
+    # A few percent of the sensitivity lies where no convolution reaches
+    # (the residual and local paths carry the rest), and the image borders
+    # are reached. Float32 rounding alone would leave values near 1e-7 of
+    # the peak there, far below these bounds.
+    assert _share_outside(erf, conv_support) > 0.03
+    assert float(erf[0].max()) > 1e-4 and float(erf[-1].max()) > 1e-4
+
+
+def test_erf_follows_the_weights(conv_support):
+    """A larger ``k`` conducts heat further: the share of the ERF beyond the
+    convolutions' reach grows with it (0.016 at k = 0.05, 0.069 at k = 10
+    for this model)."""
+    inputs = vh.erf_inputs(None, (96, 96), 2)
+    weak, strong = (
+        _share_outside(
+            vh.effective_receptive_field(_stage2_vheat(k), inputs),
+            conv_support) for k in (0.05, 10.0))
+    assert strong > 2 * weak, (weak, strong)

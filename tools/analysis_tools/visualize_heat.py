@@ -14,12 +14,15 @@ Writes three PNG figures to ``--out-dir``:
   of each stage's first block on the stage's frequency grid (the embedding
   resized to the grid at ``--size``), mean over channels, log colour scale.
   Low frequencies are at the top left.
-* ``erf.png``: the effective receptive field of the backbone's last output:
-  ``|d out[:, :, h/2, w/2].sum() / d input|`` summed over colour channels,
-  averaged over images (``--img`` plus random crops/flips of it, or noise
-  images without ``--img``), divided by its maximum. With
-  ``--compare-config`` (e.g. a Swin or MPViT config) the second model's ERF
-  is drawn beside vHeat's.
+* ``erf.png``: the effective receptive field (Luo et al., NeurIPS 2016, as
+  measured for large-kernel backbones by Ding et al., RepLKNet, CVPR 2022)
+  of the backbone's last output: ``|d relu(f[:, :, h/2, w/2]).sum() / d
+  input|`` summed over colour channels, averaged over images (``--img`` plus
+  random crops/flips of it, or noise images without ``--img``), divided by
+  its maximum. ``f`` is the last output *before* the backbone's output norm
+  (``norm{i}``): the channel sum of a LayerNorm output is constant, so its
+  gradient would vanish. With ``--compare-config`` (e.g. a Swin or MPViT
+  config) the second model's ERF is drawn beside vHeat's.
 
 Example::
 
@@ -32,8 +35,10 @@ Example::
 ``CHECKPOINT`` may be ``none`` (random initialisation).
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
+import re
 from importlib import import_module
 from typing import List, Optional, Sequence, Tuple
 
@@ -246,18 +251,48 @@ def _last_map(outs) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def without_output_norms(backbone):
+    """Replace the backbone's output norms (``norm{i}``) by identities."""
+    saved = {
+        name: module
+        for name, module in backbone.named_children()
+        if re.fullmatch(r'norm\d+', name)
+    }
+    for name in saved:
+        setattr(backbone, name, torch.nn.Identity())
+    try:
+        yield backbone
+    finally:
+        for name, module in saved.items():
+            setattr(backbone, name, module)
+
+
 def effective_receptive_field(backbone, inputs: torch.Tensor) -> torch.Tensor:
-    """ERF (H, W) of the centre of the last output, max-normalised to 1."""
+    """ERF (H, W) of the centre of the last output, max-normalised to 1.
+
+    The centre feature is taken before the output norm, and only its
+    positive part counts (see the module doc).
+
+    Raises:
+        RuntimeError: if the centre feature does not depend on the input
+            (every gradient is zero).
+    """
     param = next(backbone.parameters())
     total = torch.zeros(inputs.shape[-2:])
-    for x in inputs:  # one at a time: independent of batch statistics
-        x = x[None].to(param.device, param.dtype).requires_grad_(True)
-        out = _last_map(backbone(x))
-        h, w = out.shape[-2:]
-        out[:, :, h // 2, w // 2].sum().backward()
-        total += x.grad.abs().sum(1)[0].float().cpu()
-    total /= len(inputs)
-    return total / total.max().clamp_min(1e-12)
+    with without_output_norms(backbone):
+        for x in inputs:  # one at a time: independent of batch statistics
+            x = x[None].to(param.device, param.dtype).requires_grad_(True)
+            out = _last_map(backbone(x))
+            h, w = out.shape[-2:]
+            F.relu(out[:, :, h // 2, w // 2]).sum().backward()
+            total += x.grad.abs().sum(1)[0].float().cpu()
+    peak = float(total.max())
+    if not peak > 0:
+        raise RuntimeError(
+            'the centre of the last output does not depend on the input '
+            '(all gradients are zero); no effective receptive field')
+    return total / peak
 
 
 # -- figures ------------------------------------------------------------------
