@@ -1,10 +1,12 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """mmvheat: physics-inspired vision backbones for OpenMMLab."""
-from .utils.compat import (allow_mmengine_checkpoints,
-                           allow_torchvision_without_ops, check_mm_versions)
+from .utils.compat import allow_torchvision_without_ops, check_mm_versions
 from .version import __version__, version_info
 
 check_mm_versions()
+# After the version check: it imports mmengine's HistoryBuffer.
+from .utils.checkpoint_loading import allow_mmengine_checkpoints  # noqa: E402
+
 allow_mmengine_checkpoints()
 allow_torchvision_without_ops()
 

@@ -1,16 +1,9 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""Environment checks and torch >= 2.6 checkpoint compatibility.
+"""Environment checks and compatibility with the libraries around us.
 
-Since torch 2.6, ``torch.load`` defaults to ``weights_only=True`` and refuses
-any global it does not know. mmengine 0.10 checkpoints hold its message hub
-(``HistoryBuffer`` objects, whose statistics methods pickle as
-``getattr(buffer, 'mean')``) and numpy scalars and arrays, so resuming and
-testing fail with ``Unsupported global: ...HistoryBuffer``.
-
-:func:`allow_mmengine_checkpoints` adds exactly those globals to torch's
-allowlist, keeping the safe loader: ``builtins.getattr`` is answered by a
-function that only returns public methods of a ``HistoryBuffer``, since the
-real ``getattr`` would let a crafted file reach arbitrary code.
+:func:`check_mm_versions` fails early, with the fix, on an unsupported
+mmengine or mmcv. (Loading mmengine checkpoints under torch >= 2.6 is
+:mod:`mmvheat.utils.checkpoint_loading`.)
 
 :func:`allow_torchvision_without_ops` covers mmpretrain on CPU-only machines:
 mmpretrain imports torchvision's pure-Python transforms, but torchvision's
@@ -26,7 +19,6 @@ fail with ``expected scalar type Float``.
 import functools
 import glob
 import os.path as osp
-import pickle
 import sys
 from importlib import metadata
 from importlib.util import find_spec
@@ -37,8 +29,8 @@ import torch
 from mmvheat.ops.cpu import cpu_autocast_enabled
 
 __all__ = [
-    'check_mm_versions', 'allow_mmengine_checkpoints',
-    'allow_torchvision_without_ops', 'mmcv_ops_in_float32_under_cpu_autocast'
+    'check_mm_versions', 'allow_torchvision_without_ops',
+    'mmcv_ops_in_float32_under_cpu_autocast'
 ]
 
 MMENGINE_RANGE = ('0.10.0', '1.0.0')
@@ -78,49 +70,6 @@ def check_mm_versions():
     _check('mmcv', installed, MMCV_RANGE,
            'mmdet 3.3 and mmseg 1.2 need it with its compiled ops; run '
            'bash tools/setup_env.sh, or see the README.')
-
-
-def _history_buffer_getattr(obj, name: str):
-    from mmengine.logging.history_buffer import HistoryBuffer
-    owner = obj if isinstance(obj, type) else type(obj)
-    if (isinstance(owner, type) and issubclass(owner, HistoryBuffer)
-            and not name.startswith('_')
-            and callable(getattr(HistoryBuffer, name, None))):
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(
-        f'mmvheat refuses getattr({owner.__name__}, {name!r}) while loading '
-        'a checkpoint with weights_only=True')
-
-
-def _numpy_globals():
-    import numpy as np
-    try:
-        multiarray = np._core.multiarray
-    except AttributeError:  # numpy < 2
-        multiarray = np.core.multiarray
-    entries = [np.ndarray, np.dtype]
-    # Files written under numpy 1 and 2 name these two differently.
-    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        entries.append((multiarray._reconstruct, f'{module}._reconstruct'))
-        entries.append((multiarray.scalar, f'{module}.scalar'))
-    dtypes = getattr(np, 'dtypes', None)
-    if dtypes is not None:
-        entries.extend(
-            cls for cls in vars(dtypes).values()
-            if isinstance(cls, type) and issubclass(cls, np.dtype))
-    return entries
-
-
-def allow_mmengine_checkpoints():
-    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints."""
-    add_safe_globals = getattr(torch.serialization, 'add_safe_globals', None)
-    if add_safe_globals is None:  # torch < 2.4 loads them without help
-        return
-    from mmengine.logging.history_buffer import HistoryBuffer
-    add_safe_globals([HistoryBuffer,
-                      (_history_buffer_getattr, 'builtins.getattr'),
-                      (_history_buffer_getattr, '__builtin__.getattr')] +
-                     _numpy_globals())
 
 
 # Ops for which torchvision registers fake kernels even without its library.
