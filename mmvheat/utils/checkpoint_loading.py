@@ -64,6 +64,8 @@ import torch
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from .io import first_line
+
 __all__ = [
     'CheckpointLoadError', 'CheckpointRefusedError', 'TRUST_OPTION',
     'allow_mmengine_checkpoints', 'load_checkpoint_file',
@@ -87,11 +89,14 @@ class CheckpointRefusedError(ValueError):
     """
 
 
+_REFUSAL_ADVICE = (
+    '(weights_only=True builds only tensors, containers, numbers and the '
+    f'objects mmengine writes); pass {TRUST_OPTION} only if you trust the '
+    'file')
+
+
 def _refuse(what: str):
-    raise CheckpointRefusedError(
-        f'refused {what} (weights_only=True builds only tensors, containers, '
-        'numbers and the objects mmengine writes); pass '
-        f'{TRUST_OPTION} only if you trust the file')
+    raise CheckpointRefusedError(f'refused {what} {_REFUSAL_ADVICE}')
 
 
 # -- numpy --------------------------------------------------------------------
@@ -386,30 +391,26 @@ def _explained(exc: Exception, source: str,
         return CheckpointRefusedError(f'{source}: {exc}')
     if isinstance(exc, CheckpointLoadError):
         return exc
-    message = str(exc)
+    detail = first_line(exc)
     if weights_only and isinstance(exc, pickle.UnpicklingError):
-        reason = _unpickler_reason(message)
-        found = _REFUSED_GLOBAL.search(message)
+        found = _REFUSED_GLOBAL.search(str(exc))
         if found:
             name = found.group(1)
             # torch names builtins without their module.
             name = name if '.' in name else f'builtins.{name}'
             return CheckpointRefusedError(
-                f'{source}: refused global {name} (weights_only=True builds '
-                'only tensors, containers, numbers and the objects mmengine '
-                f'writes); pass {TRUST_OPTION} only if you trust the file')
-        if not _BROKEN_PICKLE.search(reason):
+                f'{source}: refused global {name} {_REFUSAL_ADVICE}')
+        detail = _unpickler_reason(str(exc))
+        if not _BROKEN_PICKLE.search(detail):
             return CheckpointRefusedError(
-                f'{source}: refused by the weights_only loader ({reason}); '
-                f'pass {TRUST_OPTION} only if you trust the file')
-        message = reason
+                f'{source}: refused by the weights_only loader: {detail} '
+                f'{_REFUSAL_ADVICE}')
     if isinstance(exc, FileNotFoundError):
         return CheckpointLoadError(f'{source}: no such checkpoint file')
     if isinstance(exc, (ImportError, AttributeError)) and not weights_only:
         return CheckpointLoadError(
             f'{source}: the checkpoint names an object this environment '
-            f'lacks ({type(exc).__name__}: {_first_line(message)})')
-    detail = _first_line(message) or type(exc).__name__
+            f'lacks ({type(exc).__name__}: {detail})')
     if isinstance(exc, OSError):
         return CheckpointLoadError(f'{source}: cannot read it: {detail}')
     if isinstance(exc, (RuntimeError, EOFError, pickle.PickleError, KeyError,
@@ -419,11 +420,6 @@ def _explained(exc: Exception, source: str,
             f'{source}: not a readable checkpoint (corrupt or truncated?): '
             f'{detail}')
     return None
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0].strip() if lines else ''
 
 
 @contextlib.contextmanager
