@@ -464,6 +464,8 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
             not written by ``torch.save``.
     """
     source = os.fspath(path)
+    if osp.isdir(source):
+        raise CheckpointLoadError(f'{source}: a directory, not a checkpoint')
     if not osp.isfile(source):
         raise CheckpointLoadError(f'{source}: no such checkpoint file')
     if trust:
