@@ -1,9 +1,15 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+import os
 import os.path as osp
+import shutil
+import warnings
 
 from setuptools import find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
+#: What OpenMMLab packages carry in ``<package>/.mim`` for ``pkg::`` config
+#: paths and MIM; see mmvheat/mim.py.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
 def readme():
@@ -50,7 +56,40 @@ def parse_requirements(fname):
     return requirements
 
 
+def add_mim_extension():
+    """Make ``mmvheat/.mim/{configs,tools,model-index.yml}`` the
+    repository's ones, as OpenMMLab packages do.
+
+    The repository holds them as relative links, so a checkout and an
+    editable install read the configs being edited; building a wheel or an
+    sdist copies the linked files (MANIFEST.in lists them). A checkout that
+    lost the links (an archive without symlinks, Windows without symlink
+    rights) gets them back, or copies where links cannot be made.
+    """
+    mim_dir = osp.join(HERE, 'mmvheat', '.mim')
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in MIM_FILES:
+        source = osp.join(HERE, name)
+        target = osp.join(mim_dir, name)
+        if osp.realpath(target) == osp.realpath(source):
+            continue
+        if osp.islink(target) or osp.isfile(target):
+            os.remove(target)
+        elif osp.isdir(target):
+            shutil.rmtree(target)
+        try:
+            os.symlink(osp.relpath(source, mim_dir), target)
+        except OSError:
+            warnings.warn(f'cannot link {target} to {source}: copied it; '
+                          'run setup.py again after editing it')
+            if osp.isdir(source):
+                shutil.copytree(source, target)
+            else:
+                shutil.copyfile(source, target)
+
+
 if __name__ == '__main__':
+    add_mim_extension()
     setup(
         name='mmvheat',
         version=get_version(),

@@ -1,5 +1,6 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """mmvheat: physics-inspired vision backbones for OpenMMLab."""
+from .mim import register_config_prefix
 from .utils.compat import allow_torchvision_without_ops, check_mm_versions
 from .version import __version__, version_info
 
@@ -9,6 +10,7 @@ from .utils.checkpoint_loading import allow_mmengine_checkpoints  # noqa: E402
 
 allow_mmengine_checkpoints()
 allow_torchvision_without_ops()
+register_config_prefix()  # _base_ = 'mmvheat::...'
 
 from .registry import MODELS  # noqa: E402
 from . import engine, models  # noqa: E402,F401
