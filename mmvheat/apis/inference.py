@@ -384,26 +384,36 @@ def run_inference(config, checkpoint: str, inputs: Sequence[str],
     """
     if batch_size < 1:
         raise InferenceError(f'--batch-size must be >= 1, not {batch_size}')
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from mmvheat.apis import detect_library
+
     # Everything that can be checked without the model first; the out-dir
     # is made last, when nothing else can be wrong.
     if isinstance(config, str):
         _require_file(config, 'config')
+        config = Config.fromfile(config)
+    library = detect_library(config)
     images = collect_images(inputs)
     state_dict = read_checkpoint(checkpoint)
     check_out_dir(out_dir)
 
-    inferencer = ImageInferencer(config, checkpoint, device=device,
-                                 score_thr=score_thr, state_dict=state_dict)
-    written = []
-    for batch in _batches(images, batch_size, progress):
-        paths = [path for path, _ in batch]
-        for (path, name), (drawn, pred) in zip(batch, inferencer(paths)):
-            written.append(
-                _write_outputs(out_dir, path, name, drawn, pred,
-                               inferencer.classes))
-    return dict(library=inferencer.library,
-                images=[path for path, _ in images], preds=written,
-                out_dir=out_dir)
+    # The inferencers make their library the global default scope; the
+    # caller's comes back afterwards.
+    with DefaultScope.overwrite_default_scope(library):
+        inferencer = ImageInferencer(config, checkpoint, device=device,
+                                     score_thr=score_thr,
+                                     state_dict=state_dict)
+        written = []
+        for batch in _batches(images, batch_size, progress):
+            paths = [path for path, _ in batch]
+            for (path, name), (drawn, pred) in zip(batch, inferencer(paths)):
+                written.append(
+                    _write_outputs(out_dir, path, name, drawn, pred,
+                                   inferencer.classes))
+    return dict(library=library, images=[path for path, _ in images],
+                preds=written, out_dir=out_dir)
 
 
 # -- command line -------------------------------------------------------------

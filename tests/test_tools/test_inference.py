@@ -92,8 +92,11 @@ def _load_json(path):
 def test_each_library_on_a_photograph(library, models, photo, tmp_path):
     config, checkpoint = models(library)
     out_dir = str(tmp_path / 'out')
+    before = DefaultScope.get_current_instance()
     result = run_inference(config, checkpoint, [photo], out_dir,
                            device='cpu', progress=False)
+    # The inferencers' init_default_scope does not outlive the call.
+    assert DefaultScope.get_current_instance() is before
     assert result['library'] == library
     assert result['images'] == [photo]
 
