@@ -200,8 +200,7 @@ class ImageInferencer:
     """One of the libraries' inferencers, chosen by the config.
 
     Args:
-        config (str): An mmpretrain, mmdet or mmseg config file (or
-            ``Config``).
+        config (str | Config): An mmpretrain, mmdet or mmseg config.
         checkpoint (str): Its weights, saved by mmengine.
         device (str, optional): ``'cpu'``, ``'cuda:0'``... Defaults to
             None: CUDA when there is one.
@@ -242,8 +241,10 @@ class ImageInferencer:
             self.inferencer.show_progress = False
         else:
             from mmpretrain.apis import ImageClassificationInferencer
+            from mmpretrain.visualization import UniversalVisualizer
             self.inferencer = ImageClassificationInferencer(
                 model=config, pretrained=checkpoint, device=device)
+            self.cls_visualizer = UniversalVisualizer()
         self.model = self.inferencer.model
         check_checkpoint_fits(self.model, state_dict, checkpoint)
         meta = getattr(self.model, 'dataset_meta', None) or getattr(
@@ -260,6 +261,17 @@ class ImageInferencer:
             map (``sem_seg``, an array).
         """
         paths = list(paths)
+        try:
+            return self._predict(paths)
+        except Exception:
+            # A file that is no image fails deep inside the pipeline.
+            import mmcv
+            for path in paths:
+                if mmcv.imread(path) is None:
+                    raise InferenceError(f'cannot read image {path}')
+            raise
+
+    def _predict(self, paths):
         if self.library == 'mmdet':
             out = self.inferencer(
                 paths, batch_size=len(paths), return_vis=True,
@@ -280,10 +292,7 @@ class ImageInferencer:
         # ImageClassificationInferencer.__call__ always shows its own bar,
         # and draws only into files or windows: its steps, then its drawer.
         import mmcv
-        from mmpretrain.visualization import UniversalVisualizer
 
-        if not hasattr(self, '_visualizer'):
-            self._visualizer = UniversalVisualizer()
         samples = []
         for data in self.inferencer.preprocess(paths, batch_size=len(paths)):
             samples.extend(self.inferencer.forward(data))
@@ -292,7 +301,7 @@ class ImageInferencer:
                                       self.inferencer.postprocess(
                                           samples, None)):
             image = mmcv.imread(path, channel_order='rgb')
-            drawn = self._visualizer.visualize_cls(
+            drawn = self.cls_visualizer.visualize_cls(
                 image, sample, classes=self.classes or None, draw_gt=False,
                 draw_pred=True, draw_score=True, name=osp.basename(path))
             pred = dict(pred, pred_scores=pred['pred_scores'].tolist())

@@ -92,11 +92,11 @@ def _load_json(path):
 def test_each_library_on_a_photograph(library, models, photo, tmp_path):
     config, checkpoint = models(library)
     out_dir = str(tmp_path / 'out')
-    before = DefaultScope.get_current_instance()
-    result = run_inference(config, checkpoint, [photo], out_dir,
-                           device='cpu', progress=False)
-    # The inferencers' init_default_scope does not outlive the call.
-    assert DefaultScope.get_current_instance() is before
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        result = run_inference(config, checkpoint, [photo], out_dir,
+                               device='cpu', progress=False)
+        # The inferencers' init_default_scope does not outlive the call.
+        assert DefaultScope.get_current_instance().scope_name == 'mmengine'
     assert result['library'] == library
     assert result['images'] == [photo]
 
@@ -285,6 +285,13 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
     for message, argv in cases.items():
         with pytest.raises(InferenceError, match=re.escape(message)):
             inference(argv + ['--out-dir', out, '--device', 'cpu'])
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(b'\xff\xd8 not a jpeg')
+    for library in ('mmpretrain', 'mmdet'):
+        with pytest.raises(InferenceError,
+                           match=re.escape(f'cannot read image {broken}')):
+            inference([*models(library), str(broken), '--out-dir', out,
+                       '--device', 'cpu'])
     with pytest.raises(InferenceError, match='cannot write to --out-dir'):
         inference([config, checkpoint, photo, '--out-dir',
                    str(a_file / 'sub')])
