@@ -1,7 +1,7 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-from .dispatch import (HCO_BACKEND_ENV, HCO_BACKENDS, hco_backend,
-                       triton_available)
 from .cpu import cpu_sub_batch_size, fused_linear, is_capturing_graph
+from .dispatch import (HCO_AUTOTUNE_CACHE_ENV, HCO_BACKEND_ENV, HCO_BACKENDS,
+                       hco_backend, hco_dispatcher, triton_available)
 from .heat_conduction import (dct2d, dct_basis, decay_map, frequency_energy,
                               heat_conduction, heat_transfer, idct2d,
                               spectral_filter, spectral_filter_reference)
@@ -9,6 +9,7 @@ from .heat_conduction import (dct2d, dct_basis, decay_map, frequency_energy,
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
     'idct2d', 'spectral_filter', 'spectral_filter_reference',
-    'heat_conduction', 'hco_backend', 'triton_available', 'HCO_BACKEND_ENV',
-    'HCO_BACKENDS', 'fused_linear', 'is_capturing_graph', 'cpu_sub_batch_size'
+    'heat_conduction', 'hco_backend', 'hco_dispatcher', 'triton_available',
+    'HCO_BACKEND_ENV', 'HCO_BACKENDS', 'HCO_AUTOTUNE_CACHE_ENV',
+    'fused_linear', 'is_capturing_graph', 'cpu_sub_batch_size'
 ]

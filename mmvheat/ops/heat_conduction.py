@@ -15,207 +15,39 @@ Here ``k`` is a per-frequency, per-channel exponent (the paper predicts it from
 learnable frequency value embeddings). The two separable transforms cost
 ``O(C * H * W * (H + W))``, i.e. ``O(N^1.5)`` in the number of pixels ``N``.
 
-All maps are channels-last, ``(..., H, W, C)``. Analytic tensors are built in
-float64, cast once and cached per ``(size, device, dtype)``.
+All maps are channels-last, ``(..., H, W, C)``. The basis, the filter and the
+reference path live in :mod:`mmvheat.ops.spectral`; :func:`spectral_filter`
+hands each call to the implementation :mod:`mmvheat.ops.dispatch` picks.
 """
-import math
-from functools import lru_cache
-from typing import Optional
-
-import torch
 from torch import Tensor
+
+from .dispatch import dispatch_spectral_filter
+from .spectral import (dct2d, dct_basis, decay_map, frequency_energy,
+                       heat_transfer, idct2d, spectral_filter_reference)
 
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
-    'idct2d', 'spectral_filter', 'heat_conduction'
+    'idct2d', 'spectral_filter', 'spectral_filter_reference', 'heat_conduction'
 ]
 
-# The transforms accumulate in float32 whatever the activation dtype.
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+def spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
+    """``IDCT2D(DCT2D(x) * transfer)`` on a channels-last map.
 
-def _canonical_device(device) -> torch.device:
-    device = torch.device('cpu' if device is None else device)
-    if device.type == 'cuda' and device.index is None:
-        device = torch.device('cuda', torch.cuda.current_device())
-    return device
-
-
-@lru_cache(maxsize=128)
-def _cached_dct_basis(n: int, device: torch.device,
-                      dtype: torch.dtype) -> Tensor:
-    x = torch.arange(n, dtype=torch.float64)
-    freq = torch.arange(n, dtype=torch.float64)[:, None]
-    basis = torch.cos(math.pi * freq * (x + 0.5) / n) * math.sqrt(2.0 / n)
-    basis[0] = math.sqrt(1.0 / n)
-    return basis.to(device=device, dtype=dtype)
-
-
-def dct_basis(n: int,
-              device: Optional[torch.device] = None,
-              dtype: torch.dtype = torch.float32) -> Tensor:
-    """The orthonormal DCT-II matrix of size ``n``.
-
-    ``D[f, x] = s_f * cos(pi * f * (x + 0.5) / n)`` with ``s_0 = sqrt(1/n)``
-    and ``s_f = sqrt(2/n)``, so ``D @ u`` equals
-    ``scipy.fft.dct(u, type=2, norm='ortho')`` and ``D.T`` is its inverse.
+    The same function as :func:`spectral_filter_reference`; on CUDA with
+    Triton installed the dispatcher may run the Triton kernels instead
+    (self-checked and autotuned, see :mod:`mmvheat.ops.dispatch`). The
+    environment variable ``MMVHEAT_HCO_BACKEND=auto|torch|triton`` chooses.
 
     Args:
-        n (int): The transform length, at least 1.
-        device (torch.device, optional): Defaults to CPU.
-        dtype (torch.dtype): Defaults to ``torch.float32``.
-
-    Returns:
-        Tensor: A cached, read-only ``(n, n)`` matrix. Do not modify in place.
-    """
-    if n < 1:
-        raise ValueError(f'DCT size must be positive, got {n}')
-    return _cached_dct_basis(int(n), _canonical_device(device), dtype)
-
-
-@lru_cache(maxsize=128)
-def _cached_frequency_energy(h: int, w: int, device: torch.device,
-                             dtype: torch.dtype) -> Tensor:
-    a = torch.linspace(0, math.pi, h + 1, dtype=torch.float64)[:h]
-    b = torch.linspace(0, math.pi, w + 1, dtype=torch.float64)[:w]
-    energy = a[:, None]**2 + b[None, :]**2
-    return energy.to(device=device, dtype=dtype)
-
-
-def frequency_energy(h: int,
-                     w: int,
-                     device: Optional[torch.device] = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
-    """The squared wave numbers ``(n*pi/H)^2 + (m*pi/W)^2`` of an H x W grid.
-
-    This is ``-log(decay_map(h, w))``; it is what multiplies ``k`` in the
-    exponent of the heat kernel.
-
-    Returns:
-        Tensor: A cached ``(h, w)`` map.
-    """
-    if h < 1 or w < 1:
-        raise ValueError(f'grid size must be positive, got {h} x {w}')
-    return _cached_frequency_energy(
-        int(h), int(w), _canonical_device(device), dtype)
-
-
-def decay_map(h: int,
-              w: int,
-              device: Optional[torch.device] = None,
-              dtype: torch.dtype = torch.float32) -> Tensor:
-    """The unit-time decay ``exp(-((n*pi/H)^2 + (m*pi/W)^2))`` per frequency.
-
-    Frequencies follow ``linspace(0, pi, H + 1)[:H]``, as in the paper.
-
-    Returns:
-        Tensor: An ``(h, w)`` map with ``decay[0, 0] == 1``.
-    """
-    return torch.exp(-frequency_energy(h, w, device, torch.float64)).to(dtype)
-
-
-def heat_transfer(k: Tensor) -> Tensor:
-    """The per-frequency filter ``decay_map ** k`` for an exponent map ``k``.
-
-    Computed as ``exp(-k * energy)`` in float32 (float64 for a float64
-    ``k``), which equals ``decay ** k`` without forming the tiny ``decay``
-    values first.
-
-    Args:
-        k (Tensor): Non-negative exponents of shape ``(H, W, C)``.
-
-    Returns:
-        Tensor: The filter of shape ``(H, W, C)``, at least float32.
-    """
-    if k.dim() != 3:
-        raise ValueError(f'k must be (H, W, C), got shape {tuple(k.shape)}')
-    h, w, _ = k.shape
-    dtype = torch.promote_types(k.dtype, torch.float32)
-    energy = frequency_energy(h, w, k.device, dtype)
-    return torch.exp(-k.to(dtype) * energy[:, :, None])
-
-
-def _separable_transform(x: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
-    """Apply ``basis_h`` along H and ``basis_w`` along W of ``(B, H, W, C)``."""
-    b, h, w, c = x.shape
-    # Along H: one GEMM per image on an (H, W*C) matrix.
-    x = torch.matmul(basis_h, x.reshape(b, h, w * c))
-    # Along W: one small GEMM per row on a (W, C) matrix.
-    x = torch.matmul(basis_w, x.reshape(b * h, w, c))
-    return x.reshape(b, h, w, c)
-
-
-def _as_batched_float(x: Tensor):
-    if x.dim() < 3:
-        raise ValueError('expected a channels-last map (..., H, W, C), got '
-                         f'shape {tuple(x.shape)}')
-    lead = x.shape[:-3]
-    x = x.reshape(-1, *x.shape[-3:])
-    if x.dtype in _LOW_PRECISION:
-        x = x.float()
-    return x, lead
-
-
-def dct2d(x: Tensor) -> Tensor:
-    """Orthonormal 2D DCT-II over the (H, W) axes of ``(..., H, W, C)``."""
-    out_dtype = x.dtype
-    x, lead = _as_batched_float(x)
-    with torch.autocast(x.device.type, enabled=False):
-        h, w = x.shape[1:3]
-        y = _separable_transform(x, dct_basis(h, x.device, x.dtype),
-                                 dct_basis(w, x.device, x.dtype))
-    return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
-
-
-def idct2d(x: Tensor) -> Tensor:
-    """Inverse of :func:`dct2d` (the orthonormal DCT-III)."""
-    out_dtype = x.dtype
-    x, lead = _as_batched_float(x)
-    with torch.autocast(x.device.type, enabled=False):
-        h, w = x.shape[1:3]
-        y = _separable_transform(x,
-                                 dct_basis(h, x.device, x.dtype).t(),
-                                 dct_basis(w, x.device, x.dtype).t())
-    return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
-
-
-def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
-    """``IDCT2D(DCT2D(x) * transfer)`` with plain tensor algebra.
-
-    Args:
-        x (Tensor): A channels-last map ``(B, H, W, C)``; float32, float16 or
-            bfloat16. Arithmetic runs in float32.
+        x (Tensor): A channels-last map ``(..., H, W, C)``; float32, float16
+            or bfloat16 (arithmetic in float32), or float64.
         transfer (Tensor): The per-frequency, per-channel filter
             ``(H, W, C)``.
 
     Returns:
-        Tensor: The filtered map, in the dtype of ``x``.
+        Tensor: The filtered map, shape and dtype of ``x``.
     """
-    out_dtype = x.dtype
-    x, lead = _as_batched_float(x)
-    if transfer.shape != x.shape[1:]:
-        raise ValueError(f'transfer of shape {tuple(transfer.shape)} does not '
-                         f'match the map {tuple(x.shape[1:])}')
-    with torch.autocast(x.device.type, enabled=False):
-        h, w = x.shape[1:3]
-        basis_h = dct_basis(h, x.device, x.dtype)
-        basis_w = dct_basis(w, x.device, x.dtype)
-        spectrum = _separable_transform(x, basis_h, basis_w)
-        spectrum = spectrum * transfer.to(x.dtype)
-        y = _separable_transform(spectrum, basis_h.t(), basis_w.t())
-    return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
-
-
-def spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
-    """Filter a channels-last map in the cosine basis (see module doc).
-
-    Same function as :func:`spectral_filter_reference`; on CUDA with Triton
-    installed it runs the fused Triton kernel instead. The environment
-    variable ``MMVHEAT_HCO_BACKEND=torch|triton`` forces a path (see
-    :mod:`mmvheat.ops.dispatch`).
-    """
-    # Imported here: the dispatcher imports this module.
-    from .dispatch import dispatch_spectral_filter
     return dispatch_spectral_filter(x, transfer)
 
 

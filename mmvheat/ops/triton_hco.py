@@ -2,74 +2,56 @@
 """Triton kernels for the Heat Conduction Operator's spectral filter.
 
 ``spectral_filter_triton(x, transfer)`` computes the same function as
-:func:`mmvheat.ops.heat_conduction.spectral_filter_reference`::
+:func:`mmvheat.ops.spectral.spectral_filter_reference`::
 
     y[b, :, :, c] = Dh^T ((Dh x[b, :, :, c] Dw^T) * transfer[:, :, c]) Dw
 
-on a contiguous channels-last map ``x`` of shape ``(B, H, W, C)`` (any leading
-dims are flattened into ``B``), for float32, bfloat16 and float16 ``x`` with
-float32 arithmetic, ``1 <= H, W <= 256``. ``transfer`` is used in float32.
-Gradients for ``x`` and ``transfer`` come from a ``torch.autograd.Function``.
+on a channels-last map ``x`` of shape ``(B, H, W, C)`` (leading dims are
+flattened into ``B``) for any ``H, W >= 1``, float32, bfloat16 and float16
+``x`` with float32 arithmetic; ``transfer`` is used in float32. Gradients for
+``x`` and ``transfer`` come from a ``torch.autograd.Function``.
 
 Design
 ------
 All matrix products are ``tl.dot`` on float32 operands with float32
 accumulation: 3xTF32 on sm_80+ GPUs, IEEE FMA otherwise (see
 :func:`_dot_precision`). The DCT matrices come from :func:`dct_basis` (cached
-float32, read from L1/L2 at every ``tl.dot``). Two paths:
+float32, read through L1/L2). Two paths, both for any batch and channel
+count:
 
-* **fused** (padded grid ``HP * WP <= 32 * 32``: the vHeat stages at 28, 14
-  and 7 px of a 224 px input). One program per ``(channel block of BC
-  channels, batch chunk)``; grid ``(ceil(C / BC), n_batch_chunks)``. The
-  program loads the whole ``H x W x BC`` slab of an image as one
-  ``[HP, WP * BC]`` register tile (``HP``, ``WP`` = next power of two >= 16,
-  zero padded by masks; ``tl.dot`` needs dims >= 16) and does four
-  ``tl.dot``: along H (``Dh @ X``), a permute to put W first, along W, the
-  multiply by the transfer tile, the inverse along W, a permute back, the
-  inverse along H; then stores. ``BC`` is the largest power of two with
-  ``HP * WP * BC <= 2048`` (and <= next_pow2(C)).
-  Global-memory traffic per activation element, forward: the input is read
-  once (its own dtype) and the output written once (its own dtype); the
-  spectrum is never written to memory. ``transfer`` (fp32) is read once per
-  program (from L2 after the first batch chunk: it is shared by the batch).
-  Backward: ``grad_out`` and ``x`` read once each, ``grad_x`` written once;
-  ``grad_T`` is accumulated in registers over the program's batch chunk and
-  written as one float32 partial per chunk (``n_chunks x H x W x C``),
-  summed in torch. Forward: 4 ``tl.dot`` per image and channel block;
-  backward: 4 for ``grad_x`` plus 2 for the spectrum of ``x``.
-* **tiled** (larger grids, up to 256 x 256, where a slab does not fit on
-  chip; this includes vHeat's first stage, 56 x 56). Three kernels: a
-  batched GEMM along H (``Dh @ x[b]`` on the ``(H, W*C)`` matrix, input in
-  its own dtype, float32 out), a row kernel per ``(image row, 16 channels)``
-  that fuses ``Dw @ row``, the multiply by the transfer row and
-  ``Dw^T @ (.)`` (a ``[WP, 16]`` float32 tile on chip), and the inverse GEMM
-  along H, which writes the output dtype. Here the intermediates DO go
-  through global memory: two float32 tensors of the size of ``x`` are
-  written once and read back (the GEMM along H re-reads its input tiles
-  ``ceil(H / 32)`` times, as any tiled GEMM does, mostly from L2). So per
-  element: input read + 4 B written + 4 B read + 4 B written + 4 B read +
-  output written. Backward on this path: ``grad_x`` is the same three
-  launches on ``grad_out``; ``grad_T`` = sum over the batch of
-  ``spectrum(x) * spectrum(grad_out)``, both spectra computed by the kernels
-  in float32 and multiplied and reduced in torch (two extra float32 buffers
-  of x's size).
-
-Tile limits and warp counts come from compiling the kernels offline for
-sm_90 (``triton.compile`` + ``cuobjdump --dump-resource-usage``, no GPU
-needed), with 3xTF32, bf16 activations: fused fwd 186 registers / 24 KB
-shared (16x16, BC 8, 4 warps) and 181 / 48 KB (32x32, BC 2, 8 warps), no
-spills; fused bwd with grad_T 255 registers and a 24-byte spill, 28 / 64 KB;
-tiled GEMM 179 / 12 KB; row kernel 150 / 26 KB (W <= 64), 226 / 50 KB
-(<= 128), 255 + 440-byte spill / 72 KB (<= 256). Larger fused tiles spilled
-heavily (64x64: 160-224 KB shared memory, KB-sized spills), and IEEE FMA
-``tl.dot`` needs far more registers than 3xTF32. GPU run time has not been
-measured: these are untuned first choices.
+* **fused**, for grids whose padded size ``HP x WP`` (next powers of two,
+  at least 16 as ``tl.dot`` requires) is 16 or 32 on each side: one program
+  per (image, block of ``BC`` channels) holds the whole ``H x W x BC`` slab
+  as one ``[HP, WP * BC]`` register tile and does the four products (along
+  H, a permute, along W, the multiply by the transfer, the two inverses) on
+  chip. Activations are read and written once in their own dtype; the
+  spectrum never reaches memory. The backward reuses the slab for
+  ``grad_T``, accumulated over a chunk of the batch and written as one
+  float32 partial per chunk.
+* **tiled**, for any grid: the separable transform as batched GEMMs with the
+  DCT matrix, one kernel (:func:`_hco_gemm_kernel`, ``out[g] = A' @ in[g]``
+  on ``(N, R)`` matrices). Along H a matrix is an image, ``(H, W * C)``;
+  along W it is an image row, ``(W, C)`` -- the same contiguous memory seen
+  as ``(B * H, W, C)``, so one kernel serves both axes. The forward is
+  ``S = Dw (Dh x)`` (two GEMMs, the first reading ``x`` in its dtype) and
+  ``y = Dh^T (Dw^T (T * S))`` (two more, the last writing ``y``'s dtype);
+  the transfer multiplies the loaded operand of the first inverse GEMM (a
+  prologue, ``T`` broadcast over images through ``g % H``). Intermediates
+  are float32 and go through global memory. Memory is the only size limit:
+  the grid is one-dimensional and offsets are 64-bit.
 
 Backward: the filter is ``A^T diag(T) A`` with ``A = Dh (x) Dw`` orthonormal,
 which is symmetric, so ``grad_x = A^T diag(T) A grad_out`` -- the same filter
-applied to ``grad_out`` -- and ``grad_T = sum_b (A x) * (A grad_out)``. The
-spectrum of ``x`` is recomputed from ``x`` in the backward pass (nothing but
+applied to ``grad_out`` -- and ``grad_T = sum_b (A x) * (A grad_out)``. On the
+tiled path the unmultiplied spectrum ``A grad_out`` serves both (this is why
+``T`` enters as a prologue of the inverse rather than an epilogue of the
+forward GEMM), and the product with ``A x`` is reduced over the batch in
+torch. The spectrum of ``x`` is recomputed in the backward pass (nothing but
 ``x`` and ``transfer`` is saved). Double backward is not supported.
+
+Every launch goes through :func:`_launch` with a configuration from a fixed
+set (:func:`kernel_configurations` lists them all), so an offline compile of
+that set for each GPU architecture covers every kernel this module can run.
 
 Interpreter: the kernels are wrapped by ``triton.jit`` lazily, once per value
 of Triton's interpreter switch (``TRITON_INTERPRET``) seen at launch time, so
@@ -84,6 +66,7 @@ import contextlib
 import functools
 import os
 import types
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -91,28 +74,35 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .heat_conduction import dct_basis
+from .spectral import dct_basis
 
 __all__ = [
     'spectral_filter_triton', 'triton_supports', 'triton_interpret_enabled',
-    'MAX_GRID_SIZE', 'SUPPORTED_DTYPES'
+    'kernel_paths', 'default_path', 'kernel_configurations', 'KernelConfig',
+    'KERNEL_PATHS', 'SUPPORTED_DTYPES'
 ]
 
-#: Largest H and W the kernels accept.
-MAX_GRID_SIZE = 256
 #: Activation dtypes the kernels accept (arithmetic is float32 throughout).
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: The kernel paths, in the order the dispatcher lists them.
+KERNEL_PATHS = ('fused', 'tiled')
 
-# Fused path: padded HP * WP at most this, register tile HP * WP * BC at most
-# _FUSED_MAX_TILE float32 elements. Chosen from sm_90 compile statistics
-# (registers, spills, shared memory; see the module doc), not from timings.
-_FUSED_MAX_GRID = 32 * 32
-_FUSED_MAX_TILE = 2048
-# Tiled path: GEMM along H and row-kernel block sizes.
-_GEMM_BM, _GEMM_BN, _GEMM_BK = 32, 64, 32
-_ROW_BC, _ROW_BK = 16, 32
+# Fused path: the padded grid sides it takes, and the register tile
+# HP * WP * BC (float32 elements) each program holds.
+_FUSED_SIDES = (16, 32)
+_FUSED_TILE = 2048
+# Tiled path: (BM, BK) of the GEMM by the transform length N (the smallest
+# that covers N, else the last), and BN, the columns per program.
+_GEMM_TILES = ((16, 16), (32, 32), (64, 32))
+_GEMM_BN = 64
 # Fused backward: aim for about this many programs when splitting the batch.
 _TARGET_PROGRAMS = 512
+
+_TRITON_DTYPES = {
+    torch.float32: 'fp32',
+    torch.bfloat16: 'bf16',
+    torch.float16: 'fp16'
+}
 
 
 def _dot_precision(device: torch.device) -> str:
@@ -196,16 +186,16 @@ def _idct2_tile(s, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
 
 
 def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
-                      B, H, W, C, B_PER_PROG,
+                      B, H, W, C, B_PER_PROG, C_BLOCKS,
                       STORE_OUT: tl.constexpr, NEED_GT: tl.constexpr,
                       HP: tl.constexpr, WP: tl.constexpr, BC: tl.constexpr,
                       PREC: tl.constexpr):
-    """Per (channel block, batch chunk): for each image ``b`` of the chunk,
+    """Per (batch chunk, channel block): for each image ``b`` of the chunk,
     ``S = A src[b]``; if STORE_OUT, ``out[b] = A^T (T * S)``; if NEED_GT,
     ``acc += (A x[b]) * S`` and the chunk's ``acc`` goes to ``gt[chunk]``."""
-    pid_c = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    c0 = pid_c * BC
+    pid = tl.program_id(0)
+    pid_b = pid // C_BLOCKS
+    c0 = (pid % C_BLOCKS) * BC
     hwc = H * W * C
     # Activations in (h, w, c) order; spectra and T in (m, n, c) order.
     x_offs, x_mask = _slab_offsets(H, W * C, W, C, c0, C, HP, WP, BC)
@@ -238,17 +228,29 @@ def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
                  mask=s_mask)
 
 
-def _hco_cols_kernel(in_ptr, out_ptr, a_ptr, N, R,
-                     TRANS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, PREC: tl.constexpr):
-    """Batched GEMM ``out[b] = A' @ in[b]`` on ``(N, R)`` matrices, where
-    ``A' = A`` or ``A^T`` (TRANS) for the ``N x N`` matrix ``A``."""
-    pid_r = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_b = tl.program_id(2)
-    base = pid_b.to(tl.int64) * N * R
+def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
+                     TILES_M, TRANS: tl.constexpr, MUL: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                     PREC: tl.constexpr):
+    """Batched GEMM ``out[q] = A' @ (in[q] * T[q % T_BATCH])`` on ``(N, R)``
+    matrices ``q``, where ``A' = A`` or ``A^T`` (TRANS) for the ``N x N``
+    matrix ``A`` and the product with ``T`` is taken only if MUL.
+
+    The batch is folded into the columns: column ``j`` of the ``N x COLS``
+    problem is column ``j % R`` of matrix ``j // R``, so narrow matrices
+    (an image row of a few channels) still fill a tile. Programs run over
+    the row tiles of one column strip before the next strip, so a strip is
+    read from L2 after its first use.
+    """
+    pid = tl.program_id(0)
+    pid_m = pid % TILES_M
     rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_r * BN + tl.arange(0, BN)
+    cols = (pid // TILES_M).to(tl.int64) * BN + tl.arange(0, BN)
+    q = cols // R
+    col_base = q * N * R + cols % R
+    col_ok = cols < COLS
+    if MUL:
+        t_base = (q % T_BATCH) * N * R + cols % R
     ks = tl.arange(0, BK)
     acc = tl.full((BM, BN), 0.0, tl.float32)
     for k0 in range(0, N, BK):
@@ -259,69 +261,34 @@ def _hco_cols_kernel(in_ptr, out_ptr, a_ptr, N, R,
             a_offs = rows[:, None] * N + k[None, :]
         a = tl.load(a_ptr + a_offs, mask=(rows < N)[:, None] &
                     (k < N)[None, :], other=0.0)
-        v = tl.load(in_ptr + base + k[:, None] * R + cols[None, :],
-                    mask=(k < N)[:, None] & (cols < R)[None, :],
+        k_offs = k.to(tl.int64)[:, None] * R
+        v_mask = (k < N)[:, None] & col_ok[None, :]
+        v = tl.load(in_ptr + k_offs + col_base[None, :], mask=v_mask,
                     other=0.0).to(tl.float32)
+        if MUL:
+            v = v * tl.load(t_ptr + k_offs + t_base[None, :], mask=v_mask,
+                            other=0.0)
         acc += tl.dot(a, v, input_precision=PREC)
-    tl.store(out_ptr + base + rows[:, None] * R + cols[None, :],
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * R + col_base[None, :],
              acc.to(out_ptr.dtype.element_ty),
-             mask=(rows < N)[:, None] & (cols < R)[None, :])
-
-
-def _hco_rows_kernel(in_ptr, out_ptr, t_ptr, dw_ptr, H, W, C,
-                     FWD: tl.constexpr, MUL: tl.constexpr, INV: tl.constexpr,
-                     WP: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                     BM: tl.constexpr, PREC: tl.constexpr):
-    """Per (image row ``g = b * H + n``, channel block), on the ``(W, C)``
-    row: ``S = Dw @ row`` (if FWD, else the row), ``S *= T[n]`` (if MUL),
-    ``out = Dw^T @ S`` (if INV, else S)."""
-    g = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    n = g % H
-    base = g.to(tl.int64) * W * C
-    rows = tl.arange(0, WP)
-    cs = pid_c * BC + tl.arange(0, BC)
-    c_ok = cs < C
-    if FWD:
-        ks = tl.arange(0, BK)
-        s = tl.full((WP, BC), 0.0, tl.float32)
-        for k0 in range(0, W, BK):
-            k = k0 + ks
-            a = tl.load(dw_ptr + rows[:, None] * W + k[None, :],
-                        mask=(rows < W)[:, None] & (k < W)[None, :],
-                        other=0.0)
-            v = tl.load(in_ptr + base + k[:, None] * C + cs[None, :],
-                        mask=(k < W)[:, None] & c_ok[None, :],
-                        other=0.0).to(tl.float32)
-            s += tl.dot(a, v, input_precision=PREC)
-    else:
-        s = tl.load(in_ptr + base + rows[:, None] * C + cs[None, :],
-                    mask=(rows < W)[:, None] & c_ok[None, :],
-                    other=0.0).to(tl.float32)
-    if MUL:
-        t = tl.load(t_ptr + n * W * C + rows[:, None] * C + cs[None, :],
-                    mask=(rows < W)[:, None] & c_ok[None, :], other=0.0)
-        s = s * t.to(tl.float32)
-    if INV:
-        ms = tl.arange(0, BM)
-        for m0 in range(0, W, BM):
-            m = m0 + ms
-            # Dw^T[m, k] = Dw[k, m]
-            a = tl.load(dw_ptr + rows[None, :] * W + m[:, None],
-                        mask=(m < W)[:, None] & (rows < W)[None, :],
-                        other=0.0)
-            q = tl.dot(a, s, input_precision=PREC)
-            tl.store(out_ptr + base + m[:, None] * C + cs[None, :],
-                     q.to(out_ptr.dtype.element_ty),
-                     mask=(m < W)[:, None] & c_ok[None, :])
-    else:
-        tl.store(out_ptr + base + rows[:, None] * C + cs[None, :],
-                 s.to(out_ptr.dtype.element_ty),
-                 mask=(rows < W)[:, None] & c_ok[None, :])
+             mask=(rows < N)[:, None] & col_ok[None, :])
 
 
 _KERNEL_SOURCES = (_load_basis, _slab_offsets, _dct2_tile, _idct2_tile,
-                   _hco_fused_kernel, _hco_cols_kernel, _hco_rows_kernel)
+                   _hco_fused_kernel, _hco_gemm_kernel)
+# The launchable kernels and the names and types of their runtime arguments
+# (pointers: '*' and the dtype, filled in per configuration).
+_KERNEL_ARGS = {
+    'hco_fused_kernel': (('src_ptr', '*'), ('x_ptr', '*'), ('t_ptr', '*fp32'),
+                         ('dh_ptr', '*fp32'), ('dw_ptr', '*fp32'),
+                         ('out_ptr', '*'), ('gt_ptr', '*fp32'), ('B', 'i32'),
+                         ('H', 'i32'), ('W', 'i32'), ('C', 'i32'),
+                         ('B_PER_PROG', 'i32'), ('C_BLOCKS', 'i32')),
+    'hco_gemm_kernel': (('in_ptr', '*'), ('out_ptr', '*'), ('a_ptr', '*fp32'),
+                        ('t_ptr', '*fp32'), ('N', 'i32'), ('R', 'i32'),
+                        ('T_BATCH', 'i32'), ('COLS', 'i32'),
+                        ('TILES_M', 'i32')),
+}
 
 
 @functools.lru_cache(maxsize=2)
@@ -350,22 +317,124 @@ def _kernels(interpret: bool) -> types.SimpleNamespace:
            for fn in _KERNEL_SOURCES})
 
 
+# ---------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------
+class KernelConfig(NamedTuple):
+    """One compiled variant of a kernel: what :func:`_launch` runs.
+
+    Attributes:
+        kernel (str): ``'hco_fused_kernel'`` or ``'hco_gemm_kernel'``.
+        pointer_dtypes (tuple): ``(argument name, triton dtype)`` of the
+            pointers whose dtype follows the activations.
+        constexprs (tuple): ``(name, value)`` pairs, in signature order.
+        num_warps (int): Warps per program.
+    """
+    kernel: str
+    pointer_dtypes: Tuple[Tuple[str, str], ...]
+    constexprs: Tuple[Tuple[str, object], ...]
+    num_warps: int
+
+    def signature(self) -> Dict[str, str]:
+        """The argument types, as ``triton.compiler.ASTSource`` takes them."""
+        dtypes = dict(self.pointer_dtypes)
+        sig = {
+            name: '*' + dtypes[name] if kind == '*' else kind
+            for name, kind in _KERNEL_ARGS[self.kernel]
+        }
+        sig.update({name: 'constexpr' for name, _ in self.constexprs})
+        return sig
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _fused_config(h: int, w: int, c: int):
-    """``(HP, WP, BC)`` of the fused path, or None if the grid is too big."""
+def _fused_sides(h: int, w: int) -> Optional[Tuple[int, int]]:
+    """``(HP, WP)`` of the fused path for an ``h x w`` grid, or None."""
     hp, wp = max(16, _next_pow2(h)), max(16, _next_pow2(w))
-    if hp * wp > _FUSED_MAX_GRID:
+    if hp not in _FUSED_SIDES or wp not in _FUSED_SIDES:
         return None
-    bc = max(1, min(_next_pow2(c), _FUSED_MAX_TILE // (hp * wp)))
-    return hp, wp, bc
+    return hp, wp
+
+
+def _fused_config(hp: int, wp: int, dtype: str, store_out: bool,
+                  need_gt: bool, prec: str) -> KernelConfig:
+    # The backward for both gradients keeps more live on a 16 x 16 grid
+    # than 4 warps hold in registers.
+    warps = 4 if hp * wp <= 256 and not (store_out and need_gt) else 8
+    return KernelConfig(
+        'hco_fused_kernel', (('src_ptr', dtype), ('x_ptr', dtype),
+                             ('out_ptr', dtype)),
+        (('STORE_OUT', store_out), ('NEED_GT', need_gt), ('HP', hp),
+         ('WP', wp), ('BC', _FUSED_TILE // (hp * wp)), ('PREC', prec)),
+        warps)
+
+
+def _gemm_tile(n: int) -> Tuple[int, int]:
+    """``(BM, BK)`` for a transform of length ``n``."""
+    for bm, bk in _GEMM_TILES:
+        if n <= bm:
+            return bm, bk
+    return _GEMM_TILES[-1]
+
+
+def _gemm_config(n: int, in_dtype: str, out_dtype: str, trans: bool,
+                 mul: bool, prec: str) -> KernelConfig:
+    bm, bk = _gemm_tile(n)
+    return KernelConfig(
+        'hco_gemm_kernel', (('in_ptr', in_dtype), ('out_ptr', out_dtype)),
+        (('TRANS', trans), ('MUL', mul), ('BM', bm), ('BN', _GEMM_BN),
+         ('BK', bk), ('PREC', prec)), 4)
+
+
+def kernel_configurations(prec: str = 'tf32x3') -> List[KernelConfig]:
+    """Every configuration the launchers can run with dot precision ``prec``.
+
+    Fused: each padded grid, for the forward (which is also the backward for
+    ``grad_x`` alone), the backward for ``grad_T`` alone and for both, per
+    activation dtype. Tiled: each GEMM tile, for the four GEMM roles (input
+    dtype -> float32 along H; float32 -> float32 along W; the inverse along
+    W with the transfer; float32 -> output dtype along H).
+    """
+    configs = []
+    for dtype in _TRITON_DTYPES.values():
+        for hp in _FUSED_SIDES:
+            for wp in _FUSED_SIDES:
+                for store_out, need_gt in ((True, False), (False, True),
+                                           (True, True)):
+                    configs.append(
+                        _fused_config(hp, wp, dtype, store_out, need_gt,
+                                      prec))
+    roles = {(d, 'fp32', False, False) for d in _TRITON_DTYPES.values()}
+    roles |= {('fp32', d, True, False) for d in _TRITON_DTYPES.values()}
+    roles.add(('fp32', 'fp32', True, True))
+    for bm, _ in _GEMM_TILES:
+        for role in sorted(roles):
+            configs.append(_gemm_config(bm, *role, prec))
+    return configs
+
+
+def kernel_paths(h: int, w: int) -> Tuple[str, ...]:
+    """The kernel paths that take an ``h x w`` grid (tiled takes any)."""
+    return KERNEL_PATHS if _fused_sides(h, w) is not None else ('tiled', )
+
+
+def default_path(h: int, w: int) -> str:
+    """The path taken without a choice: fused where it applies."""
+    return kernel_paths(h, w)[0]
 
 
 # ---------------------------------------------------------------------------
 # Launchers on contiguous (B, H, W, C) tensors
 # ---------------------------------------------------------------------------
+def _launch(config: KernelConfig, n_programs: int, *args):
+    """Run one kernel configuration on a one-dimensional grid."""
+    kernel = getattr(_kernels(triton_interpret_enabled()), config.kernel)
+    kernel[(n_programs, )](
+        *args, **dict(config.constexprs), num_warps=config.num_warps)
+
+
 def _check_launchable(x: Tensor):
     if x.device.type != 'cuda' and not triton_interpret_enabled():
         raise RuntimeError(
@@ -374,11 +443,13 @@ def _check_launchable(x: Tensor):
             'or MMVHEAT_HCO_BACKEND=torch for the reference path')
 
 
-def _fused_run(src, transfer, x, store_out, need_gt, cfg):
+def _fused_run(src, transfer, x, store_out, need_gt):
     """One fused-kernel launch; returns ``(out or None, gt or None)``."""
     b, h, w, c = src.shape
-    hp, wp, bc = cfg
-    n_cblocks = triton.cdiv(c, bc)
+    hp, wp = _fused_sides(h, w)
+    config = _fused_config(hp, wp, _TRITON_DTYPES[x.dtype], store_out,
+                           need_gt, _dot_precision(src.device))
+    n_cblocks = triton.cdiv(c, dict(config.constexprs)['BC'])
     if need_gt:
         n_chunks = min(b, max(1, triton.cdiv(_TARGET_PROGRAMS, n_cblocks)))
         per_prog = triton.cdiv(b, n_chunks)
@@ -389,97 +460,81 @@ def _fused_run(src, transfer, x, store_out, need_gt, cfg):
                       device=src.device) if store_out else src
     gt = torch.empty((n_chunks, h, w, c), dtype=torch.float32,
                      device=src.device) if need_gt else transfer
-    k = _kernels(triton_interpret_enabled())
-    k.hco_fused_kernel[(n_cblocks, n_chunks)](
-        src, x, transfer, dct_basis(h, src.device), dct_basis(w, src.device),
-        out, gt, b, h, w, c, per_prog,
-        STORE_OUT=store_out, NEED_GT=need_gt, HP=hp, WP=wp, BC=bc,
-        PREC=_dot_precision(src.device), num_warps=4 if hp * wp <= 256 else 8)
+    _launch(config, n_chunks * n_cblocks, src, x, transfer,
+            dct_basis(h, src.device), dct_basis(w, src.device), out, gt, b,
+            h, w, c, per_prog, n_cblocks)
     return (out if store_out else None), (gt.sum(0) if need_gt else None)
 
 
-def _cols(src, out_dtype, inverse):
-    """``Dh @ src[b]`` (or ``Dh^T @``) on the ``(H, W*C)`` matrices."""
+def _gemm(src: Tensor, along_h: bool, inverse: bool, out_dtype: torch.dtype,
+          transfer: Optional[Tensor] = None) -> Tensor:
+    """One DCT (or inverse, ``D^T``) along H or W of ``(B, H, W, C)``.
+
+    Along H the matrices are the images, ``(H, W * C)``; along W the image
+    rows, ``(W, C)``. With ``transfer`` ``(H, W, C)``, the input is
+    multiplied by it first (it repeats every ``H * W * C`` elements).
+    """
     b, h, w, c = src.shape
+    g, n, r = (b, h, w * c) if along_h else (b * h, w, c)
     out = torch.empty(src.shape, dtype=out_dtype, device=src.device)
-    r = w * c
-    k = _kernels(triton_interpret_enabled())
-    grid = (triton.cdiv(r, _GEMM_BN), triton.cdiv(h, _GEMM_BM), b)
-    k.hco_cols_kernel[grid](
-        src, out, dct_basis(h, src.device), h, r, TRANS=inverse, BM=_GEMM_BM,
-        BN=_GEMM_BN, BK=_GEMM_BK, PREC=_dot_precision(src.device))
+    config = _gemm_config(n, _TRITON_DTYPES[src.dtype],
+                          _TRITON_DTYPES[out_dtype], inverse,
+                          transfer is not None, _dot_precision(src.device))
+    params = dict(config.constexprs)
+    tiles_m = triton.cdiv(n, params['BM'])
+    t_batch = 1 if transfer is None else transfer.numel() // (n * r)
+    _launch(config, triton.cdiv(g * r, params['BN']) * tiles_m, src, out,
+            dct_basis(n, src.device), src if transfer is None else transfer,
+            n, r, t_batch, g * r, tiles_m)
     return out
 
 
-def _rows(src, transfer, fwd, mul, inv):
-    """Per image row: ``Dw @``, ``* T[n]``, ``Dw^T @`` as selected."""
-    b, h, w, c = src.shape
-    out = torch.empty(src.shape, dtype=torch.float32, device=src.device)
-    k = _kernels(triton_interpret_enabled())
-    grid = (b * h, triton.cdiv(c, _ROW_BC))
-    wp = max(16, _next_pow2(w))
-    k.hco_rows_kernel[grid](
-        src, out, transfer, dct_basis(w, src.device), h, w, c, FWD=fwd,
-        MUL=mul, INV=inv, WP=wp, BC=_ROW_BC, BK=_ROW_BK,
-        BM=16 if wp >= 256 else 32, PREC=_dot_precision(src.device),
-        num_warps=8 if wp >= 128 else 4)
-    return out
+def _tiled_spectrum(src: Tensor) -> Tensor:
+    """``Dw (Dh src)`` per image, float32."""
+    z = _gemm(src, True, False, torch.float32)
+    return _gemm(z, False, False, torch.float32)
 
 
-def _tiled_filter(src, transfer, out_dtype):
-    z = _cols(src, torch.float32, inverse=False)
-    z = _rows(z, transfer, fwd=True, mul=True, inv=True)
-    return _cols(z, out_dtype, inverse=True)
+def _tiled_inverse(spectrum: Tensor, transfer: Tensor,
+                   out_dtype: torch.dtype) -> Tensor:
+    """``Dh^T (Dw^T (transfer * spectrum))`` per image."""
+    q = _gemm(spectrum, False, True, torch.float32, transfer)
+    return _gemm(q, True, True, out_dtype)
 
 
-def _tiled_spectrum(src):
-    return _rows(
-        _cols(src, torch.float32, inverse=False), None, True, False, False)
-
-
-def _resolve_path(path, h, w, c):
-    cfg = _fused_config(h, w, c)
-    if path is None:
-        path = 'fused' if cfg is not None else 'tiled'
+def _forward(x: Tensor, transfer: Tensor, path: str) -> Tensor:
     if path == 'fused':
-        if cfg is None:
-            raise ValueError(f'the fused path takes padded grids up to '
-                             f'{_FUSED_MAX_GRID} cells, got {h} x {w}')
-        return path, cfg
-    if path == 'tiled':
-        return path, None
-    raise ValueError(f"path must be None, 'fused' or 'tiled', got {path!r}")
+        return _fused_run(x, transfer, x, True, False)[0]
+    return _tiled_inverse(_tiled_spectrum(x), transfer, x.dtype)
 
 
-def _forward(x, transfer, path):
-    _, h, w, c = x.shape
-    path, cfg = _resolve_path(path, h, w, c)
+def _backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
+              need_gt: bool, path: str):
+    """``(grad_x or None, grad_T or None)`` by the kernels of ``path``."""
     if path == 'fused':
-        return _fused_run(x, transfer, x, True, False, cfg)[0]
-    return _tiled_filter(x, transfer, x.dtype)
-
-
-def _backward(x, transfer, grad, need_gx, need_gt, path):
-    _, h, w, c = x.shape
-    path, cfg = _resolve_path(path, h, w, c)
-    if path == 'fused':
-        if not need_gt:
-            return _fused_run(grad, transfer, x, True, False, cfg)[0], None
         # grad_x comes out in x's dtype (the kernel stores in out's dtype).
-        return _fused_run(grad, transfer, x, need_gx, True, cfg)
-    gx = _tiled_filter(grad, transfer, x.dtype) if need_gx else None
-    gt = None
-    if need_gt:
-        gt = (_tiled_spectrum(x) * _tiled_spectrum(grad)).sum(0)
+        return _fused_run(grad, transfer, x, need_gx, need_gt)
+    grad_spectrum = _tiled_spectrum(grad)
+    gx = _tiled_inverse(grad_spectrum, transfer, x.dtype) if need_gx \
+        else None
+    gt = (_tiled_spectrum(x) * grad_spectrum).sum(0) if need_gt else None
     return gx, gt
+
+
+#: ``hook(run_kernel, x, transfer, grad, need_gx, need_gt, path)`` ->
+#: ``(grad_x, grad_T)``: what the backward pass calls instead of
+#: ``run_kernel()`` (the kernels' gradients) when given; the dispatcher
+#: checks the kernels' gradients with it.
+BackwardHook = Callable[..., Tuple[Optional[Tensor], Optional[Tensor]]]
 
 
 class _SpectralFilterTriton(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, transfer, path):
+    def forward(ctx, x, transfer, path, backward_hook):
         ctx.save_for_backward(x, transfer)
         ctx.path = path
+        ctx.backward_hook = backward_hook
         return _forward(x, transfer, path)
 
     @staticmethod
@@ -488,28 +543,42 @@ class _SpectralFilterTriton(torch.autograd.Function):
         x, transfer = ctx.saved_tensors
         need_gx, need_gt = ctx.needs_input_grad[:2]
         if not (need_gx or need_gt):
-            return None, None, None
+            return None, None, None, None
         grad = grad.contiguous()
-        gx, gt = _backward(x, transfer, grad, need_gx, need_gt, ctx.path)
-        return gx, gt, None
+
+        def run_kernel():
+            return _backward(x, transfer, grad, need_gx, need_gt, ctx.path)
+
+        if ctx.backward_hook is None:
+            gx, gt = run_kernel()
+        else:
+            gx, gt = ctx.backward_hook(run_kernel, x, transfer, grad,
+                                       need_gx, need_gt, ctx.path)
+        return gx, gt, None, None
 
 
 def triton_supports(x: Tensor) -> bool:
-    """Whether the kernels take ``x`` (dtype, rank, ``1 <= H, W <= 256``)."""
-    return (x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
-            and x.shape[-3] <= MAX_GRID_SIZE and x.shape[-2] <= MAX_GRID_SIZE)
+    """Whether the kernels take ``x``: a non-empty channels-last map of a
+    dtype in :data:`SUPPORTED_DTYPES` (any ``H`` and ``W``)."""
+    return x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
 
 
-def spectral_filter_triton(x: Tensor, transfer: Tensor, path=None) -> Tensor:
+def spectral_filter_triton(x: Tensor,
+                           transfer: Tensor,
+                           path: Optional[str] = None,
+                           backward_hook: Optional[BackwardHook] = None
+                           ) -> Tensor:
     """``IDCT2D(DCT2D(x) * transfer)`` by the Triton kernels (see module doc).
 
     Args:
         x (Tensor): A channels-last map ``(..., H, W, C)``, float32, float16
-            or bfloat16, ``1 <= H, W <= 256``, on CUDA (or on CPU with
-            ``TRITON_INTERPRET=1``).
+            or bfloat16, on CUDA (or on CPU with ``TRITON_INTERPRET=1``).
         transfer (Tensor): The filter ``(H, W, C)``, used in float32.
-        path (str, optional): ``'fused'`` or ``'tiled'``; by default the
-            fused kernel where the grid fits on chip. For tests.
+        path (str, optional): ``'fused'`` or ``'tiled'``. Defaults to None:
+            :func:`default_path`.
+        backward_hook (callable, optional): Called by the backward pass
+            instead of the kernels (see :data:`BackwardHook`). Defaults to
+            None.
 
     Returns:
         Tensor: The filtered map, shape and dtype of ``x``.
@@ -522,11 +591,17 @@ def spectral_filter_triton(x: Tensor, transfer: Tensor, path=None) -> Tensor:
                          f'match the map {tuple(x.shape[-3:])}')
     if not triton_supports(x):
         raise ValueError(
-            f'the Triton HCO kernel takes {[str(d) for d in SUPPORTED_DTYPES]}'
-            f' maps with 1 <= H, W <= {MAX_GRID_SIZE}, got {x.dtype} '
+            f'the Triton HCO kernel takes non-empty '
+            f'{[str(d) for d in SUPPORTED_DTYPES]} maps, got {x.dtype} '
             f'{tuple(x.shape)}')
     if transfer.device != x.device:
         raise ValueError(f'transfer is on {transfer.device}, x on {x.device}')
+    h, w = x.shape[-3:-1]
+    if path is None:
+        path = default_path(h, w)
+    elif path not in kernel_paths(h, w):
+        raise ValueError(f'path must be one of {kernel_paths(h, w)} for a '
+                         f'{h} x {w} grid, got {path!r}')
     _check_launchable(x)
     lead = x.shape[:-3]
     x4 = x.reshape(-1, *x.shape[-3:]).contiguous()
@@ -535,5 +610,5 @@ def spectral_filter_triton(x: Tensor, transfer: Tensor, path=None) -> Tensor:
     # a thread already set to the tensors' device.)
     with (torch.cuda.device(x.device)
           if x.is_cuda else contextlib.nullcontext()):
-        y = _SpectralFilterTriton.apply(x4, t, path)
+        y = _SpectralFilterTriton.apply(x4, t, path, backward_hook)
     return y.reshape(*lead, *y.shape[1:])

@@ -1,0 +1,652 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""Tests of the backend dispatcher (``mmvheat.ops.dispatch``): the backend
+setting, the self-check of the kernels, the autotuned choice and its cache
+file.
+
+The self-check and the autotuner run on CUDA only. Here they are reached on
+CPU tensors by replacing the dispatcher's device check (``device_is_cuda``),
+GPU name (``gpu_name``) and timer (``time_candidate``, by one that returns
+set times); the kernels run in Triton's interpreter, or are replaced by ones
+that raise or return wrong values. Results are compared with the exact
+filter (scipy's DCT in float64) with the tolerances of
+``test_triton_hco.py``: 1e-5 of the largest value for float32 outputs and
+gradients.
+"""
+import json
+import logging
+import math
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+
+from mmvheat.ops import autotune_cache, dispatch, spectral_filter
+
+from .exact_reference import (assert_close, exact_spectral_filter,
+                              output_and_grads, random_inputs)
+
+triton_hco = pytest.importorskip('mmvheat.ops.triton_hco')
+
+ENV = dispatch.HCO_BACKEND_ENV
+CACHE_ENV = dispatch.HCO_AUTOTUNE_CACHE_ENV
+GPU = 'Fake GPU 80GB'
+
+
+def _grads(x, transfer, grad):
+    return output_and_grads(spectral_filter, x, transfer, grad)
+
+
+def _assert_calls_exact(x, transfer, grad, n_calls=2):
+    """``n_calls`` forward and backward calls, each equal to the exact
+    filter."""
+    ey, egx, egt = exact_spectral_filter(x, transfer, grad)
+    for _ in range(n_calls):
+        y, gx, gt = _grads(x, transfer, grad)
+        assert_close(y, ey, 'forward')
+        assert_close(gx, egx, 'grad x')
+        assert_close(gt, egt, 'grad transfer')
+
+
+class Log(logging.Handler):
+    """Records what reaches the current MMLogger at debug level and up."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level):
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+@pytest.fixture
+def log():
+    logger = MMLogger.get_current_instance()
+    handler, level = Log(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def dispatcher():
+    dispatch.hco_dispatcher.reset()
+    yield dispatch.hco_dispatcher
+    dispatch.hco_dispatcher.reset()
+
+
+class FakeTimer:
+    """``time_candidate`` with set times; runs each step once and counts."""
+
+    def __init__(self, times):
+        self.times = times
+        self.calls = []
+
+    def __call__(self, candidate, step, repeats):
+        self.calls.append(candidate)
+        step()
+        return self.times[candidate]
+
+
+@pytest.fixture
+def on_cuda(monkeypatch, dispatcher, log):
+    """The CUDA decisions on CPU tensors, kernels in the interpreter."""
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setattr(dispatch, 'device_is_cuda', lambda x: True)
+    monkeypatch.setattr(dispatch, 'gpu_name', lambda device: GPU)
+    timer = FakeTimer({'reference': 3.0, 'fused': 2.0, 'tiled': 1.0})
+    monkeypatch.setattr(dispatch, 'time_candidate', timer)
+    return timer
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the kernel forward and backward runs and the reference runs
+    of the dispatcher."""
+    counts = {'forward': [], 'backward': [], 'reference': 0}
+    forward, backward = triton_hco._forward, triton_hco._backward
+    reference = dispatch.spectral_filter_reference
+
+    def counted_forward(x, transfer, path):
+        counts['forward'].append(path)
+        return forward(x, transfer, path)
+
+    def counted_backward(x, transfer, grad, need_gx, need_gt, path):
+        counts['backward'].append(path)
+        return backward(x, transfer, grad, need_gx, need_gt, path)
+
+    def counted_reference(x, transfer):
+        counts['reference'] += 1
+        return reference(x, transfer)
+
+    monkeypatch.setattr(triton_hco, '_forward', counted_forward)
+    monkeypatch.setattr(triton_hco, '_backward', counted_backward)
+    monkeypatch.setattr(dispatch, 'spectral_filter_reference',
+                        counted_reference)
+    return counts
+
+
+# ---------------------------------------------------------------------------
+# The backend setting
+# ---------------------------------------------------------------------------
+def test_cpu_auto_is_the_reference_alone(monkeypatch, dispatcher, calls):
+    """On CPU tensors ``auto`` runs the reference and nothing else: no
+    Triton import, no timing, no self-check."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('no Triton, timing or check on CPU')
+
+    monkeypatch.setattr(dispatch, '_load_triton_hco', forbidden)
+    monkeypatch.setattr(dispatch, 'time_candidate', forbidden)
+    monkeypatch.setattr(dispatch, 'gpu_name', forbidden)
+    x, transfer, grad = random_inputs((2, 40, 6, 3))
+    for value in ('', 'auto', ' AUTO '):
+        monkeypatch.setenv(ENV, value)
+        assert dispatch.hco_backend(x) == 'torch'
+    y, gx, gt = _grads(x, transfer, grad)
+    ey, egx, egt = exact_spectral_filter(x, transfer, grad)
+    assert_close(y, ey, 'forward')
+    assert_close(gx, egx, 'grad x')
+    assert_close(gt, egt, 'grad transfer')
+    assert calls['reference'] == 1 and not calls['forward']
+
+
+def test_forced_triton(interpret, monkeypatch, dispatcher, calls):
+    """``triton``: the default path, no timing; off CUDA no self-check."""
+    monkeypatch.setenv(ENV, 'triton')
+    monkeypatch.setattr(dispatch, 'time_candidate', None)
+    for shape, path in [((2, 4, 5, 3), 'fused'), ((1, 40, 3, 2), 'tiled')]:
+        x, transfer, _ = random_inputs(shape)
+        assert dispatch.hco_backend(x) == 'triton'
+        assert_close(spectral_filter(x, transfer),
+                     exact_spectral_filter(x, transfer), str(shape))
+        assert calls['forward'][-1] == path
+    assert calls['reference'] == 0
+    # Inputs outside the kernels' domain keep the reference.
+    x, transfer, _ = random_inputs((2, 4, 5, 3))
+    assert dispatch.hco_backend(x.double()) == 'torch'
+    assert_close(spectral_filter(x.double(), transfer.double()),
+                 exact_spectral_filter(x, transfer), 'float64')
+    assert dispatch.hco_backend(x[:0]) == 'torch'
+    assert spectral_filter(x[:0], transfer).shape == (0, 4, 5, 3)
+    assert calls['reference'] == 2 and len(calls['forward']) == 2
+    # Forcing torch wins over everything.
+    monkeypatch.setenv(ENV, 'Torch')
+    assert dispatch.hco_backend(x) == 'torch'
+    spectral_filter(x, transfer)
+    assert calls['reference'] == 3 and len(calls['forward']) == 2
+
+
+def test_forced_triton_needs_interpreter_on_cpu(monkeypatch):
+    monkeypatch.setenv(ENV, 'triton')
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    x, transfer, _ = random_inputs((1, 4, 5, 2))
+    with pytest.raises(RuntimeError, match=f'{ENV}=triton.*TRITON_INTERPRET'):
+        dispatch.hco_backend(x)
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET'):
+        spectral_filter(x, transfer)
+
+
+def test_invalid_value(monkeypatch):
+    monkeypatch.setenv(ENV, 'cuda')
+    x, transfer, _ = random_inputs((1, 4, 5, 2))
+    with pytest.raises(ValueError, match='auto, torch, triton'):
+        dispatch.hco_backend(x)
+    with pytest.raises(ValueError, match=ENV):
+        spectral_filter(x, transfer)
+
+
+def test_without_triton(on_cuda, monkeypatch, calls):
+    monkeypatch.setattr(dispatch, '_triton_module', None)
+    monkeypatch.setattr(dispatch, '_triton_error',
+                        ImportError("No module named 'triton'"))
+    x, transfer, _ = random_inputs((1, 4, 5, 2))
+    assert not dispatch.triton_available()
+    assert dispatch.hco_backend(x) == 'torch'
+    assert_close(spectral_filter(x, transfer),
+                 exact_spectral_filter(x, transfer), 'auto')
+    assert calls['reference'] == 1 and not on_cuda.calls
+    monkeypatch.setenv(ENV, 'triton')
+    with pytest.raises(RuntimeError, match=f'{ENV}=triton.*cannot be'):
+        spectral_filter(x, transfer)
+
+
+def test_tracing_takes_the_reference(on_cuda, monkeypatch, calls):
+    """Under TorchScript, tracing, export or torch.compile, ``auto`` keeps
+    to the traceable reference."""
+    monkeypatch.setattr(dispatch, 'is_capturing_graph', lambda: True)
+    x, transfer, _ = random_inputs((1, 4, 5, 2))
+    assert dispatch.hco_backend(x) == 'torch'
+    spectral_filter(x, transfer)
+    assert calls['reference'] == 1 and not calls['forward']
+    assert not on_cuda.calls
+
+
+# ---------------------------------------------------------------------------
+# Self-check
+# ---------------------------------------------------------------------------
+def _one_warning(log, *needles):
+    warnings = log.messages(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    for needle in needles:
+        assert needle in warnings[0], (needle, warnings[0])
+
+
+def test_self_check_passes_and_is_done_once(on_cuda, monkeypatch, calls, log):
+    monkeypatch.setenv(ENV, 'triton')
+    x, transfer, grad = random_inputs((2, 5, 6, 3))
+    _assert_calls_exact(x, transfer, grad)
+    # The reference ran for the first call's forward and backward checks
+    # only; the kernels ran for both calls.
+    assert calls['reference'] == 2
+    assert calls['forward'] == calls['backward'] == ['fused', 'fused']
+    assert not log.messages(logging.WARNING)
+
+
+def test_kernel_that_raises(on_cuda, monkeypatch, calls, log):
+    """One warning naming device, GPU, shape, dtype and error; the
+    reference's result; the reference for that combination from then on."""
+    monkeypatch.setenv(ENV, 'triton')
+
+    def broken(x, transfer, path):
+        calls['forward'].append(path)
+        raise RuntimeError('an illegal memory access was encountered')
+
+    monkeypatch.setattr(triton_hco, '_forward', broken)
+    x, transfer, grad = random_inputs((2, 5, 6, 3))
+    _assert_calls_exact(x, transfer, grad)
+    assert calls['forward'] == ['fused']
+    _one_warning(log, 'cpu', GPU, '(2, 5, 6, 3)', 'torch.float32',
+                 'illegal memory access', 'fused path, forward')
+    # Another dtype is another combination: checked afresh.
+    spectral_filter(x.bfloat16(), transfer)
+    assert calls['forward'] == ['fused', 'fused']
+    assert len(log.messages(logging.WARNING)) == 2
+
+
+@pytest.mark.parametrize('error,fails', [(0.5, False), (2.0, True)])
+def test_kernel_with_wrong_values(on_cuda, monkeypatch, calls, log, error,
+                                  fails):
+    """A kernel off by ``error`` times the tolerance (of the largest value)
+    passes below it and is replaced by the reference above it."""
+    monkeypatch.setenv(ENV, 'triton')
+    tol = dispatch.SELF_CHECK_RTOL[torch.float32]
+    forward = triton_hco._forward
+
+    def off(x, transfer, path):
+        y = forward(x, transfer, path)
+        return y + error * tol * y.abs().max()
+
+    monkeypatch.setattr(triton_hco, '_forward', off)
+    x, transfer, _ = random_inputs((2, 5, 6, 3))
+    exact = exact_spectral_filter(x, transfer)
+    y = spectral_filter(x, transfer)
+    if fails:
+        assert_close(y, exact, 'reference returned')
+        _one_warning(log, 'max error 0.0002', 'tolerance 0.0001')
+    else:
+        assert_close(y, exact, 'kernel kept', rtol=tol)
+        assert not log.messages(logging.WARNING)
+    spectral_filter(x, transfer)
+    assert calls['reference'] == (3 if fails else 1)
+
+
+def test_kernel_with_non_finite_values(on_cuda, monkeypatch, log):
+    monkeypatch.setenv(ENV, 'triton')
+    forward = triton_hco._forward
+
+    def nan_in_corner(x, transfer, path):
+        y = forward(x, transfer, path)
+        y[0, 0, 0, 0] = math.nan
+        return y
+
+    monkeypatch.setattr(triton_hco, '_forward', nan_in_corner)
+    x, transfer, _ = random_inputs((2, 5, 6, 3))
+    y = spectral_filter(x, transfer)
+    assert torch.isfinite(y).all()
+    _one_warning(log, 'max error inf')
+
+
+def test_zero_map_proves_nothing(on_cuda, monkeypatch, calls, log):
+    """A map whose reference is zero leaves the check to the next call."""
+    monkeypatch.setenv(ENV, 'triton')
+    x, transfer, _ = random_inputs((2, 5, 6, 3))
+    assert spectral_filter(torch.zeros_like(x), transfer).abs().max() == 0
+    assert_close(spectral_filter(x, transfer),
+                 exact_spectral_filter(x, transfer), 'second call')
+    spectral_filter(x, transfer)
+    # Checked on the first two calls, not on the third.
+    assert calls['reference'] == 2 and len(calls['forward']) == 3
+
+
+@pytest.mark.parametrize('fault', ['raise', 'wrong'])
+def test_backward_checked_separately(on_cuda, monkeypatch, calls, log, fault):
+    """A faulty backward: the reference's gradients, a warning, and the
+    kernel's forward kept."""
+    monkeypatch.setenv(ENV, 'triton')
+    backward = triton_hco._backward
+
+    def faulty(x, transfer, grad, need_gx, need_gt, path):
+        if fault == 'raise':
+            calls['backward'].append(path)
+            raise RuntimeError('out of resources: shared memory')
+        gx, gt = backward(x, transfer, grad, need_gx, need_gt, path)
+        return gx, gt * 1.01
+
+    monkeypatch.setattr(triton_hco, '_backward', faulty)
+    x, transfer, grad = random_inputs((2, 5, 6, 3))
+    _assert_calls_exact(x, transfer, grad)
+    assert calls['forward'] == ['fused', 'fused']
+    assert calls['backward'] == ['fused']
+    _one_warning(log, 'backward (grad x, grad transfer)', GPU,
+                 'out of resources' if fault == 'raise' else 'max error')
+
+
+def test_half_precision_check(on_cuda, monkeypatch, calls, log):
+    """bfloat16: the kernel's once-rounded result passes the two-ulp check
+    (in the interpreter, which truncates, too)."""
+    monkeypatch.setenv(ENV, 'triton')
+    x, transfer, grad = random_inputs((2, 5, 6, 3), torch.bfloat16)
+    for path in ('fused', 'tiled'):
+        y = dispatch.hco_dispatcher.run(path, x, transfer)
+        assert y.dtype == torch.bfloat16
+    assert not log.messages(logging.WARNING)
+    assert calls['reference'] == 2
+
+
+def test_cuda_graph_capture_defers_the_check(on_cuda, monkeypatch, calls):
+    """While a CUDA graph is captured nothing may synchronise: an unchecked
+    kernel is not run, the reference is."""
+    monkeypatch.setenv(ENV, 'triton')
+    monkeypatch.setattr(dispatch, '_cuda_graph_capturing', lambda x: True)
+    x, transfer, _ = random_inputs((2, 5, 6, 3))
+    spectral_filter(x, transfer)
+    assert calls['reference'] == 1 and not calls['forward']
+
+
+# ---------------------------------------------------------------------------
+# Autotuning
+# ---------------------------------------------------------------------------
+def test_autotune_keeps_the_fastest(on_cuda, calls, log):
+    x, transfer, grad = random_inputs((2, 5, 6, 3))
+    ey, egx, egt = exact_spectral_filter(x, transfer, grad)
+    with torch.no_grad():
+        assert_close(spectral_filter(x, transfer), ey, 'first call')
+        assert_close(spectral_filter(x, transfer), ey, 'second call')
+    assert on_cuda.calls == ['reference', 'fused', 'tiled']
+    decision = dispatch.hco_dispatcher.decision(x, False)
+    assert decision == ('tiled', {
+        'reference': 3.0,
+        'fused': 2.0,
+        'tiled': 1.0
+    }, 'timed')
+    debug = [m for m in log.messages(logging.DEBUG) if 'autotune' in m]
+    assert debug == [
+        'HCO autotune on cpu: 8x8x3/float32/infer -> tiled '
+        '(reference 3 ms, fused 2 ms, tiled 1 ms; timed)'
+    ]
+    # A gradient makes another bucket: timed afresh, forward and backward.
+    backward_runs = len(calls['backward'])
+    y, gx, gt = _grads(x, transfer, grad)
+    assert on_cuda.calls[3:] == ['reference', 'fused', 'tiled']
+    assert len(calls['backward']) > backward_runs
+    assert_close(y, ey, 'forward')
+    assert_close(gx, egx, 'grad x')
+    assert_close(gt, egt, 'grad transfer')
+    assert dispatch.hco_dispatcher.decision(x, True).choice == 'tiled'
+    assert calls['forward'][-1] == calls['backward'][-1] == 'tiled'
+    assert not log.messages(logging.WARNING)
+
+
+@pytest.mark.parametrize('times,choice', [
+    ({
+        'reference': 1.0,
+        'fused': 2.0,
+        'tiled': 3.0
+    }, 'reference'),
+    ({
+        'reference': 2.0,
+        'fused': 1.0,
+        'tiled': 3.0
+    }, 'fused'),
+    ({
+        'reference': 1.0,
+        'fused': 1.0,
+        'tiled': 1.0
+    }, 'reference'),
+])
+def test_autotune_never_slower_than_the_reference(on_cuda, calls, times,
+                                                  choice):
+    on_cuda.times = times
+    x, transfer, _ = random_inputs((1, 5, 6, 3))
+    spectral_filter(x, transfer)
+    decision = dispatch.hco_dispatcher.decision(x, False)
+    assert decision.choice == choice
+    assert times[choice] <= times['reference']
+
+
+def test_buckets(on_cuda):
+    """H and W round up to 8; C, dtype and gradient make their own
+    buckets; grids without a fused path time two candidates."""
+    transfer_of = {}
+
+    def run(shape, dtype=torch.float32):
+        x, transfer, _ = random_inputs(shape, dtype)
+        transfer_of[shape] = transfer
+        with torch.no_grad():
+            spectral_filter(x, transfer)
+        return len(on_cuda.calls)
+
+    assert run((1, 33, 40, 2)) == 2  # reference, tiled
+    assert run((1, 39, 34, 2)) == 2  # same bucket: (40, 40)
+    assert run((1, 41, 40, 2)) == 4
+    assert run((1, 33, 40, 3)) == 6
+    assert run((1, 33, 40, 2), torch.bfloat16) == 8
+    assert dispatch.bucket_key(torch.zeros(1, 33, 40, 2), True) == \
+        (40, 40, 2, 'float32', True)
+    # Rounding keeps the fused path's domain: 32 stays 32, 33 becomes 40.
+    for n in range(1, 100):
+        rounded = dispatch.BUCKET_STEP * math.ceil(n / dispatch.BUCKET_STEP)
+        assert triton_hco.kernel_paths(n, 1) == \
+            triton_hco.kernel_paths(rounded, 1)
+
+
+def test_failed_kernel_is_not_a_candidate(on_cuda, monkeypatch, log):
+    """A kernel that fails its self-check while being timed is dropped,
+    however fast; the bucket keeps the fastest of the others."""
+    forward = triton_hco._forward
+
+    def tiled_broken(x, transfer, path):
+        if path == 'tiled':
+            raise RuntimeError('PTX JIT compilation failed')
+        return forward(x, transfer, path)
+
+    monkeypatch.setattr(triton_hco, '_forward', tiled_broken)
+    x, transfer, _ = random_inputs((1, 5, 6, 3))
+    assert_close(spectral_filter(x, transfer),
+                 exact_spectral_filter(x, transfer), 'result')
+    decision = dispatch.hco_dispatcher.decision(x, False)
+    assert decision.choice == 'fused'
+    assert set(decision.times_ms) == {'reference', 'fused'}
+    _one_warning(log, 'tiled path, forward', 'PTX JIT')
+
+
+def test_decision_retuned_when_its_kernel_fails_later(on_cuda, monkeypatch,
+                                                      log):
+    """A decision for a kernel whose check fails (e.g. read from a cache
+    file made with a good kernel) is timed again without it."""
+    x, transfer, _ = random_inputs((1, 5, 6, 3))
+    dispatch.hco_dispatcher._decisions[(x.device, dispatch.bucket_key(
+        x, False))] = dispatch.Decision('tiled', {
+            'reference': 3.0,
+            'tiled': 1.0
+        }, 'cache')
+
+    def broken(x, transfer, path):
+        raise RuntimeError('no kernel image is available')
+
+    monkeypatch.setattr(triton_hco, '_forward', broken)
+    assert_close(spectral_filter(x, transfer),
+                 exact_spectral_filter(x, transfer), 'fallback')
+    assert_close(spectral_filter(x, transfer),
+                 exact_spectral_filter(x, transfer), 'retuned')
+    assert dispatch.hco_dispatcher.decision(x, False).choice == 'reference'
+    assert on_cuda.calls == ['reference']
+
+
+def test_measure_and_tune_for_a_report(on_cuda):
+    x, transfer, _ = random_inputs((1, 40, 6, 3))
+    assert dispatch.hco_dispatcher.candidates(x) == ('reference', 'tiled')
+    assert dispatch.hco_dispatcher.candidates(x.double()) == ('reference', )
+    times = dispatch.hco_dispatcher.measure(x, transfer, needs_grad=True)
+    assert times == {'reference': 3.0, 'tiled': 1.0}
+    assert dispatch.hco_dispatcher.decision(x, True) is None
+    decision = dispatch.hco_dispatcher.tune(x, transfer, needs_grad=True)
+    assert decision.choice == 'tiled'
+    assert dispatch.hco_dispatcher.tune(x, transfer, True) == decision
+    assert len(on_cuda.calls) == 4
+
+
+def test_real_timer_runs_and_times(monkeypatch):
+    """The CUDA-event timer, with events that count instead of timing."""
+    clock = []
+
+    class Event:
+
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = len(clock)
+
+        def elapsed_time(self, other):
+            return float(other.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, 'Event', Event)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda: None)
+    steps = [3, 1, 2]
+
+    def step():
+        clock.extend([0] * steps.pop(0))
+
+    assert dispatch.time_candidate('tiled', step, 3) == 2.0
+    assert not steps
+
+
+# ---------------------------------------------------------------------------
+# The cache file
+# ---------------------------------------------------------------------------
+def _table():
+    return (f'{GPU} | torch {torch.__version__} | triton '
+            f'{pytest.importorskip("triton").__version__}')
+
+
+def test_cache_file_written_and_reused(on_cuda, monkeypatch, tmp_path, log):
+    path = tmp_path / 'sub' / 'hco.json'
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    x, transfer, _ = random_inputs((1, 5, 6, 3))
+    with torch.no_grad():
+        spectral_filter(x, transfer)
+    data = json.loads(path.read_text())
+    assert data['format'] == 'mmvheat-hco-autotune-v1'
+    entry = data['tables'][_table()]['8x8x3/float32/infer']
+    assert entry == {'choice': 'tiled', 'times_ms': on_cuda.times}
+    assert [p.name for p in path.parent.iterdir()] == ['hco.json']
+    # A new process (a reset dispatcher) takes the decision from the file.
+    dispatch.hco_dispatcher.reset()
+    with torch.no_grad():
+        spectral_filter(x, transfer)
+    assert len(on_cuda.calls) == 3
+    decision = dispatch.hco_dispatcher.decision(x, False)
+    assert decision.source == 'cache' and decision.choice == 'tiled'
+    assert sum('cache)' in m for m in log.messages(logging.DEBUG)) == 1
+    # Another GPU's table is not used, and is kept when the file is written.
+    dispatch.hco_dispatcher.reset()
+    monkeypatch.setattr(dispatch, 'gpu_name', lambda device: 'Other GPU')
+    with torch.no_grad():
+        spectral_filter(x, transfer)
+    assert len(on_cuda.calls) == 6
+    tables = json.loads(path.read_text())['tables']
+    assert sorted(tables) == sorted(
+        [_table(), _table().replace(GPU, 'Other GPU')])
+    assert not log.messages(logging.WARNING)
+
+
+@pytest.mark.parametrize('content', [
+    b'{"format": "mmvheat-hco-autotune-v1", "tables": {"a": ',
+    b'\xff\xfe not text',
+    b'{"model": "resnet50", "lr": 0.1}',
+    b'[1, 2, 3]',
+])
+def test_foreign_or_corrupt_cache_file(on_cuda, monkeypatch, tmp_path, log,
+                                       content):
+    """Ignored with one warning, and never overwritten."""
+    path = tmp_path / 'hco.json'
+    path.write_bytes(content)
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    for shape in [(1, 5, 6, 3), (1, 40, 6, 3)]:
+        x, transfer, _ = random_inputs(shape)
+        with torch.no_grad():
+            assert_close(spectral_filter(x, transfer),
+                         exact_spectral_filter(x, transfer), 'result')
+    assert len(on_cuda.calls) == 5
+    assert path.read_bytes() == content
+    _one_warning(log, str(path), 'ignored', 'left untouched')
+    assert [p.name for p in tmp_path.iterdir()] == ['hco.json']
+
+
+def test_cache_entries_checked(on_cuda, monkeypatch, tmp_path):
+    """Entries that are not a choice among timed candidates are ignored."""
+    path = tmp_path / 'hco.json'
+    path.write_text(
+        json.dumps({
+            'format': 'mmvheat-hco-autotune-v1',
+            'tables': {
+                _table(): {
+                    '8x8x3/float32/infer': {
+                        'choice': 'magic',
+                        'times_ms': {}
+                    },
+                    '40x8x3/float32/infer': {
+                        'choice': 'fused',
+                        'times_ms': {
+                            'fused': 0.1
+                        }
+                    },
+                }
+            }
+        }))
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    for shape in [(1, 5, 6, 3), (1, 40, 6, 3)]:
+        x, transfer, _ = random_inputs(shape)
+        with torch.no_grad():
+            spectral_filter(x, transfer)
+    # Both timed: the first entry is malformed, the second names a path
+    # that does not take a 40 x 6 grid.
+    assert on_cuda.calls == [
+        'reference', 'fused', 'tiled', 'reference', 'tiled'
+    ]
+
+
+def test_unwritable_cache_file(on_cuda, monkeypatch, tmp_path, log):
+    path = tmp_path / 'hco.json'
+    monkeypatch.setenv(CACHE_ENV, str(path))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(autotune_cache.json, 'dump', full_disk)
+    x, transfer, _ = random_inputs((1, 5, 6, 3))
+    with torch.no_grad():
+        spectral_filter(x, transfer)
+    assert dispatch.hco_dispatcher.decision(x, False).choice == 'tiled'
+    assert list(tmp_path.iterdir()) == []
+    _one_warning(log, 'cannot be written', 'No space left')
