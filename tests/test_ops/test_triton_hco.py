@@ -30,6 +30,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 import torch
@@ -190,19 +191,51 @@ def test_cpu_tensor_needs_interpreter(monkeypatch):
         triton_hco.spectral_filter_triton(x, transfer)
 
 
+class _RecordedKernel:
+    """Stands in for a jitted kernel: records what each launch compiles
+    (argument types, constexprs, warps) and runs the kernel."""
+
+    def __init__(self, name, kernel, launched):
+        self.name, self.kernel, self.launched = name, kernel, launched
+
+    def __getitem__(self, grid):
+
+        def run(*args, num_warps, **constexprs):
+            names = [name for name, _ in triton_hco._KERNEL_ARGS[self.name]]
+            pointers = frozenset(
+                (name, '*' + triton_hco._TRITON_DTYPES[arg.dtype])
+                for name, arg in zip(names, args)
+                if isinstance(arg, torch.Tensor))
+            self.launched.add(
+                (self.name, pointers, tuple(constexprs.items()), num_warps))
+            return self.kernel[grid](*args, num_warps=num_warps, **constexprs)
+
+        return run
+
+
+def _compiled_as(config):
+    """What a launch of ``config`` compiles, as ``_RecordedKernel`` sees it.
+    """
+    pointers = frozenset((name, kind)
+                         for name, kind in config.signature().items()
+                         if kind.startswith('*'))
+    return config.kernel, pointers, config.constexprs, config.num_warps
+
+
 def test_launches_only_listed_configurations(interpret, monkeypatch):
     """Every launch, for each path, padded grid, GEMM tile, dtype and
-    direction, uses a configuration of ``kernel_configurations`` -- the set
-    the offline compile test checks -- and every listed configuration is
-    launched by one of these calls."""
+    direction, compiles a configuration of ``kernel_configurations`` (the
+    set the offline compile test checks) with the argument types listed
+    there, and every listed configuration is launched by one of these
+    calls."""
     launched = set()
-    launch = triton_hco._launch
-
-    def recording(config, *args):
-        launched.add(config)
-        return launch(config, *args)
-
-    monkeypatch.setattr(triton_hco, '_launch', recording)
+    kernels = triton_hco._kernels(True)
+    recorded = types.SimpleNamespace(
+        **{
+            name: _RecordedKernel(name, getattr(kernels, name), launched)
+            for name in triton_hco._KERNEL_ARGS
+        })
+    monkeypatch.setattr(triton_hco, '_kernels', lambda interpret: recorded)
     # Padded grids 16x16, 16x32, 32x16, 32x32 (fused); transform lengths
     # in each GEMM tile (<= 16, <= 32, more) on both axes (tiled).
     shapes = {
@@ -219,7 +252,10 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
                     y = triton_hco.spectral_filter_triton(xr, tr, path)
                     torch.autograd.grad(
                         y, [t for t in (xr, tr) if t.requires_grad], grad)
-    listed = set(triton_hco.kernel_configurations('ieee'))
+    listed = {
+        _compiled_as(c)
+        for c in triton_hco.kernel_configurations('ieee')
+    }
     assert launched <= listed, launched - listed
     assert listed <= launched, listed - launched
 
