@@ -348,6 +348,13 @@ def test_backward_checked_separately(on_cuda, monkeypatch, calls, log, fault):
     assert calls['backward'] == ['fused']
     _one_warning(log, 'backward (grad x, grad transfer)', GPU,
                  'out of resources' if fault == 'raise' else 'max error')
+    # The reference's gradients come back in the dtypes autograd expects.
+    xb = x.bfloat16().requires_grad_()
+    tr = transfer.clone().requires_grad_()
+    gx, gt = torch.autograd.grad(spectral_filter(xb, tr), (xb, tr),
+                                 grad.bfloat16())
+    assert gx.dtype == torch.bfloat16 and gt.dtype == torch.float32
+    assert len(log.messages(logging.WARNING)) == 2
 
 
 def test_half_precision_check(on_cuda, monkeypatch, calls, log):
