@@ -657,3 +657,26 @@ def test_unwritable_cache_file(on_cuda, monkeypatch, tmp_path, log):
     assert dispatch.hco_dispatcher.decision(x, False).choice == 'tiled'
     assert list(tmp_path.iterdir()) == []
     _one_warning(log, 'cannot be written', 'No space left')
+
+
+# ---------------------------------------------------------------------------
+# On a GPU: real timings, real self-checks
+# ---------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('shape', [(8, 14, 14, 96), (2, 56, 56, 96),
+                                   (2, 200, 334, 96)])
+def test_autotune_on_cuda(monkeypatch, dispatcher, log, shape):
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    x, transfer, grad = (t.cuda() for t in random_inputs(shape))
+    ey, egx, egt = exact_spectral_filter(x.cpu(), transfer.cpu(), grad.cpu())
+    y, gx, gt = _grads(x, transfer, grad)
+    assert_close(y.cpu(), ey, 'forward')
+    assert_close(gx.cpu(), egx, 'grad x')
+    # Summed over the batch: relative to the largest entry.
+    assert_close(gt.cpu(), egt, 'grad transfer', rtol=2e-5)
+    decision = dispatcher.decision(x, True)
+    assert set(decision.times_ms) == set(dispatcher.candidates(x))
+    assert decision.times_ms[decision.choice] <= \
+        decision.times_ms['reference']
+    assert not log.messages(logging.WARNING)
