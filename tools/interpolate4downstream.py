@@ -8,7 +8,8 @@ vHeat recipe zero-pads it at the bottom/right by ``(tg_size - pt_size) /
 2**(i + 2)`` (``--mode pad``, the default; the published tool is called
 ``interpolate4downstream.py`` although it does not interpolate).
 ``--mode bicubic`` resamples instead, with the same function the model uses
-at run time (:func:`mmvheat.utils.resize_freq_embed`).
+at run time (:func:`mmvheat.utils.resize_freq_embed`). The logic lives in
+:mod:`mmvheat.converters.freq_embed`.
 
 The input is a published checkpoint (``freq_embed.<i>`` keys under
 ``model``, ``model_ema`` with ``--ema``, ``state_dict`` or at the top) or
@@ -16,6 +17,7 @@ one in this project's layout (``backbone.stages.<i>.freq_embed`` under
 ``state_dict``, as written by ``tools/model_converters/vheat_to_mmvheat.py``).
 The output is always in this project's layout, ready for a backbone
 ``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')``.
+``vheat_to_mmvheat.py --tg-size`` converts and enlarges in one step.
 
 Example::
 
@@ -25,9 +27,7 @@ Example::
 """
 import argparse
 import os.path as osp
-import re
 import sys
-from collections import OrderedDict
 from collections.abc import Mapping
 
 try:
@@ -38,145 +38,50 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import mmvheat
 
-import torch  # noqa: E402
-
-from mmvheat.utils import (pad_freq_embed, resize_freq_embed,  # noqa: E402
-                           save_checkpoint_atomic)
-from mmvheat.utils.io import run_checkpoint_tool  # noqa: E402
-from mmvheat.utils.convert_vheat import (  # noqa: E402
-    NotAVHeatCheckpoint, convert_published_vheat, extract_state_dict,
-    is_published_vheat_state_dict)
-
-NUM_STAGES = 4
-#: Output stride of the last stage: sizes must be multiples of it.
-SIZE_MULTIPLE = 4 * 2**(NUM_STAGES - 1)
-MODES = ('pad', 'bicubic')
-_FREQ_EMBED_KEY = 'backbone.stages.{}.freq_embed'
-_BARE_FREQ_EMBED = re.compile(r'^stages\.\d+\.freq_embed$')
+from mmvheat.converters import (MODES, CheckpointError,  # noqa: E402
+                                check_sizes, enlarge_freq_embeds,
+                                read_checkpoint, vheat_weights)
+from mmvheat.utils.io import (ByteProgress, UsageError,  # noqa: E402
+                              check_output_is_not_input, run_tool,
+                              save_checkpoint_atomic)
 
 
-
-def grid_size(img_size, stage):
-    """Side of stage ``stage``'s frequency embedding at ``img_size``."""
-    return img_size // 4 // 2**stage
-
-
-def check_sizes(pt_size, tg_size):
-    """Raise ValueError unless the sizes make a valid enlargement."""
-    for name, size in (('--pt_size', pt_size), ('--tg_size', tg_size)):
-        if size <= 0 or size % SIZE_MULTIPLE:
-            raise ValueError(f'{name} must be a positive multiple of '
-                             f'{SIZE_MULTIPLE}, got {size}')
-    if tg_size < pt_size:
-        raise ValueError(f'--tg_size ({tg_size}) must not be smaller than '
-                         f'--pt_size ({pt_size}): this tool only enlarges')
-
-
-def read_weights(src, use_ema=False):
-    """``(state_dict, meta, source layout)`` of ``src``, mmvheat layout."""
+def interpolate(args):
+    """Enlarge ``args.pt_pth``'s embeddings into ``args.tg_pth``; returns
+    the summary lines."""
     try:
-        checkpoint = torch.load(src, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise NotAVHeatCheckpoint('no such file')
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        raise NotAVHeatCheckpoint(
-            'cannot be read as a PyTorch checkpoint '
-            f'({type(exc).__name__}: {lines[0] if lines else ""})')
-    if use_ema and isinstance(checkpoint, Mapping) and \
-            'model_ema' not in checkpoint and 'ema_state_dict' in checkpoint:
-        raise NotAVHeatCheckpoint(
-            'no "model_ema" entry; mmengine checkpoints saved with EMAHook '
-            'already hold the EMA weights under "state_dict": drop --ema')
-    state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
-    if not isinstance(state_dict, Mapping) or not state_dict or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor)
-            for k, v in state_dict.items()):
-        raise NotAVHeatCheckpoint('no state dict of tensors found')
-    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+        check_sizes(args.pt_size, args.tg_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_output_is_not_input(args.tg_pth, args.pt_pth)
+    with ByteProgress(f'reading {args.pt_pth}') as progress:
+        checkpoint = read_checkpoint(args.pt_pth, args.trust_checkpoint,
+                                     progress)
+    state_dict, layout = vheat_weights(checkpoint, use_ema=args.ema)
+    meta = checkpoint.get('meta')
     meta = dict(meta) if isinstance(meta, Mapping) else {}
-
-    if is_published_vheat_state_dict(state_dict):
-        return convert_published_vheat(state_dict), meta, 'published'
-    if not any(k.startswith('backbone.') for k in state_dict) and any(
-            _BARE_FREQ_EMBED.match(k) for k in state_dict):
-        # A bare VHeat state dict, e.g. torch.save(backbone.state_dict()).
-        state_dict = OrderedDict(
-            (f'backbone.{k}', v) for k, v in state_dict.items())
-    missing = [
-        _FREQ_EMBED_KEY.format(i) for i in range(NUM_STAGES)
-        if _FREQ_EMBED_KEY.format(i) not in state_dict
-    ]
-    if len(missing) == NUM_STAGES:
-        raise NotAVHeatCheckpoint(
-            'not a vHeat checkpoint: found neither published '
-            '"freq_embed.<i>" keys nor mmvheat '
-            '"backbone.stages.<i>.freq_embed" keys')
-    if missing:
-        raise NotAVHeatCheckpoint(f'incomplete vHeat checkpoint: {missing} '
-                                  'missing')
-    return OrderedDict(state_dict), meta, 'mmvheat'
-
-
-def enlarge_freq_embeds(state_dict, pt_size, tg_size, mode='pad'):
-    """Enlarge every stage's ``freq_embed`` in place; returns the changes."""
-    if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    check_sizes(pt_size, tg_size)
-    embeds = [state_dict[_FREQ_EMBED_KEY.format(i)] for i in range(NUM_STAGES)]
-    for i, embed in enumerate(embeds):
-        expected = grid_size(pt_size, i)
-        if embed.dim() != 3:
-            raise NotAVHeatCheckpoint(
-                f'{_FREQ_EMBED_KEY.format(i)} has shape '
-                f'{tuple(embed.shape)}, expected (H, W, C)')
-        if tuple(embed.shape[:2]) != (expected, expected):
-            h, w = embed.shape[:2]
-            hint = ''
-            if h == w:
-                hint = (f'; the checkpoint was made for size '
-                        f'{h * 4 * 2**i}: pass --pt_size {h * 4 * 2**i}')
-            raise NotAVHeatCheckpoint(
-                f'{_FREQ_EMBED_KEY.format(i)} is {h} x {w}, expected '
-                f'{expected} x {expected} for --pt_size {pt_size}{hint}')
-    changes = []
-    for i, embed in enumerate(embeds):
-        size = (grid_size(tg_size, i), ) * 2
-        if mode == 'pad':
-            new = pad_freq_embed(embed, size)
-        else:
-            new = resize_freq_embed(embed, size)
-        state_dict[_FREQ_EMBED_KEY.format(i)] = new.contiguous()
-        changes.append((i, tuple(embed.shape[:2]), size))
-    return changes
-
-
-def interpolate(src, dst, pt_size=224, tg_size=512, mode='pad', use_ema=False):
-    """Enlarge ``src``'s embeddings, write ``dst``; return summary lines."""
-    check_sizes(pt_size, tg_size)
-    state_dict, meta, layout = read_weights(src, use_ema=use_ema)
-    changes = enlarge_freq_embeds(state_dict, pt_size, tg_size, mode)
+    changes = enlarge_freq_embeds(state_dict, args.pt_size, args.tg_size,
+                                  args.mode)
     meta.update(
         mmvheat_version=mmvheat.__version__,
-        img_size=tg_size,
+        img_size=args.tg_size,
         interpolate4downstream=dict(
-            source=osp.basename(src),
+            source=osp.basename(args.pt_pth),
             source_layout=layout,
-            ema=bool(use_ema),
-            mode=mode,
-            pt_size=pt_size,
-            tg_size=tg_size))
-    save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), dst)
+            ema=bool(args.ema),
+            mode=args.mode,
+            pt_size=args.pt_size,
+            tg_size=args.tg_size))
+    with ByteProgress(f'writing {args.tg_pth}') as progress:
+        save_checkpoint_atomic(
+            dict(state_dict=state_dict, meta=meta), args.tg_pth, progress)
     lines = [
-        f'Read {src} ({layout} layout'
-        f'{", EMA weights" if use_ema else ""})'
+        f'Read {args.pt_pth} ({layout} layout'
+        f'{", EMA weights" if args.ema else ""})'
     ]
-    lines += [
-        f'  stage {i}: freq_embed {old[0]} x {old[1]} -> {new[0]} x {new[1]}'
-        for i, old, new in changes
-    ]
-    lines.append(f'Saved {mode} {pt_size} -> {tg_size} to {dst} '
-                 '(mmvheat layout)')
+    lines += [f'  {change}' for change in changes]
+    lines.append(f'Saved {args.mode} {args.pt_size} -> {args.tg_size} to '
+                 f'{args.tg_pth} (mmvheat layout)')
     return lines
 
 
@@ -189,7 +94,8 @@ def parse_args(argv=None):
         'vheat_to_mmvheat.py), loadable with init_cfg=dict(type='
         '"Pretrained", checkpoint=TG_PTH, prefix="backbone.").')
     parser.add_argument('--pt_pth', required=True, help='input checkpoint')
-    parser.add_argument('--tg_pth', required=True, help='output checkpoint')
+    parser.add_argument(
+        '--tg_pth', required=True, help='output checkpoint (not PT_PTH)')
     parser.add_argument(
         '--pt_size',
         type=int,
@@ -210,20 +116,18 @@ def parse_args(argv=None):
         '--ema',
         action='store_true',
         help='use the "model_ema" weights of a published checkpoint')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='unpickle objects other than tensors (a training config, say); '
+        'only for files from a source you trust: unpickling can run code')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        check_sizes(args.pt_size, args.tg_size)
-    except ValueError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    return run_checkpoint_tool(
-        lambda: interpolate(args.pt_pth, args.tg_pth, args.pt_size,
-                            args.tg_size, args.mode, args.ema), args.pt_pth,
-        (NotAVHeatCheckpoint, ))
+    return run_tool(lambda: interpolate(args), args.pt_pth,
+                    (CheckpointError, ))
 
 
 if __name__ == '__main__':

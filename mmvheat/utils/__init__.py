@@ -1,9 +1,11 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .freq_embed import pad_freq_embed, resize_freq_embed
-from .io import (CheckpointWriteError, first_line, run_checkpoint_tool,
-                 save_checkpoint_atomic)
+from .io import (ByteProgress, OutputWriteError, ToolError, UsageError,
+                 atomic_write, check_output_is_not_input, first_line,
+                 run_tool, save_checkpoint_atomic)
 
 __all__ = [
-    'resize_freq_embed', 'pad_freq_embed', 'save_checkpoint_atomic',
-    'first_line', 'run_checkpoint_tool', 'CheckpointWriteError'
+    'resize_freq_embed', 'pad_freq_embed', 'atomic_write',
+    'save_checkpoint_atomic', 'check_output_is_not_input', 'first_line',
+    'run_tool', 'ByteProgress', 'ToolError', 'UsageError', 'OutputWriteError'
 ]

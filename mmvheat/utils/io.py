@@ -1,57 +1,214 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+"""Writing files and talking to people, for the command-line tools.
+
+* :func:`atomic_write` is every tool's one way to write a file: the data
+  goes to a temporary file beside the destination, is flushed to disk and
+  then renamed over it, so that a reader sees the old file or the new one,
+  never a part. The new file gets the permissions a plain ``open`` would
+  give it (the kernel applies the umask; the process-wide umask is never
+  changed), an existing file keeps its own, and a symlink keeps pointing
+  where it pointed: its target is written.
+* :func:`check_output_is_not_input` refuses an output that is one of the
+  inputs, however it is spelled (symlink, ``..``, hard link).
+* :func:`run_tool` turns a tool's work into printed lines and an exit
+  status: one ``error: ...`` line and no traceback for any failure.
+* :class:`ByteProgress` shows how far reading or writing a large file has
+  got, on a terminal only.
+"""
+import io
 import os
 import os.path as osp
+import secrets
+import stat
 import sys
-import tempfile
-from typing import Callable, List, Tuple, Type
-
-import torch
+import time
+from contextlib import contextmanager
+from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Optional,
+                    Tuple, Type)
 
 __all__ = [
-    'CheckpointWriteError', 'save_checkpoint_atomic', 'first_line',
-    'run_checkpoint_tool'
+    'ToolError', 'UsageError', 'OutputWriteError', 'atomic_write',
+    'save_checkpoint_atomic', 'check_output_is_not_input', 'first_line',
+    'run_tool', 'ByteProgress'
 ]
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (the message names the file)."""
+class ToolError(Exception):
+    """A failure a tool reports in one line; the message names the file."""
 
 
-def save_checkpoint_atomic(checkpoint, dst: str) -> None:
-    """``torch.save`` to ``dst`` through a temporary file in its directory.
+class UsageError(ToolError):
+    """Option values that cannot work together (exit status 2)."""
 
-    An interrupted or failed write leaves neither a partial ``dst`` nor a
-    temporary file behind; an existing ``dst`` stays as it was.
+
+class OutputWriteError(ToolError):
+    """The output could not be written; the destination is unchanged."""
+
+
+def _write_target(path: str) -> str:
+    """The file a write to ``path`` must replace: a symlink's final target
+    (so that the link survives), otherwise ``path`` made absolute."""
+    if osp.islink(path):
+        return osp.realpath(path)
+    return osp.abspath(path)
+
+
+def _make_parent(path: str, directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        blocker = directory
+        while not osp.lexists(blocker):
+            blocker = osp.dirname(blocker)
+        if not osp.isdir(blocker):
+            raise OutputWriteError(
+                f'cannot write {path}: {blocker} is not a directory') from exc
+        raise OutputWriteError(
+            f'cannot write {path}: cannot create {directory}: '
+            f'{exc.strerror or exc}') from exc
+
+
+def _create_temporary(target: str) -> Tuple[int, str]:
+    """A new file beside ``target``, opened for writing.
+
+    Created with mode 0o666, which the kernel narrows by the umask exactly
+    as for any new file; when ``target`` exists, its permission bits are
+    copied instead.
+    """
+    directory, name = osp.split(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(
+        os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0)
+    while True:
+        temporary = osp.join(directory,
+                             f'.{name}.{secrets.token_hex(4)}.tmp')
+        try:
+            fd = os.open(temporary, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    if mode is not None:
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temporary)
+            raise
+    return fd, temporary
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != 'posix':
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO]:
+    """Write ``path`` all at once: a context manager yielding a file object.
+
+    Whatever is written to the yielded file replaces ``path`` when the
+    ``with`` block ends normally (the file and then its directory are
+    fsynced, so the new content survives a crash). If the block raises,
+    ``path`` is left as it was and the temporary file is removed.
+
+    Example::
+
+        with atomic_write('model.onnx') as f:
+            f.write(onnx_model.SerializeToString())
+
+    Args:
+        path (str): The destination. Missing directories are created. A
+            symlink is kept and its target is replaced.
+        mode (str): ``'wb'`` for bytes or ``'w'`` for UTF-8 text.
+            Defaults to ``'wb'``.
 
     Raises:
-        CheckpointWriteError: when the file system refuses the write.
+        OutputWriteError: when the file system refuses the write (the
+            message names ``path``). Other exceptions from the block pass
+            through unchanged.
     """
+    if mode not in ('wb', 'w'):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    target = _write_target(path)
+    if osp.isdir(target):
+        raise OutputWriteError(f'cannot write {path}: it is a directory')
+    directory = osp.dirname(target)
+    _make_parent(path, directory)
     try:
-        _save(checkpoint, dst)
+        fd, temporary = _create_temporary(target)
     except OSError as exc:
-        raise CheckpointWriteError(
-            f'cannot write {dst}: {exc.strerror or exc}') from exc
-
-
-def _save(checkpoint, dst: str) -> None:
-    dst_dir = osp.dirname(osp.abspath(dst))
-    os.makedirs(dst_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=dst_dir)
+        raise OutputWriteError(
+            f'cannot write {path}: {exc.strerror or exc}') from exc
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private; give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
+        with os.fdopen(
+                fd, mode, **({} if 'b' in mode else dict(
+                    encoding='utf-8'))) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException as exc:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise OutputWriteError(
+                f'cannot write {path}: {exc.strerror or exc}') from exc
         raise
+    try:
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise OutputWriteError(
+            f'wrote {path}, but could not flush its directory to disk: '
+            f'{exc.strerror or exc}') from exc
+
+
+def save_checkpoint_atomic(checkpoint,
+                           path: str,
+                           progress: Optional['ByteProgress'] = None) -> None:
+    """``torch.save`` through :func:`atomic_write`.
+
+    Args:
+        checkpoint: What to save.
+        path (str): The destination.
+        progress (ByteProgress, optional): Counts the bytes written.
+            Defaults to None.
+    """
+    import torch
+    with atomic_write(path) as file:
+        torch.save(checkpoint, progress.wrap(file) if progress else file)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if osp.exists(a) and osp.exists(b):
+        return osp.samefile(a, b)
+    return osp.realpath(a) == osp.realpath(b)
+
+
+def check_output_is_not_input(output: str, *inputs: str) -> None:
+    """Refuse to write ``output`` when it is one of ``inputs``.
+
+    The paths are compared as files, not strings: a symlink, another
+    spelling of the path or a hard link to an input is the input.
+
+    Raises:
+        ToolError: naming both paths.
+    """
+    for path in inputs:
+        if _same_file(output, path):
+            raise ToolError(
+                f'the output {output} is the input {path}: writing it '
+                'would replace the input; choose another output file')
 
 
 def first_line(exc: BaseException) -> str:
@@ -60,24 +217,161 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def run_checkpoint_tool(run: Callable[[], List[str]], src: str,
-                        input_errors: Tuple[Type[Exception], ...]) -> int:
-    """Run a checkpoint tool's work for a person at a terminal.
+def run_tool(work: Callable[[], Iterable[str]],
+             source: Optional[str] = None,
+             input_errors: Tuple[Type[Exception], ...] = ()) -> int:
+    """Run a tool's work for a person at a terminal.
 
-    Prints the summary lines ``run()`` returns and gives 0, or prints one
-    ``error: ...`` line (naming ``src`` unless the output could not be
-    written) and gives 1.
+    Prints the summary lines ``work()`` returns and gives 0; or prints one
+    ``error: ...`` line on stderr and gives 2 for a :class:`UsageError`, 1
+    for any other failure, 130 for Ctrl-C.
+
+    Args:
+        work (callable): Does the work; returns the lines to print.
+        source (str, optional): The input file, named in front of the
+            messages of ``input_errors``. Defaults to None.
+        input_errors (tuple[type]): Exceptions that describe the input.
+            Defaults to ``()``.
     """
+    status = 1
     try:
-        lines = run()
-    except CheckpointWriteError as exc:
+        lines = list(work())
+    except UsageError as exc:
+        message, status = str(exc), 2
+    except ToolError as exc:
         message = str(exc)
     except input_errors as exc:
-        message = f'{src}: {exc}'
-    except Exception as exc:
-        message = f'{src}: {type(exc).__name__}: {exc}'
+        message = f'{source}: {exc}' if source else str(exc)
+    except KeyboardInterrupt:
+        message, status = 'interrupted', 130
+    except Exception as exc:  # noqa: BLE001  (one line, never a traceback)
+        where = f'{source}: ' if source else ''
+        message = f'{where}{type(exc).__name__}: {first_line(exc)}'
     else:
         print('\n'.join(lines))
         return 0
-    print(f'error: {message}', file=sys.stderr)
-    return 1
+    print(f'error: {" ".join(message.split())}', file=sys.stderr)
+    return status
+
+
+class _CountingStream(io.RawIOBase):
+    """A binary file that tells a :class:`ByteProgress` what passes.
+
+    It has no ``fileno`` so that readers (``torch.load``) go through it.
+    """
+
+    def __init__(self, file: BinaryIO, progress: 'ByteProgress'):
+        super().__init__()
+        self._file = file
+        self._progress = progress
+        self._count = 0
+
+    def _advance(self, size: Optional[int]) -> None:
+        if size:
+            self._count += size
+            self._progress.update(self._count)
+
+    def readable(self) -> bool:
+        return self._file.readable()
+
+    def writable(self) -> bool:
+        return self._file.writable()
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+    def readinto(self, buffer) -> int:
+        size = self._file.readinto(buffer)
+        self._advance(size)
+        return size
+
+    def write(self, data) -> int:
+        size = self._file.write(data)
+        self._advance(size)
+        return size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class ByteProgress:
+    """One self-updating line on a terminal: ``reading X: 120/352 MB``.
+
+    Reading and writing are the slow parts of the checkpoint tools (seconds
+    for hundreds of MB; mapping the keys takes milliseconds), so progress is
+    counted in bytes through :meth:`wrap`. Nothing is printed unless
+    ``stream`` is a terminal, so logs and pipes get only the tools' result
+    lines.
+
+    Args:
+        label (str): What is being done, e.g. ``'reading vHeat_base.pth'``.
+        total (int, optional): Expected bytes, for a percentage.
+            Defaults to None.
+        stream (file, optional): Where to print. Defaults to ``sys.stderr``.
+        interval (float): Least seconds between redraws. Defaults to 0.1.
+    """
+
+    def __init__(self,
+                 label: str,
+                 total: Optional[int] = None,
+                 stream: Optional[IO[str]] = None,
+                 interval: float = 0.1):
+        self.label = label
+        self.total = total
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, 'isatty', None)
+        self.enabled = bool(isatty and isatty())
+        self.interval = interval
+        self.done = 0
+        self._drawn_at = None
+
+    def wrap(self, file: BinaryIO) -> BinaryIO:
+        """``file``, counting the bytes read from or written to it."""
+        return _CountingStream(file, self)
+
+    def _draw(self, end: str = '') -> None:
+        megabytes = f'{self.done / 2**20:.0f}'
+        if self.total:
+            share = min(self.done, self.total) / self.total
+            text = (f'{megabytes}/{self.total / 2**20:.0f} MB '
+                    f'({share:.0%})')
+        else:
+            text = f'{megabytes} MB'
+        self.stream.write(f'\r{self.label}: {text}{end}')
+        self.stream.flush()
+
+    def update(self, done: int) -> None:
+        """Record ``done`` bytes so far; redraw at most every interval."""
+        self.done = done
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self._drawn_at is None or now - self._drawn_at >= self.interval:
+            self._drawn_at = now
+            self._draw()
+
+    def close(self, finished: bool = False) -> None:
+        """End the line (only if anything was drawn).
+
+        Args:
+            finished (bool): The work is complete: show the total (readers
+                skip a file's padding, so the count may fall short of it).
+                Defaults to False.
+        """
+        if finished and self.total:
+            self.done = self.total
+        if self.enabled and self._drawn_at is not None:
+            self._draw(end='\n')
+            self._drawn_at = None
+
+    def __enter__(self) -> 'ByteProgress':
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(finished=exc_type is None)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvheat.models.backbones.mpvit import MPViT
-from mmvheat.utils.convert_mpvit import convert_published_mpvit
+from mmvheat.converters import convert_published_mpvit
 
 ATOL = 1e-4
 

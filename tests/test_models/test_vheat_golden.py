@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvheat.models.backbones.vheat import VHeat
-from mmvheat.utils.convert_vheat import convert_published_vheat
+from mmvheat.converters import convert_published_vheat
 
 ATOL = 1e-4
 

@@ -1,30 +1,32 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""tools/interpolate4downstream.py: enlarge freq_embed for downstream sizes.
+"""Enlarging vHeat's frequency embeddings for downstream sizes.
 
-Most cases use a small custom arch pretrained at 64 and enlarged to 128 and
-call the tool's ``main`` in-process; published checkpoints are synthesised
-from this project's weights with the inverse of the published-key mapping.
-The command line runs twice, in parallel: a realistic vHeat-T 224 -> 512
+:mod:`mmvheat.converters.freq_embed` (with :func:`mmvheat.converters.
+vheat_weights` for the input layouts) is tested in-process on a small custom
+arch pretrained at 64 and enlarged to 128; published checkpoints are
+synthesised from this project's weights with the inverse of the
+published-key mapping. ``tools/interpolate4downstream.py`` runs as a user
+runs it, in subprocesses started together: a realistic vHeat-T 224 -> 512
 case (constant tensors broadcast to their shapes, so files stay small) and
-an unreadable input.
+its failures.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 
+import mmvheat
+from mmvheat.converters import (CheckpointError, NotAVHeatCheckpoint,
+                                check_sizes, convert_published_vheat,
+                                enlarge_freq_embeds, vheat_weights)
 from mmvheat.models.backbones.vheat import VHeat
 from mmvheat.utils import resize_freq_embed
-from mmvheat.utils.convert_vheat import convert_published_vheat
 
-TOOL_PATH = ('tools', 'interpolate4downstream.py')
+TOOL = osp.join('tools', 'interpolate4downstream.py')
 SMALL_ARCH = dict(
     depths=[1, 2, 1, 1],
     dims=8,
@@ -41,16 +43,6 @@ def _one_thread():
     torch.set_num_threads(1)  # two shared cores
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def tool(project_root):
-    path = osp.join(project_root, *TOOL_PATH)
-    spec = importlib.util.spec_from_file_location('interpolate4downstream',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- synthetic checkpoints ---------------------------------------------------
@@ -138,33 +130,208 @@ def assert_state_dicts_equal(actual, expected):
         assert torch.equal(actual[key], value), key
 
 
-def run(tool, tmp_path, checkpoint, *flags, name='dst.pth'):
-    """Write ``checkpoint``, run the tool on it, return the output."""
-    src, dst = tmp_path / 'src.pth', tmp_path / 'out' / name
-    torch.save(checkpoint, src)
-    assert tool.main([
-        '--pt_pth',
-        str(src), '--tg_pth',
-        str(dst), '--pt_size',
-        str(PT_SIZE), '--tg_size',
-        str(TG_SIZE), *flags
-    ]) == 0
-    assert name in os.listdir(dst.parent)
-    assert not [f for f in os.listdir(dst.parent) if f.endswith('.tmp')]
-    return torch.load(dst, map_location='cpu', weights_only=True)
+def enlarged(checkpoint, mode='pad', use_ema=False):
+    """What the tool writes for ``checkpoint``, PT_SIZE -> TG_SIZE."""
+    state_dict, layout = vheat_weights(checkpoint, use_ema)
+    changes = enlarge_freq_embeds(state_dict, PT_SIZE, TG_SIZE, mode)
+    assert [tuple(c) for c in changes] == [
+        (i, (PT_SIZE // 4 >> i, ) * 2, (TG_SIZE // 4 >> i, ) * 2)
+        for i in range(4)
+    ]
+    return state_dict, layout
 
 
-# -- command-line runs -------------------------------------------------------
-def start_cli(project_root, *args):
-    return subprocess.Popen(
-        [sys.executable,
-         osp.join(project_root, *TOOL_PATH), *map(str, args)],
-        cwd=project_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True)
+# -- modes -------------------------------------------------------------------
+def test_pad_reproduces_the_published_recipe():
+    source = project_state_dict()
+    converted, layout = enlarged({'state_dict': source, 'meta': {}})
+    assert layout == 'mmvheat'
+    assert_state_dicts_equal(converted, padded(source))
+    for i in range(4):
+        before = source[f'backbone.stages.{i}.freq_embed']
+        after = converted[f'backbone.stages.{i}.freq_embed']
+        side = PT_SIZE // 4 >> i
+        assert after.shape == (2 * side, 2 * side, 8 << i)
+        assert torch.equal(after[:side, :side], before)
+        assert not after[side:].any() and not after[:, side:].any()
 
 
+def test_bicubic_uses_resize_freq_embed():
+    source = project_state_dict()
+    converted, _ = enlarged({'state_dict': source}, mode='bicubic')
+    expected = OrderedDict(source)
+    for i in range(4):
+        key = f'backbone.stages.{i}.freq_embed'
+        side = TG_SIZE // 4 >> i
+        expected[key] = resize_freq_embed(source[key], (side, side))
+        assert expected[key].shape == (side, side, 8 << i)
+    assert_state_dicts_equal(converted, expected)
+
+
+# -- input layouts -----------------------------------------------------------
+@pytest.mark.parametrize('dense', [False, True], ids=['cls', 'dense'])
+def test_inverse_mapping_is_exact(dense):
+    source = project_state_dict(dense=dense)
+    assert_state_dicts_equal(
+        convert_published_vheat(to_published(source)), source)
+
+
+@pytest.mark.parametrize('container', ['model', 'state_dict', 'bare', 'dense'])
+def test_published_input_becomes_mmvheat_layout(container):
+    source = project_state_dict(dense=container == 'dense')
+    published = to_published(source)
+    checkpoint = {
+        'model': {
+            'model': published,
+            'epoch': 299
+        },
+        'state_dict': {
+            'state_dict': published
+        },
+        'bare': published,
+        'dense': {
+            'state_dict': published,
+            'meta': {}
+        },
+    }[container]
+    converted, layout = enlarged(checkpoint)
+    assert layout == 'published'
+    assert_state_dicts_equal(converted, padded(source))
+
+
+def test_ema_weights():
+    model, ema = project_state_dict(seed=0), project_state_dict(seed=1)
+    both = {'model': to_published(model), 'model_ema': to_published(ema)}
+    assert_state_dicts_equal(enlarged(both, use_ema=True)[0], padded(ema))
+    assert_state_dicts_equal(enlarged(both)[0], padded(model))
+
+
+def test_bare_backbone_state_dict_gets_the_prefix():
+    source = project_state_dict(dense=True)
+    bare = OrderedDict((k[len('backbone.'):], v) for k, v in source.items()
+                       if k.startswith('backbone.'))
+    assert_state_dicts_equal(
+        enlarged(bare)[0],
+        OrderedDict((k, v) for k, v in padded(source).items()
+                    if k.startswith('backbone.')))
+
+
+# -- loading downstream ------------------------------------------------------
+@pytest.mark.parametrize('mode', ['pad', 'bicubic'])
+def test_output_loads_into_the_downstream_backbone(tmp_path, mode):
+    """Only the output norms 0-2 start afresh; nothing is resampled."""
+    converted, _ = enlarged({'model': to_published(project_state_dict())},
+                            mode)
+    torch.save({'state_dict': converted}, tmp_path / 'dst.pth')
+    model = VHeat(
+        SMALL_ARCH,
+        img_size=TG_SIZE,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=str(tmp_path / 'dst.pth'),
+            prefix='backbone.'))
+    for i, stage in enumerate(model.stages):
+        assert stage.freq_embed.shape == \
+            converted[f'backbone.stages.{i}.freq_embed'].shape
+    model.init_weights()
+    fresh = []
+    for name, value in model.state_dict().items():
+        if f'backbone.{name}' in converted:
+            assert torch.equal(value, converted[f'backbone.{name}']), name
+        else:
+            fresh.append(name)
+    assert sorted(fresh) == [
+        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
+    ]
+
+
+def test_realistic_published_tiny(reference_dir):
+    """The published vHeat-T key set (shapes from the reference fixture)."""
+    with open(
+            osp.join(reference_dir,
+                     'vheat_official_state_dict_shapes.json')) as f:
+        shapes = json.load(f)['tiny']
+    published = OrderedDict((key, torch.zeros(()).expand(shape))
+                            for key, shape in shapes['state_dict'].items())
+    published['freq_embed.0'] = torch.ones(56, 56, 96)
+    converted, _ = vheat_weights({'model': published})
+    enlarge_freq_embeds(converted, 224, 512)
+    assert len(converted) == len(published)
+    embed = converted['backbone.stages.0.freq_embed']
+    assert embed.shape == (128, 128, 96)
+    assert embed[:56, :56].eq(1).all() and embed.sum() == 56 * 56 * 96
+    assert converted['backbone.stages.3.freq_embed'].shape == (16, 16, 768)
+
+
+# -- refusals ----------------------------------------------------------------
+def _incomplete():
+    state_dict = project_state_dict()
+    del state_dict['backbone.stages.3.freq_embed']
+    return {'state_dict': state_dict}
+
+
+@pytest.mark.parametrize(
+    'checkpoint, use_ema, reason', [
+        ({'state_dict': {'conv1.weight': torch.zeros(4, 3, 7, 7)}}, False,
+         'not a vHeat checkpoint'),
+        ([torch.zeros(3)], False, 'expected a dict checkpoint'),
+        (lambda: {'model': to_published(project_state_dict())}, True,
+         'no "model_ema" entry'),
+        (lambda: {'state_dict': project_state_dict(), 'ema_state_dict': {}},
+         True, 'drop --ema'),
+    ],
+    ids=['resnet', 'not-a-dict', 'no-ema', 'mmengine-ema'])
+def test_other_checkpoints_are_refused(checkpoint, use_ema, reason):
+    if callable(checkpoint):
+        checkpoint = checkpoint()
+    with pytest.raises(CheckpointError, match=reason):
+        vheat_weights(checkpoint, use_ema)
+
+
+def test_unknown_published_key_is_refused():
+    published = to_published(project_state_dict())
+    published['layers.0.0.op.extra.weight'] = torch.zeros(3)
+    with pytest.raises(NotAVHeatCheckpoint, match='op.extra.weight'):
+        vheat_weights({'model': published})
+
+
+@pytest.mark.parametrize(
+    'state_dict, pt_size, tg_size, error, reason', [
+        (lambda: _incomplete()['state_dict'], PT_SIZE, TG_SIZE,
+         CheckpointError, "incomplete vHeat checkpoint: "
+         "['backbone.stages.3.freq_embed'] missing"),
+        (project_state_dict, 32, 128, CheckpointError,
+         'backbone.stages.0.freq_embed is 16 x 16, expected 8 x 8 for '
+         '--pt_size 32; the checkpoint was made for size 64: pass --pt_size '
+         '64'),
+        (project_state_dict, 64, 32, ValueError,
+         '--tg_size (32) must not be smaller than --pt_size (64)'),
+        (project_state_dict, 64, 100, ValueError,
+         '--tg_size must be a positive multiple of 32, got 100'),
+        (project_state_dict, 48, 128, ValueError,
+         '--pt_size must be a positive multiple of 32, got 48'),
+    ],
+    ids=['incomplete', 'wrong-pt-size', 'shrink', 'tg-not-32x',
+         'pt-not-32x'])
+def test_bad_sizes_change_nothing(state_dict, pt_size, tg_size, error,
+                                  reason):
+    state_dict = state_dict()
+    before = OrderedDict(state_dict)
+    with pytest.raises(error) as info:
+        enlarge_freq_embeds(state_dict, pt_size, tg_size)
+    assert str(info.value).startswith(reason)
+    assert list(state_dict) == list(before)
+    assert all(state_dict[k] is v for k, v in before.items())
+
+
+def test_check_sizes_names_the_options():
+    check_sizes(224, 224)
+    with pytest.raises(ValueError, match='^size B .* size A'):
+        check_sizes(64, 32, names=('size A', 'size B'))
+
+
+# -- the command line ---------------------------------------------------------
 def marked_tiny_224():
     """vHeat-T at 224 in mmvheat layout, each tensor one value broadcast."""
     model = VHeat('tiny', img_size=224, out_indices=(3, ), init_cfg=None)
@@ -174,48 +341,69 @@ def marked_tiny_224():
 
 
 @pytest.fixture(scope='module')
-def cli_runs(tmp_path_factory, project_root):
-    """``{name: (tmp dir, dst, CompletedProcess)}``, run in parallel."""
-    tmp = tmp_path_factory.mktemp('tiny')
-    torch.save({'state_dict': marked_tiny_224()}, tmp / 'vheat-tiny.pth')
-    processes = {
-        'tiny': (tmp, tmp / 'new' / 'vheat-tiny-512.pth',
-                 start_cli(project_root, '--pt_pth', tmp / 'vheat-tiny.pth',
-                           '--tg_pth', tmp / 'new' / 'vheat-tiny-512.pth',
-                           '--tg_size', 512))
+def cli(tmp_path_factory, run_tools):
+    """``{name: (tmp dir, dst, CompletedProcess)}``, run together.
+
+    ``src.pth`` is vHeat-T at 224 in the mmvheat layout, with a ``meta``;
+    a failing run's DST already exists (``previous``).
+    """
+    source = {'state_dict': marked_tiny_224(), 'meta': {'arch': 'kept'}}
+    flags = {
+        'tiny': [],
+        'text': [],
+        'same-path': [],
+        'wrong-pt-size': ['--pt_size', 256],
+        'shrink': ['--tg_size', 192],
+        'tg-not-32x': ['--tg_size', 500],
     }
-    tmp = tmp_path_factory.mktemp('text')
-    (tmp / 'notes.txt').write_text('not a checkpoint\n')
-    processes['text'] = (tmp, tmp / 'dst.pth',
-                         start_cli(project_root, '--pt_pth', tmp / 'notes.txt',
-                                   '--tg_pth', tmp / 'dst.pth'))
-    results = {}
-    for name, (tmp, dst, process) in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = (tmp, dst,
-                         subprocess.CompletedProcess(process.args,
-                                                     process.returncode,
-                                                     stdout, stderr))
-    return results
+    runs = {}
+    for name, extra in flags.items():
+        tmp = tmp_path_factory.mktemp(name)
+        src, dst = tmp / 'src.pth', tmp / 'out' / 'dst.pth'
+        if name == 'text':
+            src.write_text('not a checkpoint\n')
+        else:
+            torch.save(source, src)
+        if name == 'same-path':
+            dst = tmp / '.' / 'out' / '..' / 'src.pth'
+        if name != 'tiny':
+            os.makedirs(tmp / 'out')
+            if name != 'same-path':
+                dst.write_bytes(b'previous')
+        runs[name] = (tmp, dst,
+                      [TOOL, '--pt_pth', src, '--tg_pth', dst, *extra])
+    results = run_tools({name: run[2] for name, run in runs.items()})
+    return {name: (tmp, dst, results[name])
+            for name, (tmp, dst, _) in runs.items()}
 
 
-def test_cli_tiny_224_to_512(cli_runs):
+def test_cli_tiny_224_to_512(cli):
     """The published recipe on vHeat-T: 56 -> 128, ..., 7 -> 16."""
-    tmp, dst, result = cli_runs['tiny']
+    tmp, dst, result = cli['tiny']
     assert result.returncode == 0, result.stderr
-    assert 'stage 0: freq_embed 56 x 56 -> 128 x 128' in result.stdout
-    assert 'stage 3: freq_embed 7 x 7 -> 16 x 16' in result.stdout
+    assert result.stderr == ''
+    assert result.stdout.splitlines() == [
+        f'Read {tmp / "src.pth"} (mmvheat layout)',
+        '  stage 0: freq_embed 56 x 56 -> 128 x 128',
+        '  stage 1: freq_embed 28 x 28 -> 64 x 64',
+        '  stage 2: freq_embed 14 x 14 -> 32 x 32',
+        '  stage 3: freq_embed 7 x 7 -> 16 x 16',
+        f'Saved pad 224 -> 512 to {dst} (mmvheat layout)',
+    ]
     assert os.listdir(dst.parent) == [dst.name]
-    source = torch.load(tmp / 'vheat-tiny.pth', weights_only=True)
+    source = torch.load(tmp / 'src.pth', weights_only=True)
     checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
-    assert checkpoint['meta']['interpolate4downstream'] == dict(
-        source='vheat-tiny.pth',
-        source_layout='mmvheat',
-        ema=False,
-        mode='pad',
-        pt_size=224,
-        tg_size=512)
-    assert checkpoint['meta']['img_size'] == 512
+    assert checkpoint['meta'] == dict(
+        arch='kept',  # the input's meta is carried over
+        mmvheat_version=mmvheat.__version__,
+        img_size=512,
+        interpolate4downstream=dict(
+            source='src.pth',
+            source_layout='mmvheat',
+            ema=False,
+            mode='pad',
+            pt_size=224,
+            tg_size=512))
     converted = checkpoint['state_dict']
     assert list(converted) == list(source['state_dict'])
     for i, (old, new) in enumerate([(56, 128), (28, 64), (14, 32), (7, 16)]):
@@ -238,270 +426,25 @@ def test_cli_tiny_224_to_512(cli_runs):
                        converted['backbone.stages.0.freq_embed'])
 
 
-def test_cli_failure(cli_runs):
-    tmp, dst, result = cli_runs['text']
-    assert result.returncode == 1
-    assert result.stderr.startswith(f'error: {tmp / "notes.txt"}: ')
-    assert 'cannot be read as a PyTorch checkpoint' in result.stderr
-    assert 'Traceback' not in result.stderr
-    assert result.stdout == ''
-    assert not dst.exists()
-    assert not [f for f in os.listdir(tmp) if f.endswith('.tmp')]
-
-
-# -- modes -------------------------------------------------------------------
-def test_pad_reproduces_the_published_recipe(tool, tmp_path, capsys):
-    source = project_state_dict()
-    checkpoint = run(tool, tmp_path, {
-        'state_dict': source,
-        'meta': {
-            'arch': 'kept',
-            'img_size': PT_SIZE
-        }
-    })
-    converted = checkpoint['state_dict']
-    assert_state_dicts_equal(converted, padded(source))
-    for i in range(4):
-        before = source[f'backbone.stages.{i}.freq_embed']
-        after = converted[f'backbone.stages.{i}.freq_embed']
-        side = PT_SIZE // 4 >> i
-        assert after.shape == (2 * side, 2 * side, 8 << i)
-        assert torch.equal(after[:side, :side], before)
-        assert not after[side:].any() and not after[:, side:].any()
-    meta = checkpoint['meta']
-    assert meta['arch'] == 'kept'  # the input's meta is carried over
-    assert meta['img_size'] == TG_SIZE
-    assert meta['interpolate4downstream'] == dict(
-        source='src.pth',
-        source_layout='mmvheat',
-        ema=False,
-        mode='pad',
-        pt_size=PT_SIZE,
-        tg_size=TG_SIZE)
-    umask = os.umask(0)
-    os.umask(umask)
-    mode = os.stat(tmp_path / 'out' / 'dst.pth').st_mode & 0o777
-    assert mode == 0o666 & ~umask
-    out = capsys.readouterr().out
-    assert 'stage 0: freq_embed 16 x 16 -> 32 x 32' in out
-    assert 'Saved pad 64 -> 128' in out
-
-
-def test_bicubic_uses_resize_freq_embed(tool, tmp_path):
-    source = project_state_dict()
-    checkpoint = run(tool, tmp_path, {'state_dict': source}, '--mode',
-                     'bicubic')
-    expected = OrderedDict(source)
-    for i in range(4):
-        key = f'backbone.stages.{i}.freq_embed'
-        side = TG_SIZE // 4 >> i
-        expected[key] = resize_freq_embed(source[key], (side, side))
-        assert expected[key].shape == (side, side, 8 << i)
-    assert_state_dicts_equal(checkpoint['state_dict'], expected)
-    assert checkpoint['meta']['interpolate4downstream']['mode'] == 'bicubic'
-
-
-# -- input layouts -----------------------------------------------------------
-@pytest.mark.parametrize('dense', [False, True], ids=['cls', 'dense'])
-def test_inverse_mapping_is_exact(dense):
-    source = project_state_dict(dense=dense)
-    assert_state_dicts_equal(
-        convert_published_vheat(to_published(source)), source)
-
-
-@pytest.mark.parametrize('container', ['model', 'state_dict', 'bare', 'dense'])
-def test_published_input_becomes_mmvheat_layout(tool, tmp_path, container):
-    source = project_state_dict(dense=container == 'dense')
-    published = to_published(source)
-    checkpoint = {
-        'model': {
-            'model': published,
-            'epoch': 299
-        },
-        'state_dict': {
-            'state_dict': published
-        },
-        'bare': published,
-        'dense': {
-            'state_dict': published,
-            'meta': {}
-        },
-    }[container]
-    out = run(tool, tmp_path, checkpoint)
-    assert_state_dicts_equal(out['state_dict'], padded(source))
-    assert out['meta']['interpolate4downstream']['source_layout'] == \
-        'published'
-
-
-def test_ema_weights(tool, tmp_path, capsys):
-    model, ema = project_state_dict(seed=0), project_state_dict(seed=1)
-    both = {'model': to_published(model), 'model_ema': to_published(ema)}
-    out = run(tool, tmp_path, both, '--ema')
-    assert_state_dicts_equal(out['state_dict'], padded(ema))
-    assert out['meta']['interpolate4downstream']['ema'] is True
-    assert 'EMA weights' in capsys.readouterr().out
-    out = run(tool, tmp_path, both, name='plain.pth')
-    assert_state_dicts_equal(out['state_dict'], padded(model))
-
-
-def test_bare_backbone_state_dict_gets_the_prefix(tool, tmp_path):
-    source = project_state_dict(dense=True)
-    bare = OrderedDict((k[len('backbone.'):], v) for k, v in source.items()
-                       if k.startswith('backbone.'))
-    out = run(tool, tmp_path, bare)
-    assert_state_dicts_equal(
-        out['state_dict'],
-        OrderedDict((k, v) for k, v in padded(source).items()
-                    if k.startswith('backbone.')))
-
-
-# -- loading downstream ------------------------------------------------------
-@pytest.mark.parametrize('mode', ['pad', 'bicubic'])
-def test_output_loads_into_the_downstream_backbone(tool, tmp_path, mode):
-    """Only the output norms 0-2 start afresh; nothing is resampled."""
-    out = run(tool, tmp_path, {'model': to_published(project_state_dict())},
-              '--mode', mode)
-    converted = out['state_dict']
-    model = VHeat(
-        SMALL_ARCH,
-        img_size=TG_SIZE,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint=str(tmp_path / 'out' / 'dst.pth'),
-            prefix='backbone.'))
-    model.init_weights()
-    fresh = []
-    for name, value in model.state_dict().items():
-        if f'backbone.{name}' in converted:
-            assert torch.equal(value, converted[f'backbone.{name}']), name
-        else:
-            fresh.append(name)
-    assert sorted(fresh) == [
-        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
-    ]
-
-
-def test_realistic_published_tiny(tool, tmp_path, reference_dir):
-    """The published vHeat-T key set (shapes from the reference fixture)."""
-    with open(
-            osp.join(reference_dir,
-                     'vheat_official_state_dict_shapes.json')) as f:
-        shapes = json.load(f)['tiny']
-    published = OrderedDict((key, torch.zeros(()).expand(shape))
-                            for key, shape in shapes['state_dict'].items())
-    published['freq_embed.0'] = torch.ones(56, 56, 96)
-    src, dst = tmp_path / 'vHeat_tiny.pth', tmp_path / 'vheat-tiny-512.pth'
-    torch.save({'model': published}, src)
-    assert tool.main(['--pt_pth', str(src), '--tg_pth', str(dst)]) == 0
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    assert len(converted) == len(published)
-    embed = converted['backbone.stages.0.freq_embed']
-    assert embed.shape == (128, 128, 96)
-    assert embed[:56, :56].eq(1).all() and embed.sum() == 56 * 56 * 96
-    assert converted['backbone.stages.3.freq_embed'].shape == (16, 16, 768)
-
-
-# -- failures ----------------------------------------------------------------
-def _resnet(path):
-    torch.save(
-        {
-            'state_dict': {
-                'conv1.weight': torch.zeros(4, 3, 7, 7),
-                'fc.weight': torch.zeros(10, 4)
-            }
-        }, path)
-
-
-def _text(path):
-    path.write_text('not a checkpoint\n')
-
-
-def _list(path):
-    torch.save([torch.zeros(3)], path)
-
-
-def _without_ema(path):
-    torch.save({'model': to_published(project_state_dict())}, path)
-
-
-def _mmengine_ema(path):
-    torch.save({
-        'state_dict': project_state_dict(),
-        'ema_state_dict': {}
-    }, path)
-
-
-def _incomplete(path):
-    state_dict = project_state_dict()
-    del state_dict['backbone.stages.3.freq_embed']
-    torch.save({'state_dict': state_dict}, path)
-
-
-def _project(path):
-    torch.save({'state_dict': project_state_dict()}, path)
-
-
-_SIZES = ['--pt_size', str(PT_SIZE), '--tg_size', str(TG_SIZE)]
-
-
 @pytest.mark.parametrize(
-    'writer, flags, code, reason', [
-        (_resnet, _SIZES, 1, 'not a vHeat checkpoint'),
-        (_text, _SIZES, 1, 'cannot be read as a PyTorch checkpoint'),
-        (_list, _SIZES, 1, 'expected a dict checkpoint'),
-        (None, _SIZES, 1, 'no such file'),
-        (_without_ema, _SIZES + ['--ema'], 1, 'no "model_ema" entry'),
-        (_mmengine_ema, _SIZES + ['--ema'], 1, 'drop --ema'),
-        (_incomplete, _SIZES, 1, "['backbone.stages.3.freq_embed'] missing"),
-        (_project, ['--pt_size', '32', '--tg_size', '128'], 1,
-         'backbone.stages.0.freq_embed is 16 x 16, expected 8 x 8 for '
-         '--pt_size 32; the checkpoint was made for size 64: pass --pt_size 64'
-         ),
-        (_project, ['--pt_size', '64', '--tg_size', '32'], 2,
-         '--tg_size (32) must not be smaller than --pt_size (64)'),
-        (_project, ['--pt_size', '64', '--tg_size', '100'], 2,
-         '--tg_size must be a positive multiple of 32, got 100'),
-        (_project, ['--pt_size', '48', '--tg_size', '128'], 2,
-         '--pt_size must be a positive multiple of 32, got 48'),
-    ],
-    ids=[
-        'resnet', 'text', 'not-a-dict', 'missing', 'no-ema', 'mmengine-ema',
-        'incomplete', 'wrong-pt-size', 'shrink', 'tg-not-32x', 'pt-not-32x'
-    ])
-def test_failures_write_nothing(tool, tmp_path, capsys, writer, flags, code,
-                                reason):
-    src = tmp_path / 'src.pth'
-    if writer is not None:
-        writer(src)
-    before = sorted(os.listdir(tmp_path))
-    dst = tmp_path / 'out' / 'dst.pth'
-    argv = ['--pt_pth', str(src), '--tg_pth', str(dst), *flags]
-    assert tool.main(argv) == code
-    captured = capsys.readouterr()
-    assert captured.err.startswith('error: ')
-    if code == 1:
-        assert captured.err.startswith(f'error: {src}: ')
-    assert reason in captured.err
-    assert captured.out == ''
-    assert sorted(os.listdir(tmp_path)) == before  # no DST, dir or temp
-
-    # An existing DST is left untouched.
-    os.makedirs(dst.parent)
-    dst.write_bytes(b'previous')
-    assert tool.main(argv) == code
-    assert dst.read_bytes() == b'previous'
-    assert os.listdir(dst.parent) == ['dst.pth']
-
-
-def test_unwritable_destination_leaves_no_temp_file(tool, tmp_path, capsys):
-    _project(tmp_path / 'src.pth')
-    dst = tmp_path / 'taken'
-    dst.mkdir()  # os.replace cannot put a file over a directory
-    assert tool.main(
-        ['--pt_pth',
-         str(tmp_path / 'src.pth'), '--tg_pth',
-         str(dst), *_SIZES]) == 1
-    assert capsys.readouterr().err.startswith(f'error: cannot write {dst}')
-    assert sorted(os.listdir(tmp_path)) == ['src.pth', 'taken']
-    assert os.listdir(dst) == []
+    'name, status, reason',
+    [('text', 1, '{src}: is not a PyTorch checkpoint'),
+     ('same-path', 1, 'the output {dst} is the input {src}'),
+     ('wrong-pt-size', 1, '{src}: backbone.stages.0.freq_embed is 56 x 56, '
+      'expected 64 x 64 for --pt_size 256; the checkpoint was made for size '
+      '224: pass --pt_size 224'),
+     ('shrink', 2, '--tg_size (192) must not be smaller than --pt_size '
+      '(224)'),
+     ('tg-not-32x', 2, '--tg_size must be a positive multiple of 32, got '
+      '500')])
+def test_cli_failures_change_nothing(cli, check_cli_error, name, status,
+                                     reason):
+    tmp, dst, result = cli[name]
+    src = tmp / 'src.pth'
+    check_cli_error(result, status, reason.format(src=src, dst=dst))
+    if name == 'same-path':
+        assert os.listdir(tmp / 'out') == []
+        assert 'meta' in torch.load(src, weights_only=True)  # untouched
+    else:
+        assert dst.read_bytes() == b'previous'
+        assert os.listdir(dst.parent) == ['dst.pth']

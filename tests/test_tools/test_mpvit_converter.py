@@ -1,32 +1,36 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""tools/model_converters/mpvit_to_mmvheat.py on every published key layout.
+"""Published MPViT checkpoints into the mmvheat layout.
+
+:mod:`mmvheat.converters.mpvit` is tested in-process on every published key
+layout; ``tools/model_converters/mpvit_to_mmvheat.py`` runs as a user runs
+it (subprocesses started together) for its output, one-line errors and the
+files it leaves alone.
 
 Published checkpoints are synthesised from ``mpvit_official_state_dict_shapes
 .json``: every tensor is a single distinct value broadcast to its shape
 (``expand``: files stay a few KB, yet each key's value can be traced through
 the conversion). The copies of a shared position encoding get the value of
-the encoder's own key, as in a real checkpoint. The command line runs twice
-(concurrently: each run pays ~10 s for the imports); everything else calls
-the tool's ``main`` in-process.
+the encoder's own key, as in a real checkpoint.
 """
-import importlib.util
+import argparse
 import json
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
+import mmvheat
 import mmvheat.models.backbones.mpvit as mpvit_module
+from mmvheat.converters import (CheckpointError, NotAnMPViTCheckpoint,
+                                convert_mpvit_checkpoint, infer_mpvit_arch)
 from mmvheat.models.backbones.mpvit import MPViT
 
 ARCHS = ('tiny', 'xsmall', 'small', 'base')
-TOOL_PATH = ('tools', 'model_converters', 'mpvit_to_mmvheat.py')
+TOOL = osp.join('tools', 'model_converters', 'mpvit_to_mmvheat.py')
 _COPY = re.compile(r'^(.*mhca_blks\.\d+\.)MHCA_layers\.\d+\.'
                    r'(?:factoratt_crpe\.)?((?:cpe|crpe)\..+)$')
 
@@ -37,15 +41,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def tool(project_root):
-    path = osp.join(project_root, *TOOL_PATH)
-    spec = importlib.util.spec_from_file_location('mpvit_to_mmvheat', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -117,55 +112,6 @@ def expected_key(key):
     return key if key.startswith('head.') else 'backbone.' + key
 
 
-def start_cli(project_root, *args):
-    return subprocess.Popen(
-        [sys.executable, osp.join(project_root, *TOOL_PATH), *map(str, args)],
-        cwd=project_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True)
-
-
-def finish_cli(process):
-    stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode,
-                                       stdout, stderr)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def cli_processes(tmp_path_factory, project_root, shapes):
-    """The two command-line runs, started before the first test so that
-    their start-up overlaps the in-process tests: the small checkpoint, and
-    a text file given as SRC."""
-    processes = {}
-    tmp = tmp_path_factory.mktemp('small')
-    source = marked_state_dict(shapes['small'])
-    torch.save({'model': source}, tmp / 'mpvit_small.pth')
-    dst = tmp / 'new' / 'dir' / 'small.pth'
-    processes['small'] = (source, tmp, dst,
-                          start_cli(project_root, tmp / 'mpvit_small.pth',
-                                    dst))
-    tmp = tmp_path_factory.mktemp('text')
-    (tmp / 'notes.txt').write_text('not a checkpoint\n')
-    processes['text'] = (None, tmp, tmp / 'dst.pth',
-                         start_cli(project_root, tmp / 'notes.txt',
-                                   tmp / 'dst.pth'))
-    yield processes
-    for *_, process in processes.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture(scope='module')
-def cli_runs(cli_processes):
-    """``{name: (source state dict, tmp dir, dst, CompletedProcess)}``."""
-    return {
-        name: (source, tmp, dst, finish_cli(process))
-        for name, (source, tmp, dst, process) in cli_processes.items()
-    }
-
-
 @pytest.fixture
 def fast_init(monkeypatch):
     """Builds of the full-size archs skip the random init (weights are
@@ -188,34 +134,10 @@ def build_classifier(arch):
                 in_channels=MPViT.arch_zoo[arch]['embed_dims'][-1])))
 
 
-@pytest.fixture(scope='module')
-def converted_by_main(tool, tmp_path_factory, shapes):
-    """tiny, xsmall and base through ``main`` in-process (small: the CLI)."""
-    results = {}
-    for arch in ('tiny', 'xsmall', 'base'):
-        tmp = tmp_path_factory.mktemp(arch)
-        source = marked_state_dict(shapes[arch])
-        torch.save({'model': source, 'epoch': 300}, tmp / f'mpvit_{arch}.pth')
-        dst = tmp / f'{arch}.pth'
-        assert tool.main([str(tmp / f'mpvit_{arch}.pth'), str(dst)]) == 0
-        results[arch] = (source, dst)
-    return results
-
-
-@pytest.mark.parametrize('arch', ('tiny', 'xsmall', 'base'))
-def test_every_published_key_maps(arch, shapes, converted_by_main,
-                                  fast_init):
-    source, dst = converted_by_main[arch]
-    check_conversion(arch, source, dst, shapes)
-
-
-def check_conversion(arch, source, dst, shapes):
+def check_conversion(arch, source, converted, shapes):
     """Every published key maps, values and shapes intact, and an
     ImageClassifier of the arch loads the result strictly."""
     assert list(source) == list(shapes[arch])
-    checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
-    assert set(checkpoint) == {'state_dict', 'meta'}
-    converted = checkpoint['state_dict']
     assert_values_preserved(source, converted)
     assert all(k.startswith(('backbone.', 'head.fc.')) for k in converted)
     for key, value in source.items():
@@ -223,14 +145,9 @@ def check_conversion(arch, source, dst, shapes):
         assert marker(converted[target]) == marker(value), (key, target)
         assert converted[target].shape == value.shape, key
 
-    meta = checkpoint['meta']
-    import mmvheat
-    assert meta['source'] == f'mpvit_{arch}.pth'
-    assert meta['mmvheat_version'] == mmvheat.__version__
-    assert meta['layout'] == 'classification'
-    assert meta['arch_name'] == arch
-    assert meta['arch'] == MPViT.arch_zoo[arch]
-    assert meta['num_classes'] == 1000
+    info = infer_mpvit_arch(converted)
+    assert info == dict(
+        arch=MPViT.arch_zoo[arch], arch_name=arch, num_classes=1000)
 
     # An mmpretrain ImageClassifier of the arch takes every key, shape for
     # shape, and leaves none of its own unset.
@@ -246,22 +163,25 @@ def check_conversion(arch, source, dst, shapes):
         source['cls_head.cls.weight'])
 
 
-def test_input_formats(tool, tmp_path, shapes, capsys):
-    key_shapes = shapes['tiny']
-    model = marked_state_dict(key_shapes)
-
-    def convert(checkpoint):
-        src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
-        torch.save(checkpoint, src)
-        assert tool.main([str(src), str(dst)]) == 0
-        return torch.load(dst, weights_only=True)['state_dict']
-
-    assert_values_preserved(model, convert(dict(model)))  # bare
-    assert_values_preserved(model, convert({'state_dict': model}))
-    assert 'Arch: tiny' in capsys.readouterr().out
+@pytest.mark.parametrize('arch', ('tiny', 'xsmall', 'base'))
+def test_every_published_key_maps(arch, shapes, fast_init):
+    source = marked_state_dict(shapes[arch])
+    converted, layout, num_keys = convert_mpvit_checkpoint({
+        'model': source,
+        'epoch': 300
+    })
+    assert (layout, num_keys) == ('classification', len(source))
+    check_conversion(arch, source, converted, shapes)
 
 
-def test_dense_checkpoint(tool, tmp_path, shapes, capsys):
+def test_input_formats(shapes):
+    model = marked_state_dict(shapes['tiny'])
+    for checkpoint in (dict(model), {'state_dict': model}):
+        converted = convert_mpvit_checkpoint(checkpoint).state_dict
+        assert_values_preserved(model, converted)
+
+
+def test_dense_checkpoint(shapes):
     """``backbone.*`` keys convert; neck and heads are kept as they are."""
     key_shapes = {
         f'backbone.{k}': v
@@ -269,15 +189,13 @@ def test_dense_checkpoint(tool, tmp_path, shapes, capsys):
     }
     key_shapes['neck.lateral_convs.0.conv.weight'] = [256, 96, 1, 1]
     source = marked_state_dict(key_shapes)
-    torch.save({'state_dict': source, 'meta': {}}, tmp_path / 'upernet.pth')
-    assert tool.main(
-        [str(tmp_path / 'upernet.pth'),
-         str(tmp_path / 'converted.pth')]) == 0
-    assert 'Arch: tiny' in capsys.readouterr().out
-    checkpoint = torch.load(tmp_path / 'converted.pth', weights_only=True)
-    converted = checkpoint['state_dict']
-    assert checkpoint['meta']['layout'] == 'dense'
-    assert 'num_classes' not in checkpoint['meta']
+    converted, layout, _ = convert_mpvit_checkpoint({
+        'state_dict': source,
+        'meta': {}
+    })
+    assert layout == 'dense'
+    info = infer_mpvit_arch(converted)
+    assert info['arch_name'] == 'tiny' and 'num_classes' not in info
     assert_values_preserved(source, converted)
     assert torch.equal(converted['neck.lateral_convs.0.conv.weight'],
                        source['neck.lateral_convs.0.conv.weight'])
@@ -290,11 +208,19 @@ def _pretrained(checkpoint, **kwargs):
         **kwargs)
 
 
-def test_dense_backbone_loads_classification_checkpoint(converted_by_main):
+@pytest.fixture(scope='module')
+def tiny_checkpoint(shapes, tmp_path_factory):
+    source = marked_state_dict(shapes['tiny'])
+    path = tmp_path_factory.mktemp('tiny') / 'tiny.pth'
+    converted = convert_mpvit_checkpoint({'model': source}).state_dict
+    torch.save({'state_dict': converted}, path)
+    return converted, path
+
+
+def test_dense_backbone_loads_classification_checkpoint(tiny_checkpoint):
     """mmdet/mmseg: every backbone weight comes from the checkpoint."""
-    _, dst = converted_by_main['tiny']
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    model = _pretrained(dst, arch='tiny', out_indices=(0, 1, 2, 3),
+    converted, path = tiny_checkpoint
+    model = _pretrained(path, arch='tiny', out_indices=(0, 1, 2, 3),
                         norm_cfg=dict(type='SyncBN', requires_grad=True))
     model.init_weights()
     state_dict = model.state_dict()
@@ -304,139 +230,167 @@ def test_dense_backbone_loads_classification_checkpoint(converted_by_main):
             value.dtype)), name
 
 
-def test_wrong_arch_is_refused(converted_by_main):
-    _, dst = converted_by_main['tiny']
-    model = _pretrained(dst, arch='xsmall')  # same depths, other widths
+def test_wrong_arch_is_refused(tiny_checkpoint):
+    _, path = tiny_checkpoint
+    model = _pretrained(path, arch='xsmall')  # same depths, other widths
     with pytest.raises(RuntimeError, match='size mismatch'):
         model.init_weights()
 
 
-def _write_resnet(path):
-    torch.save(
-        {
-            'state_dict': {
-                'conv1.weight': torch.zeros(64, 3, 7, 7),
-                'bn1.weight': torch.ones(64),
-                'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
-                'fc.weight': torch.zeros(1000, 2048),
-            }
-        }, path)
+def _resnet():
+    return {
+        'state_dict': {
+            'conv1.weight': torch.zeros(64, 3, 7, 7),
+            'bn1.weight': torch.ones(64),
+            'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
+            'fc.weight': torch.zeros(1000, 2048),
+        }
+    }
 
 
-def _write_text(path):
-    path.write_text('not a checkpoint\n')
+def _converted():
+    return {
+        'state_dict': {
+            'backbone.stages.0.encoders.0.cpe.proj.bias': torch.zeros(4)
+        }
+    }
 
 
-def _write_list(path):
-    torch.save([torch.zeros(1)], path)
+def _with_key(key):
+    """A small published-looking state dict plus ``key``."""
+    return {
+        'model': {
+            'mhca_stages.0.aggregate.conv.weight': torch.zeros(4),
+            'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
+            torch.zeros(4),
+            key: torch.ones(4)
+        }
+    }
 
 
-def _write_converted(path):
-    torch.save({'state_dict': {'backbone.stages.0.encoders.0.cpe.proj.bias':
-                               torch.zeros(4)}}, path)
-
-
-def _write_unknown_key(path):
-    torch.save(
-        {
-            'model': {
-                'mhca_stages.0.aggregate.conv.weight': torch.zeros(4),
-                'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
-                torch.zeros(4),
-                'mhca_stages.0.mhca_blks.0.MHCA_layers.0.gamma': torch.ones(4)
-            }
-        }, path)
-
-
-def _write_differing_copies(path):
+def _differing_copies():
     prefix = 'mhca_stages.0.mhca_blks.0.'
-    torch.save(
-        {
-            'model': {
-                'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
-                torch.zeros(4),
-                f'{prefix}cpe.proj.bias': torch.zeros(4),
-                f'{prefix}MHCA_layers.0.cpe.proj.bias': torch.ones(4),
-            }
-        }, path)
+    return {
+        'model': {
+            'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
+            torch.zeros(4),
+            f'{prefix}cpe.proj.bias': torch.zeros(4),
+            f'{prefix}MHCA_layers.0.cpe.proj.bias': torch.ones(4),
+        }
+    }
+
+
+UNKNOWN = [
+    'mhca_stages.0.mhca_blks.0.MHCA_layers.0.gamma',
+    'mhca_stages.0.mhca_blks.0.MHCA_layers.0.norm1.scale',
+    'mhca_stages.0.extra.weight', 'stem.0.conv.extra', 'cls_head.cls.scale',
+    'cls_head.other.weight', 'mhca_stages.0.InvRes.conv1.bn.extra'
+]
 
 
 @pytest.mark.parametrize(
-    'writer, reason',
-    [(_write_resnet, 'not a published MPViT checkpoint'),
-     (_write_text, 'cannot be read as a PyTorch checkpoint'),
-     (None, 'no such file'),
-     (_write_list, 'expected a dict checkpoint'),
-     (_write_converted, 'already in the mmvheat layout'),
-     (_write_unknown_key, 'MHCA_layers.0.gamma'),
-     (_write_differing_copies, 'copies of shared position-encoding')],
-    ids=['resnet', 'text', 'missing', 'list', 'already-converted',
-         'unknown-key', 'differing-copies'])
-def test_failures_write_nothing(tool, tmp_path, capsys, writer, reason):
-    src = tmp_path / 'src.pth'
-    if writer is not None:
-        writer(src)
-    before = sorted(os.listdir(tmp_path))
-    dst = tmp_path / 'out' / 'dst.pth'
-    assert tool.main([str(src), str(dst)]) == 1
-    captured = capsys.readouterr()
-    assert captured.err.startswith(f'error: {src}: ')
-    assert reason in captured.err
-    assert captured.out == ''
-    assert sorted(os.listdir(tmp_path)) == before  # no DST, dir or temp
-
-    # An existing DST is left untouched.
-    os.makedirs(dst.parent)
-    dst.write_bytes(b'previous')
-    assert tool.main([str(src), str(dst)]) == 1
-    assert dst.read_bytes() == b'previous'
-    assert os.listdir(dst.parent) == ['dst.pth']
+    'checkpoint, reason',
+    [(_resnet, 'not a published MPViT checkpoint'),
+     (lambda: [torch.zeros(1)], 'expected a dict checkpoint'),
+     (_converted, 'already in the mmvheat layout'),
+     (_differing_copies, 'copies of shared position-encoding')] +
+    [(lambda key=key: _with_key(key),
+      f"keys that do not belong to a published MPViT model (1): ['{key}']")
+     for key in UNKNOWN],
+    ids=['resnet', 'list', 'already-converted', 'differing-copies'] +
+    [f'unknown-{key}' for key in UNKNOWN])
+def test_other_checkpoints_are_refused(checkpoint, reason):
+    with pytest.raises(CheckpointError) as info:
+        convert_mpvit_checkpoint(checkpoint())
+    assert reason in str(info.value)
+    if 'keys that do not belong' in reason:
+        assert isinstance(info.value, NotAnMPViTCheckpoint)
 
 
-def test_unwritable_destination_leaves_no_temp_file(tool, tmp_path, capsys,
-                                                    converted_by_main):
-    src = converted_by_main['tiny'][1].parent / 'mpvit_tiny.pth'
-    dst = tmp_path / 'taken'
-    dst.mkdir()  # os.replace cannot put a file over a directory
-    assert tool.main([str(src), str(dst)]) == 1
-    assert capsys.readouterr().err.startswith(f'error: cannot write {dst}')
-    assert os.listdir(tmp_path) == ['taken']
-    assert os.listdir(dst) == []
+# -- the command line ---------------------------------------------------------
+@pytest.fixture(scope='module')
+def cli(shapes, tmp_path_factory, run_tools):
+    """``{name: (source, tmp dir, dst, CompletedProcess)}``, run together;
+    a failing run's DST already exists (``previous``)."""
+    source = marked_state_dict(shapes['small'])
+    inputs = {
+        'small': {'model': source},
+        'untrusted': {'model': source, 'args': argparse.Namespace(lr=1)},
+        'unknown-key': _with_key(UNKNOWN[0]),
+        'other-spelling': {'model': source},
+        'dst-is-a-folder': {'model': source},
+    }
+    runs = {}
+    for name, checkpoint in inputs.items():
+        tmp = tmp_path_factory.mktemp(name)
+        src, dst = tmp / 'mpvit_small.pth', tmp / 'out' / 'dst.pth'
+        torch.save(checkpoint, src)
+        if name == 'other-spelling':
+            dst = tmp / 'out' / '..' / 'mpvit_small.pth'
+        if name == 'dst-is-a-folder':
+            dst = tmp / 'out'
+        if name != 'small':
+            os.makedirs(tmp / 'out')
+            if name in ('untrusted', 'unknown-key'):
+                dst.write_bytes(b'previous')
+        runs[name] = (tmp, dst, [TOOL, src, dst])
+    results = run_tools({name: run[2] for name, run in runs.items()})
+    return {name: (source, tmp, dst, results[name])
+            for name, (tmp, dst, _) in runs.items()}
 
 
-# -- the command-line runs (last: their start-up overlaps the tests above) --
-def test_cli_converts_small(cli_runs, shapes, fast_init):
-    source, _, dst, result = cli_runs['small']
+def test_cli_converts_small(cli, shapes, fast_init):
+    source, tmp, dst, result = cli['small']
     assert result.returncode == 0, result.stderr
-    check_conversion('small', source, dst, shapes)
-
-
-def test_cli_output(cli_runs, shapes):
-    source, _, dst, result = cli_runs['small']
-    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
     merged = sum(owner(k) != k for k in source)
     assert merged > 0
-    assert (f'Converted {len(source)} keys into {len(source) - merged} '
-            f'({merged} copies' in result.stdout)
-    assert 'Arch: small' in result.stdout
+    assert result.stdout.splitlines() == [
+        f'Converted {len(source)} keys into {len(source) - merged} ({merged} '
+        'copies of shared position encodings merged; classification) from '
+        f'{tmp / "mpvit_small.pth"}',
+        f'Saved to {dst}',
+        f'Arch: small {MPViT.arch_zoo["small"]}',
+        '  num_classes: 1000',
+    ]
     assert sorted(os.listdir(dst.parent)) == [dst.name]  # no temp file
+    checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
+    assert set(checkpoint) == {'state_dict', 'meta'}
+    assert checkpoint['meta'] == dict(
+        source='mpvit_small.pth',
+        mmvheat_version=mmvheat.__version__,
+        layout='classification',
+        arch=MPViT.arch_zoo['small'],
+        arch_name='small',
+        num_classes=1000)
+    check_conversion('small', source, checkpoint['state_dict'], shapes)
 
 
-def test_failures_exit_code(cli_runs):
-    """Through the command line: exit code 1, a clear stderr, no output."""
-    _, tmp, dst, result = cli_runs['text']
-    assert result.returncode == 1
-    assert result.stderr.startswith(f'error: {tmp / "notes.txt"}: ')
-    assert 'cannot be read as a PyTorch checkpoint' in result.stderr
-    assert 'Traceback' not in result.stderr
-    assert result.stdout == ''
-    assert not dst.exists()
-    assert sorted(os.listdir(tmp)) == ['notes.txt']
+@pytest.mark.parametrize(
+    'name, reason',
+    [('untrusted', '{src}: holds an object of type argparse.Namespace, '
+      'which a weights-only load refuses; if you trust the file, pass '
+      '--trust-checkpoint'),
+     ('unknown-key', "{src}: keys that do not belong to a published MPViT "
+      f"model (1): ['{UNKNOWN[0]}']"),
+     ('other-spelling', 'the output {dst} is the input {src}'),
+     ('dst-is-a-folder', 'cannot write {dst}: it is a directory')])
+def test_cli_failures_change_nothing(cli, check_cli_error, name, reason):
+    _, tmp, dst, result = cli[name]
+    src = tmp / 'mpvit_small.pth'
+    check_cli_error(result, 1, reason.format(src=src, dst=dst))
+    assert sorted(os.listdir(tmp)) == ['mpvit_small.pth', 'out']
+    if name in ('untrusted', 'unknown-key'):
+        assert os.listdir(tmp / 'out') == ['dst.pth']
+        assert dst.read_bytes() == b'previous'
+    else:
+        assert os.listdir(tmp / 'out') == []
+    assert 'model' in torch.load(src, weights_only=name != 'untrusted')
 
 
-def test_larger_arch_into_smaller_is_refused(cli_runs):
+def test_larger_arch_into_smaller_is_refused(cli):
     """Extra blocks must not be dropped silently."""
-    _, _, dst, result = cli_runs['small']
+    _, _, dst, result = cli['small']
     assert result.returncode == 0, result.stderr
     model = _pretrained(
         dst, arch=dict(MPViT.arch_zoo['small'], num_layers=[1, 2, 4, 1]))

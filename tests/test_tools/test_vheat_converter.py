@@ -1,36 +1,35 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""tools/model_converters/vheat_to_mmvheat.py on every published key layout.
+"""Published vHeat checkpoints into the mmvheat layout.
+
+:mod:`mmvheat.converters` is tested in-process on every published key layout;
+``tools/model_converters/vheat_to_mmvheat.py`` runs as a user runs it (a
+subprocess; the runs start together, each paying for its imports) for what
+is the tool's own: its output, one-line errors and exit codes, files left
+alone, ``--tg-size`` and progress on a terminal.
 
 Published checkpoints are synthesised from ``vheat_official_state_dict_shapes
 .json``: every tensor is a single distinct value broadcast to its shape
 (``expand``: files stay a few KB, yet each key's value can be traced through
-the conversion). The command line runs once per arch; the other input formats
-and the failures call the tool's ``main`` in-process.
+the conversion).
 """
-import importlib.util
+import argparse
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
+import pty
 from collections import OrderedDict
 
 import pytest
 import torch
 
+import mmvheat
+from mmvheat.converters import (CheckpointError, NotAVHeatCheckpoint,
+                                convert_vheat_checkpoint, infer_vheat_arch,
+                                read_checkpoint)
 from mmvheat.models.backbones.vheat import VHeat
 
 ARCHS = ('tiny', 'small', 'base')
-TOOL_PATH = ('tools', 'model_converters', 'vheat_to_mmvheat.py')
-
-
-@pytest.fixture(scope='module')
-def tool(project_root):
-    path = osp.join(project_root, *TOOL_PATH)
-    spec = importlib.util.spec_from_file_location('vheat_to_mmvheat', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOL = osp.join('tools', 'model_converters', 'vheat_to_mmvheat.py')
 
 
 @pytest.fixture(scope='module')
@@ -66,23 +65,21 @@ def assert_values_preserved(source, converted):
         marker(v) for v in source.values())
 
 
-def start_cli(project_root, *args):
-    return subprocess.Popen(
-        [sys.executable, osp.join(project_root, *TOOL_PATH), *map(str, args)],
-        cwd=project_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True)
-
-
-def finish_cli(process):
-    stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode,
-                                       stdout, stderr)
+def dense_key_shapes(shapes):
+    """A published dense (mmdet/mmseg) state dict's keys for vHeat-T."""
+    key_shapes = {
+        f'backbone.{k}': v
+        for k, v in shapes['tiny']['state_dict'].items()
+        if not k.startswith('classifier.')
+    }
+    for i, dim in enumerate([96, 192, 384, 768]):
+        key_shapes[f'backbone.outnorm{i}.weight'] = [dim]
+        key_shapes[f'backbone.outnorm{i}.bias'] = [dim]
+    key_shapes['neck.lateral_convs.0.conv.weight'] = [256, 96, 1, 1]
+    return key_shapes
 
 
 def build_classifier(arch, shapes):
-    import mmvheat  # noqa: F401  (before mmpretrain: torchvision on CPU)
     from mmpretrain.registry import MODELS
     dims = VHeat.arch_zoo[arch]['dims']
     return MODELS.build(
@@ -100,54 +97,21 @@ def build_classifier(arch, shapes):
                 in_channels=dims * 8)))
 
 
-@pytest.fixture(scope='module')
-def cli_runs(tmp_path_factory, project_root, shapes):
-    """All command-line runs, started together (each pays for the imports).
-
-    Returns ``{name: (source state dict, tmp dir, dst, CompletedProcess)}``
-    for each arch and for ``'text'``, a text file given as SRC.
-    """
-    processes = {}
-    for arch in ARCHS:
-        tmp = tmp_path_factory.mktemp(arch)
-        source = marked_state_dict(shapes[arch]['state_dict'])
-        torch.save({'model': source}, tmp / f'vheat_{arch}.pth')
-        dst = tmp / 'new' / 'dir' / f'{arch}.pth'
-        processes[arch] = (source, tmp, dst,
-                           start_cli(project_root, tmp / f'vheat_{arch}.pth',
-                                     dst))
-    tmp = tmp_path_factory.mktemp('text')
-    (tmp / 'notes.txt').write_text('not a checkpoint\n')
-    processes['text'] = (None, tmp, tmp / 'dst.pth',
-                         start_cli(project_root, tmp / 'notes.txt',
-                                   tmp / 'dst.pth'))
-    return {
-        name: (source, tmp, dst, finish_cli(process))
-        for name, (source, tmp, dst, process) in processes.items()
-    }
+def _pretrained(checkpoint, **kwargs):
+    return VHeat(
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(checkpoint), prefix='backbone.'),
+        **kwargs)
 
 
-@pytest.fixture(scope='module')
-def tiny_checkpoint(cli_runs):
-    """The tiny checkpoint converted by the command line."""
-    source, _, dst, result = cli_runs['tiny']
-    assert result.returncode == 0, result.stderr
-    return source, dst
-
-
+# -- the conversion -----------------------------------------------------------
 @pytest.mark.parametrize('arch', ARCHS)
-def test_cli_converts_published_classifier(arch, shapes, cli_runs):
+def test_published_classifier_converts(arch, shapes):
     assert shapes[arch]['img_size'] == 224
     assert shapes[arch]['num_classes'] == 1000
-    source, _, dst, result = cli_runs[arch]
-    assert result.returncode == 0, result.stderr
-    assert f'Converted {len(source)} of {len(source)} keys' in result.stdout
-    assert f'Arch: {arch}' in result.stdout
-    assert sorted(os.listdir(dst.parent)) == [dst.name]  # no temp file
-
-    checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
-    assert set(checkpoint) == {'state_dict', 'meta'}
-    converted = checkpoint['state_dict']
+    source = marked_state_dict(shapes[arch]['state_dict'])
+    converted, layout, num_keys = convert_vheat_checkpoint({'model': source})
+    assert (layout, num_keys) == ('classification', len(source))
     assert_values_preserved(source, converted)
     assert all(k.startswith(('backbone.', 'head.fc.')) for k in converted)
     assert marker(converted['backbone.norm3.weight']) == marker(
@@ -155,14 +119,10 @@ def test_cli_converts_published_classifier(arch, shapes, cli_runs):
     assert marker(converted['head.fc.bias']) == marker(
         source['classifier.3.bias'])
 
-    meta = checkpoint['meta']
-    import mmvheat
-    assert meta['source'] == f'vheat_{arch}.pth'
-    assert meta['mmvheat_version'] == mmvheat.__version__
-    assert meta['ema'] is False
-    assert meta['arch_name'] == arch
-    assert meta['arch'] == VHeat.arch_zoo[arch]
-    assert meta['img_size'] == 224 and meta['num_classes'] == 1000
+    info = infer_vheat_arch(converted)
+    assert info['arch_name'] == arch
+    assert info['arch'] == VHeat.arch_zoo[arch]
+    assert (info['img_size'], info['num_classes']) == (224, 1000)
 
     # An mmpretrain ImageClassifier of the arch takes every key, shape for
     # shape, and leaves none of its own unset.
@@ -170,50 +130,33 @@ def test_cli_converts_published_classifier(arch, shapes, cli_runs):
     classifier.load_state_dict(converted, strict=True)
     assert marker(classifier.backbone.stages[0].freq_embed) == marker(
         source['freq_embed.0'])
+    fc1 = classifier.backbone.stages[2].blocks[1].mlp.fc1.weight
+    assert marker(fc1) == marker(source['layers.2.1.mlp.fc1.weight'])
 
 
-def test_input_formats(tool, tmp_path, shapes, capsys):
+def test_input_formats(shapes):
     key_shapes = shapes['tiny']['state_dict']
     model = marked_state_dict(key_shapes)
     ema = marked_state_dict(key_shapes, start=1., sign=-1.)
-
-    def convert(checkpoint, *flags):
-        src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
-        torch.save(checkpoint, src)
-        assert tool.main([str(src), str(dst), *flags]) == 0
-        out = torch.load(dst, weights_only=True)
-        assert out['meta']['ema'] is bool(flags)
-        return out['state_dict']
-
     both = {'model': model, 'model_ema': ema, 'epoch': 300}
-    assert_values_preserved(ema, convert(both, '--ema'))
-    assert_values_preserved(model, convert(both))
-    assert_values_preserved(model, convert(dict(model)))  # bare
-    assert_values_preserved(model, convert({'state_dict': model}))
-    assert 'Arch: tiny' in capsys.readouterr().out
+    for checkpoint, use_ema, expected in [(both, True, ema),
+                                          (both, False, model),
+                                          (dict(model), False, model),
+                                          ({'state_dict': model}, False,
+                                           model)]:
+        converted = convert_vheat_checkpoint(checkpoint, use_ema).state_dict
+        assert_values_preserved(expected, converted)
 
 
-def test_dense_checkpoint(tool, tmp_path, shapes, capsys):
+def test_dense_checkpoint(shapes, tmp_path):
     """A published mmdet/mmseg checkpoint: outnorm{i} -> norm{i}."""
-    key_shapes = {
-        f'backbone.{k}': v
-        for k, v in shapes['tiny']['state_dict'].items()
-        if not k.startswith('classifier.')
-    }
-    dims = [96, 192, 384, 768]
-    for i, dim in enumerate(dims):
-        key_shapes[f'backbone.outnorm{i}.weight'] = [dim]
-        key_shapes[f'backbone.outnorm{i}.bias'] = [dim]
-    key_shapes['neck.lateral_convs.0.conv.weight'] = [256, 96, 1, 1]
-    source = marked_state_dict(key_shapes)
-    torch.save({'state_dict': source, 'meta': {}}, tmp_path / 'upernet.pth')
-    assert tool.main(
-        [str(tmp_path / 'upernet.pth'),
-         str(tmp_path / 'converted.pth')]) == 0
-    assert 'output norms: [0, 1, 2, 3]' in capsys.readouterr().out
-    checkpoint = torch.load(tmp_path / 'converted.pth', weights_only=True)
-    converted = checkpoint['state_dict']
-    assert checkpoint['meta']['layout'] == 'dense'
+    source = marked_state_dict(dense_key_shapes(shapes))
+    converted, layout, _ = convert_vheat_checkpoint({
+        'state_dict': source,
+        'meta': {}
+    })
+    assert layout == 'dense'
+    assert infer_vheat_arch(converted)['out_indices'] == [0, 1, 2, 3]
     assert_values_preserved(source, converted)
     assert torch.equal(converted['neck.lateral_convs.0.conv.weight'],
                        source['neck.lateral_convs.0.conv.weight'])
@@ -224,30 +167,118 @@ def test_dense_checkpoint(tool, tmp_path, shapes, capsys):
     assert not any('outnorm' in k for k in converted)
 
     # The whole dense backbone loads, output norms included.
-    model = VHeat(
-        'tiny',
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint=str(tmp_path / 'converted.pth'),
-            prefix='backbone.'))
+    torch.save({'state_dict': converted}, tmp_path / 'converted.pth')
+    model = _pretrained(
+        tmp_path / 'converted.pth', arch='tiny', out_indices=(0, 1, 2, 3))
     model.init_weights()
     for name, value in model.state_dict().items():
         assert torch.equal(value, converted[f'backbone.{name}']), name
 
 
-def _pretrained(checkpoint, **kwargs):
-    return VHeat(
-        init_cfg=dict(
-            type='Pretrained', checkpoint=str(checkpoint), prefix='backbone.'),
-        **kwargs)
+# Each key is added to a complete published checkpoint; ``dense`` puts the
+# whole state dict under ``backbone.`` (mmdet/mmseg).
+UNKNOWN_KEYS = {
+    'op-extra': ('layers.0.0.op.extra.weight', False),
+    'classifier-5': ('classifier.5.weight', False),
+    'classifier-extra': ('classifier.3.scale', False),
+    'block-extra': ('layers.2.3.mlp.fc3.weight', False),
+    'stem-extra': ('patch_embed.norm1.0.weight', False),
+    'dense-extra': ('backbone.extra.weight', True),
+    'dense-op-extra': ('backbone.layers.0.0.op.extra.weight', True),
+    'dense-classifier': ('backbone.classifier.0.weight', True),
+}
+
+
+@pytest.mark.parametrize('case', sorted(UNKNOWN_KEYS))
+def test_unknown_keys_are_refused(shapes, case):
+    key, dense = UNKNOWN_KEYS[case]
+    key_shapes = dense_key_shapes(shapes) if dense else dict(
+        shapes['tiny']['state_dict'])
+    key_shapes[key] = [8]
+    checkpoint = {'state_dict': marked_state_dict(key_shapes)}
+    with pytest.raises(NotAVHeatCheckpoint) as info:
+        convert_vheat_checkpoint(checkpoint)
+    assert str(info.value) == ('keys that do not belong to a published '
+                               f"vHeat model (1): ['{key}']")
+
+
+@pytest.mark.parametrize('key', ['layers.0.3.0.weight', 'layers.3.2.1.bias'])
+def test_misplaced_downsample_is_refused(shapes, key):
+    """A downsample entry must follow the last block of a stage that has a
+    next stage (vHeat-T: 2 blocks in stage 0, none after stage 3)."""
+    key_shapes = dict(shapes['tiny']['state_dict'])
+    key_shapes[key] = [8]
+    with pytest.raises(NotAVHeatCheckpoint,
+                       match=rf"do not follow .*\['{key}'\]"):
+        convert_vheat_checkpoint(marked_state_dict(key_shapes))
+
+
+@pytest.mark.parametrize(
+    'checkpoint, use_ema, reason',
+    [({'model': {'conv1.weight': torch.zeros(2, 3, 7, 7)}}, False,
+      'not a published vHeat checkpoint'),
+     ({'model': {'freq_embed.0': torch.zeros(2)}}, True,
+      'no "model_ema" entry'),
+     ({'state_dict': {}, 'ema_state_dict': {}}, True, 'drop --ema'),
+     ({'state_dict': {'backbone.stages.0.freq_embed': torch.zeros(2, 2, 4)}},
+      False, 'already in the mmvheat layout'),
+     ([torch.zeros(1)], False, 'expected a dict checkpoint, got list'),
+     ({'model': {'freq_embed.0': 'a string'}}, False,
+      'no state dict of tensors')],
+    ids=['resnet', 'no-ema', 'mmengine-ema', 'converted', 'list', 'strings'])
+def test_other_checkpoints_are_refused(checkpoint, use_ema, reason):
+    with pytest.raises(CheckpointError, match=reason):
+        convert_vheat_checkpoint(checkpoint, use_ema)
+
+
+def _truncated(path):
+    torch.save({'model': {'w': torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    'make, reason',
+    [(None, 'no such file'),
+     (lambda path: path.mkdir(), 'is a directory, not a checkpoint file'),
+     (lambda path: path.write_bytes(b''), 'is empty'),
+     (lambda path: path.write_text('not a checkpoint\n'),
+      'is not a PyTorch checkpoint'),
+     (_truncated, 'cannot be read as a PyTorch checkpoint, truncated or '
+      'corrupt'),
+     (lambda path: torch.save({'args': argparse.Namespace(lr=1)}, path),
+      'holds an object of type argparse.Namespace, which a weights-only '
+      'load refuses; if you trust the file, pass --trust-checkpoint')],
+    ids=['missing', 'directory', 'empty', 'text', 'truncated', 'object'])
+def test_unreadable_checkpoints(tmp_path, make, reason):
+    path = tmp_path / 'src.pth'
+    if make is not None:
+        make(path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(str(path))
+    assert str(info.value).startswith(reason)
+    assert '\n' not in str(info.value)
+
+
+def test_trusted_checkpoint_loads_other_objects(tmp_path):
+    torch.save({'args': argparse.Namespace(lr=1)}, tmp_path / 'src.pth')
+    assert read_checkpoint(str(tmp_path / 'src.pth'),
+                           trust=True)['args'].lr == 1
+
+
+# -- loading converted weights --------------------------------------------
+@pytest.fixture(scope='module')
+def tiny_checkpoint(cli):
+    """vHeat-T as the command line converted it: (state dict, path)."""
+    _, dst, result = cli['tiny']
+    assert result.returncode == 0, result.stderr
+    return torch.load(dst, weights_only=True)['state_dict'], dst
 
 
 def test_dense_backbone_loads_classification_checkpoint(tiny_checkpoint):
     """mmdet/mmseg: only the output norms 0-2 start afresh."""
-    _, dst = tiny_checkpoint
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    model = _pretrained(dst, arch='tiny', img_size=224,
+    converted, path = tiny_checkpoint
+    model = _pretrained(path, arch='tiny', img_size=224,
                         out_indices=(0, 1, 2, 3))
     model.init_weights()
     fresh = []
@@ -261,28 +292,9 @@ def test_dense_backbone_loads_classification_checkpoint(tiny_checkpoint):
     ]
 
 
-def test_other_resolution_resizes_freq_embed(tiny_checkpoint):
-    _, dst = tiny_checkpoint
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    model = _pretrained(dst, arch='tiny', img_size=512,
-                        out_indices=(0, 1, 2, 3))
-    model.init_weights()
-    for i, stage in enumerate(model.stages):
-        assert stage.freq_embed.shape == (128 >> i, 128 >> i, 96 << i)
-        # Bicubic resampling keeps a constant embedding constant.
-        expected = marker(converted[f'backbone.stages.{i}.freq_embed'])
-        torch.testing.assert_close(
-            stage.freq_embed,
-            torch.full_like(stage.freq_embed, expected),
-            rtol=0,
-            atol=1e-3)
-    assert torch.equal(model.stages[2].blocks[5].op.to_k.weight,
-                       converted['backbone.stages.2.blocks.5.op.to_k.weight'])
-
-
 def test_wrong_arch_is_refused(tiny_checkpoint):
-    _, dst = tiny_checkpoint
-    model = _pretrained(dst, arch='small', out_indices=(0, 1, 2, 3))
+    _, path = tiny_checkpoint
+    model = _pretrained(path, arch='small', out_indices=(0, 1, 2, 3))
     with pytest.raises(RuntimeError, match='weights unset') as info:
         model.init_weights()
     message = str(info.value)
@@ -290,91 +302,220 @@ def test_wrong_arch_is_refused(tiny_checkpoint):
     assert 'stages.0.blocks.0.gamma1' in message
 
 
-def test_larger_arch_into_smaller_is_refused(cli_runs):
-    """Extra blocks and layer scales must not be dropped silently."""
-    _, _, dst, result = cli_runs['small']
+# -- the command line ---------------------------------------------------------
+def _with_key(key_shapes, key):
+    key_shapes = dict(key_shapes)
+    key_shapes[key] = [8]
+    return marked_state_dict(key_shapes)
+
+
+@pytest.fixture(scope='module')
+def cli(shapes, tmp_path_factory, run_tools):
+    """Every command-line run, started together.
+
+    ``{name: (tmp dir, dst, CompletedProcess)}``. A failing run's DST
+    already exists (``previous``) unless its name ends in ``-fresh`` (DST
+    then is in a folder that does not exist); ``terminal`` has its stderr
+    on a pseudo-terminal, whose text is ``cli['terminal-stderr']``.
+    """
+    source = marked_state_dict(shapes['tiny']['state_dict'])
+    published = {'model': source}
+    inputs = {
+        'tiny': published,
+        'tiny-512': published,
+        'terminal': published,
+        'dense': {'state_dict': marked_state_dict(dense_key_shapes(shapes))},
+        'trusted': {'model': source, 'args': argparse.Namespace(lr=1)},
+        'untrusted': {'model': source, 'args': argparse.Namespace(lr=1)},
+        'op-extra': {'model': _with_key(shapes['tiny']['state_dict'],
+                                        'layers.0.0.op.extra.weight')},
+        'op-extra-fresh': {'model': _with_key(shapes['tiny']['state_dict'],
+                                              'layers.0.0.op.extra.weight')},
+        'classifier-5': {'model': _with_key(shapes['tiny']['state_dict'],
+                                            'classifier.5.weight')},
+        'dense-extra': {'state_dict': _with_key(dense_key_shapes(shapes),
+                                                'backbone.extra.weight')},
+        'truncated': published,
+        'symlink-to-src': published,
+        'tg-size-500': published,
+        'tg-size-192': published,
+    }
+    runs = {}
+    for name, checkpoint in inputs.items():
+        tmp = tmp_path_factory.mktemp(name)
+        src = tmp / 'vHeat_tiny.pth'
+        torch.save(checkpoint, src)
+        dst = tmp / 'out' / 'dst.pth'
+        if name not in ('tiny', 'tiny-512', 'terminal', 'dense', 'trusted'):
+            if name.endswith('-fresh'):
+                dst = tmp / 'new' / 'dst.pth'
+            else:
+                dst.parent.mkdir()
+                dst.write_bytes(b'previous')
+        runs[name] = (tmp, dst, [TOOL, src, dst])
+    _truncated(runs['truncated'][0] / 'vHeat_tiny.pth')
+    tmp, dst, argv = runs['symlink-to-src']
+    os.remove(dst)
+    os.symlink(tmp / 'vHeat_tiny.pth', dst)
+    runs['tiny-512'][2].extend(['--tg-size', 512])
+    runs['trusted'][2].append('--trust-checkpoint')
+    runs['tg-size-500'][2].extend(['--tg-size', 500])
+    runs['tg-size-192'][2].extend(['--tg-size', 192])
+
+    terminal, terminal_end = pty.openpty()
+    try:
+        results = run_tools({name: argv
+                             for name, (_, _, argv) in runs.items()},
+                            stderr={'terminal': terminal_end})
+    finally:
+        os.close(terminal_end)
+    text = b''
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(terminal)
+    out = {name: (tmp, dst, results[name]) for name, (tmp, dst, _) in
+           runs.items()}
+    out['terminal-stderr'] = text.decode()
+    return out
+
+
+def test_cli_converts_a_classifier(cli, shapes):
+    tmp, dst, result = cli['tiny']
     assert result.returncode == 0, result.stderr
-    model = _pretrained(dst, arch='tiny', out_indices=(0, 1, 2, 3))
-    with pytest.raises(RuntimeError, match='unexpected') as info:
-        model.init_weights()
-    message = str(info.value)
-    assert 'stages.2.blocks.6.' in message
-    assert 'stages.0.blocks.0.gamma1' in message
+    assert result.stderr == ''  # no progress unless on a terminal
+    source = marked_state_dict(shapes['tiny']['state_dict'])
+    assert result.stdout.splitlines() == [
+        f'Converted {len(source)} keys (classification) from '
+        f'{tmp / "vHeat_tiny.pth"}',
+        f'Saved to {dst}',
+        f'Arch: tiny {VHeat.arch_zoo["tiny"]}',
+        '  img_size: 224  num_classes: 1000  output norms: [3]',
+    ]
+    assert os.listdir(dst.parent) == [dst.name]  # no temporary file
+
+    checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
+    assert set(checkpoint) == {'state_dict', 'meta'}
+    assert_values_preserved(source, checkpoint['state_dict'])
+    meta = checkpoint['meta']
+    assert meta == dict(
+        source='vHeat_tiny.pth',
+        mmvheat_version=mmvheat.__version__,
+        ema=False,
+        layout='classification',
+        arch=VHeat.arch_zoo['tiny'],
+        arch_name='tiny',
+        img_size=224,
+        num_classes=1000,
+        out_indices=[3])
 
 
-def _write_resnet(path):
-    torch.save(
-        {
-            'state_dict': {
-                'conv1.weight': torch.zeros(64, 3, 7, 7),
-                'bn1.weight': torch.ones(64),
-                'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
-                'fc.weight': torch.zeros(1000, 2048),
-            }
-        }, path)
+def test_cli_dense_checkpoint(cli, shapes):
+    _, dst, result = cli['dense']
+    assert result.returncode == 0, result.stderr
+    assert (f'Converted {len(dense_key_shapes(shapes))} keys (dense)'
+            in result.stdout)
+    assert 'output norms: [0, 1, 2, 3]' in result.stdout
+    meta = torch.load(dst, weights_only=True)['meta']
+    assert (meta['layout'], meta['img_size']) == ('dense', 224)
 
 
-def _write_text(path):
-    path.write_text('not a checkpoint\n')
+def test_cli_one_command_to_a_downstream_checkpoint(cli):
+    """``--tg-size 512``: converted and zero-padded as the published
+    recipe does; a dense vHeat-T at 512 loads it without any resampling."""
+    tmp, dst, result = cli['tiny-512']
+    assert result.returncode == 0, result.stderr
+    assert ('Enlarged (pad) from 224 to 512:\n'
+            '  stage 0: freq_embed 56 x 56 -> 128 x 128\n') in result.stdout
+    assert '  stage 3: freq_embed 7 x 7 -> 16 x 16\n' in result.stdout
+    assert 'img_size: 512' in result.stdout
+    checkpoint = torch.load(dst, weights_only=True)
+    assert checkpoint['meta']['img_size'] == 512
+    assert checkpoint['meta']['enlarged'] == dict(
+        mode='pad', pt_size=224, tg_size=512)
+    source = torch.load(tmp / 'vHeat_tiny.pth', weights_only=True)['model']
+    converted = checkpoint['state_dict']
+    for i, (old, new) in enumerate([(56, 128), (28, 64), (14, 32), (7, 16)]):
+        embed = converted[f'backbone.stages.{i}.freq_embed']
+        assert embed.shape == (new, new, 96 << i)
+        assert torch.equal(embed[:old, :old], source[f'freq_embed.{i}'])
+        assert not embed[old:].any() and not embed[:, old:].any()
+
+    model = VHeat('tiny', img_size=512, out_indices=(0, 1, 2, 3))
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    backbone = {
+        k[len('backbone.'):]: v
+        for k, v in converted.items() if k.startswith('backbone.')
+    }
+    # Shapes equal before loading: the load hook has nothing to resample.
+    assert all(before[k] == v.shape for k, v in backbone.items())
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    assert sorted(missing) == [
+        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
+    ]
+    assert unexpected == []
+    assert torch.equal(model.stages[0].freq_embed,
+                       converted['backbone.stages.0.freq_embed'])
 
 
-def _write_without_ema(path):
-    torch.save({'model': {'freq_embed.0': torch.zeros(2, 2, 4)}}, path)
-
-
-def _write_converted(path):
-    torch.save({'state_dict': {'backbone.stages.0.freq_embed':
-                               torch.zeros(2, 2, 4)}}, path)
+def test_cli_trusted_checkpoint(cli):
+    _, dst, result = cli['trusted']
+    assert result.returncode == 0, result.stderr
+    assert torch.load(dst, weights_only=True)['meta']['layout'] == \
+        'classification'
 
 
 @pytest.mark.parametrize(
-    'writer, flags, reason',
-    [(_write_resnet, [], 'not a published vHeat checkpoint'),
-     (_write_text, [], 'cannot be read as a PyTorch checkpoint'),
-     (None, [], 'no such file'),
-     (_write_without_ema, ['--ema'], 'no "model_ema" entry'),
-     (_write_converted, [], 'already in the mmvheat layout')],
-    ids=['resnet', 'text', 'missing', 'no-ema', 'already-converted'])
-def test_failures_write_nothing(tool, tmp_path, capsys, writer, flags,
-                                reason):
-    src = tmp_path / 'src.pth'
-    if writer is not None:
-        writer(src)
-    before = sorted(os.listdir(tmp_path))
-    dst = tmp_path / 'out' / 'dst.pth'
-    assert tool.main([str(src), str(dst), *flags]) == 1
-    captured = capsys.readouterr()
-    assert captured.err.startswith(f'error: {src}: ')
-    assert reason in captured.err
-    assert captured.out == ''
-    assert sorted(os.listdir(tmp_path)) == before  # no DST, dir or temp
-
-    # An existing DST is left untouched.
-    os.makedirs(dst.parent)
-    dst.write_bytes(b'previous')
-    assert tool.main([str(src), str(dst), *flags]) == 1
-    assert dst.read_bytes() == b'previous'
-    assert os.listdir(dst.parent) == ['dst.pth']
-
-
-def test_failures_exit_code(cli_runs):
-    """Through the command line: exit code 1, a clear stderr, no output."""
-    _, tmp, dst, result = cli_runs['text']
-    assert result.returncode == 1
-    assert result.stderr.startswith(f'error: {tmp / "notes.txt"}: ')
-    assert 'cannot be read as a PyTorch checkpoint' in result.stderr
-    assert 'Traceback' not in result.stderr
-    assert result.stdout == ''
-    assert not dst.exists()
-    assert sorted(os.listdir(tmp)) == ['notes.txt']
+    'name, status, reason',
+    [('untrusted', 1, '{src}: holds an object of type argparse.Namespace'),
+     ('op-extra', 1, "{src}: keys that do not belong to a published vHeat "
+      "model (1): ['layers.0.0.op.extra.weight']"),
+     ('op-extra-fresh', 1, "{src}: keys that do not belong"),
+     ('classifier-5', 1, "{src}: keys that do not belong to a published "
+      "vHeat model (1): ['classifier.5.weight']"),
+     ('dense-extra', 1, "{src}: keys that do not belong to a published "
+      "vHeat model (1): ['backbone.extra.weight']"),
+     ('truncated', 1, '{src}: cannot be read as a PyTorch checkpoint, '
+      'truncated or corrupt'),
+     ('symlink-to-src', 1, 'the output {dst} is the input {src}'),
+     ('tg-size-500', 2, '--tg-size must be a positive multiple of 32, got '
+      '500'),
+     ('tg-size-192', 2, "--tg-size (192) must not be smaller than the "
+      "checkpoint's img_size (224)")])
+def test_cli_failures_change_nothing(cli, check_cli_error, name, status,
+                                     reason):
+    """One line on stderr, the exit status, and no file written: DST, its
+    folder and the input are as they were."""
+    tmp, dst, result = cli[name]
+    src = tmp / 'vHeat_tiny.pth'
+    check_cli_error(result, status, reason.format(src=src, dst=dst))
+    if name.endswith('-fresh'):
+        assert sorted(os.listdir(tmp)) == ['vHeat_tiny.pth']
+    elif name == 'symlink-to-src':
+        assert dst.is_symlink() and os.listdir(dst.parent) == ['dst.pth']
+    else:
+        assert dst.read_bytes() == b'previous'
+        assert os.listdir(dst.parent) == ['dst.pth']
+    if name != 'truncated':
+        checkpoint = torch.load(src, weights_only=name != 'untrusted')
+        assert 'model' in checkpoint or 'state_dict' in checkpoint
 
 
-def test_unwritable_destination_leaves_no_temp_file(tool, tmp_path, capsys,
-                                                    tiny_checkpoint):
-    src = tiny_checkpoint[1].parents[2] / 'vheat_tiny.pth'
-    dst = tmp_path / 'taken'
-    dst.mkdir()  # os.replace cannot put a file over a directory
-    assert tool.main([str(src), str(dst)]) == 1
-    assert capsys.readouterr().err.startswith(f'error: cannot write {dst}')
-    assert os.listdir(tmp_path) == ['taken']
-    assert os.listdir(dst) == []
+def test_cli_progress_on_a_terminal(cli):
+    tmp, dst, result = cli['terminal']
+    assert result.returncode == 0
+    text = cli['terminal-stderr']
+    # One line each, redrawn in place, ended when the phase is done.
+    lines = text.replace('\r\n', '\n').split('\n')
+    reading = [line for line in lines if 'reading' in line]
+    writing = [line for line in lines if 'writing' in line]
+    assert len(reading) == len(writing) == 1, text
+    assert reading[0].split('\r')[-1].startswith(
+        f'reading {tmp / "vHeat_tiny.pth"}: ')
+    assert reading[0].endswith('(100%)')
+    assert writing[0].split('\r')[-1].startswith(f'writing {dst}: ')

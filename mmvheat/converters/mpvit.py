@@ -33,30 +33,38 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
-from .convert_vheat import extract_state_dict
+from .checkpoint import (CheckpointError, ConvertedWeights, convert_checkpoint,
+                         published_items, refuse_unknown_keys)
 
 __all__ = [
     'NotAnMPViTCheckpoint', 'is_published_mpvit_state_dict',
-    'convert_published_mpvit', 'extract_state_dict'
+    'convert_published_mpvit', 'convert_mpvit_checkpoint'
 ]
 
 _NORM = {'conv': 'conv', 'bn': 'norm'}
-_STEM = re.compile(r'^stem\.(\d+)\.(conv|bn)\.(.+)$')
+# The tensors a convolution, BatchNorm, LayerNorm or Linear holds; any other
+# name is unknown.
+_TENSOR = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
+_STEM = re.compile(rf'^stem\.(\d+)\.(conv|bn)\.{_TENSOR}$')
 _PATCH_EMBED = re.compile(r'^patch_embed_stages\.(\d+)\.patch_embeds\.(\d+)'
-                          r'\.patch_conv\.(dwconv|pwconv|bn)\.(.+)$')
+                          rf'\.patch_conv\.(dwconv|pwconv|bn)\.{_TENSOR}$')
 _ENCODER = re.compile(r'^mhca_stages\.(\d+)\.mhca_blks\.(\d+)\.(.+)$')
 _LAYER = re.compile(r'^MHCA_layers\.(\d+)\.(.+)$')
-_SHARED = re.compile(r'^(?:factoratt_crpe\.)?(cpe\.proj|crpe\.conv_list)'
-                     r'\.(.+)$')
+_SHARED = re.compile(r'^(?:factoratt_crpe\.)?(cpe\.proj|crpe\.conv_list\.\d+)'
+                     rf'\.{_TENSOR}$')
 _BLOCK_PART = re.compile(
-    r'^(?:factoratt_crpe\.(qkv|proj)|(norm[12]|mlp\.fc[12]))\.(.+)$')
+    r'^(?:factoratt_crpe\.(qkv|proj)|(norm[12]|mlp\.fc[12]))'
+    rf'\.{_TENSOR}$')
 _LOCAL = re.compile(r'^mhca_stages\.(\d+)\.InvRes\.(?:(conv[12])\.(conv|bn)'
-                    r'|(dwconv|norm))\.(.+)$')
-_AGGREGATE = re.compile(r'^mhca_stages\.(\d+)\.aggregate\.(conv|bn)\.(.+)$')
+                    rf'|(dwconv|norm))\.{_TENSOR}$')
+_AGGREGATE = re.compile(
+    rf'^mhca_stages\.(\d+)\.aggregate\.(conv|bn)\.{_TENSOR}$')
 _PATCH_PARTS = {'dwconv': 'depthwise', 'pwconv': 'pointwise', 'bn': 'norm'}
+_MMVHEAT_KEY = re.compile(r'^(backbone\.)?stages\.\d+\.(encoders|'
+                          r'patch_embed|local_block|aggregate)\.')
 
 
-class NotAnMPViTCheckpoint(ValueError):
+class NotAnMPViTCheckpoint(CheckpointError):
     """Raised when a state dict does not look like a published MPViT model."""
 
 
@@ -132,16 +140,12 @@ def convert_published_mpvit(state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
         raise NotAnMPViTCheckpoint(
             'this is not a published MPViT checkpoint: no "mhca_stages.<i>" '
             'and "patch_embed_stages.<i>" keys were found')
-    dense = any(k.startswith('backbone.') for k in state_dict)
     converted = OrderedDict()
     sources = {}  # our key -> the published key it was taken from
     unknown, differing = [], []
-    for key, value in state_dict.items():
-        if dense and not key.startswith('backbone.'):
-            converted[key] = value  # neck and heads are already mmdet/mmseg
-            continue
-        inner = key[len('backbone.'):] if dense else key
-        if not dense and inner.startswith('cls_head.cls.'):
+    for key, inner, value, dense in published_items(state_dict, converted):
+        if not dense and inner in ('cls_head.cls.weight',
+                                   'cls_head.cls.bias'):
             converted['head.fc.' + inner[len('cls_head.cls.'):]] = value
             continue
         mapped = convert_backbone_key(inner)
@@ -157,12 +161,20 @@ def convert_published_mpvit(state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
             continue
         converted[target] = value
         sources[target] = key
-    if unknown:
-        raise NotAnMPViTCheckpoint(
-            f'{len(unknown)} keys do not belong to a published MPViT model: '
-            f'{unknown[:10]}')
+    refuse_unknown_keys(unknown, NotAnMPViTCheckpoint, 'MPViT')
     if differing:
         raise NotAnMPViTCheckpoint(
             f'{len(differing)} copies of shared position-encoding weights '
             f'differ from the encoder\'s own: {differing[:5]}')
     return converted
+
+
+def convert_mpvit_checkpoint(checkpoint) -> ConvertedWeights:
+    """:func:`convert_published_mpvit` on what ``torch.load`` returned.
+
+    The weights are found under ``model``, ``state_dict`` or at the top;
+    a :class:`NotAnMPViTCheckpoint` (a :class:`CheckpointError`) refuses
+    another model's weights or ones that are already converted.
+    """
+    return convert_checkpoint(checkpoint, convert_published_mpvit,
+                              _MMVHEAT_KEY, NotAnMPViTCheckpoint)

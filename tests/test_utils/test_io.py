@@ -1,0 +1,241 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""``mmvheat.utils.io``: the tools' one file writer and their messages.
+
+The writer's promises are checked on the file system itself: the old file
+or the new one and nothing in between, the permissions a plain ``open``
+gives, a symlink kept, the directory fsynced after the rename, and the
+process umask never touched.
+"""
+import io
+import os
+import stat
+
+import pytest
+import torch
+
+from mmvheat.utils.io import (ByteProgress, OutputWriteError, ToolError,
+                              UsageError, atomic_write,
+                              check_output_is_not_input, run_tool,
+                              save_checkpoint_atomic)
+
+
+@pytest.fixture
+def umask_forbidden(monkeypatch):
+    """Fail the test if anything changes (or reads through) the umask."""
+
+    def refuse(*args):
+        raise AssertionError('os.umask was called')
+
+    monkeypatch.setattr(os, 'umask', refuse)
+
+
+@pytest.fixture
+def umask_027():
+    """Run with umask 027, restored afterwards (set before the writer is
+    called, so the writer's own use of os.umask stays detectable)."""
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_new_file_gets_the_umask_permissions(tmp_path, umask_027,
+                                             umask_forbidden):
+    dst = tmp_path / 'new' / 'model.onnx'
+    with atomic_write(str(dst)) as f:
+        f.write(b'\x08\x07bytes')
+    assert dst.read_bytes() == b'\x08\x07bytes'
+    # 0o666 narrowed by umask 027, as open(dst, 'wb') would make it.
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o640
+    assert os.listdir(dst.parent) == ['model.onnx']
+
+
+def test_existing_file_keeps_its_permissions(tmp_path, umask_forbidden):
+    dst = tmp_path / 'notes.txt'
+    dst.write_text('old')
+    os.chmod(dst, 0o604)
+    with atomic_write(str(dst), 'w') as f:
+        f.write('new, ü')
+    assert dst.read_text(encoding='utf-8') == 'new, ü'
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o604
+
+
+def test_failure_leaves_the_old_file_and_no_temporary(tmp_path):
+    dst = tmp_path / 'ckpt.pth'
+    dst.write_bytes(b'previous')
+    with pytest.raises(KeyError, match='boom'):
+        with atomic_write(str(dst)) as f:
+            f.write(b'half of the new content')
+            raise KeyError('boom')
+    assert dst.read_bytes() == b'previous'
+    assert os.listdir(tmp_path) == ['ckpt.pth']
+
+
+def test_reader_never_sees_a_partial_file(tmp_path):
+    dst = tmp_path / 'ckpt.pth'
+    dst.write_bytes(b'previous')
+    with atomic_write(str(dst)) as f:
+        f.write(b'new')
+        f.flush()
+        assert dst.read_bytes() == b'previous'  # until the block ends
+    assert dst.read_bytes() == b'new'
+
+
+def test_symlink_is_kept_and_its_target_written(tmp_path):
+    target = tmp_path / 'store' / 'real.pth'
+    target.parent.mkdir()
+    target.write_bytes(b'previous')
+    link = tmp_path / 'link.pth'
+    link.symlink_to(target)
+    with atomic_write(str(link)) as f:
+        f.write(b'new')
+    assert link.is_symlink()
+    assert os.readlink(link) == str(target)
+    assert target.read_bytes() == b'new'
+    # The temporary file was made beside the target, and is gone.
+    assert os.listdir(target.parent) == ['real.pth']
+    assert sorted(os.listdir(tmp_path)) == ['link.pth', 'store']
+
+
+def test_dangling_symlink_creates_its_target(tmp_path):
+    link = tmp_path / 'link.pth'
+    link.symlink_to(tmp_path / 'later' / 'real.pth')
+    with atomic_write(str(link)) as f:
+        f.write(b'new')
+    assert link.is_symlink()
+    assert (tmp_path / 'later' / 'real.pth').read_bytes() == b'new'
+
+
+def test_file_then_directory_are_fsynced(tmp_path, monkeypatch):
+    """The data reaches the disk before the rename, the rename after."""
+    dst = tmp_path / 'ckpt.pth'
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        mode = os.fstat(fd).st_mode
+        synced.append(('dir' if stat.S_ISDIR(mode) else 'file',
+                       dst.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', recording_fsync)
+    with atomic_write(str(dst)) as f:
+        f.write(b'new')
+    assert synced == [('file', False), ('dir', True)]
+
+
+@pytest.mark.parametrize('case', ['dst-is-dir', 'parent-is-file'])
+def test_unwritable_destination(tmp_path, case):
+    if case == 'dst-is-dir':
+        dst = tmp_path / 'taken'
+        dst.mkdir()
+        reason = 'it is a directory'
+    else:
+        (tmp_path / 'afile').write_text('x')
+        dst = tmp_path / 'afile' / 'sub' / 'ckpt.pth'
+        reason = f'{tmp_path / "afile"} is not a directory'
+    with pytest.raises(OutputWriteError) as info:
+        with atomic_write(str(dst)) as f:
+            f.write(b'new')
+    assert str(info.value) == f'cannot write {dst}: {reason}'
+    assert sorted(os.listdir(tmp_path)) == (['taken'] if case == 'dst-is-dir'
+                                            else ['afile'])
+
+
+def test_write_error_inside_the_block_is_reported(tmp_path):
+    dst = tmp_path / 'ckpt.pth'
+    with pytest.raises(OutputWriteError, match=f'cannot write {dst}: '):
+        with atomic_write(str(dst)):
+            raise OSError(28, 'No space left on device')
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_checkpoint_atomic_round_trip(tmp_path, umask_forbidden):
+    state = {'state_dict': {'w': torch.arange(6.).reshape(2, 3)}}
+    progress = ByteProgress('writing', stream=io.StringIO())
+    save_checkpoint_atomic(state, str(tmp_path / 'c.pth'), progress)
+    loaded = torch.load(tmp_path / 'c.pth', weights_only=True)
+    assert torch.equal(loaded['state_dict']['w'], state['state_dict']['w'])
+    assert progress.done == os.path.getsize(tmp_path / 'c.pth')
+
+
+@pytest.mark.parametrize('spelling', ['same', 'dotdot', 'symlink',
+                                      'hardlink'])
+def test_output_that_is_the_input_is_refused(tmp_path, spelling):
+    src = tmp_path / 'a' / 'src.pth'
+    src.parent.mkdir()
+    src.write_bytes(b'input')
+    dst = {
+        'same': src,
+        'dotdot': tmp_path / 'a' / '..' / 'a' / 'src.pth',
+        'symlink': tmp_path / 'link.pth',
+        'hardlink': tmp_path / 'hard.pth',
+    }[spelling]
+    if spelling == 'symlink':
+        dst.symlink_to(src)
+    elif spelling == 'hardlink':
+        os.link(src, dst)
+    with pytest.raises(ToolError, match='is the input'):
+        check_output_is_not_input(str(dst), str(tmp_path / 'other'), str(src))
+    # Another file beside it is fine, existing or not.
+    check_output_is_not_input(str(tmp_path / 'a' / 'dst.pth'), str(src))
+    (tmp_path / 'copy.pth').write_bytes(b'input')
+    check_output_is_not_input(str(tmp_path / 'copy.pth'), str(src))
+
+
+def _run(work, capsys, **kwargs):
+    status = run_tool(work, **kwargs)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_run_tool_prints_lines_or_one_error_line(capsys):
+    assert _run(lambda: ['done', 'saved'], capsys) == (0, 'done\nsaved\n', '')
+
+    def usage():
+        raise UsageError('--tg-size must be\na multiple of 32')
+
+    assert _run(usage, capsys) == (
+        2, '', 'error: --tg-size must be a multiple of 32\n')
+
+    def bad_input():
+        raise ValueError('not a vHeat checkpoint')
+
+    assert _run(bad_input, capsys, source='x.pth',
+                input_errors=(ValueError, )) == (
+                    1, '', 'error: x.pth: not a vHeat checkpoint\n')
+
+    def bug():
+        raise IndexError('list index out of range\nmore detail')
+
+    assert _run(bug, capsys, source='x.pth') == (
+        1, '', 'error: x.pth: IndexError: list index out of range\n')
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert _run(interrupted, capsys) == (130, '', 'error: interrupted\n')
+
+
+class _Terminal(io.StringIO):
+
+    def isatty(self):
+        return True
+
+
+def test_byte_progress_draws_on_a_terminal_only():
+    terminal = _Terminal()
+    with ByteProgress('reading x.pth', total=4 << 20, stream=terminal,
+                      interval=0) as progress:
+        stream = progress.wrap(io.BytesIO(bytes(4 << 20)))
+        while stream.read(1 << 20):
+            pass
+    lines = terminal.getvalue().split('\r')[1:]
+    assert lines[0] == 'reading x.pth: 1/4 MB (25%)'
+    assert lines[-1] == 'reading x.pth: 4/4 MB (100%)\n'
+
+    pipe = io.StringIO()
+    with ByteProgress('reading x.pth', total=4, stream=pipe,
+                      interval=0) as progress:
+        progress.wrap(io.BytesIO(b'abcd')).read()
+    assert pipe.getvalue() == ''
+    assert progress.done == 4
