@@ -1,6 +1,5 @@
 # Mask R-CNN + FPN with an MPViT-B backbone, COCO multi-scale 3x: the MPViT-T
-# multi-scale 3x recipe with drop path 0.3 (a choice, see
-# mask-rcnn_mpvit-t_fpn_ms-crop-3x_coco.py).
+# multi-scale 3x recipe with the published drop path 0.4.
 _base_ = './mask-rcnn_mpvit-t_fpn_ms-crop-3x_coco.py'
 
 # ImageNet weights converted from the published checkpoint:
@@ -11,7 +10,7 @@ checkpoint = 'checkpoints/mpvit-base_in1k_mmvheat.pth'
 model = dict(
     backbone=dict(
         arch='base',
-        drop_path_rate=0.3,
+        drop_path_rate=0.4,
         init_cfg=dict(
             type='Pretrained', checkpoint=checkpoint, prefix='backbone.')),
     neck=dict(in_channels=[224, 368, 480, 480]))  # (C1, C2, C3, C3)

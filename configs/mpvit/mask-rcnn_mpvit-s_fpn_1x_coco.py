@@ -1,6 +1,5 @@
 # Mask R-CNN + FPN with an MPViT-S backbone, COCO 1x: the MPViT-T
-# 1x recipe with drop path 0.2 (a choice, see
-# mask-rcnn_mpvit-t_fpn_1x_coco.py).
+# 1x recipe with the published drop path 0.2.
 _base_ = './mask-rcnn_mpvit-t_fpn_1x_coco.py'
 
 # ImageNet weights converted from the published checkpoint:

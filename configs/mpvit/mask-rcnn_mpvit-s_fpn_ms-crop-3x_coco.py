@@ -1,6 +1,5 @@
 # Mask R-CNN + FPN with an MPViT-S backbone, COCO multi-scale 3x: the MPViT-T
-# multi-scale 3x recipe with drop path 0.2 (a choice, see
-# mask-rcnn_mpvit-t_fpn_ms-crop-3x_coco.py).
+# multi-scale 3x recipe with the published drop path 0.2.
 _base_ = './mask-rcnn_mpvit-t_fpn_ms-crop-3x_coco.py'
 
 # ImageNet weights converted from the published checkpoint:

@@ -4,10 +4,7 @@ _base_ = './vheat-tiny_upernet_8xb2-160k_ade20k-512x512.py'
 
 # ImageNet weights converted and enlarged to the 512 grid:
 #   python tools/model_converters/vheat_to_mmvheat.py vHeat_small.pth \
-#       checkpoints/vheat-small_in1k.pth
-#   python tools/interpolate4downstream.py \
-#       --pt_pth checkpoints/vheat-small_in1k.pth \
-#       --tg_pth checkpoints/vheat-small_in1k-512.pth --tg_size 512
+#       checkpoints/vheat-small_in1k-512.pth --tg-size 512
 checkpoint = 'checkpoints/vheat-small_in1k-512.pth'
 
 model = dict(

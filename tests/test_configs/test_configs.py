@@ -56,6 +56,19 @@ def _load(name):
     return Config.fromfile(osp.join(CONFIG_DIR, name))
 
 
+def _build_optim_wrapper(model, optim_wrapper):
+    """``build_optim_wrapper``; without CUDA, mmengine's AmpOptimWrapper
+    (which asserts a GPU) as this project's CPU equivalent."""
+    from mmengine.optim import build_optim_wrapper
+
+    import mmvheat.engine  # noqa: F401  (registers CPUAmpOptimWrapper)
+    optim_wrapper = copy.deepcopy(optim_wrapper)
+    if optim_wrapper.get('type') == 'AmpOptimWrapper' and \
+            not torch.cuda.is_available():
+        optim_wrapper.type = 'CPUAmpOptimWrapper'
+    return build_optim_wrapper(model, optim_wrapper)
+
+
 # -- pipelines ---------------------------------------------------------------
 def _pipelines(cfg):
     """``{where: [transform cfgs]}`` for every pipeline in the config."""
@@ -123,6 +136,12 @@ def _check_classification(cfg, model, arch, drop_path):
     assert (optimizer.betas, optimizer.eps) == ((0.9, 0.999), 1e-8)
     assert optimizer.weight_decay == 0.08
     assert cfg.optim_wrapper.clip_grad.max_norm == 5.0
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype,
+            cfg.optim_wrapper.loss_scale) == ('AmpOptimWrapper', 'float16',
+                                              'dynamic')
+    checkpoint = cfg.default_hooks.checkpoint
+    assert (checkpoint.interval, checkpoint.save_best,
+            checkpoint.rule) == (10, 'accuracy/top1', 'greater')
     assert cfg.train_cfg.max_epochs == 300
     warmup, cosine = cfg.param_scheduler
     assert (warmup.type, warmup.end) == ('LinearLR', 20)
@@ -144,9 +163,8 @@ def _check_classification(cfg, model, arch, drop_path):
 
     # No weight decay on 1-D weights (norms, biases, layer scales); the
     # 3-D frequency embeddings decay.
-    from mmengine.optim import build_optim_wrapper
     with DefaultScope.overwrite_default_scope('mmpretrain'):
-        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        wrapper = _build_optim_wrapper(model, cfg.optim_wrapper)
     decay = {
         id(p): group['weight_decay']
         for group in wrapper.optimizer.param_groups
@@ -159,22 +177,34 @@ def _check_classification(cfg, model, arch, drop_path):
         name.endswith('freq_embed') for name, _ in model.named_parameters())
 
 
-def _check_dense(cfg, arch, drop_path, checkpoint):
+def _check_dense(cfg, arch, drop_path, img_size=512):
     backbone = cfg.model.backbone
     assert (backbone.type, backbone.arch, backbone.img_size,
-            tuple(backbone.out_indices)) == ('mmvheat.VHeat', arch, 512,
+            tuple(backbone.out_indices)) == ('mmvheat.VHeat', arch, img_size,
                                              (0, 1, 2, 3))
     assert backbone.drop_path_rate == drop_path
+    # The ImageNet checkpoint, enlarged to the backbone's grid where that
+    # is not the pretraining size.
+    checkpoint = (f'checkpoints/vheat-{arch}_in1k.pth' if img_size == 224
+                  else f'checkpoints/vheat-{arch}_in1k-{img_size}.pth')
     assert cfg.checkpoint == checkpoint
     assert backbone.init_cfg == dict(
         type='Pretrained', checkpoint=checkpoint, prefix='backbone.')
     assert 'tta_model' in cfg and 'tta_pipeline' in cfg
+    # The published 'norm' rule, which misses the downsample norms.
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys == {
+        'absolute_pos_embed': dict(decay_mult=0.),
+        'relative_position_bias_table': dict(decay_mult=0.),
+        'norm': dict(decay_mult=0.),
+        'downsample.norm': dict(decay_mult=1.),
+    }
 
 
-def _check_detection(cfg, arch, drop_path, epochs, milestones):
-    _check_dense(cfg, arch, drop_path,
-                 f'checkpoints/vheat-{arch}_in1k-512.pth')
+def _check_detection(cfg, arch, drop_path, epochs, milestones, img_size=512):
+    _check_dense(cfg, arch, drop_path, img_size)
     assert cfg.model.neck.in_channels == VHEAT_DIMS[arch]
+    assert (cfg.val_dataloader.batch_size,
+            cfg.test_dataloader.batch_size) == (2, 1)
     assert cfg.train_cfg.max_epochs == epochs
     warmup, steps = cfg.param_scheduler
     assert (warmup.type, warmup.end, warmup.by_epoch) == ('LinearLR', 1000,
@@ -200,8 +230,7 @@ def _check_detection(cfg, arch, drop_path, epochs, milestones):
 
 
 def _check_segmentation(cfg, arch, drop_path):
-    _check_dense(cfg, arch, drop_path,
-                 f'checkpoints/vheat-{arch}_in1k-512.pth')
+    _check_dense(cfg, arch, drop_path)
     dims = VHEAT_DIMS[arch]
     assert cfg.model.decode_head.in_channels == dims
     assert cfg.model.decode_head.num_classes == 150
@@ -214,7 +243,12 @@ def _check_segmentation(cfg, arch, drop_path):
     assert (optimizer.type, optimizer.lr,
             optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
     warmup, poly = cfg.param_scheduler
-    assert (warmup.end, poly.type) == (1500, 'PolyLR')
+    assert (warmup.type, warmup.start_factor, warmup.begin,
+            warmup.end) == ('LinearLR', 1e-6, 0, 1500)
+    assert (poly.type, poly.begin, poly.end, poly.power,
+            poly.eta_min) == ('PolyLR', 1500, 160000, 1., 0.)
+    assert (cfg.train_cfg.val_interval,
+            cfg.default_hooks.checkpoint.interval) == (16000, 16000)
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.crop_size == (512, 512)
     assert cfg.tta_model.type == 'SegTTAModel'
@@ -223,16 +257,114 @@ def _check_segmentation(cfg, arch, drop_path):
             for t in scales] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 
+MPVIT_DIMS = dict(
+    tiny=[96, 176, 216, 216],
+    xsmall=[128, 192, 256, 256],
+    small=[128, 216, 288, 288],
+    base=[224, 368, 480, 480])
+
+
+def _decay_of_every_parameter(cfg, model, library):
+    """Weight decay of each parameter of ``model`` under the config's
+    optimizer."""
+    with DefaultScope.overwrite_default_scope(library):
+        wrapper = _build_optim_wrapper(model, cfg.optim_wrapper)
+    decay = {
+        id(p): group['weight_decay']
+        for group in wrapper.optimizer.param_groups
+        for p in group['params']
+    }
+    return {name: decay[id(p)] for name, p in model.named_parameters()}
+
+
+def _check_mpvit_backbone(cfg, model, library, arch, drop_path):
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, tuple(backbone.out_indices),
+            backbone.norm_cfg.type) == ('mmvheat.MPViT', arch, (0, 1, 2, 3),
+                                        'SyncBN')
+    assert backbone.drop_path_rate == drop_path
+    assert backbone.init_cfg == dict(
+        type='Pretrained',
+        checkpoint=f'checkpoints/mpvit-{arch}_in1k_mmvheat.pth',
+        prefix='backbone.')
+    # Weight decay on every parameter, norms and biases included.
+    assert cfg.optim_wrapper.paramwise_cfg == {}
+    decay = _decay_of_every_parameter(cfg, model, library)
+    base = cfg.optim_wrapper.optimizer.weight_decay
+    assert set(decay.values()) == {base}
+    assert any('norm' in name for name in decay)
+
+
+def _check_mpvit_detection(cfg, model, arch, drop_path, iterations,
+                           milestones):
+    _check_mpvit_backbone(cfg, model, 'mmdet', arch, drop_path)
+    assert cfg.model.neck.in_channels == MPVIT_DIMS[arch]
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.betas,
+            optimizer.weight_decay) == ('AdamW', 1e-4, (0.9, 0.999), 0.05)
+    assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0, norm_type=2)
+    # Iterations of 16 images, as published (detectron2 counts iterations).
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == (
+        'IterBasedTrainLoop', iterations)
+    assert cfg.train_dataloader.batch_size * 8 == 16
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.begin, warmup.end,
+            warmup.by_epoch) == ('LinearLR', 0.01, 0, 1001, False)
+    assert (steps.type, steps.milestones, steps.gamma, steps.end,
+            steps.by_epoch) == ('MultiStepLR', milestones, 0.1, iterations,
+                                False)
+    assert cfg.train_dataloader.sampler.type == 'InfiniteSampler'
+    assert cfg.default_hooks.checkpoint.by_epoch is False
+    assert cfg.log_processor.by_epoch is False
+    # Images without annotations are kept, and none is dropped for its size.
+    assert cfg.train_dataloader.dataset.filter_cfg == dict(
+        filter_empty_gt=False, min_size=0)
+    if iterations == 270000:  # DETR-style multi-scale resize / crop
+        assert 'RandomChoice' in [
+            t.type for t in cfg.train_dataloader.dataset.pipeline
+        ]
+
+
+def _check_mpvit_segmentation(cfg, model, arch, drop_path):
+    _check_mpvit_backbone(cfg, model, 'mmseg', arch, drop_path)
+    warmup, poly = cfg.param_scheduler  # see test_published_recipes.py
+    assert (warmup.type, warmup.start_factor, warmup.begin,
+            warmup.end) == ('LinearLR', 1e-6, 0, 1501)
+    assert (poly.type, poly.begin, poly.end, poly.power,
+            poly.eta_min) == ('PolyLR', 0, 160001, 1., 0.)
+    assert cfg.model.decode_head.in_channels == MPVIT_DIMS[arch]
+    assert cfg.model.test_cfg.mode == 'whole'
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr,
+            optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.train_cfg.val_interval == 16000
+    assert cfg.train_dataloader.batch_size == 2
+
+
 def _recipes():
     recipes = {}
+    for arch, drop_path in (('tiny', .1), ('xsmall', .1), ('small', .2),
+                            ('base', .4)):
+        short = {'xsmall': 'xs'}.get(arch, arch[0])
+        recipes[f'mpvit/mask-rcnn_mpvit-{short}_fpn_1x_coco.py'] = (
+            _check_mpvit_detection, arch, drop_path, 90000, [60000, 80000])
+        recipes[f'mpvit/mask-rcnn_mpvit-{short}_fpn_ms-crop-3x_coco.py'] = (
+            _check_mpvit_detection, arch, drop_path, 270000,
+            [210000, 250000])
+    for arch, drop_path in (('small', .2), ('base', .4)):
+        recipes[f'mpvit/mpvit-{arch}_upernet_8xb2-160k_ade20k-512x512.py'] = (
+            _check_mpvit_segmentation, arch, drop_path)
     for arch, drop_path in (('tiny', .1), ('small', .3), ('base', .5)):
         recipes[f'vheat/vheat-{arch}_16xb128_in1k.py'] = (
             _check_classification, arch, drop_path)
         recipes[f'vheat/mask-rcnn_vheat-{arch[0]}_fpn_1x_coco.py'] = (
             _check_detection, arch, drop_path, 12, [8, 11])
-    for arch, drop_path in (('tiny', .2), ('small', .4)):
+    # The published vHeat-T 3x config sets no img_size: 224.
+    for arch, drop_path, img_size in (('tiny', .2, 224), ('small', .4, 512)):
         recipes[f'vheat/mask-rcnn_vheat-{arch[0]}_fpn_ms-crop-3x_coco.py'] = (
-            _check_detection, arch, drop_path, 36, [27, 33])
+            _check_detection, arch, drop_path, 36, [27, 33], img_size)
     for arch, drop_path in (('tiny', .3), ('small', .4), ('base', .5)):
         recipes[f'vheat/vheat-{arch}_upernet_8xb2-160k_ade20k-512x512.py'] = (
             _check_segmentation, arch, drop_path)
@@ -303,10 +435,8 @@ def test_config(name):
     _check_channels(cfg, model)
 
     if 'optim_wrapper' in cfg:
-        from mmengine.optim import build_optim_wrapper
         with DefaultScope.overwrite_default_scope(library):
-            wrapper = build_optim_wrapper(model,
-                                          copy.deepcopy(cfg.optim_wrapper))
+            wrapper = _build_optim_wrapper(model, cfg.optim_wrapper)
         # Every parameter in exactly one group.
         grouped = [
             id(p) for group in wrapper.optimizer.param_groups
@@ -326,7 +456,8 @@ def test_config(name):
 
     if name in RECIPES:
         check, *args = RECIPES[name]
-        if check is _check_classification:
+        if check in (_check_classification, _check_mpvit_detection,
+                     _check_mpvit_segmentation):
             check(cfg, model, *args)
         else:
             check(cfg, *args)
