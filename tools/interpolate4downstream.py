@@ -42,8 +42,8 @@ from mmvheat.converters import (MODES, CheckpointError,  # noqa: E402
                                 check_sizes, enlarge_freq_embeds,
                                 read_checkpoint, vheat_weights)
 from mmvheat.utils.io import (ByteProgress, UsageError,  # noqa: E402
-                              check_output_is_not_input, run_tool,
-                              save_checkpoint_atomic)
+                              add_trust_option, check_output_is_not_input,
+                              run_tool, save_checkpoint_atomic)
 
 
 def interpolate(args):
@@ -72,9 +72,10 @@ def interpolate(args):
             mode=args.mode,
             pt_size=args.pt_size,
             tg_size=args.tg_size))
-    with ByteProgress(f'writing {args.tg_pth}') as progress:
-        save_checkpoint_atomic(
-            dict(state_dict=state_dict, meta=meta), args.tg_pth, progress)
+    save_checkpoint_atomic(
+        dict(state_dict=state_dict, meta=meta),
+        args.tg_pth,
+        show_progress=True)
     lines = [
         f'Read {args.pt_pth} ({layout} layout'
         f'{", EMA weights" if args.ema else ""})'
@@ -116,11 +117,7 @@ def parse_args(argv=None):
         '--ema',
         action='store_true',
         help='use the "model_ema" weights of a published checkpoint')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle objects other than tensors (a training config, say); '
-        'only for files from a source you trust: unpickling can run code')
+    add_trust_option(parser)
     return parser.parse_args(argv)
 
 

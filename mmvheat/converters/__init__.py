@@ -8,7 +8,7 @@ refusals (:mod:`.checkpoint`), mapping published vHeat and MPViT keys
 (:mod:`.arch`) and enlarging vHeat's frequency embeddings for downstream
 sizes (:mod:`.freq_embed`).
 """
-from .arch import infer_mpvit_arch, infer_vheat_arch
+from .arch import describe_arch, infer_mpvit_arch, infer_vheat_arch
 from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from .freq_embed import (MODES, SIZE_MULTIPLE, Enlargement, check_size,
                          check_sizes, embed_side, enlarge_freq_embeds)
@@ -25,6 +25,7 @@ __all__ = [
     'convert_vheat_checkpoint', 'vheat_weights', 'NotAnMPViTCheckpoint',
     'is_published_mpvit_state_dict', 'convert_published_mpvit',
     'convert_mpvit_checkpoint', 'infer_vheat_arch', 'infer_mpvit_arch',
+    'describe_arch',
     'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side', 'check_size',
     'check_sizes',
     'enlarge_freq_embeds'

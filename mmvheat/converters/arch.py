@@ -13,7 +13,7 @@ from torch import Tensor
 from mmvheat.models.backbones.mpvit import MPViT, crpe_head_groups
 from mmvheat.models.backbones.vheat import VHeat
 
-__all__ = ['infer_vheat_arch', 'infer_mpvit_arch']
+__all__ = ['infer_vheat_arch', 'infer_mpvit_arch', 'describe_arch']
 
 _VHEAT_STAGE_KEY = re.compile(
     r'^backbone\.stages\.(\d+)\.(?:freq_embed$|blocks\.(\d+)\.(.+)$)')
@@ -161,3 +161,11 @@ def infer_mpvit_arch(state_dict: Mapping[str, Tensor]) -> Optional[Dict]:
     if num_classes is not None:
         info['num_classes'] = num_classes
     return info
+
+
+def describe_arch(info: Optional[Dict]) -> str:
+    """One line for people: ``Arch: tiny {...}`` (``custom`` for an arch
+    the zoo does not name) from what ``infer_*_arch`` returned."""
+    if info is None:
+        return 'Arch: could not be inferred'
+    return f'Arch: {info.get("arch_name", "custom")} {info["arch"]}'

@@ -15,6 +15,7 @@
 * :class:`ByteProgress` shows how far reading or writing a large file has
   got, on a terminal only.
 """
+import argparse
 import io
 import os
 import os.path as osp
@@ -29,7 +30,7 @@ from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Optional,
 __all__ = [
     'ToolError', 'UsageError', 'OutputWriteError', 'atomic_write',
     'save_checkpoint_atomic', 'check_output_is_not_input', 'first_line',
-    'run_tool', 'ByteProgress'
+    'run_tool', 'add_trust_option', 'ByteProgress'
 ]
 
 
@@ -175,18 +176,19 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO]:
 
 def save_checkpoint_atomic(checkpoint,
                            path: str,
-                           progress: Optional['ByteProgress'] = None) -> None:
+                           show_progress: bool = False) -> None:
     """``torch.save`` through :func:`atomic_write`.
 
     Args:
         checkpoint: What to save.
         path (str): The destination.
-        progress (ByteProgress, optional): Counts the bytes written.
-            Defaults to None.
+        show_progress (bool): Count the bytes written on stderr, if it is a
+            terminal (:class:`ByteProgress`). Defaults to False.
     """
     import torch
-    with atomic_write(path) as file:
-        torch.save(checkpoint, progress.wrap(file) if progress else file)
+    with ByteProgress(f'writing {path}') as progress, \
+            atomic_write(path) as file:
+        torch.save(checkpoint, progress.wrap(file) if show_progress else file)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -252,6 +254,16 @@ def run_tool(work: Callable[[], Iterable[str]],
         return 0
     print(f'error: {" ".join(message.split())}', file=sys.stderr)
     return status
+
+
+def add_trust_option(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: the explicit opt-in to unpickle a checkpoint's
+    objects other than tensors."""
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='unpickle objects other than tensors (a training config, say); '
+        'only for files from a source you trust: unpickling can run code')
 
 
 class _CountingStream(io.RawIOBase):

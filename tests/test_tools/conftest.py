@@ -52,3 +52,24 @@ def check_cli_error():
         assert result.stderr.count('\n') == 1, result.stderr
 
     return check
+
+
+@pytest.fixture(scope='session')
+def check_backbone_loaded():
+    """Assert that a dense backbone loaded from a classification checkpoint
+    holds every converted ``backbone.*`` weight, and that only the output
+    norms the checkpoint lacks (``norm0``-``norm2``) started afresh."""
+    import torch
+
+    def check(model, converted):
+        fresh = []
+        for name, value in model.state_dict().items():
+            if f'backbone.{name}' in converted:
+                assert torch.equal(value, converted[f'backbone.{name}']), name
+            else:
+                fresh.append(name)
+        assert sorted(fresh) == [
+            f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
+        ]
+
+    return check

@@ -37,14 +37,6 @@ PT_SIZE, TG_SIZE = 64, 128
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- synthetic checkpoints ---------------------------------------------------
 def project_state_dict(seed=0, dense=False):
     """Random weights of the small arch at PT_SIZE, in mmvheat layout.
@@ -218,7 +210,8 @@ def test_bare_backbone_state_dict_gets_the_prefix():
 
 # -- loading downstream ------------------------------------------------------
 @pytest.mark.parametrize('mode', ['pad', 'bicubic'])
-def test_output_loads_into_the_downstream_backbone(tmp_path, mode):
+def test_output_loads_into_the_downstream_backbone(tmp_path, mode,
+                                                   check_backbone_loaded):
     """Only the output norms 0-2 start afresh; nothing is resampled."""
     converted, _ = enlarged({'model': to_published(project_state_dict())},
                             mode)
@@ -235,15 +228,7 @@ def test_output_loads_into_the_downstream_backbone(tmp_path, mode):
         assert stage.freq_embed.shape == \
             converted[f'backbone.stages.{i}.freq_embed'].shape
     model.init_weights()
-    fresh = []
-    for name, value in model.state_dict().items():
-        if f'backbone.{name}' in converted:
-            assert torch.equal(value, converted[f'backbone.{name}']), name
-        else:
-            fresh.append(name)
-    assert sorted(fresh) == [
-        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
-    ]
+    check_backbone_loaded(model, converted)
 
 
 def test_realistic_published_tiny(reference_dir):

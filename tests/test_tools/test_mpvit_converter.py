@@ -35,14 +35,6 @@ _COPY = re.compile(r'^(.*mhca_blks\.\d+\.)MHCA_layers\.\d+\.'
                    r'(?:factoratt_crpe\.)?((?:cpe|crpe)\..+)$')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def shapes(reference_dir):
     with open(osp.join(reference_dir,

@@ -275,21 +275,14 @@ def tiny_checkpoint(cli):
     return torch.load(dst, weights_only=True)['state_dict'], dst
 
 
-def test_dense_backbone_loads_classification_checkpoint(tiny_checkpoint):
+def test_dense_backbone_loads_classification_checkpoint(
+        tiny_checkpoint, check_backbone_loaded):
     """mmdet/mmseg: only the output norms 0-2 start afresh."""
     converted, path = tiny_checkpoint
     model = _pretrained(path, arch='tiny', img_size=224,
                         out_indices=(0, 1, 2, 3))
     model.init_weights()
-    fresh = []
-    for name, value in model.state_dict().items():
-        if f'backbone.{name}' in converted:
-            assert torch.equal(value, converted[f'backbone.{name}']), name
-        else:
-            fresh.append(name)
-    assert sorted(fresh) == [
-        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
-    ]
+    check_backbone_loaded(model, converted)
 
 
 def test_wrong_arch_is_refused(tiny_checkpoint):

@@ -151,10 +151,16 @@ def test_write_error_inside_the_block_is_reported(tmp_path):
 
 def test_save_checkpoint_atomic_round_trip(tmp_path, umask_forbidden):
     state = {'state_dict': {'w': torch.arange(6.).reshape(2, 3)}}
-    progress = ByteProgress('writing', stream=io.StringIO())
-    save_checkpoint_atomic(state, str(tmp_path / 'c.pth'), progress)
+    save_checkpoint_atomic(state, str(tmp_path / 'c.pth'), show_progress=True)
     loaded = torch.load(tmp_path / 'c.pth', weights_only=True)
     assert torch.equal(loaded['state_dict']['w'], state['state_dict']['w'])
+    assert os.listdir(tmp_path) == ['c.pth']
+
+
+def test_progress_counts_every_byte_written(tmp_path):
+    progress = ByteProgress('writing', stream=io.StringIO())
+    with atomic_write(str(tmp_path / 'c.pth')) as f:
+        torch.save({'w': torch.zeros(1000)}, progress.wrap(f))
     assert progress.done == os.path.getsize(tmp_path / 'c.pth')
 
 

@@ -27,9 +27,9 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     import mmvheat
 
 from mmvheat.converters import (CheckpointError,  # noqa: E402
-                                convert_mpvit_checkpoint, infer_mpvit_arch,
-                                read_checkpoint)
-from mmvheat.utils.io import (ByteProgress,  # noqa: E402
+                                convert_mpvit_checkpoint, describe_arch,
+                                infer_mpvit_arch, read_checkpoint)
+from mmvheat.utils.io import (ByteProgress, add_trust_option,  # noqa: E402
                               check_output_is_not_input, run_tool,
                               save_checkpoint_atomic)
 
@@ -47,19 +47,15 @@ def convert(args):
         mmvheat_version=mmvheat.__version__,
         layout=layout,
         **(info or {}))
-    with ByteProgress(f'writing {args.dst}') as progress:
-        save_checkpoint_atomic(
-            dict(state_dict=state_dict, meta=meta), args.dst, progress)
+    save_checkpoint_atomic(
+        dict(state_dict=state_dict, meta=meta), args.dst, show_progress=True)
     lines = [
         f'Converted {total} keys into {len(state_dict)} '
         f'({total - len(state_dict)} copies of shared position encodings '
         f'merged; {layout}) from {args.src}', f'Saved to {args.dst}'
     ]
-    if info is None:
-        lines.append('Arch: could not be inferred')
-    else:
-        lines.append(f'Arch: {info.get("arch_name", "custom")} '
-                     f'{info["arch"]}')
+    lines.append(describe_arch(info))
+    if info is not None:
         lines.append(f'  num_classes: {info.get("num_classes", "-")}')
     return lines
 
@@ -70,11 +66,7 @@ def parse_args(argv=None):
         'layout (mmpretrain ImageClassifier: backbone.* + head.fc.*).')
     parser.add_argument('src', help='published checkpoint')
     parser.add_argument('dst', help='output checkpoint (not SRC)')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle objects other than tensors (a training config, say); '
-        'only for files from a source you trust: unpickling can run code')
+    add_trust_option(parser)
     return parser.parse_args(argv)
 
 

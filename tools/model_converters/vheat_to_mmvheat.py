@@ -33,12 +33,12 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 
 from mmvheat.converters import (MODES, CheckpointError,  # noqa: E402
                                 check_size, check_sizes,
-                                convert_vheat_checkpoint,
+                                convert_vheat_checkpoint, describe_arch,
                                 enlarge_freq_embeds, infer_vheat_arch,
                                 read_checkpoint)
 from mmvheat.utils.io import (ByteProgress, UsageError,  # noqa: E402
-                              check_output_is_not_input, run_tool,
-                              save_checkpoint_atomic)
+                              add_trust_option, check_output_is_not_input,
+                              run_tool, save_checkpoint_atomic)
 
 
 def convert(args):
@@ -84,15 +84,11 @@ def convert(args):
         lines.append(f'Enlarged ({args.mode}) from {info["img_size"]} to '
                      f'{args.tg_size}:')
         lines += [f'  {change}' for change in changes]
-    with ByteProgress(f'writing {args.dst}') as progress:
-        save_checkpoint_atomic(
-            dict(state_dict=state_dict, meta=meta), args.dst, progress)
+    save_checkpoint_atomic(
+        dict(state_dict=state_dict, meta=meta), args.dst, show_progress=True)
     lines.append(f'Saved to {args.dst}')
-    if info is None:
-        lines.append('Arch: could not be inferred')
-    else:
-        lines.append(f'Arch: {meta.get("arch_name", "custom")} '
-                     f'{info["arch"]}')
+    lines.append(describe_arch(info))
+    if info is not None:
         lines.append(
             '  img_size: {}  num_classes: {}  output norms: {}'.format(
                 meta['img_size'], meta.get('num_classes', '-'),
@@ -124,11 +120,7 @@ def parse_args(argv=None):
         default='pad',
         help='with --tg-size: pad zero-pads bottom/right, the published '
         'recipe (default); bicubic resamples as the model does at run time')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle objects other than tensors (a training config, say); '
-        'only for files from a source you trust: unpickling can run code')
+    add_trust_option(parser)
     args = parser.parse_args(argv)
     if args.mode != 'pad' and args.tg_size is None:
         parser.error('--mode needs --tg-size')
