@@ -38,6 +38,7 @@ model = dict(
 max_iters = 90000
 train_cfg = dict(
     _delete_=True,
+    _scope_='mmdet',
     type='IterBasedTrainLoop',
     max_iters=max_iters,
     val_interval=10000)
@@ -45,9 +46,14 @@ train_cfg = dict(
 # LinearLR reaches its end factor at step end - 1, hence end=1001.
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+        _scope_='mmdet',
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=False,
+        begin=0,
         end=1001),
     dict(
+        _scope_='mmdet',
         type='MultiStepLR',
         begin=0,
         end=max_iters,

@@ -26,15 +26,21 @@ model = dict(
 max_iters = 270000
 train_cfg = dict(
     _delete_=True,
+    _scope_='mmdet',
     type='IterBasedTrainLoop',
     max_iters=max_iters,
     val_interval=10000)
 # The warm-up of mask-rcnn_mpvit-t_fpn_1x_coco.py.
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+        _scope_='mmdet',
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=False,
+        begin=0,
         end=1001),
     dict(
+        _scope_='mmdet',
         type='MultiStepLR',
         begin=0,
         end=max_iters,

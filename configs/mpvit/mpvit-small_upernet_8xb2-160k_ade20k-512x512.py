@@ -37,8 +37,14 @@ optim_wrapper = dict(paramwise_cfg=dict(_delete_=True))
 # end values at step end - 1, hence end=1501 and end=160001.
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1501),
+        _scope_='mmseg',
+        type='LinearLR',
+        start_factor=1e-6,
+        by_epoch=False,
+        begin=0,
+        end=1501),
     dict(
+        _scope_='mmseg',
         type='PolyLR',
         eta_min=0.0,
         power=1.0,

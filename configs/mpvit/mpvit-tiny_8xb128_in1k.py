@@ -18,6 +18,7 @@ _base_ = [
 ]
 
 model = dict(
+    _scope_='mmpretrain',
     type='ImageClassifier',
     backbone=dict(
         type='mmvheat.MPViT',
@@ -56,12 +57,14 @@ optim_wrapper = dict(
         flat_decay_mult=0.0))
 param_scheduler = [
     dict(
+        _scope_='mmpretrain',
         type='LinearLR',
         start_factor=1e-6 / 5e-4,
         by_epoch=True,
         end=5,
         convert_to_iter_based=True),
     dict(
+        _scope_='mmpretrain',
         type='CosineAnnealingLR',
         eta_min_ratio=1e-5 / 5e-4,
         by_epoch=True,

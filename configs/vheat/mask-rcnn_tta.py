@@ -5,13 +5,15 @@
 # masks: this project's tools/test.py --tta swaps in mmvheat.MaskDetTTAModel,
 # which also merges the masks (mmdet's own tools/test.py --tta would fail).
 tta_model = dict(
+    _scope_='mmdet',
     type='DetTTAModel',
     tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
 
 img_scales = [(1333, 800), (666, 400), (2000, 1200)]
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(_scope_='mmdet', type='LoadImageFromFile', backend_args=None),
     dict(
+        _scope_='mmdet',
         type='TestTimeAug',
         transforms=[
             [

@@ -26,18 +26,21 @@ train_dataloader = dict(batch_size=128)
 # Published: lr 5e-4, min lr 5e-6, warm-up from 5e-7, each per 512 images.
 # Ratios keep the min and warm-up lr right when auto_scale_lr rescales lr.
 optim_wrapper = dict(
+    _scope_='mmpretrain',
     type='AmpOptimWrapper',
     dtype='float16',
     loss_scale='dynamic',
     optimizer=dict(lr=5e-4 * 2048 / 512, weight_decay=0.08))
 param_scheduler = [
     dict(
+        _scope_='mmpretrain',
         type='LinearLR',
         start_factor=5e-7 / 5e-4,
         by_epoch=True,
         end=20,
         convert_to_iter_based=True),
     dict(
+        _scope_='mmpretrain',
         type='CosineAnnealingLR',
         eta_min_ratio=5e-6 / 5e-4,
         by_epoch=True,
@@ -49,6 +52,12 @@ auto_scale_lr = dict(base_batch_size=2048)
 
 # Model EMA, published decay 0.9999 per iteration. The published runs also
 # evaluate the raw model beside it; mmengine's EMAHook evaluates the EMA.
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(
+        _scope_='mmpretrain',
+        type='EMAHook',
+        momentum=1e-4,
+        priority='ABOVE_NORMAL')
+]
 default_hooks = dict(
     checkpoint=dict(interval=10, save_best='accuracy/top1', rule='greater'))

@@ -196,47 +196,10 @@ def _built_classes(cfg):
 
 # mmengine gives the outermost typed dicts that a ``mmvheat::`` base sets
 # without a scope ``_scope_='mmvheat'``, and this registry does not hold
-# mmdet's, mmseg's or mmpretrain's classes: these configs define such
-# dicts (tta_model/tta_pipeline, param_scheduler, custom_hooks, a model
-# with ``_delete_``...) and need ``_scope_='<library>'`` on them.
-_NOT_YET_SCOPED = {
-    'mpvit/demo/mask-rcnn_mpvit-t_fpn_demo-shapes-128.py',
-    'mpvit/demo/mpvit-tiny_upernet_demo-shapes-128.py',
-    'mpvit/mask-rcnn_mpvit-b_fpn_1x_coco.py',
-    'mpvit/mask-rcnn_mpvit-b_fpn_ms-crop-3x_coco.py',
-    'mpvit/mask-rcnn_mpvit-s_fpn_1x_coco.py',
-    'mpvit/mask-rcnn_mpvit-s_fpn_ms-crop-3x_coco.py',
-    'mpvit/mask-rcnn_mpvit-t_fpn_1x_coco.py',
-    'mpvit/mask-rcnn_mpvit-t_fpn_ms-crop-3x_coco.py',
-    'mpvit/mask-rcnn_mpvit-xs_fpn_1x_coco.py',
-    'mpvit/mask-rcnn_mpvit-xs_fpn_ms-crop-3x_coco.py',
-    'mpvit/mpvit-base_8xb128_in1k.py',
-    'mpvit/mpvit-small_8xb128_in1k.py',
-    'mpvit/mpvit-tiny_8xb128_in1k.py',
-    'mpvit/mpvit-xsmall_8xb128_in1k.py',
-    'vheat/demo/mask-rcnn_vheat-t_fpn_demo-shapes-128.py',
-    'vheat/demo/vheat-tiny_upernet_demo-shapes-128.py',
-    'vheat/mask-rcnn_tta.py',
-    'vheat/mask-rcnn_vheat-b_fpn_1x_coco.py',
-    'vheat/mask-rcnn_vheat-s_fpn_1x_coco.py',
-    'vheat/mask-rcnn_vheat-s_fpn_ms-crop-3x_coco.py',
-    'vheat/mask-rcnn_vheat-t_fpn_1x_coco.py',
-    'vheat/mask-rcnn_vheat-t_fpn_ms-crop-3x_coco.py',
-    'vheat/vheat-base_16xb128_in1k.py',
-    'vheat/vheat-small_16xb128_in1k.py',
-    'vheat/vheat-tiny_16xb128_in1k.py',
-}
-
-
-@pytest.mark.parametrize('base', [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason='typed dicts without their library _scope_ (see '
-            '_NOT_YET_SCOPED)')) if name in _NOT_YET_SCOPED else name
-    for name in ALL_CONFIGS
-])
+# mmdet's, mmseg's or mmpretrain's classes: the typed dicts our configs
+# define themselves (tta_model/tta_pipeline, param_scheduler, custom_hooks,
+# a model with ``_delete_``...) carry ``_scope_='<library>'``.
+@pytest.mark.parametrize('base', ALL_CONFIGS)
 def test_inherited_config_builds_in_its_library(base, tmp_path):
     reference = Config.fromfile(osp.join(CONFIG_DIR, base))
     library = reference.get('default_scope', None)

@@ -21,14 +21,12 @@ model = dict(
             in_channels=128, fc_out_channels=256, num_classes=len(classes)),
         mask_roi_extractor=dict(out_channels=128),
         mask_head=dict(
-            in_channels=128, conv_out_channels=128,
-            num_classes=len(classes))),
+            in_channels=128, conv_out_channels=128, num_classes=len(classes))),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=100),
         rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
-        rpn=dict(nms_pre=300, max_per_img=100),
-        rcnn=dict(max_per_img=20)))
+        rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -68,39 +66,56 @@ val_dataloader = dict(
         data_prefix=dict(img='val2017/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root +
-                     'annotations/instances_val2017.json')
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 # Test-time augmentation at the demo's scale: three sizes, with and
 # without flip.
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(_scope_='mmdet', type='LoadImageFromFile'),
     dict(
+        _scope_='mmdet',
         type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale=s, keep_ratio=True)
-             for s in [(112, 112), (128, 128), (160, 160)]],
-            [dict(type='RandomFlip', prob=1.),
-             dict(type='RandomFlip', prob=0.)],
-            [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
-            [dict(
-                type='PackDetInputs',
-                meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                           'scale_factor', 'flip', 'flip_direction'))]])
+        transforms=[[
+            dict(type='Resize', scale=s, keep_ratio=True)
+            for s in [(112, 112), (128, 128), (160, 160)]
+        ], [
+            dict(type='RandomFlip', prob=1.),
+            dict(type='RandomFlip', prob=0.)
+        ], [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
+                    [
+                        dict(
+                            type='PackDetInputs',
+                            meta_keys=('img_id', 'img_path', 'ori_shape',
+                                       'img_shape', 'scale_factor', 'flip',
+                                       'flip_direction'))
+                    ]])
 ]
 
 train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+    _delete_=True,
+    _scope_='mmdet',
+    type='IterBasedTrainLoop',
+    max_iters=max_iters,
     val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50,
-         end=max_iters, eta_min=1e-5)
+    dict(
+        _scope_='mmdet',
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=False,
+        begin=0,
+        end=50),
+    dict(
+        _scope_='mmdet',
+        type='CosineAnnealingLR',
+        by_epoch=False,
+        begin=50,
+        end=max_iters,
+        eta_min=1e-5)
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
-                     clip_grad=dict(max_norm=10.))
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.))
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))

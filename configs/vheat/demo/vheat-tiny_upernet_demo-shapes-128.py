@@ -67,13 +67,27 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+    _delete_=True,
+    _scope_='mmseg',
+    type='IterBasedTrainLoop',
+    max_iters=max_iters,
     val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=30),
-    dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=30,
-         end=max_iters)
+    dict(
+        _scope_='mmseg',
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=False,
+        begin=0,
+        end=30),
+    dict(
+        _scope_='mmseg',
+        type='PolyLR',
+        power=1.0,
+        eta_min=0.,
+        by_epoch=False,
+        begin=30,
+        end=max_iters)
 ]
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
 default_hooks = dict(
