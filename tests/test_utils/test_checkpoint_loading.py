@@ -360,7 +360,7 @@ def test_checkpoint_needs_mmvheat_without_it(trained, tmp_path):
 
 def test_mmvheat_converted_checkpoint_loads(reference_dir, tmp_path,
                                             unchanged_process):
-    from mmvheat.utils.convert_vheat import convert_published_vheat
+    from mmvheat.converters import convert_published_vheat
     from mmvheat.utils.io import save_checkpoint_atomic
     with open(osp.join(reference_dir,
                        'vheat_official_state_dict_shapes.json')) as f:
