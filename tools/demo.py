@@ -31,18 +31,20 @@ from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.runner import save_checkpoint  # noqa: E402
 
 from mmvheat.apis import runner_utils  # noqa: E402
-from mmvheat.datasets import TASK_DIRS, make_demo_data  # noqa: E402
+from mmvheat.demo import TASK_DIRS, make_demo_data  # noqa: E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASKS = {
-    'det': dict(
+    'det':
+    dict(
         config='configs/vheat/demo/mask-rcnn_vheat-t_fpn_demo-shapes-128.py',
         data='det',
         metrics=[('coco/bbox_mAP', 'bbox mAP'),
                  ('coco/bbox_mAP_50', 'bbox mAP@50'),
                  ('coco/segm_mAP', 'segm mAP'),
                  ('coco/segm_mAP_50', 'segm mAP@50')]),
-    'seg': dict(
+    'seg':
+    dict(
         config='configs/vheat/demo/vheat-tiny_upernet_demo-shapes-128.py',
         data='seg',
         metrics=[('mIoU', 'mIoU'), ('aAcc', 'aAcc')]),
@@ -130,13 +132,13 @@ def run_task(name, args):
 
     banner(f'[{name}] test the trained model')
     results['trained'] = runner_utils.test(
-        command('tools/test.py', config, checkpoint, '--work-dir',
-                work_dir, *cfg_options)[1:])
+        command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
+                *cfg_options)[1:])
 
     banner(f'[{name}] test the trained model with test-time augmentation')
     results['trained + TTA'] = runner_utils.test(
-        command('tools/test.py', config, checkpoint, '--work-dir',
-                work_dir, '--tta', *cfg_options)[1:])
+        command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
+                '--tta', *cfg_options)[1:])
     return results
 
 
@@ -147,8 +149,7 @@ def main(argv=None):
 
     banner('Generate the demo datasets')
     command('python', 'tools/dataset_converters/make_demo_data.py', '--out',
-            args.data_root, '--tasks',
-            *[TASKS[t]['data'] for t in args.tasks])
+            args.data_root, '--tasks', *[TASKS[t]['data'] for t in args.tasks])
     make_demo_data(
         out=args.data_root,
         tasks=[TASKS[t]['data'] for t in args.tasks],
@@ -168,8 +169,8 @@ def main(argv=None):
         print(f'  {"":<15}' + ''.join(f'{label:>13}' for _, label in metrics))
         for run in ('untrained', 'trained', 'trained + TTA'):
             values = summary[name][run] or {}
-            print(f'  {run:<15}' + ''.join(
-                f'{values.get(key, 0.0):>13.3f}' for key, _ in metrics))
+            print(f'  {run:<15}' + ''.join(f'{values.get(key, 0.0):>13.3f}'
+                                           for key, _ in metrics))
     if args.summary:
         with open(args.summary, 'w') as f:
             json.dump(summary, f, indent=2, default=float)
