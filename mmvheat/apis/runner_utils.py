@@ -48,7 +48,7 @@ import mmvheat  # noqa: F401  (first: torch.load and torchvision)
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
-from mmvheat.utils.compat import mmcv_ops_in_float32_under_cpu_autocast
+from mmvheat.engine import mmcv_ops_in_float32_under_cpu_autocast
 
 __all__ = [
     'LIBRARIES', 'detect_library', 'register_library', 'train_parser',
