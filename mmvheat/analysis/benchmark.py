@@ -22,8 +22,10 @@ so the *ratios* are the result; absolute times on CPU are informative only.
   step (forward, cross-entropy, backward, AdamW step): images/s, throughput
   ratio to the baseline model (the first one), peak memory, FLOPs per image
   (MACs, fvcore/mmengine convention like the papers, HCO counted right; see
-  :mod:`mmvheat.utils.flops`) and params. ``vheat-t-pub`` etc. run the same
-  weights through the published dataflow (NCHW, conv1d DCTs).
+  :mod:`mmvheat.analysis.flops`) and params. Inference runs the models
+  switched to deploy mode (:func:`mmvheat.models.switch_to_deploy`).
+  ``vheat-t-pub`` etc. run the same weights through the published dataflow
+  (NCHW, conv1d DCTs; :mod:`mmvheat.analysis.published`).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during the timed calls
 minus what was allocated before, plus the model's own parameters, buffers
@@ -31,47 +33,34 @@ minus what was allocated before, plus the model's own parameters, buffers
 in the CSV): the process RSS high-water mark is shared by all the models of
 a run and cannot attribute a peak to one of them.
 
-Outputs: ``OUT/benchmark_models.csv``, ``OUT/benchmark_ops.csv``,
-``OUT/benchmark_op_exponents.csv``, ``OUT/benchmark.png`` (throughput, peak
-memory and FLOPs against resolution, one line per model and mode, in the
-style of the paper's Figure 1) and a printed table.
-
-GPU (defaults)::
-
-    python tools/analysis_tools/benchmark.py --out-dir work_dirs/benchmark
-
-CPU (small settings)::
-
-    python tools/analysis_tools/benchmark.py --device cpu \\
-        --models vheat-t swin-t mpvit-t --resolutions 224 384 \\
-        --batch-size 4 --mode infer --repeats 3 --op-batch-size 1
+``tools/analysis_tools/benchmark.py`` is the command line; it writes the
+CSV files, the plot and the tables.
 """
-import argparse
 import csv
 import math
-import os
-import os.path as osp
 import statistics
-import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
-sys.path.insert(0, _ROOT)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from mmvheat.models import switch_to_deploy
+from mmvheat.ops import dct_basis, spectral_filter_reference
+from .flops import hco_macs, model_complexity
+from .published import conv1d_spectral_filter, published_forward
 
-import mmvheat  # noqa: E402,F401  (registers before mmpretrain)
-from mmvheat.ops import dct_basis, spectral_filter_reference  # noqa: E402
-from mmvheat.utils.flops import hco_macs, model_complexity  # noqa: E402
+__all__ = [
+    'MODEL_NAMES', 'MODEL_COLUMNS', 'OP_COLUMNS', 'EXP_COLUMNS',
+    'run_round_robin', 'fit_exponent', 'benchmark_ops', 'benchmark_models',
+    'build_classifier', 'format_table', 'write_csv', 'plot'
+]
 
 VHEAT_T_DIMS = (96, 192, 384, 768)
 VHEAT_T_DEPTHS = (2, 2, 6, 2)
 
-# name -> (backbone cfg factory(res), out channels)
+# model name -> (backbone family, arch, channels of the last stage)
 _ARCHS = {
     'vheat-t': ('vheat', 'tiny', 768),
     'vheat-s': ('vheat', 'small', 768),
@@ -118,14 +107,17 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        'out of memory' in str(err).lower())
+    return isinstance(err,
+                      torch.cuda.OutOfMemoryError) or ('out of memory'
+                                                       in str(err).lower())
 
 
 class _Candidate:
     """A callable timed round-robin with the others of its group."""
 
-    def __init__(self, name: str, fn: Callable[[], None],
+    def __init__(self,
+                 name: str,
+                 fn: Callable[[], None],
                  extra_bytes: int = 0):
         self.name = name
         self.fn = fn
@@ -192,17 +184,21 @@ def _fmt(v, spec='.3g'):
     return format(v, spec) if isinstance(v, float) else str(v)
 
 
-def print_table(rows: List[dict], columns: List[str], title: str):
+def format_table(rows: List[dict], columns: List[str], title: str) -> str:
+    """``rows`` as a text table under ``title``."""
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [
         max([len(c)] + [len(row[i]) for row in cells])
         for i, c in enumerate(columns)
     ]
-    print(f'\n{title}')
-    print(' | '.join(c.ljust(w) for c, w in zip(columns, widths)))
-    print('-+-'.join('-' * w for w in widths))
-    for row in cells:
-        print(' | '.join(v.ljust(w) for v, w in zip(row, widths)))
+    lines = [
+        f'\n{title}', ' | '.join(c.ljust(w) for c, w in zip(columns, widths)),
+        '-+-'.join('-' * w for w in widths)
+    ]
+    lines += [
+        ' | '.join(v.ljust(w) for v, w in zip(row, widths)) for row in cells
+    ]
+    return '\n'.join(lines)
 
 
 def write_csv(path: str, rows: List[dict], columns: List[str]):
@@ -211,20 +207,16 @@ def write_csv(path: str, rows: List[dict], columns: List[str]):
         writer.writeheader()
         for r in rows:
             writer.writerow({
-                c: ('' if r.get(c) is None or
-                    (isinstance(r.get(c), float) and math.isnan(r[c])) else
-                    r[c])
+                c:
+                ('' if r.get(c) is None or
+                 (isinstance(r.get(c), float) and math.isnan(r[c])) else r[c])
                 for c in columns
             })
 
 
 # ---------------------------------------------------------------- op level
-def conv1d_spectral_filter(x, transfer):
-    from published_formulation import conv1d_spectral_filter as f
-    return f(x, transfer)
-
-
-def _op_impls(device: torch.device) -> Dict[str, Optional[Callable]]:
+def _op_impls(device: torch.device,
+              notes: List[str]) -> Dict[str, Optional[Callable]]:
     impls: Dict[str, Optional[Callable]] = {
         'reference': spectral_filter_reference,
         'triton': None,
@@ -235,7 +227,10 @@ def _op_impls(device: torch.device) -> Dict[str, Optional[Callable]]:
             from mmvheat.ops.triton_hco import spectral_filter_triton
             impls['triton'] = spectral_filter_triton
         except ImportError as e:
-            print(f'note: Triton kernel unavailable ({e}); skipped')
+            notes.append(f'Triton kernel unavailable ({e}); skipped')
+    else:
+        notes.append('fused Triton kernel rows skipped on CPU (Triton needs '
+                     'CUDA; its interpreter is not a benchmark)')
     return impls
 
 
@@ -244,23 +239,49 @@ def _max_rel_err(out: torch.Tensor, exact: torch.Tensor) -> float:
     return ((out.float() - exact).abs().max() / exact.abs().max()).item()
 
 
-def benchmark_ops(args, device) -> (List[dict], List[dict]):
-    dtype = _dtype(args.dtype)
-    impls = _op_impls(device)
-    if impls['triton'] is None and device.type != 'cuda':
-        print('note: fused Triton kernel rows skipped on CPU (Triton needs '
-              'CUDA; its interpreter is not a benchmark)')
-    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
+def _modes(mode: str) -> List[str]:
+    return ['infer', 'train'] if mode == 'both' else [mode]
+
+
+def benchmark_ops(device: torch.device,
+                  resolutions: Sequence[int] = (224, 512, 1024),
+                  stages: Sequence[int] = (0, 1, 2, 3),
+                  batch_size: int = 64,
+                  mode: str = 'both',
+                  dtype: str = 'fp32',
+                  repeats: int = 10,
+                  warmup: int = 2) -> Tuple[List[dict], List[dict], List[str]]:
+    """Time the HCO implementations at vHeat-T's stage shapes.
+
+    Args:
+        device (torch.device): Where to run.
+        resolutions (Sequence[int]): Input resolutions of the network.
+        stages (Sequence[int]): Stages of vHeat-T whose shapes are timed.
+        batch_size (int): Images per call.
+        mode (str): ``'infer'``, ``'train'`` (forward and backward) or
+            ``'both'``.
+        dtype (str): ``'fp32'``, ``'bf16'`` or ``'fp16'``.
+        repeats (int): Timed calls per candidate.
+        warmup (int): Untimed calls per candidate first.
+
+    Returns:
+        tuple: the rows (:data:`OP_COLUMNS`), the fitted exponents
+        (:data:`EXP_COLUMNS`) and notes for the reader.
+    """
+    notes: List[str] = []
+    half = _dtype(dtype)
+    impls = _op_impls(device, notes)
+    modes = _modes(mode)
     rows = []
     for mode in modes:
-        for res in args.op_resolutions:
+        for res in resolutions:
             for stage, c in enumerate(VHEAT_T_DIMS):
-                if stage not in args.op_stages:
+                if stage not in stages:
                     continue
                 h = w = res // 4 // 2**stage
-                b = args.op_batch_size
+                b = batch_size
                 x32 = torch.randn(b, h, w, c, device=device)
-                x = x32 if dtype is None else x32.to(dtype)
+                x = x32 if half is None else x32.to(half)
                 transfer = torch.rand(h, w, c, device=device)
                 dct_basis(h, device, torch.float32)  # warm the basis cache
                 # What each implementation loses against float32 arithmetic
@@ -272,10 +293,11 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                 for name, fn in impls.items():
                     if fn is None:
                         continue
+
                     def call(fn=fn, name=name, x=x, t=transfer):
                         if name == 'published':
                             # F.conv1d, in the autocast dtype as published
-                            with _autocast(device, dtype):
+                            with _autocast(device, half):
                                 return fn(x.float(), t)
                         return fn(x, t)
 
@@ -295,53 +317,46 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                                 call()
 
                     cands.append(_Candidate(name, step))
-                run_round_robin(cands, args.repeats, args.warmup, device)
+                run_round_robin(cands, repeats, warmup, device)
                 times = {c.name: _median(c.times) for c in cands}
                 ref = times.get('reference', float('nan'))
                 macs = hco_macs(h, w, c, b) / 1e9
+                shape = dict(
+                    input_res=res,
+                    stage=stage,
+                    batch_size=b,
+                    H=h,
+                    W=w,
+                    C=c,
+                    N=h * w,
+                    mode=mode,
+                    dtype=dtype,
+                    device=device.type,
+                    gmacs=macs)
                 for cand in cands:
                     t = times[cand.name]
                     rows.append(
                         dict(
+                            shape,
                             impl=cand.name,
-                            input_res=res,
-                            stage=stage,
-                            batch_size=b,
-                            H=h,
-                            W=w,
-                            C=c,
-                            N=h * w,
-                            mode=mode,
-                            dtype=args.dtype,
-                            device=device.type,
                             median_ms=t * 1e3,
                             speedup_vs_reference=ref / t,
-                            gmacs=macs,
                             gmacs_per_s=macs / t,
                             max_rel_err=errors.get(cand.name),
                             status=cand.status))
                 if impls['triton'] is None:
                     rows.append(
                         dict(
-                            impl='triton',
-                            input_res=res,
-                            stage=stage,
-                            batch_size=b,
-                            H=h,
-                            W=w,
-                            C=c,
-                            N=h * w,
-                            mode=mode,
-                            dtype=args.dtype,
-                            device=device.type,
-                            gmacs=macs,
+                            shape, impl='triton',
                             status='skipped: needs CUDA'))
                 del x, x32, exact, transfer
     exps = []
     for mode in modes:
         for impl in impls:
-            sel = [r for r in rows if r['impl'] == impl and r['mode'] == mode
-                   and r['status'] == 'ok']
+            sel = [
+                r for r in rows if r['impl'] == impl and r['mode'] == mode
+                and r['status'] == 'ok'
+            ]
             for stage in sorted({r['stage'] for r in sel}):
                 pts = [r for r in sel if r['stage'] == stage]
                 exps.append(
@@ -357,8 +372,8 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
             by_res: Dict[int, float] = {}
             for r in sel:
                 by_res[r['input_res']] = by_res.get(
-                    r['input_res'], 0.) + r['median_ms'] * VHEAT_T_DEPTHS[
-                        r['stage']]
+                    r['input_res'],
+                    0.) + r['median_ms'] * VHEAT_T_DEPTHS[r['stage']]
             if by_res:
                 ns = [(res // 4)**2 for res in by_res]
                 exps.append(
@@ -369,7 +384,7 @@ def benchmark_ops(args, device) -> (List[dict], List[dict]):
                         mode=mode,
                         exponent=fit_exponent(ns, list(by_res.values())),
                         points=len(by_res)))
-    return rows, exps
+    return rows, exps, notes
 
 
 # ------------------------------------------------------------- model level
@@ -381,7 +396,6 @@ class _PublishedBackbone(nn.Module):
         self.vheat = vheat
 
     def forward(self, x):
-        from published_formulation import published_forward
         return published_forward(self.vheat, x)
 
 
@@ -409,8 +423,7 @@ def build_classifier(name: str, res: int) -> nn.Module:
             backbone=backbone,
             neck=dict(type='GlobalAveragePooling'),
             head=dict(
-                type='LinearClsHead', num_classes=1000,
-                in_channels=channels)))
+                type='LinearClsHead', num_classes=1000, in_channels=channels)))
     if published:
         model.backbone = _PublishedBackbone(model.backbone)
     return model
@@ -421,11 +434,12 @@ def _nbytes(tensors) -> int:
 
 
 def _flops(name: str, res: int, cache: dict):
+    from mmvheat.apis import TensorModeWrapper
     key = (name[:-4] if name.endswith('-pub') else name, res)
     if key not in cache:
         model = build_classifier(key[0], res)
         info = model_complexity(
-            _TensorMode(model),
+            TensorModeWrapper(model),
             torch.randn(1, 3, res, res),
             split_batch=True)
         cache[key] = (info['flops_per_image'] / 1e9,
@@ -433,52 +447,70 @@ def _flops(name: str, res: int, cache: dict):
     return cache[key]
 
 
-class _TensorMode(nn.Module):
+def benchmark_models(device: torch.device,
+                     models: Sequence[str],
+                     resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
+                     batch_size: int = 64,
+                     mode: str = 'both',
+                     dtype: str = 'fp32',
+                     repeats: int = 10,
+                     warmup: int = 2,
+                     flops: bool = True) -> Tuple[List[dict], List[str]]:
+    """Time ImageNet classifiers side by side; see the module doc.
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+    Args:
+        device (torch.device): Where to run.
+        models (Sequence[str]): Names from :data:`MODEL_NAMES`; the first
+            one is the baseline of the ratios.
+        resolutions (Sequence[int]): Input resolutions.
+        batch_size (int): Images per call.
+        mode (str): ``'infer'`` (eval, no gradients, deploy mode),
+            ``'train'`` (a training step) or ``'both'``.
+        dtype (str): ``'fp32'``, or ``'bf16'``/``'fp16'`` autocast.
+        repeats (int): Timed calls per model.
+        warmup (int): Untimed calls per model first.
+        flops (bool): Count FLOPs (jit tracing, slow on a CPU).
 
-    def forward(self, x):
-        return self.model(x, mode='tensor')
-
-
-def benchmark_models(args, device) -> List[dict]:
-    dtype = _dtype(args.dtype)
-    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
+    Returns:
+        tuple: the rows (:data:`MODEL_COLUMNS`) and notes for the reader.
+    """
+    half = _dtype(dtype)
+    notes: List[str] = []
     rows = []
     flop_cache: dict = {}
-    for res in args.resolutions:
+    modes = _modes(mode)
+    for res in resolutions:
         for mode in modes:
             cands = []
-            models = {}
-            for name in args.models:
+            built = {}
+            for name in models:
                 torch.manual_seed(0)
                 try:
                     model = build_classifier(name, res).to(device)
                 except Exception as e:  # noqa: BLE001
-                    print(f'warning: cannot build {name} at {res}: {e}')
+                    notes.append(f'cannot build {name} at {res}: {e}')
                     continue
-                models[name] = model
-                x = torch.randn(
-                    args.batch_size, 3, res, res, device=device)
+                built[name] = model
+                x = torch.randn(batch_size, 3, res, res, device=device)
                 extra = _nbytes(model.parameters()) + _nbytes(model.buffers())
                 if mode == 'infer':
                     model.eval()
+                    if not name.endswith('-pub'):
+                        switch_to_deploy(model)
 
                     def step(model=model, x=x):
-                        with torch.no_grad(), _autocast(device, dtype):
+                        with torch.no_grad(), _autocast(device, half):
                             model(x, mode='tensor')
                 else:
                     model.train()
                     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
                     labels = torch.randint(
-                        0, 1000, (args.batch_size, ), device=device)
+                        0, 1000, (batch_size, ), device=device)
                     extra *= 3  # params + AdamW exp_avg / exp_avg_sq (fp32)
                     extra += _nbytes(model.parameters())  # grads
 
                     def step(model=model, x=x, opt=opt, labels=labels):
-                        with _autocast(device, dtype):
+                        with _autocast(device, half):
                             logits = model(x, mode='tensor')
                         loss = F.cross_entropy(logits.float(), labels)
                         opt.zero_grad(set_to_none=True)
@@ -486,32 +518,33 @@ def benchmark_models(args, device) -> List[dict]:
                         opt.step()
 
                 cands.append(_Candidate(name, step, extra_bytes=extra))
-            run_round_robin(cands, args.repeats, args.warmup, device)
+            run_round_robin(cands, repeats, warmup, device)
             base = cands[0] if cands else None
             base_t = _median(base.times) if base else float('nan')
             for cand in cands:
                 t = _median(cand.times)
-                if args.no_flops:
-                    gflops = shared = float('nan')
-                    params = sum(p.numel() for p in models[cand.name]
-                                 .parameters()) / 1e6
+                if flops:
+                    gflops, shared, params = _flops(cand.name, res, flop_cache)
                 else:
-                    gflops, shared, params = _flops(cand.name, res,
-                                                    flop_cache)
-                peak = (cand.peak / 2**20 if cand.peak is not None else
-                        float('nan'))
-                base_peak = (base.peak / 2**20 if base.peak is not None else
-                             float('nan'))
+                    gflops = shared = float('nan')
+                    params = sum(p.numel()
+                                 for p in built[cand.name].parameters()) / 1e6
+                peak = (
+                    cand.peak /
+                    2**20 if cand.peak is not None else float('nan'))
+                base_peak = (
+                    base.peak /
+                    2**20 if base.peak is not None else float('nan'))
                 rows.append(
                     dict(
                         model=cand.name,
                         resolution=res,
-                        batch_size=args.batch_size,
+                        batch_size=batch_size,
                         mode=mode,
-                        dtype=args.dtype,
+                        dtype=dtype,
                         device=device.type,
                         median_ms=t * 1e3,
-                        images_per_s=args.batch_size / t,
+                        images_per_s=batch_size / t,
                         speedup_vs_baseline=base_t / t,
                         peak_mem_mb=peak,
                         mem_vs_baseline=peak / base_peak,
@@ -519,13 +552,15 @@ def benchmark_models(args, device) -> List[dict]:
                         gflops_shared=shared,
                         params_m=params,
                         status=cand.status))
-            del cands, models
+            del cands, built
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-    return rows
+    return rows, notes
 
 
 def plot(rows: List[dict], path: str, title: str = ''):
+    """Throughput, peak memory and FLOPs against resolution, one line per
+    model and mode (matplotlib)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -533,23 +568,26 @@ def plot(rows: List[dict], path: str, title: str = ''):
     panels = [('images_per_s', 'throughput (images/s)'),
               ('peak_mem_mb', 'peak memory (MiB)'),
               ('gflops_per_image', 'FLOPs per image (GMACs)')]
-    keys = sorted({(r['model'], r['mode']) for r in rows},
+    keys = sorted({(r['model'], r['mode'])
+                   for r in rows},
                   key=lambda k: (k[1], k[0]))
     for ax, (col, label) in zip(axes, panels):
         drawn = False
         for model, mode in keys:
             if col == 'gflops_per_image' and mode != keys[0][1]:
                 continue  # FLOPs do not depend on the mode
-            pts = sorted((r['resolution'], r[col]) for r in rows
-                         if r['model'] == model and r['mode'] == mode
-                         and r['status'] == 'ok' and r[col] is not None
-                         and not math.isnan(r[col]))
+            pts = sorted(
+                (r['resolution'], r[col]) for r in rows
+                if r['model'] == model and r['mode'] == mode and r['status'] ==
+                'ok' and r[col] is not None and not math.isnan(r[col]))
             if not pts:
                 continue
             style = '-' if mode == 'infer' else '--'
             lab = model if col == 'gflops_per_image' else f'{model} ({mode})'
             ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    style, marker='o', label=lab)
+                    style,
+                    marker='o',
+                    label=lab)
             drawn = True
         ax.set_xlabel('input resolution')
         ax.set_ylabel(label)
@@ -557,108 +595,14 @@ def plot(rows: List[dict], path: str, title: str = ''):
         if drawn:
             ax.legend(fontsize=7)
         else:
-            ax.text(.5, .5, 'n/a on this device', ha='center',
-                    transform=ax.transAxes)
+            ax.text(
+                .5,
+                .5,
+                'n/a on this device',
+                ha='center',
+                transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# --------------------------------------------------------------------- main
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description='vHeat vs Swin/MPViT and HCO benchmark',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split('Outputs:')[1])
-    p.add_argument(
-        '--models',
-        nargs='+',
-        default=['vheat-t', 'vheat-s', 'vheat-b', 'swin-t', 'swin-s',
-                 'swin-b', 'mpvit-s'],
-        choices=MODEL_NAMES,
-        help='the first one is the baseline of the ratios')
-    p.add_argument(
-        '--resolutions',
-        type=int,
-        nargs='+',
-        default=[224, 384, 512, 768, 1024])
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument(
-        '--mode', choices=['infer', 'train', 'both'], default='both')
-    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'],
-                   default='fp32')
-    g = p.add_mutually_exclusive_group()
-    g.add_argument('--op-only', action='store_true')
-    g.add_argument('--model-only', action='store_true')
-    p.add_argument('--op-resolutions', type=int, nargs='+',
-                   default=[224, 512, 1024])
-    p.add_argument('--op-stages', type=int, nargs='+', default=[0, 1, 2, 3])
-    p.add_argument('--op-batch-size', type=int, default=None,
-                   help='default: --batch-size')
-    p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--no-flops', action='store_true',
-                   help='skip the FLOP counts (jit tracing is slow on CPU)')
-    p.add_argument('--device', default=None,
-                   help='cuda (default when available) or cpu')
-    p.add_argument('--threads', type=int, default=None,
-                   help='torch.set_num_threads on CPU')
-    p.add_argument('--out-dir', default='work_dirs/benchmark')
-    args = p.parse_args(argv)
-    if args.op_batch_size is None:
-        args.op_batch_size = args.batch_size
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    device = torch.device(args.device or (
-        'cuda' if torch.cuda.is_available() else 'cpu'))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
-    where = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
-             f'cpu, {torch.get_num_threads()} threads')
-    print(f'device: {where}; dtype {args.dtype}; repeats {args.repeats} '
-          '(round-robin, median)')
-    if device.type != 'cuda':
-        print('note: peak memory is n/a on CPU (RSS high-water mark is '
-              'per process, not per model); absolute CPU times are '
-              'informative only, compare the ratios')
-    out = {}
-    if not args.model_only:
-        op_rows, exps = benchmark_ops(args, device)
-        write_csv(osp.join(args.out_dir, 'benchmark_ops.csv'), op_rows,
-                  OP_COLUMNS)
-        write_csv(osp.join(args.out_dir, 'benchmark_op_exponents.csv'), exps,
-                  EXP_COLUMNS)
-        print_table(op_rows, [
-            'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
-            'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
-        ], f'HCO op (batch {args.op_batch_size}; speedup = reference time '
-           '/ time; max_rel_err = max |y - y_fp32| / max |y_fp32| against '
-           'float32 arithmetic on the unrounded input)')
-        print_table(exps, EXP_COLUMNS,
-                    'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)')
-        out.update(ops=op_rows, exponents=exps)
-    if not args.op_only:
-        rows = benchmark_models(args, device)
-        write_csv(osp.join(args.out_dir, 'benchmark_models.csv'), rows,
-                  MODEL_COLUMNS)
-        plot(rows, osp.join(args.out_dir, 'benchmark.png'),
-             f'{where}, batch {args.batch_size}, {args.dtype}')
-        print_table(rows, [
-            'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
-            'speedup_vs_baseline', 'peak_mem_mb', 'mem_vs_baseline',
-            'gflops_per_image', 'params_m', 'status'
-        ], f'models (batch {args.batch_size}; speedup = baseline '
-           f'{args.models[0]} time / time)')
-        out['models'] = rows
-    print(f'\nwritten to {args.out_dir}')
-    return out
-
-
-if __name__ == '__main__':
-    main()

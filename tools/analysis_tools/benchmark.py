@@ -1,0 +1,164 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""Speed, memory and FLOPs of vHeat against Swin (and MPViT), and of the HCO.
+
+What is measured and how: :mod:`mmvheat.analysis.benchmark`. Candidates run
+side by side (interleaved, median of ``--repeats``), so the ratios are the
+result; absolute times on a CPU are informative only.
+
+Outputs: ``OUT/benchmark_models.csv``, ``OUT/benchmark_ops.csv``,
+``OUT/benchmark_op_exponents.csv``, ``OUT/benchmark.png`` (throughput, peak
+memory and FLOPs against resolution, one line per model and mode, in the
+style of the paper's Figure 1) and a printed table.
+
+GPU (defaults)::
+
+    python tools/analysis_tools/benchmark.py --out-dir work_dirs/benchmark
+
+CPU (small settings)::
+
+    python tools/analysis_tools/benchmark.py --device cpu \\
+        --models vheat-t swin-t mpvit-t --resolutions 224 384 \\
+        --batch-size 4 --mode infer --repeats 3 --op-batch-size 1
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+
+from mmvheat.analysis.benchmark import (EXP_COLUMNS, MODEL_COLUMNS,
+                                        MODEL_NAMES, OP_COLUMNS,
+                                        benchmark_models, benchmark_ops,
+                                        format_table, plot, write_csv)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description='vHeat vs Swin/MPViT and HCO benchmark',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('Outputs:')[1])
+    p.add_argument(
+        '--models',
+        nargs='+',
+        default=[
+            'vheat-t', 'vheat-s', 'vheat-b', 'swin-t', 'swin-s', 'swin-b',
+            'mpvit-s'
+        ],
+        choices=MODEL_NAMES,
+        help='the first one is the baseline of the ratios')
+    p.add_argument(
+        '--resolutions',
+        type=int,
+        nargs='+',
+        default=[224, 384, 512, 768, 1024])
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument(
+        '--mode', choices=['infer', 'train', 'both'], default='both')
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--op-only', action='store_true')
+    g.add_argument('--model-only', action='store_true')
+    p.add_argument(
+        '--op-resolutions', type=int, nargs='+', default=[224, 512, 1024])
+    p.add_argument('--op-stages', type=int, nargs='+', default=[0, 1, 2, 3])
+    p.add_argument(
+        '--op-batch-size',
+        type=int,
+        default=None,
+        help='default: --batch-size')
+    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument(
+        '--no-flops',
+        action='store_true',
+        help='skip the FLOP counts (jit tracing is slow on CPU)')
+    p.add_argument(
+        '--device', default=None, help='cuda (default when available) or cpu')
+    p.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch.set_num_threads on CPU')
+    p.add_argument('--out-dir', default='work_dirs/benchmark')
+    args = p.parse_args(argv)
+    if args.op_batch_size is None:
+        args.op_batch_size = args.batch_size
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(
+        args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    where = (
+        torch.cuda.get_device_name(device) if device.type == 'cuda' else
+        f'cpu, {torch.get_num_threads()} threads')
+    print(f'device: {where}; dtype {args.dtype}; repeats {args.repeats} '
+          '(round-robin, median)')
+    if device.type != 'cuda':
+        print('note: peak memory is n/a on CPU (RSS high-water mark is '
+              'per process, not per model); absolute CPU times are '
+              'informative only, compare the ratios')
+    timing = dict(
+        mode=args.mode,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup)
+    if not args.model_only:
+        op_rows, exps, notes = benchmark_ops(
+            device,
+            resolutions=args.op_resolutions,
+            stages=args.op_stages,
+            batch_size=args.op_batch_size,
+            **timing)
+        for note in notes:
+            print(f'note: {note}')
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_ops.csv'), op_rows, OP_COLUMNS)
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_op_exponents.csv'), exps,
+            EXP_COLUMNS)
+        title = (f'HCO op (batch {args.op_batch_size}; speedup = reference '
+                 'time / time; max_rel_err = max |y - y_fp32| / max '
+                 '|y_fp32| against float32 arithmetic on the unrounded '
+                 'input)')
+        print(
+            format_table(op_rows, [
+                'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
+                'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
+            ], title))
+        print(
+            format_table(
+                exps, EXP_COLUMNS,
+                'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)'))
+    if not args.op_only:
+        rows, notes = benchmark_models(
+            device,
+            args.models,
+            resolutions=args.resolutions,
+            batch_size=args.batch_size,
+            flops=not args.no_flops,
+            **timing)
+        for note in notes:
+            print(f'warning: {note}')
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_models.csv'), rows,
+            MODEL_COLUMNS)
+        plot(rows, osp.join(args.out_dir, 'benchmark.png'),
+             f'{where}, batch {args.batch_size}, {args.dtype}')
+        print(
+            format_table(
+                rows, [
+                    'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
+                    'speedup_vs_baseline', 'peak_mem_mb', 'mem_vs_baseline',
+                    'gflops_per_image', 'params_m', 'status'
+                ], f'models (batch {args.batch_size}; speedup = baseline '
+                f'{args.models[0]} time / time)'))
+    print(f'\nwritten to {args.out_dir}')
+
+
+if __name__ == '__main__':
+    main()

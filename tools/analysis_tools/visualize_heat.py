@@ -1,0 +1,124 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""Visualise how heat spreads in a vHeat backbone, its learned ``k`` and ERF.
+
+Writes three PNG figures to ``--out-dir`` (see :mod:`mmvheat.analysis.heat`):
+
+* ``impulse_response.png``: the response of each stage's heat operator to a
+  unit of heat at ``--source-pixel Y X`` (default the centre), mean over
+  channels;
+* ``frequency_k.png``: the learned ``k`` of each stage's first block on its
+  frequency grid at ``--size``, log colour scale;
+* ``erf.png``: the effective receptive field of the backbone's last output,
+  averaged over ``--img`` and random crops/flips of it (noise images without
+  ``--img``); with ``--compare-config`` (e.g. a Swin or MPViT config) the
+  second model's ERF is drawn beside vHeat's.
+
+Example::
+
+    python tools/analysis_tools/visualize_heat.py \\
+        configs/vheat/vheat-tiny_16xb128_in1k.py work_dirs/vheat_t.pth \\
+        --img demo/demo.jpg --out-dir work_dirs/heat_vis \\
+        --compare-config configs/swin/swin-tiny.py \\
+        --compare-checkpoint swin_t.pth
+
+``CHECKPOINT`` may be ``none`` (random initialisation). A checkpoint that
+does not fit the model is an error unless ``--non-strict``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+from mmvheat.analysis.heat import (effective_receptive_field, erf_inputs,
+                                   frequency_k, impulse_responses, plot_erf,
+                                   plot_impulse, plot_k)
+from mmvheat.apis import add_model_args, build_model, checkpoint_arg
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Visualise heat conduction in a vHeat backbone: impulse '
+        'responses, learned k in frequency space and the effective '
+        'receptive field')
+    add_model_args(parser)
+    parser.add_argument('--img', help='image for the ERF (default: noise)')
+    parser.add_argument('--out-dir', required=True, help='output folder')
+    parser.add_argument(
+        '--source-pixel',
+        nargs=2,
+        type=int,
+        metavar=('Y', 'X'),
+        help='heat source in input pixels (default: the centre)')
+    parser.add_argument(
+        '--compare-config', help='second model (e.g. Swin or MPViT) for ERF')
+    parser.add_argument(
+        '--compare-checkpoint',
+        default='none',
+        help="checkpoint of the compare model (default 'none')")
+    parser.add_argument(
+        '--size',
+        nargs=2,
+        type=int,
+        default=[224, 224],
+        metavar=('H', 'W'),
+        help='input size (default 224 224)')
+    parser.add_argument(
+        '--num-images',
+        type=int,
+        default=8,
+        help='images averaged for the ERF (default 8)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='cpu')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    size = tuple(args.size)
+    source = tuple(args.source_pixel) if args.source_pixel else (size[0] // 2,
+                                                                 size[1] // 2)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    strict = not args.non_strict
+    backbone = build_model(args.config, checkpoint_arg(args.checkpoint),
+                           args.cfg_options, args.device, strict).backbone
+    if not hasattr(backbone, 'stages') or not hasattr(backbone.stages[0],
+                                                      'heat_transfers'):
+        print(
+            f'error: {args.config} has no vHeat backbone (got '
+            f'{type(backbone).__name__})',
+            file=sys.stderr)
+        return 1
+
+    written = []
+    path = osp.join(args.out_dir, 'impulse_response.png')
+    plot_impulse(impulse_responses(backbone, size, source), source, size, path)
+    written.append(path)
+
+    path = osp.join(args.out_dir, 'frequency_k.png')
+    plot_k(frequency_k(backbone, size), path)
+    written.append(path)
+
+    inputs = erf_inputs(args.img, size, max(1, args.num_images), args.seed)
+    erfs = [effective_receptive_field(backbone, inputs)]
+    names = [type(backbone).__name__]
+    if args.compare_config:
+        other = build_model(args.compare_config,
+                            checkpoint_arg(args.compare_checkpoint), None,
+                            args.device, strict).backbone
+        erfs.append(effective_receptive_field(other, inputs))
+        names.append(type(other).__name__)
+    path = osp.join(args.out_dir, 'erf.png')
+    plot_erf(erfs, names, path)
+    written.append(path)
+
+    for path in written:
+        print(f'wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
