@@ -14,8 +14,7 @@ convolutional relative position encoding ``Q * dwconv(V)`` whose kernel size
 differs between groups of heads, and a convolutional position encoding
 before each block. The blocks of one encoder share both encodings.
 
-Written from the description of the architecture; the published code is not
-part of this project. Published checkpoints convert with
+Published checkpoints convert with
 ``tools/model_converters/mpvit_to_mmvheat.py``.
 """
 import copy

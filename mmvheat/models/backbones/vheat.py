@@ -451,7 +451,7 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     return module
 
 
-def _scaled(linear: nn.Linear, scale: Optional[Tensor]):
+def _scaled_weights(linear: nn.Linear, scale: Optional[Tensor]):
     """``linear``'s weight and bias with its outputs scaled by ``scale``."""
     if scale is None:
         return linear.weight, linear.bias
@@ -473,7 +473,7 @@ class FusedHeatConduction2d(HeatConduction2d):
         gate = fused_linear(x, weight_z, bias_z, activation='silu')
         return fused_linear(
             self.out_norm(u) * gate,
-            *_scaled(self.out_linear, scale),
+            *_scaled_weights(self.out_linear, scale),
             residual=residual)
 
 
@@ -489,7 +489,7 @@ class FusedMlp(Mlp):
         hidden = fused_linear(
             x, self.fc1.weight, self.fc1.bias, activation='gelu')
         return fused_linear(
-            hidden, *_scaled(self.fc2, scale), residual=residual)
+            hidden, *_scaled_weights(self.fc2, scale), residual=residual)
 
 
 class FusedHeatBlock(HeatBlock):
@@ -505,13 +505,14 @@ class FusedHeatBlock(HeatBlock):
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         if self.post_norm:
-            x = x + self._scaled(self.norm1(self.op(x, transfer)), self.gamma1)
-            return x + self._scaled(self.norm2(self.mlp(x)), self.gamma2)
+            x = x + self._scale_by(
+                self.norm1(self.op(x, transfer)), self.gamma1)
+            return x + self._scale_by(self.norm2(self.mlp(x)), self.gamma2)
         x = self.op(self.norm1(x), transfer, residual=x, scale=self.gamma1)
         return self.mlp(self.norm2(x), residual=x, scale=self.gamma2)
 
     @staticmethod
-    def _scaled(value: Tensor, gamma: Optional[Tensor]) -> Tensor:
+    def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:
         return value if gamma is None else value * gamma
 
 
