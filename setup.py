@@ -1,6 +1,5 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 import os.path as osp
-
 from setuptools import find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -41,8 +40,7 @@ def parse_requirements(fname):
             if line.startswith(('-r ', '--requirement ')):
                 included = line.split(None, 1)[1].strip()
                 requirements += parse_requirements(
-                    osp.relpath(
-                        osp.join(osp.dirname(path), included), HERE))
+                    osp.relpath(osp.join(osp.dirname(path), included), HERE))
             elif line.startswith('-'):
                 continue
             elif line not in requirements:
