@@ -30,7 +30,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.runner import save_checkpoint  # noqa: E402
 
-from mmvheat.apis import runner_utils  # noqa: E402
+from mmvheat import apis  # noqa: E402
 from mmvheat.demo import TASK_DIRS, make_demo_data  # noqa: E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -79,8 +79,8 @@ def save_untrained(config, cfg_options, path):
     """Initialise the config's model as training would and save it."""
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(cfg_options)
-    library = runner_utils.detect_library(cfg)
-    runner_utils.register_library(library)
+    library = apis.detect_library(cfg)
+    apis.register_library(library)
     from importlib import import_module
     models = import_module(f'{library}.registry').MODELS
     with DefaultScope.overwrite_default_scope(library):
@@ -120,23 +120,23 @@ def run_task(name, args):
     banner(f'[{name}] evaluate the untrained model (baseline)')
     untrained = osp.join(work_dir, 'untrained.pth')
     save_untrained(config, dict(o.split('=', 1) for o in options), untrained)
-    results['untrained'] = runner_utils.test(
+    results['untrained'] = apis.test(
         command('tools/test.py', config, untrained, '--work-dir',
                 osp.join(work_dir, 'untrained'), *cfg_options)[1:])
 
     banner(f'[{name}] train')
-    runner = runner_utils.train(
+    runner = apis.train(
         command('tools/train.py', config, '--work-dir', work_dir,
                 *cfg_options)[1:])
     checkpoint = osp.join(work_dir, f'iter_{runner.iter}.pth')
 
     banner(f'[{name}] test the trained model')
-    results['trained'] = runner_utils.test(
+    results['trained'] = apis.test(
         command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
                 *cfg_options)[1:])
 
     banner(f'[{name}] test the trained model with test-time augmentation')
-    results['trained + TTA'] = runner_utils.test(
+    results['trained + TTA'] = apis.test(
         command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
                 '--tta', *cfg_options)[1:])
     return results
