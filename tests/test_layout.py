@@ -12,9 +12,11 @@ import textwrap
 import mmvheat
 
 PACKAGE_DIR = osp.dirname(mmvheat.__file__)
-#: The rooms, bottom up: a module may import its own room and rooms below.
+#: The rooms, bottom up: a module may import its own room and rooms below
+#: (``mim`` is the ``mmvheat::`` config prefix, ``converters`` the
+#: checkpoint conversion).
 ROOMS = [
-    'version', 'utils', 'ops', 'registry', 'models', 'engine', 'apis',
+    'version', 'mim', 'utils', 'ops', 'registry', 'models', 'engine', 'apis',
     'converters', 'demo', 'analysis'
 ]
 #: (module, room it may import although the room is above it): why.
