@@ -3,7 +3,6 @@ import os
 import os.path as osp
 import shutil
 import warnings
-
 from setuptools import find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -47,8 +46,7 @@ def parse_requirements(fname):
             if line.startswith(('-r ', '--requirement ')):
                 included = line.split(None, 1)[1].strip()
                 requirements += parse_requirements(
-                    osp.relpath(
-                        osp.join(osp.dirname(path), included), HERE))
+                    osp.relpath(osp.join(osp.dirname(path), included), HERE))
             elif line.startswith('-'):
                 continue
             elif line not in requirements:

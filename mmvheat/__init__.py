@@ -1,10 +1,11 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """mmvheat: physics-inspired vision backbones for OpenMMLab."""
 from .mim import register_config_prefix
-from .utils.compat import allow_torchvision_without_ops, check_mm_versions
+from .utils.compat import allow_torchvision_without_ops
+from .utils.versions import check_mmengine_version
 from .version import __version__, version_info
 
-check_mm_versions()
+check_mmengine_version()
 # After the version check: it imports mmengine's HistoryBuffer.
 from .utils.checkpoint_loading import allow_mmengine_checkpoints  # noqa: E402
 
@@ -12,7 +13,7 @@ allow_mmengine_checkpoints()
 allow_torchvision_without_ops()
 register_config_prefix()  # _base_ = 'mmvheat::...'
 
-from .registry import MODELS  # noqa: E402
 from . import engine, models  # noqa: E402,F401
+from .registry import MODELS  # noqa: E402
 
 __all__ = ['__version__', 'version_info', 'MODELS']

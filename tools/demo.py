@@ -30,19 +30,21 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.runner import save_checkpoint  # noqa: E402
 
-from mmvheat.apis import runner_utils  # noqa: E402
-from mmvheat.datasets import TASK_DIRS, make_demo_data  # noqa: E402
+from mmvheat import apis  # noqa: E402
+from mmvheat.demo import TASK_DIRS, make_demo_data  # noqa: E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASKS = {
-    'det': dict(
+    'det':
+    dict(
         config='configs/vheat/demo/mask-rcnn_vheat-t_fpn_demo-shapes-128.py',
         data='det',
         metrics=[('coco/bbox_mAP', 'bbox mAP'),
                  ('coco/bbox_mAP_50', 'bbox mAP@50'),
                  ('coco/segm_mAP', 'segm mAP'),
                  ('coco/segm_mAP_50', 'segm mAP@50')]),
-    'seg': dict(
+    'seg':
+    dict(
         config='configs/vheat/demo/vheat-tiny_upernet_demo-shapes-128.py',
         data='seg',
         metrics=[('mIoU', 'mIoU'), ('aAcc', 'aAcc')]),
@@ -77,8 +79,8 @@ def save_untrained(config, cfg_options, path):
     """Initialise the config's model as training would and save it."""
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(cfg_options)
-    library = runner_utils.detect_library(cfg)
-    runner_utils.register_library(library)
+    library = apis.detect_library(cfg)
+    apis.register_library(library)
     from importlib import import_module
     models = import_module(f'{library}.registry').MODELS
     with DefaultScope.overwrite_default_scope(library):
@@ -118,25 +120,25 @@ def run_task(name, args):
     banner(f'[{name}] evaluate the untrained model (baseline)')
     untrained = osp.join(work_dir, 'untrained.pth')
     save_untrained(config, dict(o.split('=', 1) for o in options), untrained)
-    results['untrained'] = runner_utils.test(
+    results['untrained'] = apis.test(
         command('tools/test.py', config, untrained, '--work-dir',
                 osp.join(work_dir, 'untrained'), *cfg_options)[1:])
 
     banner(f'[{name}] train')
-    runner = runner_utils.train(
+    runner = apis.train(
         command('tools/train.py', config, '--work-dir', work_dir,
                 *cfg_options)[1:])
     checkpoint = osp.join(work_dir, f'iter_{runner.iter}.pth')
 
     banner(f'[{name}] test the trained model')
-    results['trained'] = runner_utils.test(
-        command('tools/test.py', config, checkpoint, '--work-dir',
-                work_dir, *cfg_options)[1:])
+    results['trained'] = apis.test(
+        command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
+                *cfg_options)[1:])
 
     banner(f'[{name}] test the trained model with test-time augmentation')
-    results['trained + TTA'] = runner_utils.test(
-        command('tools/test.py', config, checkpoint, '--work-dir',
-                work_dir, '--tta', *cfg_options)[1:])
+    results['trained + TTA'] = apis.test(
+        command('tools/test.py', config, checkpoint, '--work-dir', work_dir,
+                '--tta', *cfg_options)[1:])
     return results
 
 
@@ -147,8 +149,7 @@ def main(argv=None):
 
     banner('Generate the demo datasets')
     command('python', 'tools/dataset_converters/make_demo_data.py', '--out',
-            args.data_root, '--tasks',
-            *[TASKS[t]['data'] for t in args.tasks])
+            args.data_root, '--tasks', *[TASKS[t]['data'] for t in args.tasks])
     make_demo_data(
         out=args.data_root,
         tasks=[TASKS[t]['data'] for t in args.tasks],
@@ -168,8 +169,8 @@ def main(argv=None):
         print(f'  {"":<15}' + ''.join(f'{label:>13}' for _, label in metrics))
         for run in ('untrained', 'trained', 'trained + TTA'):
             values = summary[name][run] or {}
-            print(f'  {run:<15}' + ''.join(
-                f'{values.get(key, 0.0):>13.3f}' for key, _ in metrics))
+            print(f'  {run:<15}' + ''.join(f'{values.get(key, 0.0):>13.3f}'
+                                           for key, _ in metrics))
     if args.summary:
         with open(args.summary, 'w') as f:
             json.dump(summary, f, indent=2, default=float)

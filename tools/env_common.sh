@@ -36,6 +36,8 @@ mmvheat_die() {
 # mmvheat_setup_and_exec TAG PY_ARG... -- [SETUP_OPTION...] [-- EXTRA_ARG...]
 # Runs tools/setup_env.sh with SETUP_OPTIONs, then, from the repository root,
 # replaces the shell with: $PY PY_ARG... EXTRA_ARG...
+# With MMVHEAT_LINT=1 it runs tools/lint.sh first and, when that fails, still
+# runs the command but exits non-zero.
 mmvheat_setup_and_exec() {
     local tag="$1"
     shift
@@ -59,6 +61,15 @@ mmvheat_setup_and_exec() {
 
     mmvheat_resolve_env
     cd "$MMVHEAT_ROOT"
+    if [ "${MMVHEAT_LINT:-0}" = 1 ]; then
+        echo "[$tag] bash tools/lint.sh"
+        if ! PYTHON="$PY" bash "$MMVHEAT_ROOT/tools/lint.sh"; then
+            echo "[$tag] $PY ${py_args[*]} ${extra_args[*]}"
+            "$PY" "${py_args[@]}" ${extra_args[@]+"${extra_args[@]}"} || true
+            echo "[$tag] lint failed (see above)" >&2
+            exit 1
+        fi
+    fi
     echo "[$tag] $PY ${py_args[*]} ${extra_args[*]}"
     exec "$PY" "${py_args[@]}" ${extra_args[@]+"${extra_args[@]}"}
 }

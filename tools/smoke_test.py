@@ -8,9 +8,10 @@ import argparse
 import os.path as osp
 import time
 
-import mmvheat  # noqa: F401  (first: prepares torch.load and torchvision)
 import numpy as np
 import torch
+
+import mmvheat  # noqa: F401  (before mmdet: torch.load and torchvision)
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIG = osp.join(PROJECT_ROOT, 'configs', 'vheat',
@@ -20,10 +21,15 @@ DEFAULT_CONFIG = osp.join(PROJECT_ROOT, 'configs', 'vheat',
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--config', default=DEFAULT_CONFIG)
-    parser.add_argument('--size', type=int, nargs=2, default=(384, 512),
-                        metavar=('H', 'W'), help='image size')
-    parser.add_argument('--device', default='cuda'
-                        if torch.cuda.is_available() else 'cpu')
+    parser.add_argument(
+        '--size',
+        type=int,
+        nargs=2,
+        default=(384, 512),
+        metavar=('H', 'W'),
+        help='image size')
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args(argv)
 
 
@@ -33,8 +39,8 @@ def synthetic_scene(height, width, seed=0):
     image = rng.integers(60, 120, size=(height, width, 3), dtype=np.uint8)
     boxes, masks = [], []
     for _ in range(3):
-        h, w = rng.integers(height // 6, height // 3), rng.integers(
-            width // 6, width // 3)
+        h, w = rng.integers(height // 6,
+                            height // 3), rng.integers(width // 6, width // 3)
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
         image[y:y + h, x:x + w] = rng.integers(150, 255, size=3)
         mask = np.zeros((height, width), dtype=np.uint8)
@@ -65,9 +71,12 @@ def main(argv=None):
 
     height, width = args.size
     image, boxes, masks = synthetic_scene(height, width)
-    sample = DetDataSample(metainfo=dict(
-        img_shape=(height, width), ori_shape=(height, width),
-        pad_shape=(height, width), scale_factor=(1., 1.)))
+    sample = DetDataSample(
+        metainfo=dict(
+            img_shape=(height, width),
+            ori_shape=(height, width),
+            pad_shape=(height, width),
+            scale_factor=(1., 1.)))
     sample.gt_instances = InstanceData(
         bboxes=torch.from_numpy(boxes),
         labels=torch.arange(len(boxes)),

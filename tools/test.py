@@ -8,16 +8,7 @@ default_scope says which library. Flags as the libraries' own tools/test.py:
 
 See mmvheat/apis/runner_utils.py.
 """
-import os.path as osp
-import sys
-
-try:
-    import mmvheat  # noqa: F401  (first: before mmpretrain, torchvision)
-except ImportError:  # not installed: this checkout
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import mmvheat  # noqa: F401
-
-from mmvheat.apis import test  # noqa: E402
+from mmvheat.apis import run_cli, test
 
 if __name__ == '__main__':
-    test()
+    run_cli(test)

@@ -7,7 +7,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
-from mmvheat.utils.compat import mmcv_ops_in_float32_under_cpu_autocast
+from .mmcv_autocast import mmcv_ops_in_float32_under_cpu_autocast
 
 __all__ = ['CPUAmpOptimWrapper']
 
@@ -28,7 +28,7 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
     The heat conduction operator accumulates in float32 either way, and
     mmcv's compiled ops (NMS, RoIAlign, ...), which have float32 CPU kernels
     only, are run in float32 (see
-    :func:`mmvheat.utils.compat.mmcv_ops_in_float32_under_cpu_autocast`).
+    :func:`mmvheat.engine.mmcv_ops_in_float32_under_cpu_autocast`).
 
     Args:
         dtype (str | torch.dtype): ``'bfloat16'`` or ``'float16'``.

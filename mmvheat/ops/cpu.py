@@ -4,11 +4,12 @@
 :func:`fused_linear` computes ``activation(x @ W.T + b) + residual`` in one
 call. When no gradient is needed and the map is a float32 CPU tensor, the
 activation or the residual add runs inside the oneDNN matrix multiply as a
-post-op (the fusion PyTorch's compiler uses on CPU), so the output is written
-once instead of being read and written again per elementwise step. Everywhere else -- under
-autograd, autocast, tracing or export, on other devices or dtypes, or with
-``torch.backends.mkldnn`` disabled -- it is ``F.linear`` followed by the
-same elementwise ops, so results agree to float32 rounding either way.
+post-op (the fusion PyTorch's compiler uses on CPU), so the output is
+written once instead of being read and written again per elementwise step.
+Everywhere else -- under autograd, autocast, tracing or export, on other
+devices or dtypes, or with ``torch.backends.mkldnn`` disabled -- it is
+``F.linear`` followed by the same elementwise ops, so results agree to
+float32 rounding either way.
 
 :func:`cpu_sub_batch_size` says how many images of a batch to process at a
 time so that a piece of work stays within the CPU caches: large maps
@@ -55,8 +56,7 @@ def is_capturing_graph() -> bool:
     return compiler is not None and compiler.is_compiling()
 
 
-def _onednn_applies(x: Tensor, weight: Tensor,
-                    bias: Optional[Tensor]) -> bool:
+def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether the fused oneDNN call computes the same as the eager ops."""
     if _ONEDNN_OPS is None or x.device.type != 'cpu':
         return False

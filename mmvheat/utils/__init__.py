@@ -1,5 +1,4 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-from .freq_embed import pad_freq_embed, resize_freq_embed
 from .io import (ByteProgress, OutputWriteError, ToolError, UsageError,
                  atomic_write, check_output_is_not_input, first_line,
                  run_tool, save_checkpoint_atomic)
@@ -9,3 +8,12 @@ __all__ = [
     'save_checkpoint_atomic', 'check_output_is_not_input', 'first_line',
     'run_tool', 'ByteProgress', 'ToolError', 'UsageError', 'OutputWriteError'
 ]
+
+
+def __getattr__(name):
+    # The freq_embed resampler moved to the model layers; importing it
+    # here lazily keeps ``import mmvheat.utils`` free of the models.
+    if name in ('resize_freq_embed', 'pad_freq_embed'):
+        from . import freq_embed
+        return getattr(freq_embed, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -18,8 +18,10 @@ def test_predictions_to_float32():
         scores=torch.tensor([0.5], dtype=torch.float16),
         labels=torch.tensor([2]),
         masks=torch.ones(1, 3, 3, dtype=torch.bool))
-    sample = BaseDataElement(metainfo=dict(img_id=7), pred_instances=instances,
-                             logits=torch.zeros(3, dtype=torch.float64))
+    sample = BaseDataElement(
+        metainfo=dict(img_id=7),
+        pred_instances=instances,
+        logits=torch.zeros(3, dtype=torch.float64))
     out = predictions_to_float32([sample, {'x': (torch.ones(2).half(), )}])
     assert out[0] is sample  # data elements are updated in place
     pred = sample.pred_instances

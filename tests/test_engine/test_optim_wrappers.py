@@ -7,8 +7,12 @@ from torch import nn
 from mmvheat.engine import CPUAmpOptimWrapper
 from mmvheat.models import VHeat
 
-ARCH = dict(depths=[1, 1, 1, 1], dims=8, post_norm=False, layer_scale=None,
-            mlp_ratio=2.)
+ARCH = dict(
+    depths=[1, 1, 1, 1],
+    dims=8,
+    post_norm=False,
+    layer_scale=None,
+    mlp_ratio=2.)
 
 
 def test_registered_in_mmengine_root():
@@ -29,8 +33,9 @@ def test_bad_loss_scale():
             dtype='float16', loss_scale='static', optimizer=optimizer)
 
 
-@pytest.mark.parametrize('loss_scale, init_scale', [
-    ('dynamic', 2.**16), (512., 512.), (dict(init_scale=64.), 64.)])
+@pytest.mark.parametrize('loss_scale, init_scale',
+                         [('dynamic', 2.**16), (512., 512.),
+                          (dict(init_scale=64.), 64.)])
 def test_float16_scales_the_loss(loss_scale, init_scale):
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     wrapper = CPUAmpOptimWrapper(
@@ -60,7 +65,8 @@ def test_float16_skips_steps_with_overflowing_gradients():
     layer = nn.Linear(2, 2)
     before = layer.weight.detach().clone()
     wrapper = CPUAmpOptimWrapper(
-        dtype='float16', loss_scale=dict(init_scale=2.**10),
+        dtype='float16',
+        loss_scale=dict(init_scale=2.**10),
         optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
     with wrapper.optim_context(layer):
         loss = layer(torch.full((1, 2), float('inf'))).float().sum()
@@ -72,7 +78,8 @@ def test_float16_skips_steps_with_overflowing_gradients():
 def test_float16_fixed_loss_scale_stays():
     layer = nn.Linear(2, 2)
     wrapper = CPUAmpOptimWrapper(
-        dtype='float16', loss_scale=2.**10,
+        dtype='float16',
+        loss_scale=2.**10,
         optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
     for value in (float('inf'), 1.):
         with wrapper.optim_context(layer):
@@ -87,18 +94,19 @@ def test_training_steps_in_half_precision_stay_finite(dtype):
     model = VHeat(ARCH, img_size=32, out_indices=(0, 1, 2, 3))
     model.train()
     wrapper = CPUAmpOptimWrapper(
-        dtype=dtype,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+        dtype=dtype, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
     x = torch.randn(2, 3, 64, 48)
-    target = [torch.randn(2, c, 64 // s, 48 // s)
-              for c, s in zip(model.out_channels, model.out_strides)]
+    target = [
+        torch.randn(2, c, 64 // s, 48 // s)
+        for c, s in zip(model.out_channels, model.out_strides)
+    ]
     losses = []
     for _ in range(5):
         with wrapper.optim_context(model):
             outs = model(x)
             assert all(o.dtype == dtype for o in outs)
-            loss = sum(((o.float() - t)**2).mean()
-                       for o, t in zip(outs, target))
+            loss = sum(
+                ((o.float() - t)**2).mean() for o, t in zip(outs, target))
         wrapper.update_params(loss)
         losses.append(loss.item())
         assert all(torch.isfinite(p).all() for p in model.parameters())

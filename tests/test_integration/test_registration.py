@@ -11,18 +11,22 @@ import sys
 import textwrap
 from importlib.util import find_spec
 
-import mmvheat  # noqa: F401  (before mmpretrain)
 import pytest
 import torch
 from mmengine import Config
 from mmengine.registry import DefaultScope
 
+import mmvheat  # noqa: F401  (before mmpretrain)
 import mmvheat.registry
 from mmvheat.models import VHeat
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SMALL_ARCH = dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
-                  layer_scale=None, mlp_ratio=2.)
+SMALL_ARCH = dict(
+    depths=[1, 1, 1, 1],
+    dims=16,
+    post_norm=False,
+    layer_scale=None,
+    mlp_ratio=2.)
 LIBRARIES = ['mmdet', 'mmseg', 'mmpretrain']
 DET_BASE = 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 SEG_BASE = 'upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
@@ -78,13 +82,16 @@ def test_build_from_library_registry(library, type_name):
     with DefaultScope.overwrite_default_scope(library):
         assert registry.get(type_name) is VHeat
         backbone = registry.build(
-            dict(type=type_name, arch=SMALL_ARCH, img_size=64,
-                 out_indices=(0, 1, 2, 3)))
+            dict(
+                type=type_name,
+                arch=SMALL_ARCH,
+                img_size=64,
+                out_indices=(0, 1, 2, 3)))
     assert type(backbone) is VHeat
     assert backbone.out_channels == (16, 32, 64, 128)
     outs = backbone(torch.rand(1, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 16), (1, 32, 8, 8),
-                                             (1, 64, 4, 4), (1, 128, 2, 2)]
+                                              (1, 64, 4, 4), (1, 128, 2, 2)]
 
 
 # -- a fresh interpreter, outside the repository -----------------------------
@@ -170,8 +177,11 @@ def _run_outside_repo(tmp_path, source):
         [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
     env['OMP_NUM_THREADS'] = '1'
     proc = subprocess.run([sys.executable, 'build_detector.py'],
-                          cwd=str(tmp_path), env=env, capture_output=True,
-                          text=True, timeout=300)
+                          cwd=str(tmp_path),
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     return proc
 
 
@@ -181,16 +191,19 @@ def _assert_built(proc):
 
 
 def test_custom_imports_plain_type_fresh_interpreter(tmp_path):
-    _assert_built(_run_outside_repo(
-        tmp_path, _CUSTOM_IMPORTS_SCRIPT.format(arch=SMALL_ARCH,
-                                                model=_RETINANET)))
+    _assert_built(
+        _run_outside_repo(
+            tmp_path,
+            _CUSTOM_IMPORTS_SCRIPT.format(arch=SMALL_ARCH, model=_RETINANET)))
 
 
 def test_scoped_type_fresh_interpreter_without_mmpretrain(tmp_path):
     """``type='mmvheat.VHeat'`` alone, nothing imports mmvheat beforehand."""
-    _assert_built(_run_outside_repo(
-        tmp_path, _SCOPED_SCRIPT.format(block_mmpretrain=True,
-                                        arch=SMALL_ARCH, model=_RETINANET)))
+    _assert_built(
+        _run_outside_repo(
+            tmp_path,
+            _SCOPED_SCRIPT.format(
+                block_mmpretrain=True, arch=SMALL_ARCH, model=_RETINANET)))
 
 
 def test_scoped_type_fresh_interpreter(tmp_path):
@@ -205,8 +218,9 @@ def test_scoped_type_fresh_interpreter(tmp_path):
     need ``custom_imports=dict(imports=['mmvheat'])``.
     """
     proc = _run_outside_repo(
-        tmp_path, _SCOPED_SCRIPT.format(block_mmpretrain=False,
-                                        arch=SMALL_ARCH, model=_RETINANET))
+        tmp_path,
+        _SCOPED_SCRIPT.format(
+            block_mmpretrain=False, arch=SMALL_ARCH, model=_RETINANET))
     if (proc.returncode != 0
             and 'operator torchvision::nms does not exist' in proc.stderr
             and 'mmpretrain' in proc.stderr):
@@ -223,7 +237,8 @@ def test_mask_rcnn(tmp_path):
     from mmdet.structures.mask import BitmapMasks
     from mmdet.testing import demo_mm_inputs
 
-    cfg = _config_from(tmp_path, _library_config('mmdet', DET_BASE), f"""
+    cfg = _config_from(
+        tmp_path, _library_config('mmdet', DET_BASE), f"""
         model = dict(
             backbone=dict(_delete_=True, type='mmvheat.VHeat',
                           arch={SMALL_ARCH!r}, out_indices=(0, 1, 2, 3),
@@ -245,8 +260,11 @@ def test_mask_rcnn(tmp_path):
     assert type(model.backbone) is VHeat
 
     torch.manual_seed(0)
-    packed = demo_mm_inputs(2, [(3, 64, 64), (3, 64, 64)], num_items=[2, 3],
-                            num_classes=3, with_mask=True)
+    packed = demo_mm_inputs(
+        2, [(3, 64, 64), (3, 64, 64)],
+        num_items=[2, 3],
+        num_classes=3,
+        with_mask=True)
     sample = packed['data_samples'][0]
     assert isinstance(sample, DetDataSample)
     assert isinstance(sample.gt_instances.masks, BitmapMasks)
@@ -254,8 +272,9 @@ def test_mask_rcnn(tmp_path):
     model.train()
     data = model.data_preprocessor(packed, True)
     losses = model(**data, mode='loss')
-    assert {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox',
-            'loss_mask'} <= set(losses)
+    assert {
+        'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask'
+    } <= set(losses)
     loss, _ = model.parse_losses(losses)
     assert torch.isfinite(loss)
     loss.backward()
@@ -263,8 +282,8 @@ def test_mask_rcnn(tmp_path):
 
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False),
-                        mode='predict')
+        results = model(
+            **model.data_preprocessor(packed, False), mode='predict')
     assert len(results) == 2
     for result in results:
         assert isinstance(result, DetDataSample)
@@ -279,7 +298,8 @@ def test_upernet(tmp_path):
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
 
-    cfg = _config_from(tmp_path, _library_config('mmseg', SEG_BASE), f"""
+    cfg = _config_from(
+        tmp_path, _library_config('mmseg', SEG_BASE), f"""
         norm_cfg = dict(type='BN', requires_grad=True)
         model = dict(
             pretrained=None,
@@ -304,12 +324,15 @@ def test_upernet(tmp_path):
     for _ in range(2):
         sample = SegDataSample(
             gt_sem_seg=PixelData(data=torch.randint(0, 4, (1, 64, 64))))
-        sample.set_metainfo(dict(img_shape=(64, 64), ori_shape=(64, 64),
-                                 pad_shape=(64, 64)))
+        sample.set_metainfo(
+            dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
         samples.append(sample)
-    packed = dict(inputs=[torch.randint(0, 256, (3, 64, 64),
-                                        dtype=torch.uint8) for _ in range(2)],
-                  data_samples=samples)
+    packed = dict(
+        inputs=[
+            torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+            for _ in range(2)
+        ],
+        data_samples=samples)
 
     model.train()
     losses = model(**model.data_preprocessor(packed, True), mode='loss')
@@ -321,8 +344,8 @@ def test_upernet(tmp_path):
 
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False),
-                        mode='predict')
+        results = model(
+            **model.data_preprocessor(packed, False), mode='predict')
     assert len(results) == 2
     for result in results:
         assert isinstance(result, SegDataSample)
@@ -338,22 +361,32 @@ def test_image_classifier():
     cfg = dict(
         type='ImageClassifier',
         data_preprocessor=dict(
-            type='ClsDataPreprocessor', num_classes=5,
-            mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+            type='ClsDataPreprocessor',
+            num_classes=5,
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
             to_rgb=True),
-        backbone=dict(type='mmvheat.VHeat', arch=SMALL_ARCH,
-                      out_indices=(3, ), img_size=64),
+        backbone=dict(
+            type='mmvheat.VHeat',
+            arch=SMALL_ARCH,
+            out_indices=(3, ),
+            img_size=64),
         neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=5, in_channels=128,
-                  loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
+        head=dict(
+            type='LinearClsHead',
+            num_classes=5,
+            in_channels=128,
+            loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg)
     assert type(model.backbone) is VHeat
 
     torch.manual_seed(0)
     packed = dict(
-        inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-                for _ in range(2)],
+        inputs=[
+            torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+            for _ in range(2)
+        ],
         data_samples=[DataSample().set_gt_label(label) for label in (1, 3)])
 
     model.train()
@@ -365,8 +398,8 @@ def test_image_classifier():
 
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False),
-                        mode='predict')
+        results = model(
+            **model.data_preprocessor(packed, False), mode='predict')
     assert len(results) == 2
     for result in results:
         assert isinstance(result, DataSample)

@@ -4,8 +4,10 @@
 Published weights go through :func:`convert_published_vheat` into our
 backbone (and an mmpretrain ``ImageClassifier``); logits, last-stage features
 and dense outputs must match the published implementation's within 1e-4, in
-eval mode (filters folded once and reused) and in train mode (unfolded).
+eval and train mode, and switched to deploy mode (filters folded once and
+reused, fused CPU linear layers, sub-batches).
 """
+import copy
 import os.path as osp
 
 import pytest
@@ -47,8 +49,7 @@ def _split(converted):
 
 
 def _assert_close(actual, expected, what):
-    assert actual.shape == expected.shape, (what, actual.shape,
-                                            expected.shape)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
     err = (actual - expected).abs().max().item()
     assert err <= ATOL, f'{what}: max abs error {err:.3g} > {ATOL}'
 
@@ -62,18 +63,20 @@ def _build_backbone(case, out_indices):
     return model.eval(), converted, rest
 
 
-def _folded_and_unfolded(model, x):
-    """Outputs in eval mode (first and cached filters) and train mode."""
+def _plain_and_deployed(model, x):
+    """Outputs in eval and train mode, and deployed (first and cached
+    filters)."""
     results = {}
+    deployed = copy.deepcopy(model)
+    deployed.switch_to_deploy()
     with torch.no_grad():
         results['eval'] = model(x)
-        assert all(len(stage._folded) == 1 for stage in model.stages), \
-            'eval mode under no_grad should fold the filters'
-        results['eval, folded filters reused'] = model(x)
         model.train()
-        assert all(not stage._folded for stage in model.stages)
-        results['train (unfolded)'] = model(x)
+        results['train'] = model(x)
         model.eval()
+        results['deployed'] = deployed(x)
+        assert all(len(stage._folded) == 1 for stage in deployed.stages)
+        results['deployed, folded filters reused'] = deployed(x)
     return results
 
 
@@ -87,12 +90,12 @@ def test_classification_golden(golden, name):
     features = []
     model.stages[3].register_forward_hook(
         lambda mod, args, out: features.append(out.permute(0, 3, 1, 2)))
-    for mode, (out, ) in _folded_and_unfolded(model, x).items():
+    for mode, (out, ) in _plain_and_deployed(model, x).items():
         logits = F.linear(
             out.mean((2, 3)), head['head.fc.weight'], head['head.fc.bias'])
         _assert_close(logits, case['logits'], f'{name} logits, {mode}')
-        _assert_close(features.pop(0), case['features'],
-                      f'{name} features, {mode}')
+        _assert_close(
+            features.pop(0), case['features'], f'{name} features, {mode}')
 
     # The same weights through mmpretrain's ImageClassifier.
     from mmpretrain.registry import MODELS
@@ -127,16 +130,17 @@ def test_dense_golden(golden):
     model, converted, rest = _build_backbone(case, out_indices=out_indices)
     assert not rest
     for i in out_indices:  # published outnorm{i} -> our norm{i}
-        assert torch.equal(model.get_submodule(f'norm{i}').weight,
-                           case['state_dict'][f'outnorm{i}.weight'])
+        assert torch.equal(
+            model.get_submodule(f'norm{i}').weight,
+            case['state_dict'][f'outnorm{i}.weight'])
 
     for input_key, output_key in [('input', 'outputs'),
                                   ('input_same_size', 'outputs_same_size')]:
         x, expected = case[input_key], case[output_key]
         assert len(expected) == 4
-        for mode, outs in _folded_and_unfolded(model, x).items():
+        for mode, outs in _plain_and_deployed(model, x).items():
             assert len(outs) == len(expected)
             for i, (out, ref) in enumerate(zip(outs, expected)):
-                _assert_close(out, ref,
-                              f'dense {output_key}[{i}] ({tuple(x.shape)}), '
-                              f'{mode}')
+                _assert_close(
+                    out, ref, f'dense {output_key}[{i}] ({tuple(x.shape)}), '
+                    f'{mode}')

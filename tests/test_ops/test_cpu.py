@@ -43,8 +43,11 @@ def test_fused_matches_eager(activation, with_residual, with_bias, onednn_spy):
     if activation is None and residual is not None:
         assert onednn_spy.calls == ['add']
     else:
-        assert onednn_spy.calls == [{None: 'none', 'gelu': 'gelu',
-                              'silu': 'swish'}[activation]]
+        assert onednn_spy.calls == [{
+            None: 'none',
+            'gelu': 'gelu',
+            'silu': 'swish'
+        }[activation]]
 
 
 def test_residual_that_broadcasts_is_added_eagerly(onednn_spy):
@@ -57,8 +60,8 @@ def test_residual_that_broadcasts_is_added_eagerly(onednn_spy):
 
 
 @pytest.mark.filterwarnings('ignore:TF32 acceleration')
-@pytest.mark.parametrize('case', ['grad', 'float64', 'autocast', 'disabled',
-                                  'strided', 'tracing'])
+@pytest.mark.parametrize(
+    'case', ['grad', 'float64', 'autocast', 'disabled', 'strided', 'tracing'])
 def test_falls_back_where_fusion_does_not_apply(case, onednn_spy):
     x, weight, bias, residual = make_inputs()
     context = torch.no_grad()
@@ -66,8 +69,8 @@ def test_falls_back_where_fusion_does_not_apply(case, onednn_spy):
         weight.requires_grad_()
         context = torch.enable_grad()
     elif case == 'float64':
-        x, weight, bias, residual = (t.double()
-                                     for t in (x, weight, bias, residual))
+        x, weight, bias, residual = (
+            t.double() for t in (x, weight, bias, residual))
     elif case == 'autocast':
         context = torch.autocast('cpu', dtype=torch.bfloat16)
     elif case == 'disabled':
@@ -77,8 +80,10 @@ def test_falls_back_where_fusion_does_not_apply(case, onednn_spy):
         residual = residual.transpose(1, 2)
     with context:
         if case == 'tracing':
+
             def fn(x):
                 return fused_linear(x, weight, bias, 'gelu', residual)
+
             with torch.no_grad():
                 out = torch.jit.trace(fn, x, check_trace=False)(x)
         else:
@@ -104,12 +109,16 @@ def test_unknown_activation():
         fused_linear(x, weight, bias, activation='relu')
 
 
-@pytest.mark.parametrize('max_bytes, expected', [
-    (4 * 6 * 5 * 3 * 4, 4),  # exactly four images
-    (4 * 6 * 5 * 3 * 4 + 7, 4),
-    (6 * 5 * 3 * 4 - 1, 1),  # less than one image: still one
-    (10**9, 7),  # never more than the batch
-    (0, 7), (-1, 7)])  # off
+@pytest.mark.parametrize(
+    'max_bytes, expected',
+    [
+        (4 * 6 * 5 * 3 * 4, 4),  # exactly four images
+        (4 * 6 * 5 * 3 * 4 + 7, 4),
+        (6 * 5 * 3 * 4 - 1, 1),  # less than one image: still one
+        (10**9, 7),  # never more than the batch
+        (0, 7),
+        (-1, 7)
+    ])  # off
 def test_cpu_sub_batch_size(max_bytes, expected):
     x = torch.zeros(7, 6, 5, 3)
     assert cpu_sub_batch_size(x, max_bytes) == expected

@@ -1,32 +1,30 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""tools/deployment/export_onnx.py: tiny vHeat models exported and checked."""
-import importlib.util
+"""ONNX export (``mmvheat.apis.onnx_export`` and
+``tools/deployment/export_onnx.py``): tiny vHeat models exported and
+checked."""
 import os.path as osp
+import subprocess
+import sys
 import textwrap
 
-import mmvheat  # noqa: F401  (before mmpretrain)
 import pytest
 import torch
+
+import mmvheat  # noqa: F401  (before mmpretrain)
+from mmvheat.apis import CheckpointMismatchError
+from mmvheat.apis.onnx_export import ExportError, export_onnx
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SMALL_ARCH = dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
-                  layer_scale=None, mlp_ratio=2.)
+SMALL_ARCH = dict(
+    depths=[1, 1, 1, 1],
+    dims=16,
+    post_norm=False,
+    layer_scale=None,
+    mlp_ratio=2.)
 SEG_BASE = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'export_onnx', osp.join(ROOT, 'tools', 'deployment',
-                                'export_onnx.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -44,7 +42,8 @@ def _write(tmp_path, name, body):
 
 
 def _cls_config(tmp_path):
-    return _write(tmp_path, 'cls.py', f"""
+    return _write(
+        tmp_path, 'cls.py', f"""
         default_scope = 'mmpretrain'
         model = dict(
             type='ImageClassifier',
@@ -59,7 +58,8 @@ def _cls_config(tmp_path):
 def _seg_config(tmp_path, pool_scales=(1, )):
     # UPerHead's pooling to 2, 3, 6 does not divide the 2x2 (2x3) last map:
     # the TorchScript exporter refuses adaptive_avg_pool2d there.
-    return _write(tmp_path, 'seg.py', f"""
+    return _write(
+        tmp_path, 'seg.py', f"""
         _base_ = {SEG_BASE!r}
         norm_cfg = dict(type='BN', requires_grad=True)
         model = dict(
@@ -77,7 +77,8 @@ def _seg_config(tmp_path, pool_scales=(1, )):
 
 
 def _det_config(tmp_path):
-    return _write(tmp_path, 'det.py', f"""
+    return _write(
+        tmp_path, 'det.py', f"""
         default_scope = 'mmdet'
         model = dict(
             type='RetinaNet',
@@ -106,9 +107,10 @@ def _det_config(tmp_path):
         """)
 
 
-def _export(config, out, shape, *extra):
-    return tool.main([config, 'none', '--shape', *map(str, shape),
-                      '--out', str(out), *extra])
+def _export(config, out, shape, **kwargs):
+    """The largest error of every output against PyTorch."""
+    _, report = export_onnx(config, None, shape, str(out), **kwargs)
+    return max(err for _, _, err in report)
 
 
 def _check_file(out):
@@ -126,85 +128,135 @@ def _check_file(out):
     return model
 
 
-def _error(capsys):
-    out = capsys.readouterr()
-    return float(out.out.split('max abs error vs PyTorch: ')[1].split()[0])
-
-
 @pytest.mark.parametrize('shape', [(64, 64), (64, 96)])
-def test_classifier(tmp_path, capsys, shape):
+def test_classifier(tmp_path, shape):
     config = _cls_config(tmp_path)
     out = tmp_path / 'backbone.onnx'
-    assert _export(config, out, shape) == 0
+    assert _export(config, out, shape) <= 1e-4
     model = _check_file(out)
     assert len(model.graph.output) == 1
-    assert _error(capsys) <= 1e-4
 
     full = tmp_path / 'full.onnx'
-    assert _export(config, full, shape, '--full') == 0
+    assert _export(config, full, shape, full=True) <= 1e-4
     model = _check_file(full)
-    dims = [d.dim_value
-            for d in model.graph.output[0].type.tensor_type.shape.dim]
+    dims = [
+        d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim
+    ]
     assert dims == [1, 5]
-    assert _error(capsys) <= 1e-4
 
 
 @pytest.mark.parametrize('shape', [(64, 64), (64, 96)])
-def test_segmentor(tmp_path, capsys, shape):
+def test_segmentor(tmp_path, shape):
     config = _seg_config(tmp_path)
     out = tmp_path / 'backbone.onnx'
-    assert _export(config, out, shape, '--opset', '17') == 0
+    assert _export(config, out, shape, opset=17) <= 1e-4
     model = _check_file(out)
     h, w = shape
     shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim]
               for o in model.graph.output]
     assert shapes == [[1, 16, h // 4, w // 4], [1, 32, h // 8, w // 8],
                       [1, 64, h // 16, w // 16], [1, 128, h // 32, w // 32]]
-    assert _error(capsys) <= 1e-4
 
     full = tmp_path / 'full.onnx'
-    assert _export(config, full, shape, '--full') == 0
+    assert _export(config, full, shape, full=True) <= 1e-4
     model = _check_file(full)
-    dims = [d.dim_value
-            for d in model.graph.output[0].type.tensor_type.shape.dim]
+    dims = [
+        d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim
+    ]
     assert dims == [1, 4, h // 4, w // 4]
-    assert _error(capsys) <= 1e-4
 
 
-def test_detector_full_refused(tmp_path, capsys):
-    config = _det_config(tmp_path)
-    out = tmp_path / 'det.onnx'
-    assert _export(config, out, (64, 64), '--full') == 1
-    err = capsys.readouterr().err
-    assert '--full is not supported for mmdet' in err
-    assert 'only the backbone' in err
+def _no_leftovers(tmp_path):
     assert list(tmp_path.glob('*.onnx')) == []
-    assert [p.name for p in tmp_path.iterdir()
-            if p.name.startswith('.')] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
 
 
-def test_unexportable_op_fails_cleanly(tmp_path, capsys):
+def test_detector_full_refused(tmp_path):
+    config = _det_config(tmp_path)
+    with pytest.raises(ExportError) as info:
+        _export(config, tmp_path / 'det.onnx', (64, 64), full=True)
+    assert '--full is not supported for mmdet' in str(info.value)
+    assert 'only the backbone' in str(info.value)
+    _no_leftovers(tmp_path)
+
+
+def test_unexportable_op_fails_cleanly(tmp_path):
     config = _seg_config(tmp_path, pool_scales=(1, 2, 3, 6))
-    out = tmp_path / 'seg.onnx'
-    assert _export(config, out, (64, 64), '--full') == 1
-    err = capsys.readouterr().err
-    assert 'torch.onnx.export failed' in err and 'adaptive_avg_pool2d' in err
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()
-            if p.name.startswith('.')] == []
+    with pytest.raises(ExportError) as info:
+        _export(config, tmp_path / 'seg.onnx', (64, 64), full=True)
+    message = str(info.value)
+    assert 'torch.onnx.export failed' in message
+    assert 'adaptive_avg_pool2d' in message
+    _no_leftovers(tmp_path)
 
 
-def test_bad_shape(tmp_path, capsys):
+def test_bad_shape(tmp_path):
     config = _cls_config(tmp_path)
-    out = tmp_path / 'bad.onnx'
-    assert _export(config, out, (64, 50)) == 1
-    assert 'multiples of 32' in capsys.readouterr().err
-    assert not out.exists()
+    with pytest.raises(ExportError, match='multiples of 32'):
+        _export(config, tmp_path / 'bad.onnx', (64, 50))
+    _no_leftovers(tmp_path)
 
 
-def test_error_above_tolerance_leaves_no_file(tmp_path, capsys):
+def test_error_above_tolerance_leaves_no_file(tmp_path):
     config = _cls_config(tmp_path)
-    out = tmp_path / 'strict.onnx'
-    assert _export(config, out, (64, 64), '--atol', '-1') == 1
-    assert 'exceeds' in capsys.readouterr().err
+    with pytest.raises(ExportError, match='exceeds'):
+        _export(config, tmp_path / 'strict.onnx', (64, 64), atol=-1)
     assert list(tmp_path.iterdir()) == [tmp_path / 'cls.py']
+
+
+def _checkpoint_of_another_model(tmp_path):
+    """A classifier checkpoint of a vHeat with one more block in stage 3."""
+    from mmengine.runner import save_checkpoint
+
+    from mmvheat.apis import build_model
+    deeper = dict(SMALL_ARCH, depths=[1, 1, 1, 2])
+    model = build_model(
+        _cls_config(tmp_path), cfg_options={'model.backbone.arch': deeper})
+    path = str(tmp_path / 'deeper.pth')
+    save_checkpoint({'state_dict': model.state_dict()}, path)
+    return path
+
+
+def test_checkpoint_of_another_model_refused(tmp_path):
+    config = _cls_config(tmp_path)
+    checkpoint = _checkpoint_of_another_model(tmp_path)
+    out = tmp_path / 'model.onnx'
+    with pytest.raises(CheckpointMismatchError) as info:
+        export_onnx(config, checkpoint, (64, 64), str(out))
+    message = str(info.value)
+    assert '0 weights unset' in message and 'unexpected' in message
+    assert 'backbone.stages.3.blocks.1.op.to_k.weight' in message
+    assert not out.exists()
+    # Loaded anyway on request: the weights that fit are used.
+    _, report = export_onnx(
+        config, checkpoint, (64, 64), str(out), strict=False)
+    assert max(err for _, _, err in report) <= 1e-4 and out.exists()
+
+
+def test_cli(tmp_path):
+    """The command line: what it prints and its exit codes."""
+    config = _cls_config(tmp_path)
+    checkpoint = _checkpoint_of_another_model(tmp_path)
+    tool = osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py')
+
+    def run(*args):
+        return subprocess.Popen(
+            [sys.executable, tool, config, *args, '--shape', '64', '64'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True)
+
+    runs = [
+        run('none', '--out', str(tmp_path / 'ok.onnx')),
+        run(checkpoint, '--out', str(tmp_path / 'refused.onnx')),
+    ]
+    (ok, _), (_, refused) = (p.communicate(timeout=300) for p in runs)
+    assert [p.returncode for p in runs] == [0, 1]
+    assert 'exported the backbone of ImageClassifier (mmpretrain)' in ok
+    error = float(ok.split('max abs error vs PyTorch: ')[1].split()[0])
+    assert error <= 1e-4
+    assert f'saved {tmp_path / "ok.onnx"}' in ok
+    lines = refused.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ')
+    assert 'does not fit' in lines[0] and '--non-strict' in lines[0]
+    assert not (tmp_path / 'refused.onnx').exists()

@@ -2,7 +2,7 @@
 """The MPViT demo configs end to end through tools/train.py and tools/test.py.
 
 ``configs/mpvit/demo/*.py`` on a handful of generated shapes images
-(:func:`mmvheat.datasets.make_coco_instances` / ``make_ade20k_like``): a few
+(:func:`mmvheat.demo.make_coco_instances` / ``make_ade20k_like``): a few
 training iterations of MPViT-T Mask R-CNN and UperNet, then testing the last
 checkpoint with and without ``--tta``. The data root, dataloaders and
 schedule are overridden with ``--cfg-options`` only; the configs themselves
@@ -23,27 +23,33 @@ DEMO = osp.join(ROOT, 'configs', 'mpvit', 'demo')
 CONFIGS = dict(
     mmdet=osp.join(DEMO, 'mask-rcnn_mpvit-t_fpn_demo-shapes-128.py'),
     mmseg=osp.join(DEMO, 'mpvit-tiny_upernet_demo-shapes-128.py'))
-METRICS = dict(mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)',
-               mmseg=r'mIoU: (\d+\.\d+)')
+METRICS = dict(mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)', mmseg=r'mIoU: (\d+\.\d+)')
 MAX_ITERS = 2
 TIMEOUT = 300
 
 
 def _env():
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join(
-                   [ROOT] + [p for p in [env.get('PYTHONPATH')] if p]))
+    env.update(
+        OMP_NUM_THREADS='1',
+        MKL_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join([ROOT] +
+                                   [p for p in [env.get('PYTHONPATH')] if p]))
     env.pop('LOCAL_RANK', None)
     return env
 
 
 def _run_many(cmds, cwd):
     """Run commands side by side (two cores); their outputs, rc 0 each."""
-    procs = [subprocess.Popen(cmd, cwd=str(cwd), env=_env(),
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=str(cwd),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True) for cmd in cmds
+    ]
     outs = []
     try:
         for cmd, proc in zip(cmds, procs):
@@ -64,30 +70,31 @@ def _options(library, data_root):
     loader = ['num_workers=0', 'persistent_workers=False']
     options = []
     for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.dataset.data_root={data_root}/'] + [
-            f'{split}_dataloader.{o}' for o in loader]
-    options += ['train_dataloader.batch_size=2',
-                f'train_cfg.max_iters={MAX_ITERS}',
-                f'train_cfg.val_interval={MAX_ITERS}',
-                f'default_hooks.checkpoint.interval={MAX_ITERS}',
-                'default_hooks.logger.interval=1']
+        options += [f'{split}_dataloader.dataset.data_root={data_root}/'
+                    ] + [f'{split}_dataloader.{o}' for o in loader]
+    options += [
+        'train_dataloader.batch_size=2', f'train_cfg.max_iters={MAX_ITERS}',
+        f'train_cfg.val_interval={MAX_ITERS}',
+        f'default_hooks.checkpoint.interval={MAX_ITERS}',
+        'default_hooks.logger.interval=1'
+    ]
     if library == 'mmdet':
         ann = f'{data_root}/annotations/instances_val2017.json'
-        options += [f'val_evaluator.ann_file={ann}',
-                    f'test_evaluator.ann_file={ann}',
-                    'val_dataloader.batch_size=2',
-                    'test_dataloader.batch_size=2']
+        options += [
+            f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+            'val_dataloader.batch_size=2', 'test_dataloader.batch_size=2'
+        ]
     return options
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    from mmvheat.datasets import make_ade20k_like, make_coco_instances
+    from mmvheat.demo import make_ade20k_like, make_coco_instances
     root = tmp_path_factory.mktemp('mpvit_demo_data')
-    make_coco_instances(str(root / 'coco'), 4, 2, image_size=(128, 128),
-                        max_instances=2)
-    make_ade20k_like(str(root / 'ade'), 4, 2, image_size=(128, 128),
-                     max_instances=2)
+    make_coco_instances(
+        str(root / 'coco'), 4, 2, image_size=(128, 128), max_instances=2)
+    make_ade20k_like(
+        str(root / 'ade'), 4, 2, image_size=(128, 128), max_instances=2)
     return dict(mmdet=str(root / 'coco'), mmseg=str(root / 'ade'))
 
 
@@ -98,10 +105,10 @@ def test_mpvit_demo_train_then_test(data, tmp_path):
     work = {lib: str(tmp_path / lib) for lib in libraries}
 
     # Train both side by side (the tests below do the evaluation).
-    trained = _run_many(
-        [[sys.executable, TRAIN, CONFIGS[lib], '--work-dir', work[lib],
-          '--no-validate', '--cfg-options', *options[lib]]
-         for lib in libraries], tmp_path)
+    trained = _run_many([[
+        sys.executable, TRAIN, CONFIGS[lib], '--work-dir', work[lib],
+        '--no-validate', '--cfg-options', *options[lib]
+    ] for lib in libraries], tmp_path)
     ckpts = {}
     for lib, out in zip(libraries, trained):
         assert "type='mmvheat.MPViT'" in out  # the config dump
@@ -114,11 +121,15 @@ def test_mpvit_demo_train_then_test(data, tmp_path):
     # Test each without and with --tta.
     for lib in libraries:
         test = [sys.executable, TEST, CONFIGS[lib], ckpts[lib]]
-        plain, tta = _run_many(
-            [test + ['--work-dir', str(tmp_path / f'{lib}_test'),
-                     '--cfg-options', *options[lib]],
-             test + ['--tta', '--work-dir', str(tmp_path / f'{lib}_tta'),
-                     '--cfg-options', *options[lib]]], tmp_path)
+        plain, tta = _run_many([
+            test + [
+                '--work-dir',
+                str(tmp_path / f'{lib}_test'), '--cfg-options', *options[lib]
+            ], test + [
+                '--tta', '--work-dir',
+                str(tmp_path / f'{lib}_tta'), '--cfg-options', *options[lib]
+            ]
+        ], tmp_path)
         for out in (plain, tta):
             assert re.search(METRICS[lib], out), out[-3000:]
             assert re.search(r'Iter\(test\) \[\s*\d+/\d+\]', out)

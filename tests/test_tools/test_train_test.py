@@ -6,11 +6,9 @@ instances, ADE20K layout, ImageNet layout): a few training iterations, then
 testing with and without ``--tta``, for mmpretrain, mmdet and mmseg configs
 that inherit the libraries' own ``_base_`` files; an interrupted run resumed
 with ``--resume``; a two-process CPU (gloo) run through the dist scripts.
-The datasets come from :mod:`mmvheat.datasets.demo_data` when it is there,
-else from the small generator below.
+The datasets come from the demo's generator (:mod:`mmvheat.demo.data`).
 """
 import copy
-import json
 import os
 import os.path as osp
 import re
@@ -19,19 +17,26 @@ import subprocess
 import sys
 import textwrap
 
-import mmvheat  # noqa: F401  (before mmpretrain and torch.load)
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 
-from mmvheat.apis import runner_utils
+import mmvheat  # noqa: F401  (before mmpretrain and torch.load)
+from mmvheat import apis
+from mmvheat.apis.configs import MASK_TTA
+from mmvheat.demo import data as demo_data
+from mmvheat.engine import CPU_DDP
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 TEST = osp.join(ROOT, 'tools', 'test.py')
-ARCH = dict(depths=[1, 1, 1, 1], dims=16, post_norm=False, layer_scale=None,
-            mlp_ratio=2.)
+ARCH = dict(
+    depths=[1, 1, 1, 1],
+    dims=16,
+    post_norm=False,
+    layer_scale=None,
+    mlp_ratio=2.)
 SHAPES = ('circle', 'square', 'triangle')
 TIMEOUT = 300
 CLS_RUN = dict(max_iters=6, val_interval=3)  # shared with the resume test
@@ -52,102 +57,24 @@ def _keep_local_rank(monkeypatch):
 
 
 # -- datasets -----------------------------------------------------------------
-def _fallback_picture(rng, size, label_map=False, label=None):
-    """A noisy background with one or two filled squares/triangles/circles."""
-    import cv2
-    img = rng.integers(60, 120, (size, size, 3)).astype(np.uint8)
-    seg = np.ones((size, size), np.uint8)
-    polygons = []
-    for k in range(1 if label is not None else 2):
-        cls = int(rng.integers(3)) if label is None else label
-        r = size * 0.15
-        cx = size * (0.3 + 0.4 * k) + rng.uniform(-3, 3)
-        cy = size * 0.5 + rng.uniform(-3, 3)
-        n = (32, 4, 3)[cls]
-        t = rng.uniform(0, 6.28) + 2 * np.pi * np.arange(n) / n
-        poly = np.round(np.stack([cx + r * np.cos(t), cy + r * np.sin(t)],
-                                 1), 2)
-        pts = np.round(poly).astype(np.int32)
-        cv2.fillPoly(img, [pts], tuple(int(c) for c in
-                                       rng.integers(150, 255, 3)))
-        cv2.fillPoly(seg, [pts], cls + 2)
-        polygons.append((cls, poly))
-    return img, (seg if label_map else polygons)
-
-
-def _fallback_datasets(root, n_train, n_val):
-    """COCO / ADE20K / ImageNet layouts as mmvheat.datasets.demo_data's."""
-    import cv2
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('val', n_val)):
-        # COCO instances
-        os.makedirs(osp.join(root, 'coco', f'{split}2017'), exist_ok=True)
-        os.makedirs(osp.join(root, 'coco', 'annotations'), exist_ok=True)
-        images, annotations = [], []
-        for i in range(n):
-            img, polygons = _fallback_picture(rng, 128)
-            name = f'{i + 1:012d}.jpg'
-            cv2.imwrite(osp.join(root, 'coco', f'{split}2017', name), img)
-            images.append(dict(id=i + 1, file_name=name, height=128,
-                               width=128))
-            for cls, poly in polygons:
-                (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
-                annotations.append(dict(
-                    id=len(annotations) + 1, image_id=i + 1,
-                    category_id=cls + 1, iscrowd=0,
-                    bbox=[float(x0), float(y0), float(x1 - x0),
-                          float(y1 - y0)],
-                    area=float((x1 - x0) * (y1 - y0)) * 0.6,
-                    segmentation=[poly.reshape(-1).tolist()]))
-        with open(osp.join(root, 'coco', 'annotations',
-                           f'instances_{split}2017.json'), 'w') as f:
-            json.dump(dict(images=images, annotations=annotations,
-                           categories=[dict(id=k + 1, name=c)
-                                       for k, c in enumerate(SHAPES)]), f)
-        # ADE20K layout: labels 1 = background, 2.. = shapes
-        sub = 'training' if split == 'train' else 'validation'
-        for part in ('images', 'annotations'):
-            os.makedirs(osp.join(root, 'ade', part, sub), exist_ok=True)
-        for i in range(n):
-            img, seg = _fallback_picture(rng, 128, label_map=True)
-            stem = f'ADE_{split}_{i + 1:08d}'
-            cv2.imwrite(osp.join(root, 'ade', 'images', sub, stem + '.jpg'),
-                        img)
-            cv2.imwrite(
-                osp.join(root, 'ade', 'annotations', sub, stem + '.png'), seg)
-        # ImageNet layout with meta/<split>.txt
-        os.makedirs(osp.join(root, 'imagenet', 'meta'), exist_ok=True)
-        lines = []
-        for i in range(n):
-            label = i % 3
-            img, _ = _fallback_picture(rng, 64, label=label)
-            rel = f'{SHAPES[label]}/{split}_{i + 1:06d}.JPEG'
-            os.makedirs(osp.join(root, 'imagenet', split, SHAPES[label]),
-                        exist_ok=True)
-            cv2.imwrite(osp.join(root, 'imagenet', split, rel), img)
-            lines.append(f'{rel} {label}\n')
-        with open(osp.join(root, 'imagenet', 'meta', f'{split}.txt'),
-                  'w') as f:
-            f.writelines(lines)
-
-
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('data'))
     n_train, n_val = 8, 4
-    try:
-        from mmvheat.datasets import demo_data
-    except ImportError:
-        demo_data = None
-    if demo_data is None:
-        _fallback_datasets(root, n_train, n_val)
-    else:
-        demo_data.make_coco_instances(osp.join(root, 'coco'), n_train, n_val,
-                                      image_size=(128, 128), max_instances=2)
-        demo_data.make_ade20k_like(osp.join(root, 'ade'), n_train, n_val,
-                                   image_size=(128, 128), max_instances=2)
-        demo_data.make_imagenet_like(osp.join(root, 'imagenet'), n_train,
-                                     n_val, image_size=(64, 64))
+    demo_data.make_coco_instances(
+        osp.join(root, 'coco'),
+        n_train,
+        n_val,
+        image_size=(128, 128),
+        max_instances=2)
+    demo_data.make_ade20k_like(
+        osp.join(root, 'ade'),
+        n_train,
+        n_val,
+        image_size=(128, 128),
+        max_instances=2)
+    demo_data.make_imagenet_like(
+        osp.join(root, 'imagenet'), n_train, n_val, image_size=(64, 64))
     return root
 
 
@@ -309,9 +236,10 @@ optim_wrapper = dict(optimizer=dict(lr=0.01))
 
 
 CONFIGS = dict(mmpretrain=cls_config, mmdet=det_config, mmseg=seg_config)
-METRICS = dict(mmpretrain=r'accuracy/top1: (\d+\.\d+)',
-               mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)',
-               mmseg=r'mIoU: (\d+\.\d+)')
+METRICS = dict(
+    mmpretrain=r'accuracy/top1: (\d+\.\d+)',
+    mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)',
+    mmseg=r'mIoU: (\d+\.\d+)')
 
 
 def _write(path, text):
@@ -322,9 +250,11 @@ def _write(path, text):
 
 def _env(**extra):
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join(
-                   [ROOT] + [p for p in [env.get('PYTHONPATH')] if p]))
+    env.update(
+        OMP_NUM_THREADS='1',
+        MKL_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join([ROOT] +
+                                   [p for p in [env.get('PYTHONPATH')] if p]))
     env.update(extra)
     return env
 
@@ -335,10 +265,15 @@ def _run(cmd, cwd, env=None, expect_rc=0):
 
 def _run_many(cmds, cwd, env=None, expect_rc=0):
     """Run commands side by side (the machine has two cores); outputs."""
-    procs = [subprocess.Popen(cmd, cwd=str(cwd), env=env or _env(),
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=str(cwd),
+            env=env or _env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True) for cmd in cmds
+    ]
     outs = []
     try:
         for cmd, proc in zip(cmds, procs):
@@ -384,8 +319,8 @@ def trained(tmp_path_factory, data_root):
             config = _write(tmp / f'vheat_{library}.py',
                             CONFIGS[library](data_root, **kwargs))
             work_dir = str(tmp / 'work_dir')
-            out = _run([sys.executable, TRAIN, config, '--work-dir',
-                        work_dir], cwd=tmp)
+            out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir],
+                       cwd=tmp)
             runs[library] = (config, work_dir, out)
         return runs[library]
 
@@ -413,24 +348,31 @@ def test_train_then_test(trained, library, tmp_path):
     plain_args = ['--work-dir', str(tmp_path / 'test'), '--out', out_path]
     if library != 'mmseg':  # mmseg's hook draws every 50th image only
         plain_args += ['--show-dir', show_dir]
-    out, tta = _run_many(
-        [test + plain_args,
-         test + ['--tta', '--work-dir', str(tmp_path / 'tta')]], tmp_path)
+    out, tta = _run_many([
+        test + plain_args, test +
+        ['--tta', '--work-dir', str(tmp_path / 'tta')]
+    ], tmp_path)
 
     _metric(library, out)
     assert re.search(r'Iter\(test\) \[\s*\d+/\d+\]', out)  # progress
+    # Tested in deploy mode, validated during training without.
+    assert 'switch_to_deploy(): backbone' in out
+    assert 'switch_to_deploy()' not in trained(library, **kwargs)[2]
     if library == 'mmseg':
         assert len(os.listdir(out_path)) == 4  # predicted label maps
     else:
         assert osp.getsize(out_path) > 0
-        drawn = [f for _, _, files in os.walk(tmp_path) for f in files
-                 if f.endswith(('.jpg', '.JPEG', '.png'))]
+        drawn = [
+            f for _, _, files in os.walk(tmp_path) for f in files
+            if f.endswith(('.jpg', '.JPEG', '.png'))
+        ]
         assert len(drawn) >= 4, drawn
     if library == 'mmdet':
         assert 'coco/segm_mAP' in out
 
     _metric(library, tta)
     assert 'TestTimeAug' in tta
+    assert 'switch_to_deploy(): module.backbone' in tta
     if library == 'mmdet':
         assert 'mmvheat.MaskDetTTAModel' in tta
         assert 'coco/segm_mAP' in tta
@@ -439,19 +381,19 @@ def test_train_then_test(trained, library, tmp_path):
 # -- mixed precision ----------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize('library', ['mmdet', 'mmseg'])
-def test_amp_train_and_test_in_both_half_dtypes(data_root, library,
-                                                tmp_path):
+def test_amp_train_and_test_in_both_half_dtypes(data_root, library, tmp_path):
     """``--amp`` trains in bfloat16 and float16 with finite losses, and
     ``test.py --amp`` evaluates the result; on the CPU the detector's mmcv
     ops (NMS, RoIAlign) run in float32 inside the autocast region."""
-    config = _write(tmp_path / f'vheat_{library}.py',
-                    CONFIGS[library](data_root, max_iters=3, val_interval=3,
-                                     ckpt_interval=3))
+    config = _write(
+        tmp_path / f'vheat_{library}.py', CONFIGS[library](
+            data_root, max_iters=3, val_interval=3, ckpt_interval=3))
     runs = {dtype: str(tmp_path / dtype) for dtype in ('bfloat16', 'float16')}
-    outs = _run_many([[sys.executable, TRAIN, config, '--amp', '--amp-dtype',
-                       dtype, '--work-dir', work_dir,
-                       '--cfg-options', 'default_hooks.logger.interval=1']
-                      for dtype, work_dir in runs.items()], tmp_path)
+    outs = _run_many([[
+        sys.executable, TRAIN, config, '--amp', '--amp-dtype', dtype,
+        '--work-dir', work_dir, '--cfg-options',
+        'default_hooks.logger.interval=1'
+    ] for dtype, work_dir in runs.items()], tmp_path)
     for (dtype, work_dir), out in zip(runs.items(), outs):
         if not torch.cuda.is_available():
             assert f'--amp trains with {dtype} autocast on the CPU' in out
@@ -459,9 +401,11 @@ def test_amp_train_and_test_in_both_half_dtypes(data_root, library,
         assert len(losses) == 3, out[-3000:]
         assert all(np.isfinite(losses)), losses
         _metric(library, out)
-    out = _run([sys.executable, TEST, config,
-                osp.join(runs['bfloat16'], 'iter_3.pth'), '--amp',
-                '--work-dir', str(tmp_path / 'test')], tmp_path)
+    out = _run([
+        sys.executable, TEST, config,
+        osp.join(runs['bfloat16'], 'iter_3.pth'), '--amp', '--work-dir',
+        str(tmp_path / 'test')
+    ], tmp_path)
     _metric(library, out)
 
 
@@ -472,13 +416,17 @@ def test_resume_continues_where_it_stopped(trained, data_root, tmp_path):
     config, reference_dir, _ = trained('mmpretrain', **CLS_RUN)
     work_dir = str(tmp_path / 'work_dir')
     # "Interrupted" after iteration 4: the same config, stopped early.
-    out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir,
-                '--cfg-options', 'train_cfg.max_iters=4'], cwd=tmp_path)
+    out = _run([
+        sys.executable, TRAIN, config, '--work-dir', work_dir, '--cfg-options',
+        'train_cfg.max_iters=4'
+    ],
+               cwd=tmp_path)
     assert 'Saving checkpoint at 4 iterations' in out
     assert not osp.exists(osp.join(work_dir, 'iter_6.pth'))
 
-    out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir,
-                '--resume'], cwd=tmp_path)
+    out = _run(
+        [sys.executable, TRAIN, config, '--work-dir', work_dir, '--resume'],
+        cwd=tmp_path)
     assert re.search(r'resumed epoch: \d+, iter: 4', out), out[-3000:]
     assert 'iter_4.pth' in out  # the latest checkpoint was found
     iters = [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/6\]', out)]
@@ -491,8 +439,8 @@ def test_resume_continues_where_it_stopped(trained, data_root, tmp_path):
     before = _state_dict(osp.join(work_dir, 'iter_4.pth'))
     assert any(not torch.equal(before[k], resumed[k]) for k in resumed)
     for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5,
-                                   atol=1e-6, msg=key)
+        torch.testing.assert_close(
+            resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 # -- two processes on the CPU -------------------------------------------------
@@ -539,11 +487,18 @@ custom_hooks = [dict(type='DumpWeightsHook', out_dir={str(tmp_path)!r})]
     env = _env(PORT=_free_port(), PYTHON=sys.executable)
     env['PYTHONPATH'] += os.pathsep + str(hook_dir)
     out, one = _run_many(
-        [['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
-          '--work-dir', work_dir],
-         [sys.executable, TRAIN, config, '--work-dir', one_dir,
-          '--cfg-options', 'train_dataloader.batch_size=4',
-          'custom_hooks=[]']], tmp_path, env=env)
+        [[
+            'bash',
+            osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
+            '--work-dir', work_dir
+        ],
+         [
+             sys.executable, TRAIN, config, '--work-dir', one_dir,
+             '--cfg-options', 'train_dataloader.batch_size=4',
+             'custom_hooks=[]'
+         ]],
+        tmp_path,
+        env=env)
     assert 'replaced by gloo' in out
     assert 'Distributed training: True' in out
     assert re.search(r'Iter\(train\) \[\s*2/2\]', out)
@@ -551,8 +506,10 @@ custom_hooks = [dict(type='DumpWeightsHook', out_dir={str(tmp_path)!r})]
     ckpt = osp.join(work_dir, 'iter_2.pth')
     assert osp.isfile(ckpt)
 
-    ranks = [torch.load(tmp_path / f'rank{r}.pth', weights_only=True)
-             for r in (0, 1)]
+    ranks = [
+        torch.load(tmp_path / f'rank{r}.pth', weights_only=True)
+        for r in (0, 1)
+    ]
     single = _state_dict(osp.join(one_dir, 'iter_2.pth'))
     before = _state_dict(osp.join(work_dir, 'iter_2.pth'))
     assert ranks[0].keys() == ranks[1].keys() == single.keys()
@@ -560,17 +517,22 @@ custom_hooks = [dict(type='DumpWeightsHook', out_dir={str(tmp_path)!r})]
         # Both ranks apply the same all-reduced gradient with the same
         # arithmetic: bit for bit the same weights.
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-        torch.testing.assert_close(before[key], ranks[0][key], rtol=0,
-                                   atol=0, msg=key)
+        torch.testing.assert_close(
+            before[key], ranks[0][key], rtol=0, atol=0, msg=key)
         # The one-process run sums the same 4 images' gradients in another
         # order: float32 rounding only (relative 1e-7 on the gradients;
         # unsynchronised ranks differ by 1e-2 after these two SGD steps).
-        torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-5,
-                                   atol=1e-6, msg=key)
+        torch.testing.assert_close(
+            ranks[0][key], single[key], rtol=1e-5, atol=1e-6, msg=key)
 
     env['PORT'] = _free_port()
-    out = _run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, ckpt,
-                '2', '--work-dir', str(tmp_path / 'test')], cwd=tmp_path,
+    out = _run([
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_test.sh'), config, ckpt, '2',
+        '--work-dir',
+        str(tmp_path / 'test')
+    ],
+               cwd=tmp_path,
                env=env)
     _metric('mmpretrain', out)
     # 4 images, 2 a batch: one batch for each of the two processes.
@@ -592,27 +554,25 @@ def configs(tmp_path_factory):
 def _setup(configs, library, *argv, kind='test', cfg=None):
     """What tools/{train,test}.py do to the config, minus building."""
     if kind == 'test':
-        args = runner_utils.parse_test_args(
-            [f'vheat_{library}.py', 'ckpt.pth', *argv])
+        args = apis.parse_test_args([f'vheat_{library}.py', 'ckpt.pth', *argv])
     else:
-        args = runner_utils.parse_train_args([f'vheat_{library}.py', *argv])
-    cfg = runner_utils.merge_common_args(
-        copy.deepcopy(cfg or configs[library]), args)
-    setup = runner_utils.setup_test_cfg if kind == 'test' else \
-        runner_utils.setup_train_cfg
+        args = apis.parse_train_args([f'vheat_{library}.py', *argv])
+    cfg = apis.merge_common_args(copy.deepcopy(cfg or configs[library]), args)
+    setup = apis.setup_test_cfg if kind == 'test' else \
+        apis.setup_train_cfg
     return setup(cfg, args, library)
 
 
 @pytest.mark.parametrize('library', ['mmpretrain', 'mmdet', 'mmseg'])
 def test_detect_library(configs, library):
-    assert runner_utils.detect_library(configs[library]) == library
+    assert apis.detect_library(configs[library]) == library
 
 
 def test_detect_library_errors():
     with pytest.raises(ValueError, match='sets no default_scope'):
-        runner_utils.detect_library(Config(dict(model=dict())))
+        apis.detect_library(Config(dict(model=dict())))
     with pytest.raises(ValueError, match="default_scope='mmocr'"):
-        runner_utils.detect_library(Config(dict(default_scope='mmocr')))
+        apis.detect_library(Config(dict(default_scope='mmocr')))
 
 
 def test_tool_without_default_scope_fails_clearly(tmp_path):
@@ -623,9 +583,9 @@ def test_tool_without_default_scope_fails_clearly(tmp_path):
 
 def test_load_config(tmp_path):
     config = _write(tmp_path / 'vheat_cls.py', cls_config('/nonexistent'))
-    args = runner_utils.parse_train_args(
+    args = apis.parse_train_args(
         [config, '--cfg-options', 'train_cfg.max_iters=7'])
-    cfg = runner_utils.load_config(args)
+    cfg = apis.load_config(args)
     assert cfg.work_dir == osp.join('./work_dirs', 'vheat_cls')
     assert cfg.train_cfg.max_iters == 7 and cfg.launcher == 'none'
 
@@ -652,6 +612,7 @@ def test_amp_dtype_needs_amp(configs):
 
 
 def test_train_flags(configs):
+
     def setup(*argv):
         return _setup(configs, 'mmdet', *argv, kind='train')
 
@@ -674,15 +635,14 @@ def test_train_flags(configs):
     assert cfg.train_cfg.max_iters == 7
     cfg = setup('--no-validate')
     assert cfg.val_cfg is None and cfg.val_dataloader is None
-    args = runner_utils.parse_train_args(
+    args = apis.parse_train_args(
         ['c.py', '--launcher', 'pytorch', '--local-rank', '1'])
     assert args.launcher == 'pytorch' and args.local_rank == 1
 
     no_base = copy.deepcopy(configs['mmdet'])
     no_base.auto_scale_lr = dict(enable=False)
     with pytest.raises(RuntimeError, match='auto_scale_lr'):
-        _setup(configs, 'mmdet', '--auto-scale-lr', kind='train',
-               cfg=no_base)
+        _setup(configs, 'mmdet', '--auto-scale-lr', kind='train', cfg=no_base)
 
     # mmpretrain's tools fill in its dataloader defaults.
     cfg = _setup(configs, 'mmpretrain', '--no-pin-memory', kind='train')
@@ -695,7 +655,7 @@ def test_train_flags(configs):
 def test_tta_configs(configs):
     cfg = _setup(configs, 'mmdet', '--tta')
     assert cfg.load_from == 'ckpt.pth'
-    assert cfg.model.type == runner_utils.MASK_TTA
+    assert cfg.model.type == MASK_TTA
     assert cfg.model.module.type == 'MaskRCNN'
     assert cfg.test_dataloader.dataset.pipeline[-1].type == 'TestTimeAug'
 
@@ -741,7 +701,7 @@ def test_out_and_show(configs):
     with pytest.raises(AssertionError, match='pkl'):
         _setup(configs, 'mmdet', '--out', 'preds.json')
     with pytest.raises(ValueError, match='--out'):
-        runner_utils.parse_test_args(['c.py', 'k.pth', '--out-item', 'pred'])
+        apis.parse_test_args(['c.py', 'k.pth', '--out-item', 'pred'])
 
 
 def test_cpu_distributed_config(configs, monkeypatch):
@@ -753,55 +713,12 @@ def test_cpu_distributed_config(configs, monkeypatch):
                         lambda launcher, **kw: calls.append((launcher, kw)))
     cfg = _setup(configs, 'mmseg', '--launcher', 'pytorch', kind='train')
     assert cfg.env_cfg.dist_cfg.backend == 'nccl'
-    runner_utils.setup_cpu_distributed(cfg)
+    apis.setup_cpu_distributed(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
-    assert cfg.model_wrapper_cfg.type == runner_utils.CPU_DDP
+    assert cfg.model_wrapper_cfg.type == CPU_DDP
     assert calls == [('pytorch', dict(backend='gloo'))]
 
     cfg = _setup(configs, 'mmseg', kind='train')  # one process: untouched
-    runner_utils.setup_cpu_distributed(cfg)
+    apis.setup_cpu_distributed(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'nccl'
     assert 'model_wrapper_cfg' not in cfg
-
-
-def test_mask_tta_merges_flipped_masks():
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    from mmengine.registry import MODELS
-
-    runner_utils._register_mask_tta_model()
-    class Detector(torch.nn.Module):
-
-        def test_step(self, data):
-            raise NotImplementedError
-
-    tta = MODELS.build(dict(
-        type=runner_utils.MASK_TTA, module=Detector(),
-        tta_cfg=ConfigDict(nms=dict(type='nms', iou_threshold=0.5),
-                           max_per_img=100)))
-    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
-    masks[0, 2:4, 0:3] = True  # left side
-    views = []
-    for flip in (False, True):
-        sample = DetDataSample(metainfo=dict(
-            ori_shape=(8, 8), flip=flip, flip_direction='horizontal'))
-        sample.pred_instances = InstanceData(
-            bboxes=torch.tensor([[0., 2., 3., 4.]]),
-            scores=torch.tensor([0.9 if flip else 0.8]),
-            labels=torch.tensor([1]),
-            masks=masks)
-        views.append(sample)
-    # The flipped view predicted the mirrored box and mask.
-    views[1].pred_instances.bboxes = torch.tensor([[5., 2., 8., 4.]])
-    views[1].pred_instances.masks = masks.flip(-1)
-    merged = tta.merge_preds([views])[0].pred_instances
-    assert len(merged) == 1  # the two views agree: one box after NMS
-    torch.testing.assert_close(merged.scores, torch.tensor([0.9]))
-    torch.testing.assert_close(merged.bboxes, torch.tensor([[0., 2., 3.,
-                                                              4.]]))
-    assert torch.equal(merged.masks, masks)  # flipped back
-
-    for view in views:  # without masks: mmdet's DetTTAModel
-        del view.pred_instances.masks
-    merged = tta.merge_preds([views])[0].pred_instances
-    assert len(merged) == 1 and 'masks' not in merged

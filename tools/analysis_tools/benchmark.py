@@ -1,35 +1,9 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """Speed, memory and FLOPs of vHeat against Swin (and MPViT), and of the HCO.
 
-Two levels, both measured side by side in one run (candidates interleaved
-round-robin, ``--repeats`` timed calls each after a warm-up, median taken),
-so the *ratios* are the result; absolute times on CPU are informative only.
-
-* op level: the HCO ``IDCT2D(DCT2D(x) * transfer)`` at the stage shapes of
-  vHeat-T (``B, res/4/2^i, res/4/2^i, C_i``) for 224/512/1024 inputs, three
-  implementations: ``reference`` (four matmuls, the baseline), ``triton``
-  (the fused kernel; CUDA only -- skipped with a note on CPU, the
-  interpreter is no benchmark) and ``published`` (cosine matrices through
-  ``F.conv1d`` in separate passes). Per implementation and stage the
-  exponent ``p`` of ``time ~ N^p`` (N = H*W pixels) is fitted by log-log
-  least squares; the operator's MACs grow as ``N^1.5``. Each output is
-  also compared with float32 arithmetic on the unrounded input
-  (``max_rel_err``): with ``--dtype bf16``/``fp16`` that is the operator's
-  half-precision error.
-* model level: ImageNet classifiers (backbone, global pooling, linear head)
-  of vHeat-T/S/B, mmpretrain's Swin-T/S/B and MPViT-T/XS/S/B at each
-  resolution, inference (``torch.no_grad``, eval mode) and/or one training
-  step (forward, cross-entropy, backward, AdamW step): images/s, throughput
-  ratio to the baseline model (the first one), peak memory, FLOPs per image
-  (MACs, fvcore/mmengine convention like the papers, HCO counted right; see
-  :mod:`mmvheat.utils.flops`) and params. ``vheat-t-pub`` etc. run the same
-  weights through the published dataflow (NCHW, conv1d DCTs).
-
-Peak memory is ``torch.cuda.max_memory_allocated`` during the timed calls
-minus what was allocated before, plus the model's own parameters, buffers
-(and AdamW state for training), on GPU. On CPU it is reported as n/a (empty
-in the CSV): the process RSS high-water mark is shared by all the models of
-a run and cannot attribute a peak to one of them.
+What is measured and how: :mod:`mmvheat.analysis.benchmark`. Candidates run
+side by side (interleaved, median of ``--repeats``), so the ratios are the
+result; absolute times on a CPU are informative only.
 
 Outputs: ``OUT/benchmark_models.csv``, ``OUT/benchmark_ops.csv``,
 ``OUT/benchmark_op_exponents.csv``, ``OUT/benchmark.png`` (throughput, peak
@@ -47,526 +21,17 @@ CPU (small settings)::
         --batch-size 4 --mode infer --repeats 3 --op-batch-size 1
 """
 import argparse
-import csv
-import math
 import os
 import os.path as osp
-import statistics
-import sys
-import time
-from typing import Callable, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-_ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
-sys.path.insert(0, _ROOT)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-import mmvheat  # noqa: E402,F401  (registers before mmpretrain)
-from mmvheat.ops import dct_basis, spectral_filter_reference  # noqa: E402
-from mmvheat.utils.flops import hco_macs, model_complexity  # noqa: E402
-
-VHEAT_T_DIMS = (96, 192, 384, 768)
-VHEAT_T_DEPTHS = (2, 2, 6, 2)
-
-# name -> (backbone cfg factory(res), out channels)
-_ARCHS = {
-    'vheat-t': ('vheat', 'tiny', 768),
-    'vheat-s': ('vheat', 'small', 768),
-    'vheat-b': ('vheat', 'base', 1024),
-    'swin-t': ('swin', 'tiny', 768),
-    'swin-s': ('swin', 'small', 768),
-    'swin-b': ('swin', 'base', 1024),
-    'mpvit-t': ('mpvit', 'tiny', 216),
-    'mpvit-xs': ('mpvit', 'xsmall', 256),
-    'mpvit-s': ('mpvit', 'small', 288),
-    'mpvit-b': ('mpvit', 'base', 480),
-}
-MODEL_NAMES = sorted(_ARCHS) + [
-    f'{n}-pub' for n in sorted(_ARCHS) if n.startswith('vheat')
-]
-
-MODEL_COLUMNS = [
-    'model', 'resolution', 'batch_size', 'mode', 'dtype', 'device',
-    'median_ms', 'images_per_s', 'speedup_vs_baseline', 'peak_mem_mb',
-    'mem_vs_baseline', 'gflops_per_image', 'gflops_shared', 'params_m',
-    'status'
-]
-OP_COLUMNS = [
-    'impl', 'input_res', 'stage', 'batch_size', 'H', 'W', 'C', 'N', 'mode',
-    'dtype', 'device', 'median_ms', 'speedup_vs_reference', 'gmacs',
-    'gmacs_per_s', 'max_rel_err', 'status'
-]
-EXP_COLUMNS = ['impl', 'stage', 'C', 'mode', 'exponent', 'points']
+from mmvheat.analysis.benchmark import (EXP_COLUMNS, MODEL_COLUMNS,
+                                        MODEL_NAMES, OP_COLUMNS,
+                                        benchmark_models, benchmark_ops,
+                                        format_table, plot, write_csv)
 
 
-# ---------------------------------------------------------------- utilities
-def _dtype(name: str) -> Optional[torch.dtype]:
-    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[name]
-
-
-def _sync(device: torch.device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(
-        device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        'out of memory' in str(err).lower())
-
-
-class _Candidate:
-    """A callable timed round-robin with the others of its group."""
-
-    def __init__(self, name: str, fn: Callable[[], None],
-                 extra_bytes: int = 0):
-        self.name = name
-        self.fn = fn
-        self.extra_bytes = extra_bytes
-        self.times: List[float] = []
-        self.peak: Optional[int] = None
-        self.status = 'ok'
-
-
-def run_round_robin(cands: List[_Candidate], repeats: int, warmup: int,
-                    device: torch.device):
-    """Warm each candidate up, then time ``repeats`` calls interleaved."""
-    for c in cands:
-        try:
-            for _ in range(warmup):
-                c.fn()
-            _sync(device)
-        except Exception as e:  # noqa: BLE001 -- keep the others running
-            c.status = 'OOM' if _is_oom(e) else f'error: {e}'[:200]
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
-    for _ in range(repeats):
-        for c in cands:
-            if c.status != 'ok':
-                continue
-            try:
-                if device.type == 'cuda':
-                    _sync(device)
-                    base = torch.cuda.memory_allocated(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                t0 = time.perf_counter()
-                c.fn()
-                _sync(device)
-                c.times.append(time.perf_counter() - t0)
-                if device.type == 'cuda':
-                    peak = torch.cuda.max_memory_allocated(device) - base
-                    c.peak = max(c.peak or 0, peak + c.extra_bytes)
-            except Exception as e:  # noqa: BLE001
-                c.status = 'OOM' if _is_oom(e) else f'error: {e}'[:200]
-                if device.type == 'cuda':
-                    torch.cuda.empty_cache()
-
-
-def _median(xs: List[float]) -> float:
-    return statistics.median(xs) if xs else float('nan')
-
-
-def fit_exponent(ns: List[float], ts: List[float]) -> float:
-    """Least-squares slope of ``log t`` against ``log n``."""
-    pts = [(math.log(n), math.log(t)) for n, t in zip(ns, ts)
-           if t > 0 and not math.isnan(t)]
-    if len(pts) < 2:
-        return float('nan')
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx)**2 for p in pts)
-    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
-    return sxy / sxx if sxx else float('nan')
-
-
-def _fmt(v, spec='.3g'):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return 'n/a'
-    return format(v, spec) if isinstance(v, float) else str(v)
-
-
-def print_table(rows: List[dict], columns: List[str], title: str):
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [
-        max([len(c)] + [len(row[i]) for row in cells])
-        for i, c in enumerate(columns)
-    ]
-    print(f'\n{title}')
-    print(' | '.join(c.ljust(w) for c, w in zip(columns, widths)))
-    print('-+-'.join('-' * w for w in widths))
-    for row in cells:
-        print(' | '.join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def write_csv(path: str, rows: List[dict], columns: List[str]):
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({
-                c: ('' if r.get(c) is None or
-                    (isinstance(r.get(c), float) and math.isnan(r[c])) else
-                    r[c])
-                for c in columns
-            })
-
-
-# ---------------------------------------------------------------- op level
-def conv1d_spectral_filter(x, transfer):
-    from published_formulation import conv1d_spectral_filter as f
-    return f(x, transfer)
-
-
-def _op_impls(device: torch.device) -> Dict[str, Optional[Callable]]:
-    impls: Dict[str, Optional[Callable]] = {
-        'reference': spectral_filter_reference,
-        'triton': None,
-        'published': conv1d_spectral_filter,
-    }
-    if device.type == 'cuda':
-        try:
-            from mmvheat.ops.triton_hco import spectral_filter_triton
-            impls['triton'] = spectral_filter_triton
-        except ImportError as e:
-            print(f'note: Triton kernel unavailable ({e}); skipped')
-    return impls
-
-
-def _max_rel_err(out: torch.Tensor, exact: torch.Tensor) -> float:
-    """``max |out - exact| / max |exact|``."""
-    return ((out.float() - exact).abs().max() / exact.abs().max()).item()
-
-
-def benchmark_ops(args, device) -> (List[dict], List[dict]):
-    dtype = _dtype(args.dtype)
-    impls = _op_impls(device)
-    if impls['triton'] is None and device.type != 'cuda':
-        print('note: fused Triton kernel rows skipped on CPU (Triton needs '
-              'CUDA; its interpreter is not a benchmark)')
-    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
-    rows = []
-    for mode in modes:
-        for res in args.op_resolutions:
-            for stage, c in enumerate(VHEAT_T_DIMS):
-                if stage not in args.op_stages:
-                    continue
-                h = w = res // 4 // 2**stage
-                b = args.op_batch_size
-                x32 = torch.randn(b, h, w, c, device=device)
-                x = x32 if dtype is None else x32.to(dtype)
-                transfer = torch.rand(h, w, c, device=device)
-                dct_basis(h, device, torch.float32)  # warm the basis cache
-                # What each implementation loses against float32 arithmetic
-                # on the unrounded input (for fp32: their disagreement).
-                with torch.no_grad():
-                    exact = spectral_filter_reference(x32, transfer)
-                errors = {}
-                cands = []
-                for name, fn in impls.items():
-                    if fn is None:
-                        continue
-                    def call(fn=fn, name=name, x=x, t=transfer):
-                        if name == 'published':
-                            # F.conv1d, in the autocast dtype as published
-                            with _autocast(device, dtype):
-                                return fn(x.float(), t)
-                        return fn(x, t)
-
-                    if mode == 'infer':
-                        with torch.no_grad():
-                            errors[name] = _max_rel_err(call(), exact)
-                    if mode == 'train':
-                        xg = x.detach().requires_grad_()
-
-                        def step(call=call, xg=xg):
-                            call(x=xg).float().sum().backward()
-                            xg.grad = None
-                    else:
-
-                        def step(call=call):
-                            with torch.no_grad():
-                                call()
-
-                    cands.append(_Candidate(name, step))
-                run_round_robin(cands, args.repeats, args.warmup, device)
-                times = {c.name: _median(c.times) for c in cands}
-                ref = times.get('reference', float('nan'))
-                macs = hco_macs(h, w, c, b) / 1e9
-                for cand in cands:
-                    t = times[cand.name]
-                    rows.append(
-                        dict(
-                            impl=cand.name,
-                            input_res=res,
-                            stage=stage,
-                            batch_size=b,
-                            H=h,
-                            W=w,
-                            C=c,
-                            N=h * w,
-                            mode=mode,
-                            dtype=args.dtype,
-                            device=device.type,
-                            median_ms=t * 1e3,
-                            speedup_vs_reference=ref / t,
-                            gmacs=macs,
-                            gmacs_per_s=macs / t,
-                            max_rel_err=errors.get(cand.name),
-                            status=cand.status))
-                if impls['triton'] is None:
-                    rows.append(
-                        dict(
-                            impl='triton',
-                            input_res=res,
-                            stage=stage,
-                            batch_size=b,
-                            H=h,
-                            W=w,
-                            C=c,
-                            N=h * w,
-                            mode=mode,
-                            dtype=args.dtype,
-                            device=device.type,
-                            gmacs=macs,
-                            status='skipped: needs CUDA'))
-                del x, x32, exact, transfer
-    exps = []
-    for mode in modes:
-        for impl in impls:
-            sel = [r for r in rows if r['impl'] == impl and r['mode'] == mode
-                   and r['status'] == 'ok']
-            for stage in sorted({r['stage'] for r in sel}):
-                pts = [r for r in sel if r['stage'] == stage]
-                exps.append(
-                    dict(
-                        impl=impl,
-                        stage=stage,
-                        C=VHEAT_T_DIMS[stage],
-                        mode=mode,
-                        exponent=fit_exponent([r['N'] for r in pts],
-                                              [r['median_ms'] for r in pts]),
-                        points=len(pts)))
-            # all stages of a vHeat-T network (time summed over its blocks)
-            by_res: Dict[int, float] = {}
-            for r in sel:
-                by_res[r['input_res']] = by_res.get(
-                    r['input_res'], 0.) + r['median_ms'] * VHEAT_T_DEPTHS[
-                        r['stage']]
-            if by_res:
-                ns = [(res // 4)**2 for res in by_res]
-                exps.append(
-                    dict(
-                        impl=impl,
-                        stage='all (x depth)',
-                        C='',
-                        mode=mode,
-                        exponent=fit_exponent(ns, list(by_res.values())),
-                        points=len(by_res)))
-    return rows, exps
-
-
-# ------------------------------------------------------------- model level
-class _PublishedBackbone(nn.Module):
-    """A VHeat run through :func:`published_forward`."""
-
-    def __init__(self, vheat: nn.Module):
-        super().__init__()
-        self.vheat = vheat
-
-    def forward(self, x):
-        from published_formulation import published_forward
-        return published_forward(self.vheat, x)
-
-
-def build_classifier(name: str, res: int) -> nn.Module:
-    """``name`` (see :data:`MODEL_NAMES`) as an ImageNet classifier."""
-    from mmpretrain.registry import MODELS
-    published = name.endswith('-pub')
-    family, arch, channels = _ARCHS[name[:-4] if published else name]
-    if family == 'vheat':
-        backbone = dict(
-            type='mmvheat.VHeat', arch=arch, img_size=res, init_cfg=None)
-    elif family == 'swin':
-        backbone = dict(
-            type='SwinTransformer',
-            arch=arch,
-            img_size=res,
-            pad_small_map=True,
-            init_cfg=None)
-    else:
-        backbone = dict(
-            type='mmvheat.MPViT', arch=arch, out_indices=(3, ), init_cfg=None)
-    model = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=backbone,
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(
-                type='LinearClsHead', num_classes=1000,
-                in_channels=channels)))
-    if published:
-        model.backbone = _PublishedBackbone(model.backbone)
-    return model
-
-
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _flops(name: str, res: int, cache: dict):
-    key = (name[:-4] if name.endswith('-pub') else name, res)
-    if key not in cache:
-        model = build_classifier(key[0], res)
-        info = model_complexity(
-            _TensorMode(model),
-            torch.randn(1, 3, res, res),
-            split_batch=True)
-        cache[key] = (info['flops_per_image'] / 1e9,
-                      info['flops_shared'] / 1e9, info['params'] / 1e6)
-    return cache[key]
-
-
-class _TensorMode(nn.Module):
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x, mode='tensor')
-
-
-def benchmark_models(args, device) -> List[dict]:
-    dtype = _dtype(args.dtype)
-    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
-    rows = []
-    flop_cache: dict = {}
-    for res in args.resolutions:
-        for mode in modes:
-            cands = []
-            models = {}
-            for name in args.models:
-                torch.manual_seed(0)
-                try:
-                    model = build_classifier(name, res).to(device)
-                except Exception as e:  # noqa: BLE001
-                    print(f'warning: cannot build {name} at {res}: {e}')
-                    continue
-                models[name] = model
-                x = torch.randn(
-                    args.batch_size, 3, res, res, device=device)
-                extra = _nbytes(model.parameters()) + _nbytes(model.buffers())
-                if mode == 'infer':
-                    model.eval()
-
-                    def step(model=model, x=x):
-                        with torch.no_grad(), _autocast(device, dtype):
-                            model(x, mode='tensor')
-                else:
-                    model.train()
-                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                    labels = torch.randint(
-                        0, 1000, (args.batch_size, ), device=device)
-                    extra *= 3  # params + AdamW exp_avg / exp_avg_sq (fp32)
-                    extra += _nbytes(model.parameters())  # grads
-
-                    def step(model=model, x=x, opt=opt, labels=labels):
-                        with _autocast(device, dtype):
-                            logits = model(x, mode='tensor')
-                        loss = F.cross_entropy(logits.float(), labels)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-
-                cands.append(_Candidate(name, step, extra_bytes=extra))
-            run_round_robin(cands, args.repeats, args.warmup, device)
-            base = cands[0] if cands else None
-            base_t = _median(base.times) if base else float('nan')
-            for cand in cands:
-                t = _median(cand.times)
-                if args.no_flops:
-                    gflops = shared = float('nan')
-                    params = sum(p.numel() for p in models[cand.name]
-                                 .parameters()) / 1e6
-                else:
-                    gflops, shared, params = _flops(cand.name, res,
-                                                    flop_cache)
-                peak = (cand.peak / 2**20 if cand.peak is not None else
-                        float('nan'))
-                base_peak = (base.peak / 2**20 if base.peak is not None else
-                             float('nan'))
-                rows.append(
-                    dict(
-                        model=cand.name,
-                        resolution=res,
-                        batch_size=args.batch_size,
-                        mode=mode,
-                        dtype=args.dtype,
-                        device=device.type,
-                        median_ms=t * 1e3,
-                        images_per_s=args.batch_size / t,
-                        speedup_vs_baseline=base_t / t,
-                        peak_mem_mb=peak,
-                        mem_vs_baseline=peak / base_peak,
-                        gflops_per_image=gflops,
-                        gflops_shared=shared,
-                        params_m=params,
-                        status=cand.status))
-            del cands, models
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
-    return rows
-
-
-def plot(rows: List[dict], path: str, title: str = ''):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [('images_per_s', 'throughput (images/s)'),
-              ('peak_mem_mb', 'peak memory (MiB)'),
-              ('gflops_per_image', 'FLOPs per image (GMACs)')]
-    keys = sorted({(r['model'], r['mode']) for r in rows},
-                  key=lambda k: (k[1], k[0]))
-    for ax, (col, label) in zip(axes, panels):
-        drawn = False
-        for model, mode in keys:
-            if col == 'gflops_per_image' and mode != keys[0][1]:
-                continue  # FLOPs do not depend on the mode
-            pts = sorted((r['resolution'], r[col]) for r in rows
-                         if r['model'] == model and r['mode'] == mode
-                         and r['status'] == 'ok' and r[col] is not None
-                         and not math.isnan(r[col]))
-            if not pts:
-                continue
-            style = '-' if mode == 'infer' else '--'
-            lab = model if col == 'gflops_per_image' else f'{model} ({mode})'
-            ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    style, marker='o', label=lab)
-            drawn = True
-        ax.set_xlabel('input resolution')
-        ax.set_ylabel(label)
-        ax.grid(alpha=.3)
-        if drawn:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(.5, .5, 'n/a on this device', ha='center',
-                    transform=ax.transAxes)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description='vHeat vs Swin/MPViT and HCO benchmark',
@@ -575,8 +40,10 @@ def parse_args(argv=None):
     p.add_argument(
         '--models',
         nargs='+',
-        default=['vheat-t', 'vheat-s', 'vheat-b', 'swin-t', 'swin-s',
-                 'swin-b', 'mpvit-s'],
+        default=[
+            'vheat-t', 'vheat-s', 'vheat-b', 'swin-t', 'swin-s', 'swin-b',
+            'mpvit-s'
+        ],
         choices=MODEL_NAMES,
         help='the first one is the baseline of the ratios')
     p.add_argument(
@@ -587,24 +54,31 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument(
         '--mode', choices=['infer', 'train', 'both'], default='both')
-    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'],
-                   default='fp32')
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     g = p.add_mutually_exclusive_group()
     g.add_argument('--op-only', action='store_true')
     g.add_argument('--model-only', action='store_true')
-    p.add_argument('--op-resolutions', type=int, nargs='+',
-                   default=[224, 512, 1024])
+    p.add_argument(
+        '--op-resolutions', type=int, nargs='+', default=[224, 512, 1024])
     p.add_argument('--op-stages', type=int, nargs='+', default=[0, 1, 2, 3])
-    p.add_argument('--op-batch-size', type=int, default=None,
-                   help='default: --batch-size')
+    p.add_argument(
+        '--op-batch-size',
+        type=int,
+        default=None,
+        help='default: --batch-size')
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--no-flops', action='store_true',
-                   help='skip the FLOP counts (jit tracing is slow on CPU)')
-    p.add_argument('--device', default=None,
-                   help='cuda (default when available) or cpu')
-    p.add_argument('--threads', type=int, default=None,
-                   help='torch.set_num_threads on CPU')
+    p.add_argument(
+        '--no-flops',
+        action='store_true',
+        help='skip the FLOP counts (jit tracing is slow on CPU)')
+    p.add_argument(
+        '--device', default=None, help='cuda (default when available) or cpu')
+    p.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch.set_num_threads on CPU')
     p.add_argument('--out-dir', default='work_dirs/benchmark')
     args = p.parse_args(argv)
     if args.op_batch_size is None:
@@ -614,50 +88,76 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device or (
-        'cuda' if torch.cuda.is_available() else 'cpu'))
+    device = torch.device(
+        args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
-    where = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
-             f'cpu, {torch.get_num_threads()} threads')
+    where = (
+        torch.cuda.get_device_name(device) if device.type == 'cuda' else
+        f'cpu, {torch.get_num_threads()} threads')
     print(f'device: {where}; dtype {args.dtype}; repeats {args.repeats} '
           '(round-robin, median)')
     if device.type != 'cuda':
         print('note: peak memory is n/a on CPU (RSS high-water mark is '
               'per process, not per model); absolute CPU times are '
               'informative only, compare the ratios')
-    out = {}
+    timing = dict(
+        mode=args.mode,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup)
     if not args.model_only:
-        op_rows, exps = benchmark_ops(args, device)
-        write_csv(osp.join(args.out_dir, 'benchmark_ops.csv'), op_rows,
-                  OP_COLUMNS)
-        write_csv(osp.join(args.out_dir, 'benchmark_op_exponents.csv'), exps,
-                  EXP_COLUMNS)
-        print_table(op_rows, [
-            'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
-            'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
-        ], f'HCO op (batch {args.op_batch_size}; speedup = reference time '
-           '/ time; max_rel_err = max |y - y_fp32| / max |y_fp32| against '
-           'float32 arithmetic on the unrounded input)')
-        print_table(exps, EXP_COLUMNS,
-                    'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)')
-        out.update(ops=op_rows, exponents=exps)
+        op_rows, exps, notes = benchmark_ops(
+            device,
+            resolutions=args.op_resolutions,
+            stages=args.op_stages,
+            batch_size=args.op_batch_size,
+            **timing)
+        for note in notes:
+            print(f'note: {note}')
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_ops.csv'), op_rows, OP_COLUMNS)
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_op_exponents.csv'), exps,
+            EXP_COLUMNS)
+        title = (f'HCO op (batch {args.op_batch_size}; speedup = reference '
+                 'time / time; max_rel_err = max |y - y_fp32| / max '
+                 '|y_fp32| against float32 arithmetic on the unrounded '
+                 'input)')
+        print(
+            format_table(op_rows, [
+                'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
+                'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
+            ], title))
+        print(
+            format_table(
+                exps, EXP_COLUMNS,
+                'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)'))
     if not args.op_only:
-        rows = benchmark_models(args, device)
-        write_csv(osp.join(args.out_dir, 'benchmark_models.csv'), rows,
-                  MODEL_COLUMNS)
+        rows, notes = benchmark_models(
+            device,
+            args.models,
+            resolutions=args.resolutions,
+            batch_size=args.batch_size,
+            flops=not args.no_flops,
+            **timing)
+        for note in notes:
+            print(f'warning: {note}')
+        write_csv(
+            osp.join(args.out_dir, 'benchmark_models.csv'), rows,
+            MODEL_COLUMNS)
         plot(rows, osp.join(args.out_dir, 'benchmark.png'),
              f'{where}, batch {args.batch_size}, {args.dtype}')
-        print_table(rows, [
-            'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
-            'speedup_vs_baseline', 'peak_mem_mb', 'mem_vs_baseline',
-            'gflops_per_image', 'params_m', 'status'
-        ], f'models (batch {args.batch_size}; speedup = baseline '
-           f'{args.models[0]} time / time)')
-        out['models'] = rows
+        print(
+            format_table(
+                rows, [
+                    'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
+                    'speedup_vs_baseline', 'peak_mem_mb', 'mem_vs_baseline',
+                    'gflops_per_image', 'params_m', 'status'
+                ], f'models (batch {args.batch_size}; speedup = baseline '
+                f'{args.models[0]} time / time)'))
     print(f'\nwritten to {args.out_dir}')
-    return out
 
 
 if __name__ == '__main__':

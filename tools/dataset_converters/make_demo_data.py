@@ -14,25 +14,22 @@ writes, in the real formats,
 Pictures of circles, squares and triangles on textured backgrounds; the
 same seed gives byte-identical files. A dataset that is already there with
 the same parameters is kept as it is (the run takes milliseconds); other
-parameters regenerate it. See mmvheat/datasets/demo_data.py.
+parameters regenerate it. See mmvheat/demo/data.py.
 """
 import argparse
 import os.path as osp
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+try:
+    import mmvheat  # noqa: F401
+except ImportError:  # not installed: this checkout
+    sys.path.insert(
+        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmvheat.datasets.demo_data import (
-    DEFAULTS,
-    DEMO_CLS_CLASSES,  # noqa
-    DEMO_DET_CLASSES,
-    DEMO_SEG_CLASSES,
-    TASK_DIRS,
-    make_demo_data,
-    print_progress)
+from mmvheat.demo.data import DEMO_CLS_CLASSES  # noqa: E402
+from mmvheat.demo.data import (DEFAULTS, DEMO_DET_CLASSES, DEMO_SEG_CLASSES,
+                               TASK_DIRS, make_demo_data, print_progress)
 
 _WHAT = dict(
     det=('COCO instances', DEMO_DET_CLASSES,

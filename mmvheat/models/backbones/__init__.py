@@ -1,5 +1,6 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+from .base import BaseBackbone, switch_to_deploy
 from .mpvit import MPViT
 from .vheat import VHeat
 
-__all__ = ['VHeat', 'MPViT']
+__all__ = ['BaseBackbone', 'VHeat', 'MPViT', 'switch_to_deploy']

@@ -14,56 +14,49 @@ convolutional relative position encoding ``Q * dwconv(V)`` whose kernel size
 differs between groups of heads, and a convolutional position encoding
 before each block. The blocks of one encoder share both encodings.
 
-Written from the description of the architecture; the published code is not
-part of this project. Published checkpoints convert with
+Published checkpoints convert with
 ``tools/model_converters/mpvit_to_mmvheat.py``.
 """
 import copy
+import re
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint as cp
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.registry import MODELS, register_plain_name
 from ..layers import DropPath
-from ..utils import freeze_modules, norms_to_eval, parse_out_indices
+from .base import DEFAULT_INIT_CFG, BaseBackbone
 
 __all__ = [
     'MPViT', 'MPViTStage', 'MHCAEncoder', 'MHCABlock', 'FactorizedAttention',
-    'ConvRelPosEnc', 'ConvPosEnc', 'crpe_head_groups', 'build_norm_layer'
+    'ConvRelPosEnc', 'ConvPosEnc', 'crpe_head_groups', 'build_norm'
 ]
 
-_NORM_LAYERS = {
-    'BN': nn.BatchNorm2d,
-    'BN2d': nn.BatchNorm2d,
-    'SyncBN': nn.SyncBatchNorm,
-}
 
+def build_norm(cfg: dict, channels: int) -> nn.Module:
+    """A normalization layer from an mmcv-style ``norm_cfg``.
 
-def build_norm_layer(cfg: dict, num_features: int) -> nn.Module:
-    """A 2D normalization layer from an mmcv-style config, without mmcv.
-
-    ``type`` is ``'BN'`` (``nn.BatchNorm2d``) or ``'SyncBN'``
-    (``nn.SyncBatchNorm``); ``requires_grad`` (default True) sets whether its
-    affine weights train, and any other key (``eps``, ``momentum``) goes to
-    the layer.
+    mmcv's ``build_norm_layer`` (imported here: the rest of the package
+    needs only torch and mmengine), with its errors about the config raised
+    as ``ValueError``.
     """
+    try:
+        from mmcv.cnn import build_norm_layer
+    except ImportError as exc:
+        raise ImportError(
+            'MPViT builds its normalization layers with mmcv, which is not '
+            f'installed ({exc}); install mmcv>=2.0 (bash tools/setup_env.sh, '
+            'or pip install mmcv-lite for the backbone alone).') from exc
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise ValueError(f'norm_cfg must be a dict with a "type", got {cfg!r}')
-    cfg = dict(cfg)
-    norm_type = cfg.pop('type')
-    if norm_type not in _NORM_LAYERS:
-        raise ValueError(f'Unsupported norm type {norm_type!r} for MPViT; '
-                         f'choose from {sorted(_NORM_LAYERS)}.')
-    requires_grad = cfg.pop('requires_grad', True)
-    layer = _NORM_LAYERS[norm_type](num_features, **cfg)
-    for param in layer.parameters():
-        param.requires_grad = requires_grad
-    return layer
+    try:
+        return build_norm_layer(cfg, channels)[1]
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'Unsupported norm_cfg {cfg!r} for MPViT: '
+                         f'{exc}') from exc
 
 
 def crpe_head_groups(num_heads: int) -> List[Tuple[int, int]]:
@@ -93,6 +86,22 @@ def _init_conv_norm(module: nn.Module):
             nn.init.zeros_(m.bias)
 
 
+def _conv(in_channels: int,
+          out_channels: int,
+          kernel_size: int,
+          stride: int = 1,
+          groups: int = 1) -> nn.Conv2d:
+    """A bias-free convolution whose padding keeps the grid at stride 1."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=(kernel_size - 1) // 2,
+        groups=groups,
+        bias=False)
+
+
 class ConvNormAct(nn.Sequential):
     """A bias-free convolution, a normalization layer and an optional
     Hardswish (``Conv2d_BN`` of the paper's code).
@@ -115,14 +124,8 @@ class ConvNormAct(nn.Sequential):
                  norm_cfg: dict = dict(type='BN'),
                  act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=(kernel_size - 1) // 2,
-            bias=False)
-        self.norm = build_norm_layer(norm_cfg, out_channels)
+        self.conv = _conv(in_channels, out_channels, kernel_size, stride)
+        self.norm = build_norm(norm_cfg, out_channels)
         self.act = nn.Hardswish() if act else nn.Identity()
         _init_conv_norm(self)
 
@@ -143,16 +146,10 @@ class DWConvNormAct(nn.Sequential):
                  stride: int = 1,
                  norm_cfg: dict = dict(type='BN')):
         super().__init__()
-        self.depthwise = nn.Conv2d(
-            channels,
-            channels,
-            kernel_size,
-            stride=stride,
-            padding=(kernel_size - 1) // 2,
-            groups=channels,
-            bias=False)
-        self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
-        self.norm = build_norm_layer(norm_cfg, channels)
+        self.depthwise = _conv(
+            channels, channels, kernel_size, stride, groups=channels)
+        self.pointwise = _conv(channels, channels, 1)
+        self.norm = build_norm(norm_cfg, channels)
         self.act = nn.Hardswish()
         _init_conv_norm(self)
 
@@ -178,8 +175,8 @@ class MultiScalePatchEmbed(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList([
             DWConvNormAct(
-                channels, 3, stride=stride if j == 0 else 1,
-                norm_cfg=norm_cfg) for j in range(num_path)
+                channels, 3, stride=stride if j == 0 else 1, norm_cfg=norm_cfg)
+            for j in range(num_path)
         ])
 
     def forward(self, x: Tensor) -> List[Tensor]:
@@ -217,8 +214,7 @@ class ConvRelPosEnc(nn.Module):
             group.
     """
 
-    def __init__(self, head_dim: int, head_groups: Sequence[Tuple[int,
-                                                                   int]]):
+    def __init__(self, head_dim: int, head_groups: Sequence[Tuple[int, int]]):
         super().__init__()
         self.channel_splits = [heads * head_dim for _, heads in head_groups]
         self.convs = nn.ModuleList([
@@ -227,8 +223,8 @@ class ConvRelPosEnc(nn.Module):
                 channels,
                 window,
                 padding=window // 2,
-                groups=channels) for (window, _), channels in zip(
-                    head_groups, self.channel_splits)
+                groups=channels)
+            for (window, _), channels in zip(head_groups, self.channel_splits)
         ])
 
     def forward(self, q: Tensor, v: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -378,9 +374,8 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, norm_cfg: dict = dict(type='BN')):
         super().__init__()
         self.conv1 = ConvNormAct(channels, channels, 1, norm_cfg=norm_cfg)
-        self.dwconv = nn.Conv2d(
-            channels, channels, 3, padding=1, groups=channels, bias=False)
-        self.norm = build_norm_layer(norm_cfg, channels)
+        self.dwconv = _conv(channels, channels, 3, groups=channels)
+        self.norm = build_norm(norm_cfg, channels)
         self.act = nn.Hardswish()
         self.conv2 = ConvNormAct(
             channels, channels, 1, norm_cfg=norm_cfg, act=False)
@@ -447,7 +442,7 @@ class MPViTStage(nn.Module):
 
 @register_plain_name
 @MODELS.register_module()
-class MPViT(BaseModule):
+class MPViT(BaseBackbone):
     """MPViT backbone.
 
     A PyTorch implementation of `MPViT: Multi-Path Vision Transformer for
@@ -472,9 +467,10 @@ class MPViT(BaseModule):
             Defaults to ``(0, 1, 2, 3)``.
         drop_path_rate (float): Stochastic depth rate, rising linearly with
             the block's depth (parallel paths share a rate). Defaults to 0.
-        norm_cfg (dict): Normalization layers of the convolutions:
-            ``dict(type='BN')`` or ``dict(type='SyncBN')``, with optional
-            ``requires_grad``, ``eps`` and ``momentum``.
+        norm_cfg (dict): Normalization layers of the convolutions, built by
+            mmcv's ``build_norm_layer``: ``dict(type='BN')``,
+            ``dict(type='SyncBN')``, ``dict(type='GN', num_groups=...)``...,
+            with optional ``requires_grad`` and the layer's own arguments.
             Defaults to ``dict(type='BN')``.
         frozen_stages (int): Freeze the stem and the first ``frozen_stages``
             stages (no gradients, eval mode); 0 or -1 freezes nothing.
@@ -521,11 +517,9 @@ class MPViT(BaseModule):
     }  # yapf: disable
     arch_keys = ('num_path', 'num_layers', 'embed_dims', 'mlp_ratios',
                  'num_heads')
-    #: Keys a custom arch may hold besides :attr:`arch_keys`.
     optional_arch_keys = ('num_stages', )
-    num_stages = 4
-    #: Output stride of each stage.
-    strides = (4, 8, 16, 32)
+    converter = 'tools/model_converters/mpvit_to_mmvheat.py'
+    published_prefixes = ('mhca_stages.', 'patch_embed_stages.')
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -536,32 +530,26 @@ class MPViT(BaseModule):
                  frozen_stages: int = 0,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = [
-                     dict(type='TruncNormal', layer='Linear', std=.02,
-                          bias=0.),
-                     dict(type='Constant', layer='LayerNorm', val=1.,
-                          bias=0.),
-                 ]):
-        super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch)
+                 init_cfg: Optional[Union[dict, list]] = DEFAULT_INIT_CFG):
+        super().__init__(arch, out_indices, frozen_stages, norm_eval, init_cfg)
         embed_dims = self.arch_settings['embed_dims']
         num_layers = self.arch_settings['num_layers']
         self.embed_dims = embed_dims
-        self.out_indices = parse_out_indices(out_indices, self.num_stages)
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, '
-                             f'{self.num_stages}], got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        build_norm_layer(norm_cfg, 1)  # fail early on a bad config
+        self.depths = num_layers
         self.norm_cfg = copy.deepcopy(norm_cfg)
 
         self.stem = nn.Sequential(
             ConvNormAct(
-                in_channels, embed_dims[0] // 2, 3, stride=2,
+                in_channels,
+                embed_dims[0] // 2,
+                3,
+                stride=2,
                 norm_cfg=norm_cfg),
             ConvNormAct(
-                embed_dims[0] // 2, embed_dims[0], 3, stride=2,
+                embed_dims[0] // 2,
+                embed_dims[0],
+                3,
+                stride=2,
                 norm_cfg=norm_cfg))
         depth = sum(num_layers)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -582,28 +570,8 @@ class MPViT(BaseModule):
                     with_cp=with_cp))
         self._freeze_stages()
 
-    # -- construction helpers ---------------------------------------------
     @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'Unknown MPViT arch {arch!r}; choose from '
-                                 f'{sorted(cls.arch_zoo)} or pass a dict '
-                                 f'with the keys {list(cls.arch_keys)}.')
-            return copy.deepcopy(cls.arch_zoo[key])
-        if not isinstance(arch, dict):
-            raise ValueError(f'arch must be a str or a dict, got {arch!r}')
-        missing = [k for k in cls.arch_keys if k not in arch]
-        unknown = [
-            k for k in arch
-            if k not in cls.arch_keys + cls.optional_arch_keys
-        ]
-        if missing or unknown:
-            raise ValueError(
-                f'A custom MPViT arch needs the keys {list(cls.arch_keys)} '
-                f'(optionally {list(cls.optional_arch_keys)}); missing '
-                f'{missing}, unknown {unknown}.')
+    def _complete_arch(cls, arch: dict) -> dict:
         n = cls.num_stages
         if arch.get('num_stages', n) != n:
             raise ValueError(f'MPViT has {n} stages, got num_stages='
@@ -642,84 +610,14 @@ class MPViT(BaseModule):
         dims = self.embed_dims
         return tuple(dims[1:]) + (dims[-1], )
 
-    @property
-    def out_channels(self) -> Tuple[int, ...]:
-        """Channels of each returned map."""
-        return tuple(self.stage_channels[i] for i in self.out_indices)
+    def _block_of(self, name: str, depth: int) -> int:
+        # Parallel paths share a depth; the patch embedding, local path and
+        # position encodings come before the first block, the aggregation
+        # after the last.
+        block = re.match(r'encoders\.\d+\.blocks\.(\d+)\.', name)
+        if block:
+            return int(block.group(1))
+        return depth - 1 if name.startswith('aggregate.') else 0
 
-    @property
-    def out_strides(self) -> Tuple[int, ...]:
-        """Stride of each returned map relative to the input."""
-        return tuple(self.strides[i] for i in self.out_indices)
-
-    # -- initialisation and loading -----------------------------------------
-    def init_weights(self):
-        """Initialise the weights, or load them from a ``Pretrained`` config.
-
-        A pretrained checkpoint must set every weight (BatchNorm statistics
-        included) and hold no weight the model lacks.
-        """
-        if (isinstance(self.init_cfg, dict)
-                and self.init_cfg.get('type') == 'Pretrained'):
-            self._load_pretrained(self.init_cfg)
-            self._is_init = True
-            return
-        super().init_weights()
+    def _init_own_weights(self):
         _init_conv_norm(self)
-
-    def _load_pretrained(self, init_cfg: dict):
-        from mmengine.runner.checkpoint import (_load_checkpoint,
-                                                _load_checkpoint_with_prefix)
-        logger = MMLogger.get_current_instance()
-        filename = init_cfg['checkpoint']
-        prefix = init_cfg.get('prefix')
-        map_location = init_cfg.get('map_location', 'cpu')
-        logger.info(f'Load MPViT weights from {filename}' +
-                    (f' (prefix {prefix!r})' if prefix else ''))
-        if prefix:
-            state_dict = _load_checkpoint_with_prefix(prefix, filename,
-                                                      map_location)
-        else:
-            checkpoint = _load_checkpoint(filename, map_location)
-            state_dict = checkpoint.get('state_dict', checkpoint)
-            if isinstance(state_dict.get('model'), dict):
-                state_dict = state_dict['model']
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            published = any(
-                k.startswith(('mhca_stages.', 'patch_embed_stages.'))
-                for k in unexpected)
-            hint = ('It is a published MPViT checkpoint: convert it with '
-                    'tools/model_converters/mpvit_to_mmvheat.py.'
-                    if published else
-                    'Is it an MPViT checkpoint of this arch in mmvheat '
-                    'layout (see tools/model_converters/mpvit_to_mmvheat.py),'
-                    ' with the right prefix?')
-            raise RuntimeError(
-                f'The checkpoint {filename} does not fit this MPViT '
-                f'({self.arch_settings}): {len(missing)} weights unset '
-                f'{missing}, {len(unexpected)} unexpected {unexpected}. '
-                f'{hint}')
-
-    # -- train/eval behaviour -----------------------------------------------
-    def _freeze_stages(self):
-        if self.frozen_stages <= 0:
-            return
-        freeze_modules([self.stem] + list(self.stages[:self.frozen_stages]))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            norms_to_eval(self)
-        return self
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Return one NCHW map per entry of ``out_indices``."""
-        x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)

@@ -12,16 +12,13 @@ operator, the linear layers and the LayerNorms all want that layout, and the
 few convolutions take the permuted view (``channels_last`` memory) without a
 copy. The outputs are NCHW, as OpenMMLab necks and heads expect.
 
-In eval mode the filters ``decay ** k`` depend only on the weights and the
-grid size, so each stage folds them once per input size and reuses them until
-any weight they came from changes (an optimizer step, ``load_state_dict``, an
-in-place update under ``no_grad`` or a device move), or until ``train()`` or
-``eval()`` is called. Writes through ``param.data`` bypass the version
-counters this relies on: call :meth:`VHeat.clear_folded` after them, or
-``eval()``, as mmengine's loops do right after ``EMAHook`` swaps weights.
+:meth:`VHeat.switch_to_deploy` specialises a model for inference, as
+mmpretrain's RepVGG does: each stage then keeps the filters ``decay ** k``
+it folded per input size, the blocks fuse their activations and residual
+adds into the linear layers on the CPU (:func:`mmvheat.ops.fused_linear`),
+and stages run on cache-sized sub-batches of the batch on the CPU. Outputs
+and state-dict keys are unchanged.
 """
-import copy
-import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -30,18 +27,16 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from mmvheat.ops import (cpu_sub_batch_size, fused_linear, heat_transfer,
                          spectral_filter)
 from mmvheat.registry import MODELS, register_plain_name
-from mmvheat.utils.freq_embed import resize_freq_embed
-from ..layers import DropPath
-from ..utils import freeze_modules, norms_to_eval, parse_out_indices
+from ..layers import DropPath, resize_freq_embed
+from .base import DEFAULT_INIT_CFG, BaseBackbone
 
-__all__ = ['VHeat', 'HeatBlock', 'HeatConduction2d', 'Mlp']
+__all__ = ['VHeat', 'HeatStage', 'HeatBlock', 'HeatConduction2d', 'Mlp']
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -49,13 +44,10 @@ def _conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def _weight_stamp(tensors) -> Tuple:
-    """Identify the current values of ``tensors`` without reading them.
-
-    In-place updates bump ``_version``; replacing ``.data`` or moving the
-    module changes ``data_ptr``.
-    """
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+def _grid(x: Tensor) -> Tuple[int, int]:
+    """``(H, W)`` of a channels-last map as plain ints, also under tracing
+    (e.g. ONNX export), where shapes are 0-dim tensors."""
+    return int(x.shape[1]), int(x.shape[2])
 
 
 class HeatConduction2d(nn.Module):
@@ -83,8 +75,8 @@ class HeatConduction2d(nn.Module):
         """The filter ``decay ** k`` for an ``(H, W, C)`` embedding.
 
         At least float32, autocast or not: ``k`` sits in an exponent, and a
-        half-precision ``k`` would also leak into the filters folded for
-        later float32 passes.
+        half-precision ``k`` would also leak into the filters a deployed
+        model folds for later float32 passes.
         """
         dtype = torch.promote_types(self.to_k.weight.dtype, torch.float32)
         with torch.autocast(freq_embed.device.type, enabled=False):
@@ -93,28 +85,24 @@ class HeatConduction2d(nn.Module):
                 self.to_k.bias.to(dtype))
         return heat_transfer(F.relu(k))
 
-    def forward(self,
-                x: Tensor,
-                transfer: Tensor,
-                residual: Optional[Tensor] = None) -> Tensor:
-        """Filter ``x`` ``(B, H, W, C)``; ``residual`` is added to the output.
+    def _projections(self, x: Tensor):
+        """``x`` after the depth-wise conv, and the halves of ``linear``.
 
-        The SiLU gate and the residual add are fused into the projections
-        where :func:`mmvheat.ops.fused_linear` can.
+        Two half-size projections give contiguous ``u`` and ``z`` (a chunk
+        of one 2C projection would be strided) from the same parameters.
         """
         x = _conv_nhwc(self.dwconv, x)
-        # Two half-size projections give contiguous u and z (a chunk of one
-        # 2C projection would be strided) from the same parameters.
-        weight_u, weight_z = self.linear.weight.chunk(2, dim=0)
-        bias_u, bias_z = self.linear.bias.chunk(2, dim=0)
-        u = fused_linear(x, weight_u, bias_u)
-        gate = fused_linear(x, weight_z, bias_z, activation='silu')
-        u = spectral_filter(u, transfer)
-        return fused_linear(
-            self.out_norm(u) * gate,
-            self.out_linear.weight,
-            self.out_linear.bias,
-            residual=residual)
+        return (x, ) + tuple(
+            zip(
+                self.linear.weight.chunk(2, dim=0),
+                self.linear.bias.chunk(2, dim=0)))
+
+    def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
+        """Filter ``x`` ``(B, H, W, C)`` with ``transfer`` ``(H, W, C)``."""
+        x, (weight_u, bias_u), (weight_z, bias_z) = self._projections(x)
+        u = spectral_filter(F.linear(x, weight_u, bias_u), transfer)
+        gate = F.silu(F.linear(x, weight_z, bias_z))
+        return self.out_linear(self.out_norm(u) * gate)
 
 
 class Mlp(nn.Module):
@@ -130,12 +118,8 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        """``fc2(GELU(fc1(x))) + residual``, fused where possible."""
-        hidden = fused_linear(
-            x, self.fc1.weight, self.fc1.bias, activation='gelu')
-        return fused_linear(
-            hidden, self.fc2.weight, self.fc2.bias, residual=residual)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class HeatBlock(nn.Module):
@@ -176,33 +160,15 @@ class HeatBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
         self.drop_path = DropPath(drop_path)
 
-    def _residual(self, x: Tensor, branch: Tensor, gamma: Optional[Tensor]):
-        if gamma is not None:
-            branch = branch * gamma
-        return x + self.drop_path(branch)
-
-    def _branch_ends_in_add(self) -> bool:
-        """Whether ``x + branch`` can be left to the branch's last linear.
-
-        That is a pre-norm block with no layer scale and no drop path
-        active, the eval-mode tiny model among others.
-        """
-        return not self.post_norm and self.gamma1 is None and not (
-            self.training and self.drop_path.drop_prob > 0)
+    def _branch(self, value: Tensor, gamma: Optional[Tensor]) -> Tensor:
+        return self.drop_path(value if gamma is None else value * gamma)
 
     def _forward(self, x: Tensor, transfer: Tensor) -> Tensor:
-        if self._branch_ends_in_add():
-            x = self.op(self.norm1(x), transfer, residual=x)
-            return self.mlp(self.norm2(x), residual=x)
         if self.post_norm:
-            heat = self.norm1(self.op(x, transfer))
-            x = self._residual(x, heat, self.gamma1)
-            x = self._residual(x, self.norm2(self.mlp(x)), self.gamma2)
-        else:
-            heat = self.op(self.norm1(x), transfer)
-            x = self._residual(x, heat, self.gamma1)
-            x = self._residual(x, self.mlp(self.norm2(x)), self.gamma2)
-        return x
+            x = x + self._branch(self.norm1(self.op(x, transfer)), self.gamma1)
+            return x + self._branch(self.norm2(self.mlp(x)), self.gamma2)
+        x = x + self._branch(self.op(self.norm1(x), transfer), self.gamma1)
+        return x + self._branch(self.mlp(self.norm2(x)), self.gamma2)
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         """Map a ``(B, H, W, C)`` tensor, filtering with ``transfer``."""
@@ -253,17 +219,10 @@ class HeatStage(nn.Module):
             stage's grid at the pretraining resolution.
         in_channels (int, optional): Channels of the previous stage; a
             downsample is added when given. Defaults to None.
-        drop_paths (Sequence[float]): Stochastic depth rate per block.
-        fold_cache_size (int): Number of input sizes whose folded filters
-            are kept in eval mode. Defaults to 4.
+        drop_paths (Sequence[float]): Stochastic depth rate per block;
+            empty for none. Defaults to ().
         **block_kwargs: Passed to :class:`HeatBlock`.
     """
-    #: Inference on CPU runs the blocks on sub-batches of about this many
-    #: bytes of activations: a block's intermediates then stay in the CPU
-    #: caches and the allocator's free lists instead of being faulted in
-    #: afresh per op (vHeat-T, batch 8, 2 cores: 1.13x at 224). Images are
-    #: independent in eval, so outputs are unchanged. 0 disables it.
-    cpu_sub_batch_bytes = 4 << 20
 
     def __init__(self,
                  dim: int,
@@ -271,61 +230,23 @@ class HeatStage(nn.Module):
                  embed_size: int,
                  in_channels: Optional[int] = None,
                  drop_paths: Sequence[float] = (),
-                 fold_cache_size: int = 4,
                  **block_kwargs):
         super().__init__()
         self.downsample = (
             Downsample(in_channels, dim) if in_channels is not None else None)
-        self.freq_embed = nn.Parameter(torch.zeros(embed_size, embed_size,
-                                                   dim))
+        self.freq_embed = nn.Parameter(
+            torch.zeros(embed_size, embed_size, dim))
         drop_paths = list(drop_paths) or [0.] * depth
         self.blocks = nn.ModuleList([
             HeatBlock(dim, drop_path=drop_paths[i], **block_kwargs)
             for i in range(depth)
         ])
-        self.fold_cache_size = fold_cache_size
-        self._folded: Dict[Tuple, Tuple[Tensor, ...]] = OrderedDict()
         self._register_load_state_dict_pre_hook(self._resize_loaded_embed)
-
-    # -- frequency filters ------------------------------------------------
-    def _filter_weights(self):
-        yield self.freq_embed
-        for block in self.blocks:
-            yield from block.op.to_k.parameters()
 
     def heat_transfers(self, size: Tuple[int, int]) -> Tuple[Tensor, ...]:
         """The filters ``decay ** k`` of every block for an ``H x W`` grid."""
         embed = resize_freq_embed(self.freq_embed, size)
         return tuple(block.op.heat_transfer(embed) for block in self.blocks)
-
-    def _can_fold(self) -> bool:
-        if self.training:
-            return False
-        # Gradients for the filter weights need the unfolded graph.
-        return not (torch.is_grad_enabled() and any(
-            p.requires_grad for p in self._filter_weights()))
-
-    def folded_heat_transfers(self, size: Tuple[int, int]):
-        """Like :meth:`heat_transfers`, cached while the weights stay put."""
-        key = (tuple(size), ) + _weight_stamp(self._filter_weights())
-        transfers = self._folded.get(key)
-        if transfers is None:
-            with torch.no_grad():
-                transfers = self.heat_transfers(size)
-            self._folded[key] = transfers
-            while len(self._folded) > self.fold_cache_size:
-                self._folded.popitem(last=False)
-        else:
-            self._folded.move_to_end(key)
-        return transfers
-
-    def clear_folded(self):
-        """Drop the filters folded in eval mode."""
-        self._folded.clear()
-
-    def train(self, mode: bool = True):
-        self.clear_folded()
-        return super().train(mode)
 
     def _resize_loaded_embed(self, state_dict, prefix, *args, **kwargs):
         key = prefix + 'freq_embed'
@@ -339,9 +260,8 @@ class HeatStage(nn.Module):
             f'Resize {key} from {tuple(embed.shape[:2])} to {size} '
             '(bicubic).')
         state_dict[key] = resize_freq_embed(embed, size)
-        self.clear_folded()
 
-    def _blocks(self, x: Tensor, transfers: Tuple[Tensor, ...]) -> Tensor:
+    def _blocks(self, x: Tensor, transfers: Sequence[Tensor]) -> Tensor:
         for block, transfer in zip(self.blocks, transfers):
             x = block(x, transfer)
         return x
@@ -350,22 +270,12 @@ class HeatStage(nn.Module):
         """Map a ``(B, H, W, C_in)`` tensor to ``(B, H', W', C)``."""
         if self.downsample is not None:
             x = self.downsample(x)
-        # Plain ints also under tracing (e.g. ONNX export), where shapes are
-        # 0-dim tensors: the folded filters then enter the graph as constants.
-        size = tuple(int(s) for s in x.shape[1:3])
-        if not self._can_fold():
-            return self._blocks(x, self.heat_transfers(size))
-        transfers = self.folded_heat_transfers(size)
-        sub_batch = cpu_sub_batch_size(x, self.cpu_sub_batch_bytes)
-        if sub_batch >= x.shape[0]:
-            return self._blocks(x, transfers)
-        return torch.cat(
-            [self._blocks(part, transfers) for part in x.split(sub_batch)])
+        return self._blocks(x, self.heat_transfers(_grid(x)))
 
 
 @register_plain_name
 @MODELS.register_module()
-class VHeat(BaseModule):
+class VHeat(BaseBackbone):
     """vHeat backbone.
 
     A PyTorch implementation of `vHeat: Building Vision Models upon Heat
@@ -395,7 +305,9 @@ class VHeat(BaseModule):
             Defaults to False.
         init_cfg (dict | list[dict], optional): Initialization config. A
             ``Pretrained`` config fails if any backbone weight is left
-            unloaded. Defaults to truncated-normal Linear layers.
+            unloaded; only the output norms (``norm{i}``) may differ, since
+            a classification checkpoint holds just the last one. Defaults
+            to truncated-normal Linear layers.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
@@ -421,9 +333,10 @@ class VHeat(BaseModule):
         }),
     }  # yapf: disable
     arch_keys = ('depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio')
-    num_stages = 4
-    #: Output stride of each stage.
-    strides = (4, 8, 16, 32)
+    stem_name = 'patch_embed'
+    optional_weights = r'norm\d+\.'
+    converter = 'tools/model_converters/vheat_to_mmvheat.py'
+    published_prefixes = ('layers.', 'freq_embed.')
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -434,30 +347,22 @@ class VHeat(BaseModule):
                  frozen_stages: int = 0,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = [
-                     dict(type='TruncNormal', layer='Linear', std=.02,
-                          bias=0.),
-                     dict(type='Constant', layer='LayerNorm', val=1.,
-                          bias=0.),
-                 ]):
-        super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch)
-        depths = self.arch_settings['depths']
+                 init_cfg: Optional[Union[dict, list]] = DEFAULT_INIT_CFG):
+        super().__init__(arch, out_indices, frozen_stages, norm_eval, init_cfg)
+        self.depths = self.arch_settings['depths']
         self.dims = self.arch_settings['dims']
+        self.stage_channels = tuple(self.dims)
         min_size = 4 * 2**(self.num_stages - 1)
         if img_size < min_size or img_size % min_size:
             raise ValueError(f'img_size must be a positive multiple of '
                              f'{min_size}, got {img_size}')
         self.img_size = img_size
-        self.out_indices = parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
 
         self.patch_embed = Stem(in_channels, self.dims[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.stages = nn.ModuleList()
-        for i, (depth, dim) in enumerate(zip(depths, self.dims)):
-            first = sum(depths[:i])
+        for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+            first = sum(self.depths[:i])
             self.stages.append(
                 HeatStage(
                     dim,
@@ -471,31 +376,11 @@ class VHeat(BaseModule):
                     with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
-        for stage in self.stages:
-            trunc_normal_(stage.freq_embed, std=.02)
+        self._init_own_weights()
         self._freeze_stages()
 
-    # -- construction helpers ---------------------------------------------
     @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'Unknown vHeat arch {arch!r}; choose from '
-                                 f'{sorted(cls.arch_zoo)} or pass a dict '
-                                 f'with the keys {list(cls.arch_keys)}.')
-            settings = copy.deepcopy(cls.arch_zoo[key])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.arch_keys if k not in arch]
-            unknown = [k for k in arch if k not in cls.arch_keys]
-            if missing or unknown:
-                raise ValueError(
-                    f'A custom vHeat arch needs exactly the keys '
-                    f'{list(cls.arch_keys)}; missing {missing}, unknown '
-                    f'{unknown}.')
-            settings = copy.deepcopy(dict(arch))
-        else:
-            raise ValueError(f'arch must be a str or a dict, got {arch!r}')
+    def _complete_arch(cls, settings: dict) -> dict:
         depths, dims = settings['depths'], settings['dims']
         if isinstance(dims, int):
             dims = [dims * 2**i for i in range(cls.num_stages)]
@@ -505,104 +390,189 @@ class VHeat(BaseModule):
         settings['depths'], settings['dims'] = list(depths), list(dims)
         return settings
 
-    @property
-    def out_channels(self) -> Tuple[int, ...]:
-        """Channels of each returned map."""
-        return tuple(self.dims[i] for i in self.out_indices)
+    def _block_of(self, name: str, depth: int) -> int:
+        # The downsample and freq_embed come before the first block.
+        block = re.match(r'blocks\.(\d+)\.', name)
+        return int(block.group(1)) if block else 0
 
-    @property
-    def out_strides(self) -> Tuple[int, ...]:
-        """Stride of each returned map relative to the input."""
-        return tuple(self.strides[i] for i in self.out_indices)
-
-    # -- initialisation and loading -----------------------------------------
-    def init_weights(self):
-        """Initialise the weights, or load them from a ``Pretrained`` config.
-
-        A pretrained checkpoint must set every weight and hold no weight the
-        model lacks; only the output LayerNorms (``norm{i}``) may differ,
-        since a classification checkpoint carries just the last one.
-        """
-        if (isinstance(self.init_cfg, dict)
-                and self.init_cfg.get('type') == 'Pretrained'):
-            self._load_pretrained(self.init_cfg)
-            self._is_init = True
-            return
-        super().init_weights()
+    def _init_own_weights(self):
         for stage in self.stages:
             trunc_normal_(stage.freq_embed, std=.02)
 
-    def _load_pretrained(self, init_cfg: dict):
-        from mmengine.runner.checkpoint import (_load_checkpoint,
-                                                _load_checkpoint_with_prefix)
-        logger = MMLogger.get_current_instance()
-        filename = init_cfg['checkpoint']
-        prefix = init_cfg.get('prefix')
-        map_location = init_cfg.get('map_location', 'cpu')
-        if '://' not in filename and not osp.isfile(filename):
-            raise FileNotFoundError(
-                f'Pretrained vHeat checkpoint not found: {filename}. Convert '
-                'the published ImageNet weights with tools/model_converters/'
-                'vheat_to_mmvheat.py, enlarge them to the downstream '
+    def _missing_checkpoint_hint(self) -> str:
+        return (f'Convert the published ImageNet weights with '
+                f'{self.converter}, enlarge them to the downstream '
                 'resolution with tools/interpolate4downstream.py, or set '
                 'model.backbone.init_cfg=None to train from scratch.')
-        logger.info(f'Load vHeat weights from {filename}' +
-                    (f' (prefix {prefix!r})' if prefix else ''))
-        if prefix:
-            state_dict = _load_checkpoint_with_prefix(prefix, filename,
-                                                      map_location)
-        else:
-            checkpoint = _load_checkpoint(filename, map_location)
-            state_dict = checkpoint.get('state_dict', checkpoint)
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        # Output norms differ between classification and dense models; any
-        # other difference means the checkpoint is of another architecture.
-        output_norm = re.compile(r'^norm\d+\.')
-        fresh_norms = [k for k in missing if output_norm.match(k)]
-        missing = [k for k in missing if not output_norm.match(k)]
-        extra = [k for k in unexpected if not output_norm.match(k)]
-        if missing or extra:
-            raise RuntimeError(
-                f'The checkpoint {filename} does not fit this vHeat '
-                f'({self.arch_settings}): {len(missing)} weights unset '
-                f'{missing}, {len(extra)} unexpected {extra}. Is it a vHeat '
-                'checkpoint of this arch in mmvheat layout (see '
-                'tools/model_converters/vheat_to_mmvheat.py), with the right '
-                'prefix?')
-        if fresh_norms:
-            logger.info(f'Output norms initialised afresh: {fresh_norms}')
-        if unexpected:
-            logger.info(f'Unused output norms in the checkpoint: {unexpected}')
 
-    # -- train/eval behaviour -----------------------------------------------
-    def _freeze_stages(self):
-        if self.frozen_stages <= 0:
+    def switch_to_deploy(self):
+        """Specialise the model for inference; see the module doc.
+
+        Gradients still reach the input, but no longer the weights, which
+        are frozen. A deployed model recomputes its folded filters after
+        ``load_state_dict``, a device or dtype move, ``train()``/``eval()``
+        or :meth:`clear_folded`; call one of them after changing weights in
+        place. Training a deployed model is refused.
+        """
+        if self.deploy:
             return
-        frozen = [self.patch_embed] + list(self.stages[:self.frozen_stages])
-        for i in range(self.frozen_stages):
-            if i in self.out_indices:
-                frozen.append(getattr(self, f'norm{i}'))
-        freeze_modules(frozen)
+        for stage in self.stages:
+            DeployedHeatStage.specialise(stage)
+        self.requires_grad_(False)
+        self.deploy = True
 
     def clear_folded(self):
-        """Drop the filters folded in eval mode (see the module doc)."""
+        """Drop the filters a deployed model folded."""
         for stage in self.stages:
-            stage.clear_folded()
+            if isinstance(stage, DeployedHeatStage):
+                stage.clear_folded()
 
     def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            norms_to_eval(self)
-        return self
+        if mode and self.deploy:
+            raise RuntimeError(
+                'This VHeat was switched to deploy mode (inference only); '
+                'build a new one to train.')
+        return super().train(mode)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Return one NCHW map per entry of ``out_indices``."""
-        x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(x)
-                outs.append(out.permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
+    def _output(self, i: int, x: Tensor) -> Tensor:
+        out = getattr(self, f'norm{i}')(x)
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+# -- inference specialisation (VHeat.switch_to_deploy) -----------------------
+# Each class below is a subclass whose instances are made by retyping a
+# trained module in place (as torch.nn.utils.parametrize does), so that
+# parameters, buffers, hooks and state-dict keys stay exactly as they were.
+def _retype(module: nn.Module, cls: type) -> nn.Module:
+    if not isinstance(module, cls.__bases__[0]):
+        raise TypeError(f'cannot make a {cls.__name__} of a '
+                        f'{type(module).__name__}')
+    module.__class__ = cls
+    return module
+
+
+def _scaled_weights(linear: nn.Linear, scale: Optional[Tensor]):
+    """``linear``'s weight and bias with its outputs scaled by ``scale``."""
+    if scale is None:
+        return linear.weight, linear.bias
+    return linear.weight * scale[:, None], linear.bias * scale
+
+
+class FusedHeatConduction2d(HeatConduction2d):
+    """:class:`HeatConduction2d` with the SiLU gate and an optional
+    residual add fused into its projections."""
+
+    def forward(self,
+                x: Tensor,
+                transfer: Tensor,
+                residual: Optional[Tensor] = None,
+                scale: Optional[Tensor] = None) -> Tensor:
+        """``residual + scale * HeatConduction2d(x)``."""
+        x, (weight_u, bias_u), (weight_z, bias_z) = self._projections(x)
+        u = spectral_filter(fused_linear(x, weight_u, bias_u), transfer)
+        gate = fused_linear(x, weight_z, bias_z, activation='silu')
+        return fused_linear(
+            self.out_norm(u) * gate,
+            *_scaled_weights(self.out_linear, scale),
+            residual=residual)
+
+
+class FusedMlp(Mlp):
+    """:class:`Mlp` with the GELU and an optional residual add fused into
+    its linear layers."""
+
+    def forward(self,
+                x: Tensor,
+                residual: Optional[Tensor] = None,
+                scale: Optional[Tensor] = None) -> Tensor:
+        """``residual + scale * Mlp(x)``."""
+        hidden = fused_linear(
+            x, self.fc1.weight, self.fc1.bias, activation='gelu')
+        return fused_linear(
+            hidden, *_scaled_weights(self.fc2, scale), residual=residual)
+
+
+class FusedHeatBlock(HeatBlock):
+    """:class:`HeatBlock` for inference: no stochastic depth or gradient
+    checkpointing, and a pre-norm block's residual adds (and layer scales)
+    fused into each branch's last linear layer."""
+
+    @classmethod
+    def specialise(cls, block: HeatBlock) -> 'FusedHeatBlock':
+        _retype(block.op, FusedHeatConduction2d)
+        _retype(block.mlp, FusedMlp)
+        return _retype(block, cls)
+
+    def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
+        if self.post_norm:
+            x = x + self._scale_by(
+                self.norm1(self.op(x, transfer)), self.gamma1)
+            return x + self._scale_by(self.norm2(self.mlp(x)), self.gamma2)
+        x = self.op(self.norm1(x), transfer, residual=x, scale=self.gamma1)
+        return self.mlp(self.norm2(x), residual=x, scale=self.gamma2)
+
+    @staticmethod
+    def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:
+        return value if gamma is None else value * gamma
+
+
+class DeployedHeatStage(HeatStage):
+    """:class:`HeatStage` for inference: the filters are folded once per
+    input size, and the batch runs through the blocks in sub-batches of
+    about :attr:`cpu_sub_batch_bytes` of activations on the CPU (images are
+    independent), so that a block's intermediates stay in the CPU caches."""
+    #: Sub-batch budget in bytes on the CPU; 0 runs the whole batch.
+    cpu_sub_batch_bytes = 4 << 20
+    #: Number of input sizes whose folded filters are kept.
+    fold_cache_size = 4
+
+    @classmethod
+    def specialise(cls, stage: HeatStage) -> 'DeployedHeatStage':
+        for block in stage.blocks:
+            FusedHeatBlock.specialise(block)
+        _retype(stage, cls)
+        stage._folded: Dict[Tuple[int, int], Tuple[Tensor, ...]] = \
+            OrderedDict()
+        stage._register_load_state_dict_pre_hook(stage._clear_on_load)
+        return stage
+
+    def folded_heat_transfers(self, size: Tuple[int,
+                                                int]) -> Tuple[Tensor, ...]:
+        """:meth:`heat_transfers`, computed once per size and kept.
+
+        They are computed outside any ``inference_mode`` (as constants, with
+        no graph), so that a later pass with autograd can use them.
+        """
+        transfers = self._folded.get(size)
+        if transfers is None:
+            with torch.inference_mode(False), torch.no_grad():
+                transfers = self.heat_transfers(size)
+            self._folded[size] = transfers
+            while len(self._folded) > self.fold_cache_size:
+                self._folded.popitem(last=False)
+        else:
+            self._folded.move_to_end(size)
+        return transfers
+
+    def clear_folded(self):
+        """Drop the folded filters."""
+        self._folded.clear()
+
+    def _clear_on_load(self, *args, **kwargs):
+        self.clear_folded()
+
+    def train(self, mode: bool = True):
+        self.clear_folded()
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        self.clear_folded()  # a device or dtype move
+        return super()._apply(*args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        transfers = self.folded_heat_transfers(_grid(x))
+        parts = x.split(cpu_sub_batch_size(x, self.cpu_sub_batch_bytes))
+        outs = [self._blocks(part, transfers) for part in parts]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)

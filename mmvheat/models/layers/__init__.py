@@ -1,4 +1,5 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .drop_path import DropPath, drop_path
+from .freq_embed import pad_freq_embed, resize_freq_embed
 
-__all__ = ['DropPath', 'drop_path']
+__all__ = ['DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed']

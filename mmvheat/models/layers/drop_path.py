@@ -2,7 +2,9 @@
 from torch import Tensor, nn
 
 
-def drop_path(x: Tensor, drop_prob: float = 0., training: bool = False) -> Tensor:
+def drop_path(x: Tensor,
+              drop_prob: float = 0.,
+              training: bool = False) -> Tensor:
     """Stochastic depth per sample (Huang et al., ECCV 2016)."""
     if drop_prob == 0. or not training:
         return x

@@ -10,6 +10,7 @@ import json
 import math
 import os.path as osp
 import re
+import sys
 
 import pytest
 import torch
@@ -17,8 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmvheat.models.backbones.mpvit as mpvit_module
-from mmvheat.models.backbones.mpvit import (MPViT, build_norm_layer,
-                                            crpe_head_groups)
+from mmvheat.models.backbones.mpvit import MPViT, build_norm, crpe_head_groups
 
 SMALL_ARCH = dict(
     num_path=[1, 2, 2, 2],
@@ -31,32 +31,54 @@ ALL_OUT = (0, 1, 2, 3)
 STRIDES = (4, 8, 16, 32)
 
 ARCHS = dict(
-    tiny=dict(num_path=[2, 3, 3, 3], num_layers=[1, 2, 4, 1],
-              embed_dims=[64, 96, 176, 216], mlp_ratios=[2, 2, 2, 2],
-              num_heads=[8, 8, 8, 8]),
-    xsmall=dict(num_path=[2, 3, 3, 3], num_layers=[1, 2, 4, 1],
-                embed_dims=[64, 128, 192, 256], mlp_ratios=[4, 4, 4, 4],
-                num_heads=[8, 8, 8, 8]),
-    small=dict(num_path=[2, 3, 3, 3], num_layers=[1, 3, 6, 3],
-               embed_dims=[64, 128, 216, 288], mlp_ratios=[4, 4, 4, 4],
-               num_heads=[8, 8, 8, 8]),
-    base=dict(num_path=[2, 3, 3, 3], num_layers=[1, 3, 8, 3],
-              embed_dims=[128, 224, 368, 480], mlp_ratios=[4, 4, 4, 4],
-              num_heads=[8, 8, 8, 8]),
+    tiny=dict(
+        num_path=[2, 3, 3, 3],
+        num_layers=[1, 2, 4, 1],
+        embed_dims=[64, 96, 176, 216],
+        mlp_ratios=[2, 2, 2, 2],
+        num_heads=[8, 8, 8, 8]),
+    xsmall=dict(
+        num_path=[2, 3, 3, 3],
+        num_layers=[1, 2, 4, 1],
+        embed_dims=[64, 128, 192, 256],
+        mlp_ratios=[4, 4, 4, 4],
+        num_heads=[8, 8, 8, 8]),
+    small=dict(
+        num_path=[2, 3, 3, 3],
+        num_layers=[1, 3, 6, 3],
+        embed_dims=[64, 128, 216, 288],
+        mlp_ratios=[4, 4, 4, 4],
+        num_heads=[8, 8, 8, 8]),
+    base=dict(
+        num_path=[2, 3, 3, 3],
+        num_layers=[1, 3, 8, 3],
+        embed_dims=[128, 224, 368, 480],
+        mlp_ratios=[4, 4, 4, 4],
+        num_heads=[8, 8, 8, 8]),
 )
 ALIASES = {
-    'tiny': 'tiny', 't': 'tiny', 'T': 'tiny', 'Tiny': 'tiny',
-    'xsmall': 'xsmall', 'xs': 'xsmall', 'XS': 'xsmall', 'XSmall': 'xsmall',
-    'small': 'small', 's': 'small', 'S': 'small',
-    'base': 'base', 'b': 'base', 'BASE': 'base',
+    'tiny': 'tiny',
+    't': 'tiny',
+    'T': 'tiny',
+    'Tiny': 'tiny',
+    'xsmall': 'xsmall',
+    'xs': 'xsmall',
+    'XS': 'xsmall',
+    'XSmall': 'xsmall',
+    'small': 'small',
+    's': 'small',
+    'S': 'small',
+    'base': 'base',
+    'b': 'base',
+    'BASE': 'base',
 }
 # Parameters of the backbone (no classifier) and of the published ImageNet
 # model (a 1000-class Linear on top); mpvit.md rounds the latter to
 # 5.8M / 10.5M / 22.8M / 74.8M.
-BACKBONE_PARAMS = dict(tiny=5_626_736, xsmall=10_316_448, small=22_603_400,
-                       base=74_364_976)
-IMAGENET_PARAMS = dict(tiny=5_843_736, xsmall=10_573_448, small=22_892_400,
-                       base=74_845_976)
+BACKBONE_PARAMS = dict(
+    tiny=5_626_736, xsmall=10_316_448, small=22_603_400, base=74_364_976)
+IMAGENET_PARAMS = dict(
+    tiny=5_843_736, xsmall=10_573_448, small=22_892_400, base=74_845_976)
 PAPER_PARAMS_M = dict(tiny=5.8, xsmall=10.5, small=22.8, base=74.8)
 
 
@@ -85,8 +107,8 @@ def rand_input(*shape, seed=0):
 
 def weighted_loss(outs, seed=123):
     g = torch.Generator().manual_seed(seed)
-    return sum((o.float() * torch.randn(o.shape, generator=g)).sum()
-               for o in outs)
+    return sum(
+        (o.float() * torch.randn(o.shape, generator=g)).sum() for o in outs)
 
 
 def grid(n, stride):
@@ -142,8 +164,8 @@ def test_arch_names_and_aliases(name, fast_init):
         dim = dims[i]
         num_path = expected['num_path'][i]
         assert len(stage.patch_embed.convs) == num_path
-        assert stage.patch_embed.convs[0].depthwise.stride == (
-            (1, 1) if i == 0 else (2, 2))
+        assert stage.patch_embed.convs[0].depthwise.stride == ((1, 1) if i == 0
+                                                               else (2, 2))
         assert all(c.depthwise.stride == (1, 1)
                    for c in stage.patch_embed.convs[1:])
         assert len(stage.encoders) == num_path
@@ -152,10 +174,11 @@ def test_arch_names_and_aliases(name, fast_init):
         for encoder in stage.encoders:
             assert len(encoder.blocks) == expected['num_layers'][i]
             head_dim = dim // 8
-            assert [c.out_channels for c in encoder.crpe.convs] == [
-                2 * head_dim, 3 * head_dim, 3 * head_dim]
-            assert [c.kernel_size for c in encoder.crpe.convs] == [
-                (3, 3), (5, 5), (7, 7)]
+            assert [c.out_channels for c in encoder.crpe.convs
+                    ] == [2 * head_dim, 3 * head_dim, 3 * head_dim]
+            assert [c.kernel_size for c in encoder.crpe.convs] == [(3, 3),
+                                                                   (5, 5),
+                                                                   (7, 7)]
             for block in encoder.blocks:
                 assert block.attn.num_heads == 8
                 assert block.attn.scale == pytest.approx(head_dim**-0.5)
@@ -164,10 +187,10 @@ def test_arch_names_and_aliases(name, fast_init):
 
 
 def test_arch_zoo_entries_are_not_shared():
-    settings = MPViT._parse_arch('tiny')
+    settings = MPViT.parse_arch('tiny')
     settings['num_layers'][0] = 99
     assert MPViT.arch_zoo['tiny']['num_layers'][0] == 1
-    assert MPViT._parse_arch('t')['num_layers'] == [1, 2, 4, 1]
+    assert MPViT.parse_arch('t')['num_layers'] == [1, 2, 4, 1]
 
 
 @pytest.mark.parametrize('name', list(ARCHS))
@@ -231,8 +254,7 @@ def test_arch_dict_missing_key(missing):
     (dict(SMALL_ARCH, num_layers=[1, 0, 1, 1]), 'num_layers'),
     (dict(SMALL_ARCH, num_path=[1, 2, 2.5, 2]), 'num_path'),
     (dict(SMALL_ARCH, embed_dims=[16, 16, 20, 32]), 'num_heads'),
-    (dict(SMALL_ARCH, embed_dims=[15, 16, 24, 32], num_heads=1),
-     'even'),
+    (dict(SMALL_ARCH, embed_dims=[15, 16, 24, 32], num_heads=1), 'even'),
     (['tiny'], 'str or a dict'),
 ])
 def test_arch_dict_bad_entries(arch, match):
@@ -243,13 +265,18 @@ def test_arch_dict_bad_entries(arch, match):
 def test_arch_golden_form_and_scalars():
     """The reference fixture's form (per-stage lists and ``num_stages``)
     and the scalar shorthand give the same model."""
-    lists = dict(SMALL_ARCH, mlp_ratios=[2] * 4, num_heads=[8] * 4,
-                 num_stages=4)
+    lists = dict(
+        SMALL_ARCH, mlp_ratios=[2] * 4, num_heads=[8] * 4, num_stages=4)
     a, b = MPViT(arch=lists), MPViT(arch=SMALL_ARCH)
     assert a.arch_settings == b.arch_settings
     assert 'num_stages' not in a.arch_settings
-    assert {k: v.shape for k, v in a.state_dict().items()} == {
-        k: v.shape for k, v in b.state_dict().items()}
+    assert {
+        k: v.shape
+        for k, v in a.state_dict().items()
+    } == {
+        k: v.shape
+        for k, v in b.state_dict().items()
+    }
 
 
 @pytest.mark.parametrize('num_heads, expected', [
@@ -277,8 +304,8 @@ def test_per_stage_heads_and_ratios():
             assert len(encoder.crpe.convs) == len(crpe_head_groups(heads))
             for block in encoder.blocks:
                 assert block.attn.num_heads == heads
-                assert block.mlp.fc1.out_features == int(
-                    dim * arch['mlp_ratios'][i])
+                assert block.mlp.fc1.out_features == int(dim *
+                                                         arch['mlp_ratios'][i])
     outs = model(rand_input(1, 3, 64, 32))
     assert [o.shape[1] for o in outs] == list(SMALL_CHANNELS)
 
@@ -302,10 +329,8 @@ def test_negative_and_int_out_indices(out_indices, expected):
     assert model.out_channels == tuple(SMALL_CHANNELS[i] for i in expected)
     assert model.out_strides == tuple(STRIDES[i] for i in expected)
     outs = model(rand_input(1, 3, 64, 64))
-    assert [o.shape for o in outs] == [
-        (1, SMALL_CHANNELS[i], 64 // STRIDES[i], 64 // STRIDES[i])
-        for i in expected
-    ]
+    assert [o.shape for o in outs] == [(1, SMALL_CHANNELS[i], 64 // STRIDES[i],
+                                        64 // STRIDES[i]) for i in expected]
 
 
 def test_out_channels_tiny(fast_init):
@@ -331,8 +356,8 @@ def test_registry_build():
 
 
 # -- 2. shapes ----------------------------------------------------------------
-@pytest.mark.parametrize('out_indices',
-                         [(0, ), (1, ), (2, ), (3, ), ALL_OUT, (-1, )])
+@pytest.mark.parametrize('out_indices', [(0, ), (1, ), (2, ), (3, ), ALL_OUT,
+                                         (-1, )])
 def test_forward_shapes(out_indices):
     model = make_model(out_indices=out_indices)
     model.eval()
@@ -400,8 +425,10 @@ def test_frozen_stages():
     model.train()
     assert all(not m.training for m in model.stages[1].modules())
     stats = {k: v.clone() for k, v in model.stem.state_dict().items()}
-    stats.update({f's1.{k}': v.clone()
-                  for k, v in model.stages[1].state_dict().items()})
+    stats.update({
+        f's1.{k}': v.clone()
+        for k, v in model.stages[1].state_dict().items()
+    })
     outs = model(rand_input(2, 3, 32, 32))
     weighted_loss(outs).backward()
     for k, v in model.stem.state_dict().items():
@@ -424,8 +451,8 @@ def test_all_stages_frozen():
     model = make_model(frozen_stages=4)
     model.train()
     assert not any(p.requires_grad for p in model.parameters())
-    assert not any(m.training for m in model.modules()
-                   if m not in (model, model.stages))
+    assert not any(m.training
+                   for m in model.modules() if m not in (model, model.stages))
 
 
 @pytest.mark.parametrize('frozen_stages', [5, -2])
@@ -444,8 +471,10 @@ def test_norm_eval():
     assert all(not m.training for m in norms)
     assert all(m.training for m in model.modules()
                if isinstance(m, (nn.Linear, nn.Conv2d)))
-    stats = {k: v.clone() for k, v in model.state_dict().items()
-             if 'running' in k}
+    stats = {
+        k: v.clone()
+        for k, v in model.state_dict().items() if 'running' in k
+    }
     weighted_loss(model(rand_input(2, 3, 32, 32))).backward()
     for k, v in stats.items():
         assert torch.equal(model.state_dict()[k], v), k
@@ -471,7 +500,7 @@ def test_syncbn_config_builds():
             norm_cfg=dict(type='SyncBN', requires_grad=True),
             norm_eval=True))
     norms = batch_norms(model)
-    assert norms and all(type(m) is nn.SyncBatchNorm for m in norms)
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
     assert all(m.weight.requires_grad for m in norms)
     model.train()
     assert all(not m.training for m in norms)
@@ -483,23 +512,44 @@ def test_syncbn_config_builds():
 def test_norm_cfg_options():
     model = MPViT(
         arch=SMALL_ARCH,
-        norm_cfg=dict(type='BN', requires_grad=False, eps=1e-3,
-                      momentum=0.05))
+        norm_cfg=dict(type='BN', requires_grad=False, eps=1e-3, momentum=0.05))
     norms = batch_norms(model)
     assert all(type(m) is nn.BatchNorm2d for m in norms)
     assert all(m.eps == 1e-3 and m.momentum == 0.05 for m in norms)
     assert all(not p.requires_grad for m in norms for p in m.parameters())
-    others = [p for n, p in model.named_parameters()
-              if not any(p is q for m in norms for q in m.parameters())]
+    others = [
+        p for n, p in model.named_parameters()
+        if not any(p is q for m in norms for q in m.parameters())
+    ]
     assert others and all(p.requires_grad for p in others)
 
 
-@pytest.mark.parametrize('norm_cfg', [dict(type='GN'), dict(eps=1e-5), 'BN'])
+@pytest.mark.parametrize(
+    'norm_cfg',
+    [dict(type='GN'),
+     dict(type='NoSuchNorm'),
+     dict(eps=1e-5), 'BN'])
 def test_bad_norm_cfg(norm_cfg):
-    with pytest.raises(ValueError, match='norm'):
+    with pytest.raises(ValueError, match='norm_cfg'):
         MPViT(arch=SMALL_ARCH, norm_cfg=norm_cfg)
     with pytest.raises(ValueError):
-        build_norm_layer(norm_cfg, 4)
+        build_norm(norm_cfg, 4)
+
+
+def test_norm_cfg_is_mmcv_s():
+    """Any normalization mmcv's ``build_norm_layer`` builds: GroupNorm."""
+    model = MPViT(arch=SMALL_ARCH, norm_cfg=dict(type='GN', num_groups=4))
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups == 4 for m in norms)
+    assert not batch_norms(model)
+    outs = model(rand_input(2, 3, 32, 32))
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_without_mmcv_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'mmcv.cnn', None)
+    with pytest.raises(ImportError, match='MPViT .*mmcv'):
+        MPViT(arch=SMALL_ARCH)
 
 
 # -- 5. gradient checkpointing ------------------------------------------------
@@ -523,12 +573,14 @@ def test_with_cp_same_outputs_and_grads(monkeypatch):
         torch.manual_seed(7)  # the same drop-path masks
         outs = model(inp)
         weighted_loss(outs).backward()
-        results.append((outs, inp.grad,
-                        {n: p.grad for n, p in model.named_parameters()}))
+        results.append((outs, inp.grad, {
+            n: p.grad
+            for n, p in model.named_parameters()
+        }))
     # One checkpoint per MHCA block: num_path x num_layers per stage.
     assert len(calls) == sum(
-        p * n for p, n in zip(SMALL_ARCH['num_path'],
-                              SMALL_ARCH['num_layers']))
+        p * n
+        for p, n in zip(SMALL_ARCH['num_path'], SMALL_ARCH['num_layers']))
 
     (outs_a, gin_a, grads_a), (outs_b, gin_b, grads_b) = results
     assert_outs_close(outs_b, outs_a, atol=1e-6, rtol=1e-6)
@@ -596,8 +648,8 @@ def test_drop_path_rates_and_eval():
         assert all(p == paths[0] for p in paths)
     rates = [r for paths in per_stage for r in paths[0]]
     assert len(rates) == sum(SMALL_ARCH['num_layers'])
-    assert rates == pytest.approx([0.5 * i / (len(rates) - 1)
-                                   for i in range(len(rates))])
+    assert rates == pytest.approx(
+        [0.5 * i / (len(rates) - 1) for i in range(len(rates))])
     with_drop.eval()
     no_drop.eval()
     x = rand_input(2, 3, 64, 64)
@@ -615,13 +667,17 @@ def test_drop_path_rates_and_eval():
 # -- 7. init_weights ----------------------------------------------------------
 def test_init_weights():
     model = make_model()
-    linears = {n: m for n, m in model.named_modules()
-               if isinstance(m, nn.Linear)}
+    linears = {
+        n: m
+        for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
     before = {n: m.weight.detach().clone() for n, m in linears.items()}
     layer_norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     norms = batch_norms(model)
-    convs = [m for m in model.modules()
-             if isinstance(m, nn.Conv2d) and m.bias is None]
+    convs = [
+        m for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.bias is None
+    ]
     assert any((m.weight != 1).any() for m in layer_norms + norms)
 
     model.init_weights()
@@ -720,7 +776,8 @@ def test_pretrained_missing_weight_raises(missing, tmp_path):
 def test_pretrained_unexpected_weight_raises(tmp_path):
     source = make_model()
     path = save_checkpoint(
-        source, tmp_path / 'ckpt.pth',
+        source,
+        tmp_path / 'ckpt.pth',
         extra={'backbone.norm3.weight': torch.ones(32)})
     target = make_model(init_cfg=pretrained(path))
     with pytest.raises(RuntimeError, match='1 unexpected') as info:
@@ -746,13 +803,15 @@ def test_pretrained_published_layout_names_the_converter(tmp_path):
     torch.save(
         {
             'model': {
-                'stem.0.conv.weight': torch.zeros(8, 3, 3, 3),
-                'mhca_stages.0.aggregate.conv.weight': torch.zeros(1),
+                'stem.0.conv.weight':
+                torch.zeros(8, 3, 3, 3),
+                'mhca_stages.0.aggregate.conv.weight':
+                torch.zeros(1),
                 'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
                 torch.zeros(1),
             }
         }, tmp_path / 'mpvit_tiny.pth')
-    target = make_model(init_cfg=pretrained(str(tmp_path / 'mpvit_tiny.pth'),
-                                            prefix=None))
+    target = make_model(
+        init_cfg=pretrained(str(tmp_path / 'mpvit_tiny.pth'), prefix=None))
     with pytest.raises(RuntimeError, match='mpvit_to_mmvheat'):
         target.init_weights()

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmvheat.models.layers import resize_freq_embed
 from mmvheat.ops import dct_basis, decay_map
-from mmvheat.utils import resize_freq_embed
 
 __all__ = ['conv1d_spectral_filter', 'published_forward']
 
@@ -90,8 +90,7 @@ def published_forward(model, x: Tensor):
     outs = []
     for i, stage in enumerate(model.stages):
         if stage.downsample is not None:
-            x = _layer_norm_2d(stage.downsample.norm,
-                               stage.downsample.conv(x))
+            x = _layer_norm_2d(stage.downsample.norm, stage.downsample.conv(x))
         embed = resize_freq_embed(stage.freq_embed, x.shape[2:])
         for block in stage.blocks:
             x = _block(block, x, embed)

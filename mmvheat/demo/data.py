@@ -365,7 +365,7 @@ def _generate(root: str, fmt: str, params: dict, writer, overwrite: bool,
     """Run ``writer(tmp_dir) -> stats`` unless ``root`` is up to date."""
     root = osp.abspath(root)
     signature = dict(
-        generator='mmvheat.datasets.demo_data',
+        generator='mmvheat.demo.data',
         format=fmt,
         version=GENERATOR_VERSION,
         params=params)
@@ -528,7 +528,7 @@ def make_coco_instances(root: str,
                     description='mmvheat synthetic shapes (demo data)',
                     version=str(GENERATOR_VERSION),
                     year=2017,
-                    contributor='mmvheat.datasets.demo_data',
+                    contributor='mmvheat.demo.data',
                     date_created='2017-01-01'),
                 licenses=[dict(id=0, name='generated', url='')],
                 images=images,

@@ -19,15 +19,22 @@ traces with ``MMVHEAT_HCO_BACKEND=torch`` (same function, the four matmuls).
 """
 import contextlib
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 __all__ = [
-    'matmul_flop_jit', 'hco_macs', 'flop_analyzer', 'model_complexity',
-    'reference_hco_backend', 'format_count'
+    'DEFAULT_SHAPES', 'matmul_flop_jit', 'hco_macs', 'flop_analyzer',
+    'model_complexity', 'reference_hco_backend', 'format_count', 'get_flops'
 ]
+
+#: Input size counted per library when none is given.
+DEFAULT_SHAPES = {
+    'mmpretrain': (224, 224),
+    'mmseg': (512, 512),
+    'mmdet': (800, 1344),
+}
 
 
 def _shape(v) -> List[int]:
@@ -80,11 +87,12 @@ def flop_analyzer(model: nn.Module, inputs):
     """An mmengine ``FlopAnalyzer`` with the corrected matmul handlers."""
     from mmengine.analysis import FlopAnalyzer
     analyzer = FlopAnalyzer(model, inputs)
-    analyzer.set_op_handle(**{
-        'aten::matmul': matmul_flop_jit,
-        'aten::mm': matmul_flop_jit,
-        'aten::bmm': matmul_flop_jit,
-    })
+    analyzer.set_op_handle(
+        **{
+            'aten::matmul': matmul_flop_jit,
+            'aten::mm': matmul_flop_jit,
+            'aten::bmm': matmul_flop_jit,
+        })
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     return analyzer
@@ -92,7 +100,7 @@ def flop_analyzer(model: nn.Module, inputs):
 
 def _count(model, inputs, show_table, max_depth):
     from mmengine.analysis.print_helper import complexity_stats_table
-    model.eval()  # also drops the vHeat filter caches
+    model.eval()
     with reference_hco_backend(), torch.no_grad():
         analyzer = flop_analyzer(model, inputs)
         flops = analyzer.total()
@@ -122,7 +130,7 @@ def model_complexity(model: nn.Module,
     are added: the part of the forward that does not scale with the batch.
     In vHeat that is the prediction of the filters ``decay ** k`` from the
     frequency embeddings (``to_k``, sum over blocks of ``H*W*C*C``), which
-    the model computes once per input size and caches at inference; the
+    a deployed model computes once per input size and keeps; the
     published FLOPs (4.6G for vHeat-T) are the per-image part.
     """
     from mmengine.analysis import parameter_count
@@ -148,3 +156,52 @@ def format_count(n: float, unit: str = '') -> str:
         if abs(n) >= div:
             return f'{n / div:.3g}{suffix}{unit}'
     return f'{n:.3g}{unit}'
+
+
+def get_flops(config: str,
+              shape: Optional[Tuple[int, int]] = None,
+              cfg_options: Optional[dict] = None,
+              checkpoint: Optional[str] = None,
+              strict: bool = True,
+              backbone_only: bool = False,
+              show_table: bool = False,
+              depth: int = 2) -> Dict[str, Any]:
+    """Params and FLOPs (MACs) of a config's model, split per image.
+
+    The model is built by :func:`mmvheat.apis.build_model` (no pretrained
+    weights unless ``checkpoint``); detectors and segmentors are counted on
+    their ``mode='tensor'`` forward (backbone, neck and heads, no
+    post-processing), like mmdet's and mmseg's own tools.
+
+    Args:
+        config (str): The config file.
+        shape (tuple[int, int], optional): Input ``(H, W)``; defaults to
+            :data:`DEFAULT_SHAPES` of the config's library.
+        cfg_options (dict, optional): Merged into the config.
+        checkpoint (str, optional): Weights to load (they do not change the
+            counts, but a checkpoint that does not fit is an error).
+        strict (bool): See :func:`mmvheat.apis.load_weights`.
+        backbone_only (bool): Count the backbone alone.
+        show_table (bool): Also return the per-module table.
+        depth (int): Depth of that table.
+
+    Returns:
+        dict: :func:`model_complexity`'s result with ``library``, ``shape``,
+        ``config`` and, for models with a backbone, ``backbone_params``.
+    """
+    from mmvheat.apis import TensorModeWrapper, build_model
+    model = build_model(config, checkpoint, cfg_options, strict=strict)
+    library = model.cfg.default_scope
+    h, w = shape or DEFAULT_SHAPES[library]
+    target = model.backbone if backbone_only else TensorModeWrapper(model)
+    result = model_complexity(
+        target,
+        torch.randn(1, 3, h, w),
+        show_table=show_table,
+        max_depth=depth,
+        split_batch=True)
+    result.update(library=library, shape=(h, w), config=config)
+    if hasattr(model, 'backbone'):
+        result['backbone_params'] = sum(p.numel()
+                                        for p in model.backbone.parameters())
+    return result

@@ -1,20 +1,14 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""tools/analysis_tools/visualize_heat.py on a tiny vHeat and Swin (CPU)."""
-import os.path as osp
-import sys
+"""Heat spreading, learned ``k`` and ERF (``mmvheat.analysis.heat``) on a
+tiny vHeat and Swin (CPU)."""
 
 import numpy as np
 import pytest
 import torch
 
 import mmvheat  # noqa: F401
-
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
-TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-
-import visualize_heat as vh  # noqa: E402
+from mmvheat.analysis import heat as vh
+from mmvheat.apis import build_model
 
 VHEAT_CFG = """
 default_scope = 'mmpretrain'
@@ -62,7 +56,7 @@ def files(tmp_path_factory):
 def backbone(files):
     _, cfg, _, _ = files
     torch.manual_seed(0)
-    return vh.build_model(cfg, 'none').backbone
+    return build_model(cfg).backbone
 
 
 def _png_size(path):
@@ -71,39 +65,31 @@ def _png_size(path):
         return im.size
 
 
-def test_main_writes_figures(files, capsys):
-    tmp, cfg, swin, img = files
-    out = tmp / 'out'
-    written = vh.main([
-        cfg, 'none', '--img', img, '--out-dir', str(out), '--size', '64',
-        '64', '--num-images', '2', '--compare-config', swin,
-        '--source-pixel', '10', '50'
-    ])
-    names = [osp.basename(p) for p in written]
-    assert names == ['impulse_response.png', 'frequency_k.png', 'erf.png']
+def test_figures(files, tmp_path):
+    """Each figure is figsize * dpi pixels: 4 panels of 3.0 x 3.2 in, the
+    ERF one panel of 4 x 4 in per model."""
+    _, cfg, swin, img = files
     expected = vh.figure_sizes(num_stages=4, num_models=2)
-    # figsize * dpi: 4 panels of 3.0 x 3.2 in, ERF 2 panels of 4 x 4 in.
     assert expected == {
         'impulse_response.png': (1200, 320),
         'frequency_k.png': (1200, 320),
         'erf.png': (800, 400)
     }
-    for path in written:
-        assert osp.isfile(path)
-        assert _png_size(path) == expected[osp.basename(path)]
-    printed = capsys.readouterr().out
-    for path in written:
-        assert path in printed
-
-
-def test_main_noise_single_model(files):
-    tmp, cfg, _, _ = files
-    out = tmp / 'out_noise'
-    written = vh.main([
-        cfg, 'none', '--out-dir', str(out), '--size', '64', '64',
-        '--num-images', '1'
-    ])
-    assert _png_size(written[2]) == vh.figure_sizes(4, 1)['erf.png']
+    torch.manual_seed(0)
+    backbone = build_model(cfg).backbone
+    other = build_model(swin).backbone
+    inputs = vh.erf_inputs(img, (64, 64), 2)
+    erfs = [vh.effective_receptive_field(m, inputs) for m in (backbone, other)]
+    paths = {name: str(tmp_path / name) for name in expected}
+    vh.plot_impulse(
+        vh.impulse_responses(backbone, (64, 64), (10, 50)), (10, 50), (64, 64),
+        paths['impulse_response.png'])
+    vh.plot_k(vh.frequency_k(backbone, (64, 64)), paths['frequency_k.png'])
+    vh.plot_erf(erfs, ['VHeat', 'SwinTransformer'], paths['erf.png'])
+    for name, path in paths.items():
+        assert _png_size(path) == expected[name]
+    vh.plot_erf(erfs[:1], ['VHeat'], paths['erf.png'])
+    assert _png_size(paths['erf.png']) == vh.figure_sizes(4, 1)['erf.png']
 
 
 @pytest.mark.parametrize('source', [None, (10, 50), (63, 0)])
@@ -118,7 +104,7 @@ def test_impulse_conserves_heat(backbone, source):
         assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
         temp = m.mean(-1)
         peak = divmod(int(temp.argmax()), temp.shape[1])
-        assert peak == vh._scaled_source(src, (64, 64), (grid, grid))
+        assert peak == vh.scaled_source(src, (64, 64), (grid, grid))
 
 
 def test_frequency_k(backbone):
@@ -201,9 +187,14 @@ def _stage2_vheat(k_bias):
     from mmvheat.models.backbones.vheat import VHeat
     torch.manual_seed(0)
     model = VHeat(
-        arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
-                  layer_scale=None, mlp_ratio=2.),
-        img_size=64, out_indices=(1, )).eval()
+        arch=dict(
+            depths=[1, 1, 1, 1],
+            dims=16,
+            post_norm=False,
+            layer_scale=None,
+            mlp_ratio=2.),
+        img_size=64,
+        out_indices=(1, )).eval()
     with torch.no_grad():
         for stage in model.stages:
             for block in stage.blocks:

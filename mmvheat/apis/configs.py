@@ -1,0 +1,286 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""What the train and test flags do to a config, as in each library's own
+``tools/train.py`` and ``tools/test.py``; see
+:mod:`mmvheat.apis.runner_utils` for the additions."""
+import copy
+import logging
+import os.path as osp
+import warnings
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
+
+from mmvheat.engine import mmcv_ops_in_float32_under_cpu_autocast
+
+__all__ = [
+    'MASK_TTA', 'DEPLOY_HOOK', 'load_config', 'merge_common_args',
+    'setup_train_cfg', 'setup_test_cfg', 'add_dump_metric'
+]
+
+MASK_TTA = 'mmvheat.MaskDetTTAModel'
+DEPLOY_HOOK = 'SwitchToDeployHook'
+
+
+def load_config(args) -> Config:
+    """``Config.fromfile`` with ``--cfg-options`` merged, work_dir set."""
+    return merge_common_args(Config.fromfile(args.config), args)
+
+
+def merge_common_args(cfg: Config, args) -> Config:
+    """``--cfg-options``, ``--launcher`` and ``--work-dir``."""
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    # work_dir: CLI > config > ./work_dirs/<config stem>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def _set_dataloader_defaults(cfg,
+                             fields,
+                             persistent_workers,
+                             no_pin_memory,
+                             no_persistent_workers=False):
+    """mmpretrain's tools: pin_memory, persistent_workers, default_collate."""
+    for field in fields:
+        if cfg.get(field, None) is None:
+            continue
+        loader = ConfigDict(
+            pin_memory=True, collate_fn=dict(type='default_collate'))
+        # torch refuses persistent workers without workers.
+        if persistent_workers and cfg[field].get('num_workers', 0) > 0:
+            loader.persistent_workers = True
+        loader.update(cfg[field])
+        if no_pin_memory:
+            loader.pin_memory = False
+        if no_persistent_workers:
+            loader.persistent_workers = False
+        cfg[field] = loader
+
+
+def setup_train_cfg(cfg: Config, args, library: str) -> Config:
+    """Apply the training flags to ``cfg`` as the library's train.py does."""
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+
+    if args.amp_dtype and not args.amp:
+        raise ValueError('--amp-dtype needs --amp')
+    if args.amp:
+        if args.amp_dtype:
+            cfg.optim_wrapper.dtype = args.amp_dtype
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+            print_log(
+                'AMP training is already enabled in your config.',
+                logger='current',
+                level=logging.WARNING)
+        else:
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+            if torch.cuda.is_available():
+                cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            else:  # mmengine's AmpOptimWrapper asserts a GPU
+                cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+                dtype = cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
+                print_log(
+                    f'No CUDA: --amp trains with {dtype} autocast on '
+                    'the CPU (CPUAmpOptimWrapper).',
+                    logger='current')
+
+    if args.auto_scale_lr:
+        auto_scale_lr = cfg.get('auto_scale_lr', None)
+        if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+            raise RuntimeError(
+                '--auto-scale-lr needs auto_scale_lr=dict(enable=False, '
+                'base_batch_size=...) in the config; it has none.')
+        cfg.auto_scale_lr.enable = True
+
+    # An explicit checkpoint, or 'auto': the latest one in work_dir.
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if library == 'mmpretrain' or args.no_pin_memory or \
+            args.no_persistent_workers:
+        _set_dataloader_defaults(
+            cfg, ['train_dataloader', 'val_dataloader', 'test_dataloader'],
+            persistent_workers=library == 'mmpretrain',
+            no_pin_memory=args.no_pin_memory,
+            no_persistent_workers=args.no_persistent_workers)
+    return cfg
+
+
+def _innermost_dataset(dataset_cfg):
+    while 'dataset' in dataset_cfg:
+        dataset_cfg = dataset_cfg['dataset']
+    return dataset_cfg
+
+
+def _tta_mmdet(cfg: Config) -> None:
+    # As mmdet's tools/test.py, plus masks.
+    if 'tta_model' not in cfg:
+        warnings.warn('Cannot find ``tta_model`` in config, '
+                      'we will set it as default.')
+        cfg.tta_model = dict(
+            type='DetTTAModel',
+            tta_cfg=dict(
+                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        warnings.warn('Cannot find ``tta_pipeline`` in config, '
+                      'we will set it as default.')
+        test_data_cfg = _innermost_dataset(cfg.test_dataloader.dataset)
+        cfg.tta_pipeline = copy.deepcopy(test_data_cfg.pipeline)
+        cfg.tta_pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[
+                [
+                    dict(type='RandomFlip', prob=1.),
+                    dict(type='RandomFlip', prob=0.)
+                ],
+                [
+                    dict(
+                        type='PackDetInputs',
+                        meta_keys=('img_id', 'img_path', 'ori_shape',
+                                   'img_shape', 'scale_factor', 'flip',
+                                   'flip_direction'))
+                ],
+            ])
+    if cfg.tta_model.get('type') in ('DetTTAModel', 'mmdet.DetTTAModel'):
+        # mmdet 3.3's DetTTAModel asserts that there are no masks; this one
+        # merges the views the same way and carries the masks along.
+        print_log(
+            f'--tta: {MASK_TTA} (DetTTAModel, plus instance masks) '
+            'merges the views.',
+            logger='current')
+        cfg.tta_model.type = MASK_TTA
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def _tta_mmseg(cfg: Config) -> None:
+    # As mmseg's tools/test.py, which has no default.
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+        raise ValueError(
+            f'--tta: the config has no {"/".join(missing)}; mmseg configs '
+            "get them from _base_/default_runtime.py (tta_model = "
+            "dict(type='SegTTAModel')) and the dataset base "
+            '(tta_pipeline = [...TestTimeAug...]).')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def _tta_mmpretrain(cfg: Config) -> None:
+    # As mmpretrain's tools/test.py.
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+    if 'tta_pipeline' not in cfg:
+        test_pipeline = cfg.test_dataloader.dataset.pipeline
+        cfg.tta_pipeline = copy.deepcopy(test_pipeline)
+        cfg.tta_pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[
+                [
+                    dict(type='RandomFlip', prob=1.),
+                    dict(type='RandomFlip', prob=0.)
+                ],
+                [test_pipeline[-1]],
+            ])
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def _show(cfg: Config, args, library: str) -> None:
+    hooks = cfg.get('default_hooks', None) or {}
+    if 'visualization' not in hooks:
+        raise RuntimeError(
+            'VisualizationHook must be included in default_hooks. refer to '
+            "usage \"visualization=dict(type='VisualizationHook')\"")
+    hook = hooks['visualization']
+    if library == 'mmpretrain':
+        hook.enable = True
+        hook.show = args.show
+        hook.wait_time = args.wait_time
+        hook.out_dir = args.show_dir
+        hook.interval = args.interval
+        return
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        if library == 'mmdet':
+            hook['test_out_dir'] = args.show_dir
+        else:  # mmseg
+            cfg.visualizer['save_dir'] = args.show_dir
+
+
+def setup_test_cfg(cfg: Config, args, library: str) -> Config:
+    """Apply the test flags to ``cfg`` as the library's test.py does.
+
+    ``--out`` for mmdet and mmpretrain is handled by :func:`add_dump_metric`
+    once the runner exists. The mmvheat backbones are switched to deploy
+    mode once the checkpoint is loaded (``SwitchToDeployHook``).
+    """
+    cfg.load_from = args.checkpoint
+    cfg.custom_hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(hook.get('type') == DEPLOY_HOOK for hook in cfg.custom_hooks):
+        cfg.custom_hooks.append(dict(type=DEPLOY_HOOK))
+    if args.amp:
+        cfg.test_cfg = cfg.get('test_cfg', None) or ConfigDict()
+        cfg.test_cfg.fp16 = True
+        if cfg.test_cfg.get('type', 'TestLoop') == 'TestLoop':
+            # The same loop, with float32 predictions for the metrics.
+            cfg.test_cfg.type = 'AmpTestLoop'
+        if not torch.cuda.is_available():
+            # mmengine's test loop then autocasts to bfloat16 on the CPU,
+            # where mmcv's compiled ops take float32 only.
+            mmcv_ops_in_float32_under_cpu_autocast()
+    if args.show or args.show_dir:
+        _show(cfg, args, library)
+    if args.tta:
+        dict(
+            mmdet=_tta_mmdet, mmseg=_tta_mmseg,
+            mmpretrain=_tta_mmpretrain)[library](
+                cfg)
+    if args.out is not None:
+        if library == 'mmdet':
+            assert args.out.endswith(('.pkl', '.pickle')), \
+                'The dump file must be a pkl file.'
+        elif library == 'mmseg':
+            evaluators = cfg.test_evaluator
+            if isinstance(evaluators, dict):
+                evaluators = [evaluators]
+            for evaluator in evaluators:
+                evaluator['output_dir'] = args.out
+                evaluator['keep_results'] = True
+    if library == 'mmpretrain' or args.no_pin_memory:
+        _set_dataloader_defaults(
+            cfg, ['test_dataloader'],
+            persistent_workers=False,
+            no_pin_memory=args.no_pin_memory)
+    return cfg
+
+
+def add_dump_metric(runner, args, library: str) -> None:
+    """``--out`` for mmdet (DumpDetResults) and mmpretrain (DumpResults)."""
+    if args.out is None:
+        return
+    if library == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    elif library == 'mmpretrain' and args.out_item in ('pred', None):
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
