@@ -19,12 +19,6 @@ ROOMS = [
     'version', 'mim', 'utils', 'ops', 'registry', 'models', 'engine', 'apis',
     'converters', 'demo', 'analysis'
 ]
-#: (module, room it may import although the room is above it): why.
-EXCEPTIONS = {
-    ('mmvheat.utils.freq_embed', 'models'):
-    'the former home of the freq_embed resampler, an alias until the '
-    'checkpoint converters import mmvheat.models.layers.freq_embed',
-}
 
 
 def _modules():
@@ -79,7 +73,7 @@ def test_no_room_imports_a_room_above_it():
             continue
         for target in set(_imports(module, path)):
             other = _room(target) if target.startswith('mmvheat.') else None
-            if other not in ROOMS or (module, other) in EXCEPTIONS:
+            if other not in ROOMS:
                 continue
             if ROOMS.index(other) > ROOMS.index(room):
                 wrong.append(f'{module} imports {target}')

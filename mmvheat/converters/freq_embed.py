@@ -7,14 +7,14 @@ the published recipe zero-pads it at the bottom/right by ``(tg_size -
 pt_size) / 2**(i + 2)`` (mode ``'pad'``; the published tool is called
 ``interpolate4downstream.py`` although it does not interpolate). Mode
 ``'bicubic'`` resamples instead, with the function the model itself uses at
-run time (:func:`mmvheat.utils.freq_embed.resize_freq_embed`).
+run time (:func:`mmvheat.models.layers.resize_freq_embed`).
 """
 from typing import List, MutableMapping, NamedTuple, Tuple
 
 from torch import Tensor
 
 from mmvheat.models.backbones.vheat import VHeat
-from mmvheat.utils.freq_embed import pad_freq_embed, resize_freq_embed
+from mmvheat.models.layers import pad_freq_embed, resize_freq_embed
 from .checkpoint import CheckpointError
 
 __all__ = [

@@ -24,7 +24,7 @@ from mmvheat.converters import (CheckpointError, NotAVHeatCheckpoint,
                                 check_sizes, convert_published_vheat,
                                 enlarge_freq_embeds, vheat_weights)
 from mmvheat.models.backbones.vheat import VHeat
-from mmvheat.utils import resize_freq_embed
+from mmvheat.models.layers import resize_freq_embed
 
 TOOL = osp.join('tools', 'interpolate4downstream.py')
 SMALL_ARCH = dict(

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from mmvheat.datasets import demo_data
+from mmvheat.demo import data as demo_data
 
 from .test_train_test import _env, _free_port, _metric, _write, cls_config
 

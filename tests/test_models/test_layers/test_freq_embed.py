@@ -29,12 +29,3 @@ def test_pad_freq_embed():
     assert torch.all(padded[3:] == 0) and torch.all(padded[:, 2:] == 0)
     with pytest.raises(ValueError):
         pad_freq_embed(embed, (2, 4))
-
-
-def test_former_path_still_resolves():
-    """The converters import the resampler from ``mmvheat.utils`` until
-    they move; that path gives the same functions."""
-    import mmvheat.utils
-    from mmvheat.utils.freq_embed import resize_freq_embed as old_resize
-    assert old_resize is resize_freq_embed
-    assert mmvheat.utils.pad_freq_embed is pad_freq_embed
