@@ -29,16 +29,21 @@ def _copy_source(dest):
         src = osp.join(ROOT, name)
         if osp.isdir(src):
             # symlinks=True: .mim keeps its links, as in a git checkout.
-            shutil.copytree(src, osp.join(dest, name), symlinks=True,
-                            ignore=ignore)
+            shutil.copytree(
+                src, osp.join(dest, name), symlinks=True, ignore=ignore)
         else:
             shutil.copy(src, osp.join(dest, name))
     return dest
 
 
 def _run(cmd, cwd, env=None, timeout=300):
-    result = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        cmd,
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout)
     assert result.returncode == 0, \
         f'{" ".join(map(str, cmd))}\n{result.stdout[-3000:]}' \
         f'\n{result.stderr[-3000:]}'
@@ -53,8 +58,8 @@ def test_setup_restores_lost_mim_links(tmp_path):
     os.makedirs(mim_dir)
     with open(osp.join(mim_dir, 'configs'), 'w') as f:
         f.write('../../configs')
-    runpy.run_path(osp.join(src, 'setup.py'),
-                   run_name='not_main')['add_mim_extension']()
+    runpy.run_path(
+        osp.join(src, 'setup.py'), run_name='not_main')['add_mim_extension']()
     for name in MIM_FILES:
         link = osp.join(mim_dir, name)
         assert osp.islink(link), name
@@ -65,9 +70,11 @@ def test_setup_restores_lost_mim_links(tmp_path):
 def test_wheel_in_a_fresh_venv_resolves_mmvheat_configs(tmp_path):
     src = _copy_source(str(tmp_path / 'src'))
     dist = tmp_path / 'dist'
-    _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
-          '--no-build-isolation', '--no-index', src, '-w', str(dist)],
-         tmp_path)
+    _run([
+        sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+        '--no-build-isolation', '--no-index', src, '-w',
+        str(dist)
+    ], tmp_path)
     wheels = list(dist.glob('mmvheat-*.whl'))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as wheel:
@@ -77,20 +84,24 @@ def test_wheel_in_a_fresh_venv_resolves_mmvheat_configs(tmp_path):
                 'configs/vheat/mask-rcnn_tta.py', 'tools/train.py',
                 'tools/slurm_train.sh'):
         assert f'mmvheat/.mim/{rel}' in names, rel
-    assert not any(n.startswith(('configs/', 'tools/', 'tests/'))
-                   for n in names)
+    assert not any(
+        n.startswith(('configs/', 'tools/', 'tests/')) for n in names)
 
     # Nothing of this checkout on the path: no PYTHONPATH.
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     venv = tmp_path / 'venv'
-    _run([sys.executable, '-m', 'venv', '--without-pip', str(venv)],
-         tmp_path, env)
+    _run([sys.executable, '-m', 'venv', '--without-pip',
+          str(venv)], tmp_path, env)
     python = str(venv / 'bin' / 'python')
-    venv_site = _run([python, '-c', 'import sysconfig; '
-                      "print(sysconfig.get_paths()['purelib'])"],
-                     tmp_path, env).strip()
-    _run([sys.executable, '-m', 'pip', '--python', python, 'install',
-          '--no-deps', '--no-index', str(wheels[0])], tmp_path, env)
+    venv_site = _run([
+        python, '-c', 'import sysconfig; '
+        "print(sysconfig.get_paths()['purelib'])"
+    ], tmp_path, env).strip()
+    _run([
+        sys.executable, '-m', 'pip', '--python', python, 'install',
+        '--no-deps', '--no-index',
+        str(wheels[0])
+    ], tmp_path, env)
     # Then the heavy requirements (torch, mmengine, mmdet, ...) come from
     # this environment, after the venv's own site-packages (pip would have
     # seen the mmvheat installed there and skipped the wheel). A .pth line
@@ -104,14 +115,19 @@ def test_wheel_in_a_fresh_venv_resolves_mmvheat_configs(tmp_path):
     (project / 'my_config.py').write_text(
         f"_base_ = 'mmvheat::{BASE}'\n"
         'model = dict(backbone=dict(init_cfg=None))\n')
-    out = _run([python, '-c', textwrap.dedent("""
+    out = _run([
+        python, '-c',
+        textwrap.dedent("""
         import mmvheat
         from mmengine.config import Config
         cfg = Config.fromfile('my_config.py')
         print('MMVHEAT', mmvheat.__file__)
         print('BACKBONE', cfg.model.backbone.type)
         print(cfg.text)
-        """)], project, env=env)
+        """)
+    ],
+               project,
+               env=env)
     package = osp.join(venv_site, 'mmvheat')
     assert f'MMVHEAT {osp.join(package, "__init__.py")}' in out, out[:2000]
     assert 'BACKBONE mmvheat.VHeat' in out

@@ -38,12 +38,13 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import mmvheat
 
-from mmvheat.converters import (MODES, CheckpointError,  # noqa: E402
-                                check_sizes, enlarge_freq_embeds,
+from mmvheat.converters import CheckpointError  # noqa: E402
+from mmvheat.converters import (MODES, check_sizes, enlarge_freq_embeds,
                                 read_checkpoint, vheat_weights)
-from mmvheat.utils.io import (ByteProgress, UsageError,  # noqa: E402
-                              add_trust_option, check_output_is_not_input,
-                              run_tool, save_checkpoint_atomic)
+from mmvheat.utils.io import UsageError  # noqa: E402
+from mmvheat.utils.io import (ByteProgress, add_trust_option,
+                              check_output_is_not_input, run_tool,
+                              save_checkpoint_atomic)
 
 
 def interpolate(args):

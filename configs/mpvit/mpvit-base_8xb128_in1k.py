@@ -3,5 +3,4 @@
 _base_ = './mpvit-tiny_8xb128_in1k.py'
 
 model = dict(
-    backbone=dict(arch='base', drop_path_rate=0.1),
-    head=dict(in_channels=480))
+    backbone=dict(arch='base', drop_path_rate=0.1), head=dict(in_channels=480))

@@ -29,14 +29,15 @@ import os
 import os.path as osp
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import mmvheat  # noqa: F401  (first: torch.load and torchvision)
 import numpy as np
 from mmengine.logging import print_log
 
+import mmvheat  # noqa: F401  (first: torch.load and torchvision)
+
 __all__ = [
-    'IMAGE_EXTENSIONS', 'InferenceError', 'collect_images',
-    'check_out_dir', 'read_checkpoint', 'check_checkpoint_fits',
-    'ImageInferencer', 'run_inference', 'inference_parser', 'inference'
+    'IMAGE_EXTENSIONS', 'InferenceError', 'collect_images', 'check_out_dir',
+    'read_checkpoint', 'check_checkpoint_fits', 'ImageInferencer',
+    'run_inference', 'inference_parser', 'inference'
 ]
 
 #: What mmdet's DetInferencer takes from a folder.
@@ -117,9 +118,8 @@ def check_out_dir(out_dir: str) -> None:
             pass
         os.remove(probe)
     except OSError as error:
-        raise InferenceError(
-            f'cannot write to --out-dir {out_dir}: '
-            f'{error.strerror or error}') from error
+        raise InferenceError(f'cannot write to --out-dir {out_dir}: '
+                             f'{error.strerror or error}') from error
 
 
 def _some(keys: List[str]) -> str:
@@ -147,8 +147,7 @@ def read_checkpoint(path: str) -> dict:
     from mmengine.runner import CheckpointLoader
     _require_file(path, 'checkpoint')
     try:
-        checkpoint = CheckpointLoader.load_checkpoint(path,
-                                                      map_location='cpu')
+        checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     except Exception as error:  # torch says why in many ways
         raise InferenceError(f'cannot read checkpoint {path}: '
                              f'{_first_line(error)}') from error
@@ -192,7 +191,9 @@ def check_checkpoint_fits(model, state_dict: dict, path: str) -> None:
     if unexpected:
         print_log(
             f'{path}: {len(unexpected)} weights the model does not use '
-            f'({_some(unexpected)})', logger='current', level=logging.WARNING)
+            f'({_some(unexpected)})',
+            logger='current',
+            level=logging.WARNING)
 
 
 # -- the inferencers ----------------------------------------------------------
@@ -211,8 +212,12 @@ class ImageInferencer:
             :func:`read_checkpoint` has read them already. Defaults to None.
     """
 
-    def __init__(self, config, checkpoint: str, device: Optional[str] = None,
-                 score_thr: float = 0.3, state_dict: Optional[dict] = None):
+    def __init__(self,
+                 config,
+                 checkpoint: str,
+                 device: Optional[str] = None,
+                 score_thr: float = 0.3,
+                 state_dict: Optional[dict] = None):
         import torch
         from mmengine.config import Config
 
@@ -232,7 +237,9 @@ class ImageInferencer:
         if self.library == 'mmdet':
             from mmdet.apis import DetInferencer
             self.inferencer = DetInferencer(
-                model=config, weights=checkpoint, device=device,
+                model=config,
+                weights=checkpoint,
+                device=device,
                 show_progress=False)
         elif self.library == 'mmseg':
             from mmseg.apis import MMSegInferencer
@@ -274,13 +281,16 @@ class ImageInferencer:
     def _predict(self, paths):
         if self.library == 'mmdet':
             out = self.inferencer(
-                paths, batch_size=len(paths), return_vis=True,
-                pred_score_thr=self.score_thr, no_save_vis=True,
+                paths,
+                batch_size=len(paths),
+                return_vis=True,
+                pred_score_thr=self.score_thr,
+                no_save_vis=True,
                 no_save_pred=True)
             return list(zip(out['visualization'], out['predictions']))
         if self.library == 'mmseg':
-            out = self.inferencer(paths, batch_size=len(paths),
-                                  return_vis=True)
+            out = self.inferencer(
+                paths, batch_size=len(paths), return_vis=True)
             drawn, maps = out['visualization'], out['predictions']
             if len(paths) == 1:  # MMSegInferencer unwraps a single image
                 drawn, maps = [drawn], [maps]
@@ -297,13 +307,17 @@ class ImageInferencer:
         for data in self.inferencer.preprocess(paths, batch_size=len(paths)):
             samples.extend(self.inferencer.forward(data))
         results = []
-        for path, sample, pred in zip(paths, samples,
-                                      self.inferencer.postprocess(
-                                          samples, None)):
+        for path, sample, pred in zip(
+                paths, samples, self.inferencer.postprocess(samples, None)):
             image = mmcv.imread(path, channel_order='rgb')
             drawn = self.cls_visualizer.visualize_cls(
-                image, sample, classes=self.classes or None, draw_gt=False,
-                draw_pred=True, draw_score=True, name=osp.basename(path))
+                image,
+                sample,
+                classes=self.classes or None,
+                draw_gt=False,
+                draw_pred=True,
+                draw_score=True,
+                name=osp.basename(path))
             pred = dict(pred, pred_scores=pred['pred_scores'].tolist())
             results.append((drawn, pred))
         return results
@@ -314,23 +328,28 @@ def _write_outputs(out_dir: str, path: str, name: str, drawn: np.ndarray,
                    pred: dict, classes: List[str]) -> str:
     import mmcv
     stem = osp.splitext(name)[0]
-    mmcv.imwrite(np.ascontiguousarray(drawn[..., ::-1]),
-                 osp.join(out_dir, 'vis', name))
+    mmcv.imwrite(
+        np.ascontiguousarray(drawn[..., ::-1]), osp.join(out_dir, 'vis', name))
     height, width = drawn.shape[:2]
-    record = dict(img_path=osp.abspath(path), height=height, width=width,
-                  classes=classes)
+    record = dict(
+        img_path=osp.abspath(path),
+        height=height,
+        width=width,
+        classes=classes)
     if 'sem_seg' in pred:
         label_map = np.asarray(pred['sem_seg'])
         # 8 bits as mmseg writes its maps, 16 beyond 256 classes.
         dtype = np.uint8 if label_map.max(initial=0) < 256 else np.uint16
-        mmcv.imwrite(label_map.astype(dtype),
-                     osp.join(out_dir, 'preds', stem + '.png'))
+        mmcv.imwrite(
+            label_map.astype(dtype), osp.join(out_dir, 'preds', stem + '.png'))
         labels, counts = np.unique(label_map, return_counts=True)
         record.update(
             label_map=osp.basename(stem) + '.png',  # next to the JSON
             pixels=[
-                dict(label=int(label), count=int(count),
-                     name=classes[label] if label < len(classes) else None)
+                dict(
+                    label=int(label),
+                    count=int(count),
+                    name=classes[label] if label < len(classes) else None)
                 for label, count in zip(labels, counts)
             ])
     else:
@@ -345,8 +364,9 @@ def _write_outputs(out_dir: str, path: str, name: str, drawn: np.ndarray,
 def _batches(images, batch_size: int, show: bool) -> Iterator[list]:
     """Batches of ``images``, with a progress bar over the images: live in
     a terminal, a log line at each tenth otherwise (no flood in a file)."""
-    batches = [images[i:i + batch_size]
-               for i in range(0, len(images), batch_size)]
+    batches = [
+        images[i:i + batch_size] for i in range(0, len(images), batch_size)
+    ]
     total = len(images)
     if not show:
         yield from batches
@@ -370,9 +390,13 @@ def _batches(images, batch_size: int, show: bool) -> Iterator[list]:
             next_report = done + max(1, total // 10)
 
 
-def run_inference(config, checkpoint: str, inputs: Sequence[str],
-                  out_dir: str, device: Optional[str] = None,
-                  score_thr: float = 0.3, batch_size: int = 1,
+def run_inference(config,
+                  checkpoint: str,
+                  inputs: Sequence[str],
+                  out_dir: str,
+                  device: Optional[str] = None,
+                  score_thr: float = 0.3,
+                  batch_size: int = 1,
                   progress: bool = True) -> Dict[str, list]:
     """Predict every image in ``inputs``; write drawings and JSON.
 
@@ -411,9 +435,12 @@ def run_inference(config, checkpoint: str, inputs: Sequence[str],
     # The inferencers make their library the global default scope; the
     # caller's comes back afterwards.
     with DefaultScope.overwrite_default_scope(library):
-        inferencer = ImageInferencer(config, checkpoint, device=device,
-                                     score_thr=score_thr,
-                                     state_dict=state_dict)
+        inferencer = ImageInferencer(
+            config,
+            checkpoint,
+            device=device,
+            score_thr=score_thr,
+            state_dict=state_dict)
         written = []
         for batch in _batches(images, batch_size, progress):
             paths = [path for path, _ in batch]
@@ -421,8 +448,11 @@ def run_inference(config, checkpoint: str, inputs: Sequence[str],
                 written.append(
                     _write_outputs(out_dir, path, name, drawn, pred,
                                    inferencer.classes))
-    return dict(library=library, images=[path for path, _ in images],
-                preds=written, out_dir=out_dir)
+    return dict(
+        library=library,
+        images=[path for path, _ in images],
+        preds=written,
+        out_dir=out_dir)
 
 
 # -- command line -------------------------------------------------------------
@@ -434,16 +464,23 @@ def inference_parser():
         'OUT_DIR/vis, predictions as JSON in OUT_DIR/preds')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('inputs', nargs='+',
-                        help='image files and folders (searched recursively)')
-    parser.add_argument('--out-dir', required=True,
-                        help='where vis/ and preds/ are written')
-    parser.add_argument('--device', default=None,
-                        help='cpu, cuda, cuda:1... (default: CUDA if any)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: the lowest score drawn')
-    parser.add_argument('--batch-size', type=int, default=1,
-                        help='images per forward pass')
+    parser.add_argument(
+        'inputs',
+        nargs='+',
+        help='image files and folders (searched recursively)')
+    parser.add_argument(
+        '--out-dir', required=True, help='where vis/ and preds/ are written')
+    parser.add_argument(
+        '--device',
+        default=None,
+        help='cpu, cuda, cuda:1... (default: CUDA if any)')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='detection: the lowest score drawn')
+    parser.add_argument(
+        '--batch-size', type=int, default=1, help='images per forward pass')
     return parser
 
 
@@ -451,6 +488,11 @@ def inference(argv: Optional[List[str]] = None) -> Dict[str, list]:
     """``tools/inference.py``; raises :class:`InferenceError` for a bad
     argument."""
     args = inference_parser().parse_args(argv)
-    return run_inference(args.config, args.checkpoint, args.inputs,
-                         args.out_dir, device=args.device,
-                         score_thr=args.score_thr, batch_size=args.batch_size)
+    return run_inference(
+        args.config,
+        args.checkpoint,
+        args.inputs,
+        args.out_dir,
+        device=args.device,
+        score_thr=args.score_thr,
+        batch_size=args.batch_size)

@@ -25,8 +25,6 @@ __all__ = [
     'convert_vheat_checkpoint', 'vheat_weights', 'NotAnMPViTCheckpoint',
     'is_published_mpvit_state_dict', 'convert_published_mpvit',
     'convert_mpvit_checkpoint', 'infer_vheat_arch', 'infer_mpvit_arch',
-    'describe_arch',
-    'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side', 'check_size',
-    'check_sizes',
-    'enlarge_freq_embeds'
+    'describe_arch', 'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side',
+    'check_size', 'check_sizes', 'enlarge_freq_embeds'
 ]

@@ -74,8 +74,8 @@ def infer_vheat_arch(state_dict: Mapping[str, Tensor]) -> Optional[Dict]:
     widths = [dims[i] for i in stages]
     arch = dict(
         depths=[depths[i] for i in stages],
-        dims=widths[0]
-        if widths == [widths[0] * 2**i for i in stages] else widths,
+        dims=widths[0] if widths == [widths[0] * 2**i
+                                     for i in stages] else widths,
         post_norm=has_gamma,
         layer_scale=1e-5 if has_gamma else None,
         mlp_ratio=hidden / widths[0] if hidden else 4.)

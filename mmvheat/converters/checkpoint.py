@@ -11,8 +11,8 @@ import os.path as osp
 import pickle
 import re
 from collections.abc import Mapping
-from typing import (Callable, Dict, Iterator, List, MutableMapping,
-                    NamedTuple, Optional, Pattern, Tuple, Type)
+from typing import (Callable, Dict, Iterator, List, MutableMapping, NamedTuple,
+                    Optional, Pattern, Tuple, Type)
 
 import torch
 from torch import Tensor

@@ -26,6 +26,8 @@ MODES = ('pad', 'bicubic')
 #: Output stride of the last stage: image sizes must be multiples of it.
 SIZE_MULTIPLE = VHeat.strides[-1]
 _KEY = 'backbone.stages.{}.freq_embed'
+# The interpolation tool's names for the two sizes.
+_SIZE_OPTIONS = ('--pt_size', '--tg_size')
 
 
 class Enlargement(NamedTuple):
@@ -51,8 +53,9 @@ def check_size(name: str, size: int) -> None:
                          f'{SIZE_MULTIPLE}, got {size}')
 
 
-def check_sizes(pt_size: int, tg_size: int,
-                names: Tuple[str, str] = ('--pt_size', '--tg_size')) -> None:
+def check_sizes(pt_size: int,
+                tg_size: int,
+                names: Tuple[str, str] = _SIZE_OPTIONS) -> None:
     """Raise ValueError unless the sizes make a valid enlargement.
 
     Args:
@@ -69,12 +72,13 @@ def check_sizes(pt_size: int, tg_size: int,
                          'enlarged')
 
 
-def enlarge_freq_embeds(state_dict: MutableMapping[str, Tensor],
-                        pt_size: int,
-                        tg_size: int,
-                        mode: str = 'pad',
-                        names: Tuple[str, str] = ('--pt_size', '--tg_size')
-                        ) -> List[Enlargement]:
+def enlarge_freq_embeds(
+    state_dict: MutableMapping[str, Tensor],
+    pt_size: int,
+    tg_size: int,
+    mode: str = 'pad',
+    names: Tuple[str, str] = ('--pt_size', '--tg_size')
+) -> List[Enlargement]:
     """Enlarge every stage's ``freq_embed`` of mmvheat-layout weights.
 
     Args:
@@ -99,8 +103,9 @@ def enlarge_freq_embeds(state_dict: MutableMapping[str, Tensor],
         raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     check_sizes(pt_size, tg_size, names)
     stages = range(VHeat.num_stages)
-    missing = [_KEY.format(i) for i in stages if _KEY.format(i) not in
-               state_dict]
+    missing = [
+        _KEY.format(i) for i in stages if _KEY.format(i) not in state_dict
+    ]
     if missing:
         raise CheckpointError(f'incomplete vHeat checkpoint: {missing} '
                               'missing')

@@ -94,8 +94,7 @@ def convert_backbone_key(key: str) -> Optional[str]:
                 f'{_PATCH_PARTS[match[3]]}.{match[4]}')
     match = _LOCAL.match(key)
     if match:
-        part = (f'{match[2]}.{_NORM[match[3]]}'
-                if match[2] else match[4])
+        part = (f'{match[2]}.{_NORM[match[3]]}' if match[2] else match[4])
         return f'stages.{match[1]}.local_block.{part}.{match[5]}'
     match = _AGGREGATE.match(key)
     if match:
@@ -144,8 +143,7 @@ def convert_published_mpvit(state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
     sources = {}  # our key -> the published key it was taken from
     unknown, differing = [], []
     for key, inner, value, dense in published_items(state_dict, converted):
-        if not dense and inner in ('cls_head.cls.weight',
-                                   'cls_head.cls.bias'):
+        if not dense and inner in ('cls_head.cls.weight', 'cls_head.cls.bias'):
             converted['head.fc.' + inner[len('cls_head.cls.'):]] = value
             continue
         mapped = convert_backbone_key(inner)

@@ -115,8 +115,7 @@ def _misplaced_downsamples(downsamples, depths: Dict[int, int]):
     ]
 
 
-def convert_published_vheat(
-        state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
+def convert_published_vheat(state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
     """Convert a published vHeat state dict to this project's layout.
 
     * a classification model (``classifier.0`` = final LayerNorm,
@@ -170,9 +169,8 @@ def convert_published_vheat(
     return converted
 
 
-def convert_vheat_checkpoint(
-        checkpoint,
-        use_ema: bool = False) -> ConvertedWeights:
+def convert_vheat_checkpoint(checkpoint,
+                             use_ema: bool = False) -> ConvertedWeights:
     """The weights of a loaded published checkpoint in this project's layout.
 
     Args:
@@ -192,9 +190,10 @@ def convert_vheat_checkpoint(
                               _MMVHEAT_KEY, NotAVHeatCheckpoint, use_ema)
 
 
-def vheat_weights(checkpoint,
-                  use_ema: bool = False
-                  ) -> Tuple['OrderedDict[str, Tensor]', Optional[str]]:
+def vheat_weights(
+        checkpoint,
+        use_ema: bool = False
+) -> Tuple['OrderedDict[str, Tensor]', Optional[str]]:
     """A vHeat checkpoint's weights in this project's layout, either kind.
 
     Published weights are converted; weights already in this project's

@@ -110,13 +110,13 @@ class AutotuneCache:
         tmp = None
         try:
             os.makedirs(folder, exist_ok=True)
-            with tempfile.NamedTemporaryFile('w',
-                                             dir=folder,
-                                             prefix=osp.basename(self.path) +
-                                             '.',
-                                             suffix='.tmp',
-                                             delete=False,
-                                             encoding='utf-8') as f:
+            with tempfile.NamedTemporaryFile(
+                    'w',
+                    dir=folder,
+                    prefix=osp.basename(self.path) + '.',
+                    suffix='.tmp',
+                    delete=False,
+                    encoding='utf-8') as f:
                 tmp = f.name
                 json.dump({
                     'format': CACHE_FORMAT,

@@ -482,9 +482,9 @@ class HCODispatcher:
             x = x.detach().requires_grad_(x.requires_grad
                                           or not transfer.requires_grad)
             transfer = transfer.detach().requires_grad_(transfer.requires_grad)
-            grad_out = torch.randn(x.shape,
-                                   generator=self._generator(x.device),
-                                   device=x.device).to(x.dtype)
+            grad_out = torch.randn(
+                x.shape, generator=self._generator(x.device),
+                device=x.device).to(x.dtype)
         times = {}
         for name in self.candidates(x):
 
@@ -554,10 +554,11 @@ class HCODispatcher:
         self._log_decision(x.device, key, decision)
         cache = self._cache_file()
         if cache is not None:
-            cache.store(self._table_name(x.device), _bucket_name(key), {
-                'choice': decision.choice,
-                'times_ms': decision.times_ms
-            })
+            cache.store(
+                self._table_name(x.device), _bucket_name(key), {
+                    'choice': decision.choice,
+                    'times_ms': decision.times_ms
+                })
 
     def _log_decision(self, device: torch.device, key: Tuple,
                       decision: Decision):

@@ -34,8 +34,8 @@ SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
 def _cuobjdump() -> str:
-    return osp.join(osp.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
-                    'cuobjdump')
+    return osp.join(
+        osp.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
 
 
 def compile_offline(config: triton_hco.KernelConfig,
@@ -67,12 +67,14 @@ def compile_offline(config: triton_hco.KernelConfig,
         for i, kind in enumerate(signature.values()) if kind.startswith('*')
     }
     kernel = getattr(triton_hco._kernels(False), config.kernel)
-    compiled = triton.compile(ASTSource(kernel,
-                                        signature,
-                                        constexprs=dict(config.constexprs),
-                                        attrs=aligned),
-                              target=GPUTarget('cuda', arch, 32),
-                              options={'num_warps': config.num_warps})
+    compiled = triton.compile(
+        ASTSource(
+            kernel,
+            signature,
+            constexprs=dict(config.constexprs),
+            attrs=aligned),
+        target=GPUTarget('cuda', arch, 32),
+        options={'num_warps': config.num_warps})
     with tempfile.TemporaryDirectory() as folder:
         cubin = osp.join(folder, 'kernel.cubin')
         with open(cubin, 'wb') as f:
@@ -103,9 +105,9 @@ def _worker_setup():
     os.environ.pop('TRITON_INTERPRET', None)
 
 
-def compile_all(archs=(80, 90),
-                prec: str = 'tf32x3',
-                workers: Optional[int] = None) -> Dict[Tuple[int, int], Any]:
+def compile_all(
+        archs=(80, 90), prec: str = 'tf32x3',
+        workers: Optional[int] = None) -> Dict[Tuple[int, int], Any]:
     """:func:`compile_offline` for every configuration and architecture,
     in parallel worker processes (Triton's compilation is CPU-bound).
 
@@ -122,9 +124,10 @@ def compile_all(archs=(80, 90),
     configs = triton_hco.kernel_configurations(prec)
     jobs = [(i, arch) for i in range(len(configs)) for arch in archs]
     workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context('spawn'),
-                             initializer=_worker_setup) as pool:
+    with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context('spawn'),
+            initializer=_worker_setup) as pool:
         results = pool.map(_compile_job,
                            [(configs[i], arch) for i, arch in jobs])
         return dict(zip(jobs, results))

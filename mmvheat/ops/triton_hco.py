@@ -214,18 +214,15 @@ def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
         spec = _dct2_tile(g, dh_ptr, dw_ptr, H, W, HP, WP, BC, PREC)
         if STORE_OUT:
             y = _idct2_tile(spec * t, dh_ptr, dw_ptr, H, W, HP, WP, BC, PREC)
-            tl.store(out + x_offs, y.to(out_ptr.dtype.element_ty),
-                     mask=x_mask)
+            tl.store(out + x_offs, y.to(out_ptr.dtype.element_ty), mask=x_mask)
         if NEED_GT:
             v = tl.load(xp + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-            acc += _dct2_tile(v, dh_ptr, dw_ptr, H, W, HP, WP, BC,
-                              PREC) * spec
+            acc += _dct2_tile(v, dh_ptr, dw_ptr, H, W, HP, WP, BC, PREC) * spec
         src += hwc
         xp += hwc
         out += hwc
     if NEED_GT:
-        tl.store(gt_ptr + pid_b.to(tl.int64) * hwc + s_offs, acc,
-                 mask=s_mask)
+        tl.store(gt_ptr + pid_b.to(tl.int64) * hwc + s_offs, acc, mask=s_mask)
 
 
 def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
@@ -259,19 +256,23 @@ def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
             a_offs = k[None, :] * N + rows[:, None]
         else:
             a_offs = rows[:, None] * N + k[None, :]
-        a = tl.load(a_ptr + a_offs, mask=(rows < N)[:, None] &
-                    (k < N)[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + a_offs,
+            mask=(rows < N)[:, None] & (k < N)[None, :],
+            other=0.0)
         k_offs = k.to(tl.int64)[:, None] * R
         v_mask = (k < N)[:, None] & col_ok[None, :]
-        v = tl.load(in_ptr + k_offs + col_base[None, :], mask=v_mask,
-                    other=0.0).to(tl.float32)
+        v = tl.load(
+            in_ptr + k_offs + col_base[None, :], mask=v_mask,
+            other=0.0).to(tl.float32)
         if MUL:
-            v = v * tl.load(t_ptr + k_offs + t_base[None, :], mask=v_mask,
-                            other=0.0)
+            v = v * tl.load(
+                t_ptr + k_offs + t_base[None, :], mask=v_mask, other=0.0)
         acc += tl.dot(a, v, input_precision=PREC)
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * R + col_base[None, :],
-             acc.to(out_ptr.dtype.element_ty),
-             mask=(rows < N)[:, None] & col_ok[None, :])
+    tl.store(
+        out_ptr + rows.to(tl.int64)[:, None] * R + col_base[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=(rows < N)[:, None] & col_ok[None, :])
 
 
 _KERNEL_SOURCES = (_load_basis, _slab_offsets, _dct2_tile, _idct2_tile,
@@ -279,15 +280,15 @@ _KERNEL_SOURCES = (_load_basis, _slab_offsets, _dct2_tile, _idct2_tile,
 # The launchable kernels and the names and types of their runtime arguments
 # (pointers: '*' and the dtype, filled in per configuration).
 _KERNEL_ARGS = {
-    'hco_fused_kernel': (('src_ptr', '*'), ('x_ptr', '*'), ('t_ptr', '*fp32'),
-                         ('dh_ptr', '*fp32'), ('dw_ptr', '*fp32'),
-                         ('out_ptr', '*'), ('gt_ptr', '*fp32'), ('B', 'i32'),
-                         ('H', 'i32'), ('W', 'i32'), ('C', 'i32'),
-                         ('B_PER_PROG', 'i32'), ('C_BLOCKS', 'i32')),
-    'hco_gemm_kernel': (('in_ptr', '*'), ('out_ptr', '*'), ('a_ptr', '*fp32'),
-                        ('t_ptr', '*fp32'), ('N', 'i32'), ('R', 'i32'),
-                        ('T_BATCH', 'i32'), ('COLS', 'i32'),
-                        ('TILES_M', 'i32')),
+    'hco_fused_kernel':
+    (('src_ptr', '*'), ('x_ptr', '*'), ('t_ptr', '*fp32'), ('dh_ptr', '*fp32'),
+     ('dw_ptr', '*fp32'), ('out_ptr', '*'), ('gt_ptr', '*fp32'), ('B', 'i32'),
+     ('H', 'i32'), ('W', 'i32'), ('C', 'i32'), ('B_PER_PROG',
+                                                'i32'), ('C_BLOCKS', 'i32')),
+    'hco_gemm_kernel':
+    (('in_ptr', '*'), ('out_ptr', '*'), ('a_ptr', '*fp32'), ('t_ptr', '*fp32'),
+     ('N', 'i32'), ('R', 'i32'), ('T_BATCH',
+                                  'i32'), ('COLS', 'i32'), ('TILES_M', 'i32')),
 }
 
 
@@ -301,8 +302,12 @@ def _kernels(interpret: bool) -> types.SimpleNamespace:
     names resolve to the helpers wrapped the same way.
     """
     assert interpret == triton_interpret_enabled()
-    ns = {'tl': tl, 'triton': triton, '__name__': __name__,
-          '__builtins__': __builtins__}
+    ns = {
+        'tl': tl,
+        'triton': triton,
+        '__name__': __name__,
+        '__builtins__': __builtins__
+    }
     for fn in _KERNEL_SOURCES:
         clone = types.FunctionType(fn.__code__, ns, fn.__name__,
                                    fn.__defaults__, fn.__closure__)
@@ -358,17 +363,16 @@ def _fused_sides(h: int, w: int) -> Optional[Tuple[int, int]]:
     return hp, wp
 
 
-def _fused_config(hp: int, wp: int, dtype: str, store_out: bool,
-                  need_gt: bool, prec: str) -> KernelConfig:
+def _fused_config(hp: int, wp: int, dtype: str, store_out: bool, need_gt: bool,
+                  prec: str) -> KernelConfig:
     # The backward for both gradients keeps more live on a 16 x 16 grid
     # than 4 warps hold in registers.
     warps = 4 if hp * wp <= 256 and not (store_out and need_gt) else 8
     return KernelConfig(
-        'hco_fused_kernel', (('src_ptr', dtype), ('x_ptr', dtype),
-                             ('out_ptr', dtype)),
+        'hco_fused_kernel',
+        (('src_ptr', dtype), ('x_ptr', dtype), ('out_ptr', dtype)),
         (('STORE_OUT', store_out), ('NEED_GT', need_gt), ('HP', hp),
-         ('WP', wp), ('BC', _FUSED_TILE // (hp * wp)), ('PREC', prec)),
-        warps)
+         ('WP', wp), ('BC', _FUSED_TILE // (hp * wp)), ('PREC', prec)), warps)
 
 
 def _gemm_tile(n: int) -> Tuple[int, int]:
@@ -379,13 +383,13 @@ def _gemm_tile(n: int) -> Tuple[int, int]:
     return _GEMM_TILES[-1]
 
 
-def _gemm_config(n: int, in_dtype: str, out_dtype: str, trans: bool,
-                 mul: bool, prec: str) -> KernelConfig:
+def _gemm_config(n: int, in_dtype: str, out_dtype: str, trans: bool, mul: bool,
+                 prec: str) -> KernelConfig:
     bm, bk = _gemm_tile(n)
-    return KernelConfig(
-        'hco_gemm_kernel', (('in_ptr', in_dtype), ('out_ptr', out_dtype)),
-        (('TRANS', trans), ('MUL', mul), ('BM', bm), ('BN', _GEMM_BN),
-         ('BK', bk), ('PREC', prec)), 4)
+    return KernelConfig('hco_gemm_kernel',
+                        (('in_ptr', in_dtype), ('out_ptr', out_dtype)),
+                        (('TRANS', trans), ('MUL', mul), ('BM', bm),
+                         ('BN', _GEMM_BN), ('BK', bk), ('PREC', prec)), 4)
 
 
 def kernel_configurations(prec: str = 'tf32x3') -> List[KernelConfig]:
@@ -404,8 +408,7 @@ def kernel_configurations(prec: str = 'tf32x3') -> List[KernelConfig]:
                 for store_out, need_gt in ((True, False), (False, True),
                                            (True, True)):
                     configs.append(
-                        _fused_config(hp, wp, dtype, store_out, need_gt,
-                                      prec))
+                        _fused_config(hp, wp, dtype, store_out, need_gt, prec))
     roles = {(d, 'fp32', False, False) for d in _TRITON_DTYPES.values()}
     roles |= {('fp32', d, True, False) for d in _TRITON_DTYPES.values()}
     roles.add(('fp32', 'fp32', True, True))
@@ -447,8 +450,8 @@ def _fused_run(src, transfer, x, store_out, need_gt):
     """One fused-kernel launch; returns ``(out or None, gt or None)``."""
     b, h, w, c = src.shape
     hp, wp = _fused_sides(h, w)
-    config = _fused_config(hp, wp, _TRITON_DTYPES[x.dtype], store_out,
-                           need_gt, _dot_precision(src.device))
+    config = _fused_config(hp, wp, _TRITON_DTYPES[x.dtype], store_out, need_gt,
+                           _dot_precision(src.device))
     n_cblocks = triton.cdiv(c, dict(config.constexprs)['BC'])
     if need_gt:
         n_chunks = min(b, max(1, triton.cdiv(_TARGET_PROGRAMS, n_cblocks)))
@@ -456,17 +459,21 @@ def _fused_run(src, transfer, x, store_out, need_gt):
         n_chunks = triton.cdiv(b, per_prog)
     else:
         per_prog, n_chunks = 1, b
-    out = torch.empty(src.shape, dtype=x.dtype,
-                      device=src.device) if store_out else src
-    gt = torch.empty((n_chunks, h, w, c), dtype=torch.float32,
-                     device=src.device) if need_gt else transfer
+    out = torch.empty(
+        src.shape, dtype=x.dtype, device=src.device) if store_out else src
+    gt = torch.empty(
+        (n_chunks, h, w,
+         c), dtype=torch.float32, device=src.device) if need_gt else transfer
     _launch(config, n_chunks * n_cblocks, src, x, transfer,
-            dct_basis(h, src.device), dct_basis(w, src.device), out, gt, b,
-            h, w, c, per_prog, n_cblocks)
+            dct_basis(h, src.device), dct_basis(w, src.device), out, gt, b, h,
+            w, c, per_prog, n_cblocks)
     return (out if store_out else None), (gt.sum(0) if need_gt else None)
 
 
-def _gemm(src: Tensor, along_h: bool, inverse: bool, out_dtype: torch.dtype,
+def _gemm(src: Tensor,
+          along_h: bool,
+          inverse: bool,
+          out_dtype: torch.dtype,
           transfer: Optional[Tensor] = None) -> Tensor:
     """One DCT (or inverse, ``D^T``) along H or W of ``(B, H, W, C)``.
 
@@ -478,17 +485,18 @@ def _gemm(src: Tensor, along_h: bool, inverse: bool, out_dtype: torch.dtype,
     g, n, r = (b, h, w * c) if along_h else (b * h, w, c)
     out = torch.empty(src.shape, dtype=out_dtype, device=src.device)
     config = _gemm_config(n, _TRITON_DTYPES[src.dtype],
-                          _TRITON_DTYPES[out_dtype], inverse,
-                          transfer is not None, _dot_precision(src.device))
+                          _TRITON_DTYPES[out_dtype], inverse, transfer
+                          is not None, _dot_precision(src.device))
     params = dict(config.constexprs)
     tiles_m = triton.cdiv(n, params['BM'])
     basis = dct_basis(n, src.device)
     t_batch = 1 if transfer is None else transfer.numel() // (n * r)
     # Without a transfer, t_ptr is unused; any float32 tensor keeps the
     # compiled signature the listed one.
-    _launch(config, triton.cdiv(g * r, params['BN']) * tiles_m, src, out,
-            basis, basis if transfer is None else transfer, n, r, t_batch,
-            g * r, tiles_m)
+    _launch(config,
+            triton.cdiv(g * r, params['BN']) * tiles_m, src, out, basis,
+            basis if transfer is None else transfer, n, r, t_batch, g * r,
+            tiles_m)
     return out
 
 
@@ -555,8 +563,8 @@ class _SpectralFilterTriton(torch.autograd.Function):
         if ctx.backward_hook is None:
             gx, gt = run_kernel()
         else:
-            gx, gt = ctx.backward_hook(run_kernel, x, transfer, grad,
-                                       need_gx, need_gt, ctx.path)
+            gx, gt = ctx.backward_hook(run_kernel, x, transfer, grad, need_gx,
+                                       need_gt, ctx.path)
         return gx, gt, None, None
 
 
@@ -566,11 +574,11 @@ def triton_supports(x: Tensor) -> bool:
     return x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
 
 
-def spectral_filter_triton(x: Tensor,
-                           transfer: Tensor,
-                           path: Optional[str] = None,
-                           backward_hook: Optional[BackwardHook] = None
-                           ) -> Tensor:
+def spectral_filter_triton(
+        x: Tensor,
+        transfer: Tensor,
+        path: Optional[str] = None,
+        backward_hook: Optional[BackwardHook] = None) -> Tensor:
     """``IDCT2D(DCT2D(x) * transfer)`` by the Triton kernels (see module doc).
 
     Args:

@@ -124,8 +124,9 @@ class _PickledDtype:
         if not (type(spec) is str and _DTYPE_SPEC.match(spec)):
             _refuse(f'numpy dtype {spec!r}: only numeric and bool dtypes '
                     'are loaded')
-        if not all(type(flag) in (bool, int) and flag in (0, 1)
-                   for flag in (align, copy)):
+        if not all(
+                type(flag) in (bool, int) and flag in (0, 1)
+                for flag in (align, copy)):
             _refuse(f'numpy dtype arguments {(spec, align, copy)!r}')
         dtype = np.dtype(spec)
         if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
@@ -140,8 +141,8 @@ class _PickledDtype:
         byte_orders = ('|', ) if self.dtype.itemsize == 1 else ('<', '>')
         # Plain items only, so that == below means what it says.
         if not (type(state) is tuple and len(state) == 8 and all(
-                type(item) in (int, str, type(None)) for item in state)
-                and state[1] in byte_orders
+                type(item) in (int, str, type(None))
+                for item in state) and state[1] in byte_orders
                 and state[:1] + state[2:] == _NUMERIC_DTYPE_STATE):
             _refuse(f'numpy dtype state {state!r} for {self.dtype}')
         if state[1] != '|':
@@ -181,9 +182,9 @@ class _PickledArray(np.ndarray):
             _refuse('numpy array state of an unknown layout')
         version, shape, dtype, fortran_order, data = state
         dtype = _checked_dtype(dtype)
-        if not (type(version) is int and version == 1
-                and type(shape) is tuple and len(shape) <= 32 and all(
-                    type(side) is int and side >= 0 for side in shape)
+        if not (type(version) is int and version == 1 and type(shape) is tuple
+                and len(shape) <= 32
+                and all(type(side) is int and side >= 0 for side in shape)
                 and type(fortran_order) is bool and type(data) is bytes):
             _refuse(f'numpy array state (version {version!r}, shape '
                     f'{shape!r}, data {type(data).__name__})')
@@ -413,9 +414,10 @@ def _explained(exc: Exception, source: str,
             f'lacks ({type(exc).__name__}: {detail})')
     if isinstance(exc, OSError):
         return CheckpointLoadError(f'{source}: cannot read it: {detail}')
-    if isinstance(exc, (RuntimeError, EOFError, pickle.PickleError, KeyError,
-                        IndexError, TypeError, ValueError, AttributeError,
-                        ImportError)):
+    unreadable = (RuntimeError, EOFError, pickle.PickleError, KeyError,
+                  IndexError, TypeError, ValueError, AttributeError,
+                  ImportError)
+    if isinstance(exc, unreadable):
         return CheckpointLoadError(
             f'{source}: not a readable checkpoint (corrupt or truncated?): '
             f'{detail}')

@@ -20,7 +20,6 @@ import torch
 
 __all__ = ['allow_torchvision_without_ops']
 
-
 # Ops for which torchvision registers fake kernels even without its library.
 _TORCHVISION_FAKE_OPS = {
     'nms': '(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',

@@ -84,8 +84,7 @@ def _create_temporary(target: str) -> Tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(
         os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0)
     while True:
-        temporary = osp.join(directory,
-                             f'.{name}.{secrets.token_hex(4)}.tmp')
+        temporary = osp.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
         try:
             fd = os.open(temporary, flags, 0o666)
             break
@@ -151,8 +150,8 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO]:
             f'cannot write {path}: {exc.strerror or exc}') from exc
     try:
         with os.fdopen(
-                fd, mode, **({} if 'b' in mode else dict(
-                    encoding='utf-8'))) as file:
+                fd, mode,
+                **({} if 'b' in mode else dict(encoding='utf-8'))) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -219,9 +218,11 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def run_tool(work: Callable[[], Iterable[str]],
-             source: Optional[str] = None,
-             input_errors: Tuple[Type[Exception], ...] = ()) -> int:
+def run_tool(
+    work: Callable[[], Iterable[str]],
+    source: Optional[str] = None,
+    input_errors: Tuple[Type[Exception], ...] = ()
+) -> int:
     """Run a tool's work for a person at a terminal.
 
     Prints the summary lines ``work()`` returns and gives 0; or prints one

@@ -21,11 +21,12 @@ import glob
 import importlib
 import os.path as osp
 
-import mmvheat  # noqa: F401  (before mmpretrain)
 import pytest
 import torch
 from mmengine import Config
 from mmengine.registry import DefaultScope
+
+import mmvheat  # noqa: F401  (before mmpretrain)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -185,8 +186,8 @@ def _check_dense(cfg, arch, drop_path, img_size=512):
     assert backbone.drop_path_rate == drop_path
     # The ImageNet checkpoint, enlarged to the backbone's grid where that
     # is not the pretraining size.
-    checkpoint = (f'checkpoints/vheat-{arch}_in1k.pth' if img_size == 224
-                  else f'checkpoints/vheat-{arch}_in1k-{img_size}.pth')
+    checkpoint = (f'checkpoints/vheat-{arch}_in1k.pth' if img_size == 224 else
+                  f'checkpoints/vheat-{arch}_in1k-{img_size}.pth')
     assert cfg.checkpoint == checkpoint
     assert backbone.init_cfg == dict(
         type='Pretrained', checkpoint=checkpoint, prefix='backbone.')
@@ -304,8 +305,8 @@ def _check_mpvit_detection(cfg, model, arch, drop_path, iterations,
             optimizer.weight_decay) == ('AdamW', 1e-4, (0.9, 0.999), 0.05)
     assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0, norm_type=2)
     # Iterations of 16 images, as published (detectron2 counts iterations).
-    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == (
-        'IterBasedTrainLoop', iterations)
+    assert (cfg.train_cfg.type,
+            cfg.train_cfg.max_iters) == ('IterBasedTrainLoop', iterations)
     assert cfg.train_dataloader.batch_size * 8 == 16
     assert cfg.auto_scale_lr.base_batch_size == 16
     warmup, steps = cfg.param_scheduler
@@ -351,8 +352,7 @@ def _recipes():
         recipes[f'mpvit/mask-rcnn_mpvit-{short}_fpn_1x_coco.py'] = (
             _check_mpvit_detection, arch, drop_path, 90000, [60000, 80000])
         recipes[f'mpvit/mask-rcnn_mpvit-{short}_fpn_ms-crop-3x_coco.py'] = (
-            _check_mpvit_detection, arch, drop_path, 270000,
-            [210000, 250000])
+            _check_mpvit_detection, arch, drop_path, 270000, [210000, 250000])
     for arch, drop_path in (('small', .2), ('base', .4)):
         recipes[f'mpvit/mpvit-{arch}_upernet_8xb2-160k_ade20k-512x512.py'] = (
             _check_mpvit_segmentation, arch, drop_path)

@@ -30,6 +30,7 @@ UNPUBLISHED = {
 # The published results (docs/vheat.md and docs/mpvit.md, the later numbers
 # where the published README changed): config -> metrics.
 _VHEAT_ARCHS = ('tiny', 'small', 'base')
+# yapf: disable
 PUBLISHED = {
     **{
         f'vheat-{arch}_16xb128_in1k.py': {'Top 1 Accuracy': top1}
@@ -82,6 +83,7 @@ PUBLISHED_WEIGHTS = {
     **{f'vheat-{arch}_upernet_8xb2-160k_ade20k-512x512.py':
        f'vheatseg/vHeat_{arch}_seg.pth' for arch in ('tiny', 'base')},
 }
+# yapf: enable
 _WELL_FORMED_URL = re.compile(
     r'^https://github\.com/MzeroMiko/vHeat/releases/download/'
     r'(vheatcls|vheatdet|vheatseg)/vHeat_(tiny|small|base)'
@@ -253,16 +255,17 @@ def test_top_readme_lists_the_published_numbers():
 
     names = {'t': 'tiny', 's': 'small', 'b': 'base', 'xs': 'xsmall'}
     imagenet = {'vheat': '16xb128_in1k.py', 'mpvit': '8xb128_in1k.py'}
-    for model, short in [('vHeat', a) for a in ('t', 's', 'b')] + [
-            ('MPViT', a) for a in ('t', 'xs', 's', 'b')]:
+    backbones = [('vHeat', a) for a in ('t', 's', 'b')]
+    backbones += [('MPViT', a) for a in ('t', 'xs', 's', 'b')]
+    for model, short in backbones:
         folder, arch = model.lower(), names[short]
         row = rows[f'{model}-{short.upper()}']
         assert row[0] == published(f'{folder}-{arch}_{imagenet[folder]}',
                                    'Top 1 Accuracy')
         for cell, schedule in ((row[2], '1x'), (row[3], 'ms-crop-3x')):
             assert cell == published(
-                f'mask-rcnn_{folder}-{short}_fpn_{schedule}_coco.py',
-                'box AP', 'mask AP')
+                f'mask-rcnn_{folder}-{short}_fpn_{schedule}_coco.py', 'box AP',
+                'mask AP')
         assert row[4] == published(
             f'{folder}-{arch}_upernet_8xb2-160k_ade20k-512x512.py', 'mIoU')
 

@@ -95,7 +95,8 @@ def test_user_config_inherits_and_builds(library, tmp_path, monkeypatch):
     project = tmp_path / 'my_project'
     project.mkdir()
     # Only what keeps the test fast differs: no checkpoint to load.
-    path = _user_config(project, base, """
+    path = _user_config(
+        project, base, """
         model = dict(backbone=dict(init_cfg=None))
         """)
     elsewhere = tmp_path / 'elsewhere'
@@ -168,8 +169,8 @@ def _built_classes(cfg):
     found = {}
     for field, registry in _FIELDS.items():
         value = cfg.get(field, None)
-        for i, item in enumerate(value if isinstance(value, list) else
-                                 [value]):
+        for i, item in enumerate(
+                value if isinstance(value, list) else [value]):
             if isinstance(item, dict) and 'type' in item:
                 _resolve(registry, item, library, f'{field}[{i}]', found)
     for name, hook in (cfg.get('default_hooks', None) or {}).items():
@@ -183,10 +184,10 @@ def _built_classes(cfg):
         dataset, path, scope = loader.dataset, f'{split}_dataloader', library
         while dataset is not None:  # through dataset wrappers
             path += '.dataset'
-            scope = _resolve(mm_registry.DATASETS, dataset, scope, path,
-                             found)
-            _resolve_pipeline(dataset.get('pipeline', None), scope,
-                              f'{path}.pipeline', found)
+            scope = _resolve(mm_registry.DATASETS, dataset, scope, path, found)
+            _resolve_pipeline(
+                dataset.get('pipeline', None), scope, f'{path}.pipeline',
+                found)
             dataset = dataset.get('dataset', None)
         if split == 'test' and cfg.get('tta_pipeline', None):
             # tools/test.py --tta puts it in the test dataset.
@@ -215,14 +216,13 @@ def test_inherited_config_builds_in_its_library(base, tmp_path):
     assert found.keys() == expected.keys()
     wrong = {
         path: (found[path], expected[path][0])
-        for path in expected
-        if found[path][0] != expected[path][0] or (
+        for path in expected if found[path][0] != expected[path][0] or (
             found[path][1] == CONFIG_PREFIX
             and not str(found[path][0]).startswith('mmvheat.'))
     }
-    assert not wrong, '\n'.join(
-        f'{path}: {got} (scope {scope}), not {want}'
-        for path, ((got, scope), want) in wrong.items())
+    assert not wrong, '\n'.join(f'{path}: {got} (scope {scope}), not {want}'
+                                for path, ((got, scope),
+                                           want) in wrong.items())
 
 
 # -- what custom_imports can do for the prefix --------------------------------
@@ -235,8 +235,11 @@ def _parse_in_fresh_python(config, tmp_path, import_first=False):
         print('BACKBONE', cfg.model.backbone.type)
         """)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, '-c', code],
+                          cwd=str(tmp_path),
+                          env=env,
+                          capture_output=True,
+                          text=True,
                           timeout=120)
 
 

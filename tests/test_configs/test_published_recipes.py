@@ -21,20 +21,20 @@ import os.path as osp
 import re
 from collections import OrderedDict
 
-import mmvheat  # noqa: F401  (before mmdet/mmseg/mmpretrain)
 import pytest
 import torch
 from mmengine import Config
 from mmengine.registry import DefaultScope
 
+import mmvheat  # noqa: F401  (before mmdet/mmseg/mmpretrain)
 from mmvheat.converters import convert_vheat_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # published dense model -> (our config, library)
 DENSE = {
     'det_tiny_1x': ('vheat/mask-rcnn_vheat-t_fpn_1x_coco.py', 'mmdet'),
-    'det_tiny_ms3x': ('vheat/mask-rcnn_vheat-t_fpn_ms-crop-3x_coco.py',
-                      'mmdet'),
+    'det_tiny_ms3x':
+    ('vheat/mask-rcnn_vheat-t_fpn_ms-crop-3x_coco.py', 'mmdet'),
     'seg_tiny_upernet': ('vheat/vheat-tiny_upernet_8xb2-160k_ade20k-512x512'
                          '.py', 'mmseg'),
 }
@@ -59,8 +59,9 @@ def _build(cfg, library):
 
 @pytest.fixture(scope='module')
 def published_dense(reference_dir):
-    with open(osp.join(reference_dir,
-                       'vheat_official_dense_state_dict_shapes.json')) as f:
+    with open(
+            osp.join(reference_dir,
+                     'vheat_official_dense_state_dict_shapes.json')) as f:
         return json.load(f)
 
 
@@ -80,8 +81,9 @@ def _stand_in(key_shapes, seed):
     integers), as the published checkpoint holds them."""
     generator = torch.Generator().manual_seed(seed)
     return OrderedDict(
-        (key, torch.tensor(7) if key.endswith('num_batches_tracked') else
-         torch.randn(shape, generator=generator))
+        (key,
+         torch.tensor(7) if key.endswith('num_batches_tracked') else torch.
+         randn(shape, generator=generator))
         for key, shape in key_shapes.items())
 
 
@@ -90,11 +92,14 @@ def test_published_dense_checkpoint_loads_strictly(name, published_dense,
                                                    dense_models):
     cfg, library, model = dense_models[name]
     published = published_dense[name]
-    assert published['published_config'].endswith(
-        {'det_tiny_1x': 'mask_rcnn_fpn_coco_tiny.py',
-         'det_tiny_ms3x': 'mask_rcnn_fpn_coco_tiny_ms_3x.py',
-         'seg_tiny_upernet': 'upernet_vheat_160k_ade20k_512x512_tiny.py'}
-        [name])
+    assert published['published_config'].endswith({
+        'det_tiny_1x':
+        'mask_rcnn_fpn_coco_tiny.py',
+        'det_tiny_ms3x':
+        'mask_rcnn_fpn_coco_tiny_ms_3x.py',
+        'seg_tiny_upernet':
+        'upernet_vheat_160k_ade20k_512x512_tiny.py'
+    }[name])
     # The grid the published backbone was built at is our config's.
     assert cfg.model.backbone.img_size == published['backbone_img_size']
 
@@ -146,13 +151,16 @@ def test_weight_decay_follows_the_published_rule(name, published_dense,
         wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     decay = {
         id(p): group['weight_decay']
-        for group in wrapper.optimizer.param_groups for p in group['params']
+        for group in wrapper.optimizer.param_groups
+        for p in group['params']
     }
     base = cfg.optim_wrapper.optimizer.weight_decay
     ours = {n for n, p in model.named_parameters() if decay[id(p)] == 0}
     assert ours == exempt
-    assert {decay[id(p)]
-            for n, p in model.named_parameters() if n not in ours} == {base}
+    assert {
+        decay[id(p)]
+        for n, p in model.named_parameters() if n not in ours
+    } == {base}
     assert len(published) == len(list(model.parameters()))
 
 
@@ -243,8 +251,7 @@ def test_vheat_from_scratch_initialisation():
         bound = _default_linear_bound(layer)
         uniform_std = bound / math.sqrt(3)
         assert layer.weight.abs().max() <= bound
-        assert layer.weight.std().item() == pytest.approx(
-            uniform_std, rel=0.1)
+        assert layer.weight.std().item() == pytest.approx(uniform_std, rel=0.1)
         assert layer.bias.abs().max() <= bound
         assert layer.bias.std().item() == pytest.approx(uniform_std, rel=0.2)
     for layer in (block.op.linear, block.op.out_linear, block.op.to_k,

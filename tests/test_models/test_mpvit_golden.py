@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvheat.models.backbones.mpvit import MPViT
 from mmvheat.converters import convert_published_mpvit
+from mmvheat.models.backbones.mpvit import MPViT
 
 ATOL = 1e-4
 
@@ -50,8 +50,7 @@ def _split(converted):
 
 
 def _assert_close(actual, expected, what):
-    assert actual.shape == expected.shape, (what, actual.shape,
-                                            expected.shape)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
     err = (actual - expected).abs().max().item()
     assert err <= ATOL, f'{what}: max abs error {err:.3g} > {ATOL}'
 
@@ -60,8 +59,10 @@ def test_fixture_is_what_we_expect(golden):
     assert golden['arch']['num_stages'] == 4
     assert golden['num_classes'] == 10
     assert tuple(golden['input'].shape) == (2, 3, 64, 96)
-    assert [tuple(o.shape) for o in golden['stage_outputs']] == [
-        (2, 32, 16, 24), (2, 48, 8, 12), (2, 64, 4, 6), (2, 64, 2, 3)]
+    assert [tuple(o.shape)
+            for o in golden['stage_outputs']] == [(2, 32, 16, 24),
+                                                  (2, 48, 8, 12),
+                                                  (2, 64, 4, 6), (2, 64, 2, 3)]
     # No normalization of the outputs in the published model.
     assert not any('norm' in k for k in golden['state_dict']
                    if not k.startswith(('mhca_stages', 'patch_embed')))
@@ -71,13 +72,17 @@ def test_conversion_merges_shared_encodings(golden, converted):
     published = golden['state_dict']
     backbone, head = _split(converted)
     assert set(head) == {'head.fc.weight', 'head.fc.bias'}
-    copies = [k for k in published if '.MHCA_layers.' in k and (
-        '.cpe.' in k or '.crpe.' in k)]
+    copies = [
+        k for k in published
+        if '.MHCA_layers.' in k and ('.cpe.' in k or '.crpe.' in k)
+    ]
     assert copies and len(converted) == len(published) - len(copies)
     torch.testing.assert_close(
         backbone['stages.2.encoders.1.crpe.convs.2.weight'],
         published['mhca_stages.2.mhca_blks.1.MHCA_layers.1.factoratt_crpe.'
-                  'crpe.conv_list.2.weight'], atol=0, rtol=0)
+                  'crpe.conv_list.2.weight'],
+        atol=0,
+        rtol=0)
 
 
 @pytest.mark.parametrize('out_indices', [(0, 1, 2, 3), (3, )])
@@ -102,8 +107,7 @@ def test_image_classifier_golden(golden, converted):
         dict(
             type='ImageClassifier',
             backbone=dict(
-                type='mmvheat.MPViT', arch=golden['arch'],
-                out_indices=(3, )),
+                type='mmvheat.MPViT', arch=golden['arch'], out_indices=(3, )),
             neck=dict(type='GlobalAveragePooling'),
             head=dict(
                 type='LinearClsHead',

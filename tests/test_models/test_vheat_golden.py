@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvheat.models.backbones.vheat import VHeat
 from mmvheat.converters import convert_published_vheat
+from mmvheat.models.backbones.vheat import VHeat
 
 ATOL = 1e-4
 

@@ -21,7 +21,6 @@ import torch
 from mmengine.logging import MMLogger
 
 from mmvheat.ops import autotune_cache, dispatch, spectral_filter
-
 from .exact_reference import (assert_close, exact_spectral_filter,
                               output_and_grads, random_inputs)
 
@@ -166,15 +165,17 @@ def test_forced_triton(interpret, monkeypatch, dispatcher, calls):
     for shape, path in [((2, 4, 5, 3), 'fused'), ((1, 40, 3, 2), 'tiled')]:
         x, transfer, _ = random_inputs(shape)
         assert dispatch.hco_backend(x) == 'triton'
-        assert_close(spectral_filter(x, transfer),
-                     exact_spectral_filter(x, transfer), str(shape))
+        assert_close(
+            spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+            str(shape))
         assert calls['forward'][-1] == path
     assert calls['reference'] == 0
     # Inputs outside the kernels' domain keep the reference.
     x, transfer, _ = random_inputs((2, 4, 5, 3))
     assert dispatch.hco_backend(x.double()) == 'torch'
-    assert_close(spectral_filter(x.double(), transfer.double()),
-                 exact_spectral_filter(x, transfer), 'float64')
+    assert_close(
+        spectral_filter(x.double(), transfer.double()),
+        exact_spectral_filter(x, transfer), 'float64')
     assert dispatch.hco_backend(x[:0]) == 'torch'
     assert spectral_filter(x[:0], transfer).shape == (0, 4, 5, 3)
     assert calls['reference'] == 2 and len(calls['forward']) == 2
@@ -211,8 +212,9 @@ def test_without_triton(on_cuda, monkeypatch, calls):
     x, transfer, _ = random_inputs((1, 4, 5, 2))
     assert not dispatch.triton_available()
     assert dispatch.hco_backend(x) == 'torch'
-    assert_close(spectral_filter(x, transfer),
-                 exact_spectral_filter(x, transfer), 'auto')
+    assert_close(
+        spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+        'auto')
     assert calls['reference'] == 1 and not on_cuda.calls
     monkeypatch.setenv(ENV, 'triton')
     with pytest.raises(RuntimeError, match=f'{ENV}=triton.*cannot be'):
@@ -320,8 +322,9 @@ def test_zero_map_proves_nothing(on_cuda, monkeypatch, calls, log):
     monkeypatch.setenv(ENV, 'triton')
     x, transfer, _ = random_inputs((2, 5, 6, 3))
     assert spectral_filter(torch.zeros_like(x), transfer).abs().max() == 0
-    assert_close(spectral_filter(x, transfer),
-                 exact_spectral_filter(x, transfer), 'second call')
+    assert_close(
+        spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+        'second call')
     spectral_filter(x, transfer)
     # Checked on the first two calls, not on the third.
     assert calls['reference'] == 2 and len(calls['forward']) == 3
@@ -351,8 +354,8 @@ def test_backward_checked_separately(on_cuda, monkeypatch, calls, log, fault):
     # The reference's gradients come back in the dtypes autograd expects.
     xb = x.bfloat16().requires_grad_()
     tr = transfer.clone().requires_grad_()
-    gx, gt = torch.autograd.grad(spectral_filter(xb, tr), (xb, tr),
-                                 grad.bfloat16())
+    gx, gt = torch.autograd.grad(
+        spectral_filter(xb, tr), (xb, tr), grad.bfloat16())
     assert gx.dtype == torch.bfloat16 and gt.dtype == torch.float32
     assert len(log.messages(logging.WARNING)) == 2
 
@@ -478,8 +481,9 @@ def test_failed_kernel_is_not_a_candidate(on_cuda, monkeypatch, log):
 
     monkeypatch.setattr(triton_hco, '_forward', tiled_broken)
     x, transfer, _ = random_inputs((1, 5, 6, 3))
-    assert_close(spectral_filter(x, transfer),
-                 exact_spectral_filter(x, transfer), 'result')
+    assert_close(
+        spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+        'result')
     decision = dispatch.hco_dispatcher.decision(x, False)
     assert decision.choice == 'fused'
     assert set(decision.times_ms) == {'reference', 'fused'}
@@ -501,10 +505,12 @@ def test_decision_retuned_when_its_kernel_fails_later(on_cuda, monkeypatch,
         raise RuntimeError('no kernel image is available')
 
     monkeypatch.setattr(triton_hco, '_forward', broken)
-    assert_close(spectral_filter(x, transfer),
-                 exact_spectral_filter(x, transfer), 'fallback')
-    assert_close(spectral_filter(x, transfer),
-                 exact_spectral_filter(x, transfer), 'retuned')
+    assert_close(
+        spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+        'fallback')
+    assert_close(
+        spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
+        'retuned')
     assert dispatch.hco_dispatcher.decision(x, False).choice == 'reference'
     assert on_cuda.calls == ['reference']
 
@@ -602,8 +608,9 @@ def test_foreign_or_corrupt_cache_file(on_cuda, monkeypatch, tmp_path, log,
     for shape in [(1, 5, 6, 3), (1, 40, 6, 3)]:
         x, transfer, _ = random_inputs(shape)
         with torch.no_grad():
-            assert_close(spectral_filter(x, transfer),
-                         exact_spectral_filter(x, transfer), 'result')
+            assert_close(
+                spectral_filter(x, transfer),
+                exact_spectral_filter(x, transfer), 'result')
     assert len(on_cuda.calls) == 5
     assert path.read_bytes() == content
     _one_warning(log, str(path), 'ignored', 'left untouched')

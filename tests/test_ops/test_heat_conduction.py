@@ -18,7 +18,6 @@ from mmvheat.ops.heat_conduction import (dct2d, dct_basis, decay_map,
                                          heat_transfer, idct2d,
                                          spectral_filter,
                                          spectral_filter_reference)
-
 from .exact_reference import exact_spectral_filter
 
 # Non-square, odd, square and degenerate (1 x n) grids.
@@ -278,8 +277,9 @@ def _smooth_initial_condition(x, y, h, w):
     coefficients decay fast: the coarse grid resolves it.
     """
     gauss = np.exp(-(x**2 + y**2) / (2 * 2.0**2))
-    return (1.0 + 0.5 * np.cos(np.pi * x / h) + 0.3 * np.cos(2 * np.pi * y / w)
-            + 0.2 * np.cos(np.pi * x / h) * np.cos(3 * np.pi * y / w) + gauss)
+    return (1.0 + 0.5 * np.cos(np.pi * x / h) +
+            0.3 * np.cos(2 * np.pi * y / w) +
+            0.2 * np.cos(np.pi * x / h) * np.cos(3 * np.pi * y / w) + gauss)
 
 
 def _fd_heat_solution(h, w, kc, refine, t=1.0):
@@ -303,7 +303,8 @@ def _fd_heat_solution(h, w, kc, refine, t=1.0):
     for _ in range(steps):
         p = np.pad(u, ((1, 1), (1, 1), (0, 0)), mode='edge')
         lap = (p[2:, 1:-1] + p[:-2, 1:-1] + p[1:-1, 2:] + p[1:-1, :-2] -
-               4 * u) / (dx * dx)
+               4 * u) / (
+                   dx * dx)
         u = u + dt * kc * lap
     mid = (refine - 1) // 2
     return u[mid::refine, mid::refine]
@@ -480,8 +481,7 @@ def test_leading_batch_dims():
     torch.testing.assert_close(single, out[0, 0], rtol=0, atol=1e-6)
     for fn in (dct2d, idct2d):
         assert fn(x).shape == x.shape
-        torch.testing.assert_close(
-            fn(x)[1, 2], fn(x[1, 2]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(fn(x)[1, 2], fn(x[1, 2]), rtol=0, atol=1e-6)
 
 
 def test_shape_errors():

@@ -49,9 +49,8 @@ def compiled():
 
 
 @pytest.mark.parametrize('arch', ARCHS)
-@pytest.mark.parametrize('index',
-                         range(len(CONFIGS)),
-                         ids=[_name(c) for c in CONFIGS])
+@pytest.mark.parametrize(
+    'index', range(len(CONFIGS)), ids=[_name(c) for c in CONFIGS])
 def test_compiles_within_limits(compiled, index, arch):
     resources, error = compiled[index, arch]
     assert error is None, f'{CONFIGS[index]} on sm_{arch}: {error}'

@@ -149,9 +149,9 @@ def test_leading_dims_and_noncontiguous(interpret):
     assert not strided.is_contiguous()
     for xi in (x[0], x.reshape(2, 3, 5, 4, 3), strided):
         for path in ('fused', 'tiled'):
-            assert_close(triton_hco.spectral_filter_triton(xi, transfer, path),
-                         exact_spectral_filter(xi, transfer),
-                         f'{path} {xi.shape}')
+            assert_close(
+                triton_hco.spectral_filter_triton(xi, transfer, path),
+                exact_spectral_filter(xi, transfer), f'{path} {xi.shape}')
     # A float64 transfer is used in float32; its gradient comes back float64.
     t64 = transfer.double().requires_grad_()
     triton_hco.spectral_filter_triton(x, t64).sum().backward()
@@ -177,9 +177,8 @@ def test_kernel_rejects_bad_inputs(interpret):
     with pytest.raises(ValueError, match='Triton HCO kernel takes'):
         triton_hco.spectral_filter_triton(x[:0], transfer)
     with pytest.raises(ValueError, match='path must be one of'):
-        triton_hco.spectral_filter_triton(torch.zeros(1, 33, 8, 1),
-                                          torch.ones(33, 8, 1),
-                                          path='fused')
+        triton_hco.spectral_filter_triton(
+            torch.zeros(1, 33, 8, 1), torch.ones(33, 8, 1), path='fused')
     with pytest.raises(ValueError, match='path must be one of'):
         triton_hco.spectral_filter_triton(x, transfer, path='tile')
 
@@ -301,8 +300,9 @@ def test_golden_fixtures_with_triton_backend(reference_dir, project_root,
         'OMP_NUM_THREADS':
         '1',
         'PYTHONPATH':
-        os.pathsep.join(p for p in (str(tmp_path), project_root,
-                                    env.get('PYTHONPATH')) if p),
+        os.pathsep.join(
+            p for p in (str(tmp_path), project_root, env.get('PYTHONPATH'))
+            if p),
     })
     start = time.time()
     proc = subprocess.run([
@@ -349,9 +349,10 @@ class TestOnGPU:
         h, w = shape[1:3]
         ey, egx, egt = exact_spectral_filter(x, transfer, grad)
         for path in triton_hco.kernel_paths(h, w):
-            y, gx, gt = (t.cpu() for t in output_and_grads(
-                lambda a, t: triton_hco.spectral_filter_triton(a, t, path),
-                x.cuda(), transfer.cuda(), grad.cuda()))
+            y, gx, gt = (
+                t.cpu() for t in output_and_grads(
+                    lambda a, t: triton_hco.spectral_filter_triton(a, t, path),
+                    x.cuda(), transfer.cuda(), grad.cuda()))
             assert y.dtype == gx.dtype == dtype
             if dtype == torch.float32:
                 assert_close(y, ey, f'{path} {shape} forward')

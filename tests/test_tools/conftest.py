@@ -27,11 +27,12 @@ def run_tools(project_root):
 
     def run(commands, stderr=None, max_parallel=4):
         streams = stderr or {}
-        with ThreadPoolExecutor(min(max_parallel, os.cpu_count() or 1,
-                                    len(commands)) or 1) as pool:
+        with ThreadPoolExecutor(
+                min(max_parallel,
+                    os.cpu_count() or 1, len(commands)) or 1) as pool:
             futures = {
-                name: pool.submit(run_one, argv,
-                                  streams.get(name, subprocess.PIPE))
+                name:
+                pool.submit(run_one, argv, streams.get(name, subprocess.PIPE))
                 for name, argv in commands.items()
             }
             return {name: future.result() for name, future in futures.items()}

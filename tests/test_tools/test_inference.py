@@ -24,9 +24,8 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import save_checkpoint
 
-from mmvheat.apis.inference import (InferenceError, collect_images,
-                                    inference, run_inference)
-
+from mmvheat.apis.inference import (InferenceError, collect_images, inference,
+                                    run_inference)
 from .test_train_test import (SHAPES, _env, _write, cls_config, det_config,
                               seg_config)
 
@@ -37,8 +36,8 @@ PHOTO_SHA256 = \
     'a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130'
 PHOTO_SHAPE = (600, 512)  # height, width
 CONFIGS = dict(mmpretrain=cls_config, mmdet=det_config, mmseg=seg_config)
-CLASSES = dict(mmpretrain=SHAPES, mmdet=SHAPES,
-               mmseg=('background', ) + SHAPES)
+CLASSES = dict(
+    mmpretrain=SHAPES, mmdet=SHAPES, mmseg=('background', ) + SHAPES)
 
 
 @pytest.fixture(scope='module')
@@ -75,8 +74,8 @@ def models(tmp_path_factory):
                        for i in range(len(classes))]
             checkpoint = str(tmp / 'iter_1.pth')
             meta = dict(dataset_meta=dict(classes=classes, palette=palette))
-            save_checkpoint(dict(meta=meta, state_dict=model.state_dict()),
-                            checkpoint)
+            save_checkpoint(
+                dict(meta=meta, state_dict=model.state_dict()), checkpoint)
             made[library] = (config, checkpoint)
         return made[library]
 
@@ -93,8 +92,8 @@ def test_each_library_on_a_photograph(library, models, photo, tmp_path):
     config, checkpoint = models(library)
     out_dir = str(tmp_path / 'out')
     with DefaultScope.overwrite_default_scope('mmengine'):
-        result = run_inference(config, checkpoint, [photo], out_dir,
-                               device='cpu', progress=False)
+        result = run_inference(
+            config, checkpoint, [photo], out_dir, device='cpu', progress=False)
         # The inferencers' init_default_scope does not outlive the call.
         assert DefaultScope.get_current_instance().scope_name == 'mmengine'
     assert result['library'] == library
@@ -162,8 +161,12 @@ def test_predictions_follow_the_checkpoint(models, photo, tmp_path):
 
     scores = []
     for i, ckpt in enumerate((checkpoint, checkpoint, other)):
-        out = run_inference(config, ckpt, [photo], str(tmp_path / str(i)),
-                            device='cpu', progress=False)
+        out = run_inference(
+            config,
+            ckpt, [photo],
+            str(tmp_path / str(i)),
+            device='cpu',
+            progress=False)
         scores.append(_load_json(out['preds'][0])['pred_scores'])
     assert scores[0] == scores[1]
     assert max(abs(a - b) for a, b in zip(scores[0], scores[2])) > 1e-3
@@ -175,9 +178,8 @@ def test_folders_names_and_progress(models, photo, tmp_path):
     inputs = tmp_path / 'inputs'
     (inputs / 'a' / 'deeper').mkdir(parents=True)
     (inputs / 'b').mkdir()
-    names = ['a/x.jpg', 'a/deeper/x.jpg', 'b/x.jpg'] + [
-        f'b/{i:02d}.png' for i in range(27)
-    ]
+    names = ['a/x.jpg', 'a/deeper/x.jpg', 'b/x.jpg'
+             ] + [f'b/{i:02d}.png' for i in range(27)]
     small = mmcv.imrescale(mmcv.imread(photo), 0.25)
     for name in names:
         mmcv.imwrite(small, str(inputs / name))
@@ -185,11 +187,16 @@ def test_folders_names_and_progress(models, photo, tmp_path):
     config, checkpoint = models('mmpretrain')
     out_dir = tmp_path / 'out'
     single = str(inputs / 'a' / 'x.jpg')  # also inside the folder
-    result = subprocess.run(
-        [sys.executable, TOOL, config, checkpoint, single, str(inputs),
-         '--out-dir', str(out_dir), '--device', 'cpu', '--batch-size', '2'],
-        cwd=str(tmp_path), env=_env(), capture_output=True, text=True,
-        timeout=300)
+    result = subprocess.run([
+        sys.executable, TOOL, config, checkpoint, single,
+        str(inputs), '--out-dir',
+        str(out_dir), '--device', 'cpu', '--batch-size', '2'
+    ],
+                            cwd=str(tmp_path),
+                            env=_env(),
+                            capture_output=True,
+                            text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert '30 images (mmpretrain)' in result.stdout
@@ -222,11 +229,16 @@ def test_live_progress_bar_in_a_terminal(models, photo, tmp_path):
     for i in range(4):
         mmcv.imwrite(small, str(inputs / f'{i}.jpg'))
     master, terminal = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, TOOL, config, checkpoint, str(inputs), '--out-dir',
-         str(tmp_path / 'out'), '--device', 'cpu'], cwd=str(tmp_path),
-        env=_env(COLUMNS='100'), stdin=subprocess.DEVNULL, stdout=terminal,
-        stderr=terminal)
+    proc = subprocess.Popen([
+        sys.executable, TOOL, config, checkpoint,
+        str(inputs), '--out-dir',
+        str(tmp_path / 'out'), '--device', 'cpu'
+    ],
+                            cwd=str(tmp_path),
+                            env=_env(COLUMNS='100'),
+                            stdin=subprocess.DEVNULL,
+                            stdout=terminal,
+                            stderr=terminal)
     os.close(terminal)
     shown = b''
     while True:
@@ -272,15 +284,15 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
     cases = {
         'config not found: nope.py': ['nope.py', checkpoint, photo],
         'checkpoint not found: nope.pth': [config, 'nope.pth', photo],
-        f'cannot read checkpoint {corrupt}':
-        [config, str(corrupt), photo],
+        f'cannot read checkpoint {corrupt}': [config,
+                                              str(corrupt), photo],
         'does not fit the config\'s model: ':
         [det_config_path, checkpoint, photo],
-        'no such file or folder: missing.jpg': [config, checkpoint,
-                                                'missing.jpg'],
+        'no such file or folder: missing.jpg':
+        [config, checkpoint, 'missing.jpg'],
         'no image files': [config, checkpoint, str(empty)],
-        'is not an image file': [config, checkpoint,
-                                 str(empty / 'readme.txt')],
+        'is not an image file':
+        [config, checkpoint, str(empty / 'readme.txt')],
     }
     for message, argv in cases.items():
         with pytest.raises(InferenceError, match=re.escape(message)):
@@ -288,22 +300,34 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'\xff\xd8 not a jpeg')
     for library in ('mmpretrain', 'mmdet'):
-        with pytest.raises(InferenceError,
-                           match=re.escape(f'cannot read image {broken}')):
-            inference([*models(library), str(broken), '--out-dir', out,
-                       '--device', 'cpu'])
+        with pytest.raises(
+                InferenceError,
+                match=re.escape(f'cannot read image {broken}')):
+            inference([
+                *models(library),
+                str(broken), '--out-dir', out, '--device', 'cpu'
+            ])
     with pytest.raises(InferenceError, match='cannot write to --out-dir'):
-        inference([config, checkpoint, photo, '--out-dir',
-                   str(a_file / 'sub')])
+        inference(
+            [config, checkpoint, photo, '--out-dir',
+             str(a_file / 'sub')])
 
     # The tool: one line, exit status 1, no out-dir made.
-    result = subprocess.run(
-        [sys.executable, TOOL, config, str(corrupt), photo, '--out-dir',
-         str(tmp_path / 'never')], cwd=str(tmp_path), env=_env(),
-        capture_output=True, text=True, timeout=300)
+    result = subprocess.run([
+        sys.executable, TOOL, config,
+        str(corrupt), photo, '--out-dir',
+        str(tmp_path / 'never')
+    ],
+                            cwd=str(tmp_path),
+                            env=_env(),
+                            capture_output=True,
+                            text=True,
+                            timeout=300)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines()
-              if line.startswith('error:')]
+    errors = [
+        line for line in result.stderr.splitlines()
+        if line.startswith('error:')
+    ]
     assert len(errors) == 1
     assert errors[0].startswith(f'error: cannot read checkpoint {corrupt}: ')
     assert 'Traceback' not in result.stderr

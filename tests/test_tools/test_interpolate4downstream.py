@@ -126,10 +126,9 @@ def enlarged(checkpoint, mode='pad', use_ema=False):
     """What the tool writes for ``checkpoint``, PT_SIZE -> TG_SIZE."""
     state_dict, layout = vheat_weights(checkpoint, use_ema)
     changes = enlarge_freq_embeds(state_dict, PT_SIZE, TG_SIZE, mode)
-    assert [tuple(c) for c in changes] == [
-        (i, (PT_SIZE // 4 >> i, ) * 2, (TG_SIZE // 4 >> i, ) * 2)
-        for i in range(4)
-    ]
+    assert [tuple(c) for c in changes] == [(i, (PT_SIZE // 4 >> i, ) * 2,
+                                            (TG_SIZE // 4 >> i, ) * 2)
+                                           for i in range(4)]
     return state_dict, layout
 
 
@@ -258,13 +257,19 @@ def _incomplete():
 
 @pytest.mark.parametrize(
     'checkpoint, use_ema, reason', [
-        ({'state_dict': {'conv1.weight': torch.zeros(4, 3, 7, 7)}}, False,
-         'not a vHeat checkpoint'),
+        ({
+            'state_dict': {
+                'conv1.weight': torch.zeros(4, 3, 7, 7)
+            }
+        }, False, 'not a vHeat checkpoint'),
         ([torch.zeros(3)], False, 'expected a dict checkpoint'),
-        (lambda: {'model': to_published(project_state_dict())}, True,
-         'no "model_ema" entry'),
-        (lambda: {'state_dict': project_state_dict(), 'ema_state_dict': {}},
-         True, 'drop --ema'),
+        (lambda: {
+            'model': to_published(project_state_dict())
+        }, True, 'no "model_ema" entry'),
+        (lambda: {
+            'state_dict': project_state_dict(),
+            'ema_state_dict': {}
+        }, True, 'drop --ema'),
     ],
     ids=['resnet', 'not-a-dict', 'no-ema', 'mmengine-ema'])
 def test_other_checkpoints_are_refused(checkpoint, use_ema, reason):
@@ -297,10 +302,8 @@ def test_unknown_published_key_is_refused():
         (project_state_dict, 48, 128, ValueError,
          '--pt_size must be a positive multiple of 32, got 48'),
     ],
-    ids=['incomplete', 'wrong-pt-size', 'shrink', 'tg-not-32x',
-         'pt-not-32x'])
-def test_bad_sizes_change_nothing(state_dict, pt_size, tg_size, error,
-                                  reason):
+    ids=['incomplete', 'wrong-pt-size', 'shrink', 'tg-not-32x', 'pt-not-32x'])
+def test_bad_sizes_change_nothing(state_dict, pt_size, tg_size, error, reason):
     state_dict = state_dict()
     before = OrderedDict(state_dict)
     with pytest.raises(error) as info:
@@ -358,8 +361,10 @@ def cli(tmp_path_factory, run_tools):
         runs[name] = (tmp, dst,
                       [TOOL, '--pt_pth', src, '--tg_pth', dst, *extra])
     results = run_tools({name: run[2] for name, run in runs.items()})
-    return {name: (tmp, dst, results[name])
-            for name, (tmp, dst, _) in runs.items()}
+    return {
+        name: (tmp, dst, results[name])
+        for name, (tmp, dst, _) in runs.items()
+    }
 
 
 def test_cli_tiny_224_to_512(cli):

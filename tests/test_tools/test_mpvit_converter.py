@@ -37,8 +37,9 @@ _COPY = re.compile(r'^(.*mhca_blks\.\d+\.)MHCA_layers\.\d+\.'
 
 @pytest.fixture(scope='module')
 def shapes(reference_dir):
-    with open(osp.join(reference_dir,
-                       'mpvit_official_state_dict_shapes.json')) as f:
+    with open(
+            osp.join(reference_dir,
+                     'mpvit_official_state_dict_shapes.json')) as f:
         return {
             k[len('mpvit_'):]: v['state_dict']
             for k, v in json.load(f).items()
@@ -57,9 +58,8 @@ def marked_state_dict(key_shapes, start=0., sign=1.):
     values = OrderedDict()
     for i, key in enumerate(key_shapes):
         values[key] = sign * (start + i)
-    return OrderedDict(
-        (key, torch.tensor(values[owner(key)]).expand(shape))
-        for key, shape in key_shapes.items())
+    return OrderedDict((key, torch.tensor(values[owner(key)]).expand(shape))
+                       for key, shape in key_shapes.items())
 
 
 def marker(tensor):
@@ -99,8 +99,8 @@ def expected_key(key):
     ]
     for pattern, repl in replacements:
         key = re.sub(pattern, repl, key)
-    key = key.replace('.DW.', '.dwconv.' if 'local_block' in key else
-                      '.depthwise.')
+    key = key.replace('.DW.',
+                      '.dwconv.' if 'local_block' in key else '.depthwise.')
     return key if key.startswith('head.') else 'backbone.' + key
 
 
@@ -212,14 +212,17 @@ def tiny_checkpoint(shapes, tmp_path_factory):
 def test_dense_backbone_loads_classification_checkpoint(tiny_checkpoint):
     """mmdet/mmseg: every backbone weight comes from the checkpoint."""
     converted, path = tiny_checkpoint
-    model = _pretrained(path, arch='tiny', out_indices=(0, 1, 2, 3),
-                        norm_cfg=dict(type='SyncBN', requires_grad=True))
+    model = _pretrained(
+        path,
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True))
     model.init_weights()
     state_dict = model.state_dict()
     assert len(state_dict) == len(converted) - 2  # all but head.fc
     for name, value in state_dict.items():
-        assert torch.equal(value, converted[f'backbone.{name}'].to(
-            value.dtype)), name
+        assert torch.equal(value,
+                           converted[f'backbone.{name}'].to(value.dtype)), name
 
 
 def test_wrong_arch_is_refused(tiny_checkpoint):
@@ -252,10 +255,12 @@ def _with_key(key):
     """A small published-looking state dict plus ``key``."""
     return {
         'model': {
-            'mhca_stages.0.aggregate.conv.weight': torch.zeros(4),
+            'mhca_stages.0.aggregate.conv.weight':
+            torch.zeros(4),
             'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
             torch.zeros(4),
-            key: torch.ones(4)
+            key:
+            torch.ones(4)
         }
     }
 
@@ -266,8 +271,10 @@ def _differing_copies():
         'model': {
             'patch_embed_stages.0.patch_embeds.0.patch_conv.bn.bias':
             torch.zeros(4),
-            f'{prefix}cpe.proj.bias': torch.zeros(4),
-            f'{prefix}MHCA_layers.0.cpe.proj.bias': torch.ones(4),
+            f'{prefix}cpe.proj.bias':
+            torch.zeros(4),
+            f'{prefix}MHCA_layers.0.cpe.proj.bias':
+            torch.ones(4),
         }
     }
 
@@ -306,11 +313,20 @@ def cli(shapes, tmp_path_factory, run_tools):
     a failing run's DST already exists (``previous``)."""
     source = marked_state_dict(shapes['small'])
     inputs = {
-        'small': {'model': source},
-        'untrusted': {'model': source, 'args': argparse.Namespace(lr=1)},
+        'small': {
+            'model': source
+        },
+        'untrusted': {
+            'model': source,
+            'args': argparse.Namespace(lr=1)
+        },
         'unknown-key': _with_key(UNKNOWN[0]),
-        'other-spelling': {'model': source},
-        'dst-is-a-folder': {'model': source},
+        'other-spelling': {
+            'model': source
+        },
+        'dst-is-a-folder': {
+            'model': source
+        },
     }
     runs = {}
     for name, checkpoint in inputs.items():
@@ -327,8 +343,10 @@ def cli(shapes, tmp_path_factory, run_tools):
                 dst.write_bytes(b'previous')
         runs[name] = (tmp, dst, [TOOL, src, dst])
     results = run_tools({name: run[2] for name, run in runs.items()})
-    return {name: (source, tmp, dst, results[name])
-            for name, (tmp, dst, _) in runs.items()}
+    return {
+        name: (source, tmp, dst, results[name])
+        for name, (tmp, dst, _) in runs.items()
+    }
 
 
 def test_cli_converts_small(cli, shapes, fast_init):

@@ -18,7 +18,6 @@ import sys
 import pytest
 
 from mmvheat.demo import data as demo_data
-
 from .test_train_test import _env, _free_port, _metric, _write, cls_config
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -107,9 +106,11 @@ def slurm(tmp_path):
         script.write_text(f'#!{sys.executable}\nNODE = {NODE!r}\n' + body)
         script.chmod(0o755)
     log = tmp_path / 'slurm_calls.jsonl'
-    env = _env(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
-               PYTHON=sys.executable, STAND_IN_SLURM_LOG=str(log),
-               MASTER_PORT=_free_port())
+    env = _env(
+        PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+        PYTHON=sys.executable,
+        STAND_IN_SLURM_LOG=str(log),
+        MASTER_PORT=_free_port())
     # mmengine takes the master address from scontrol when it is unset.
     env.pop('MASTER_ADDR', None)
 
@@ -123,33 +124,51 @@ def slurm(tmp_path):
 
 
 def _launch(cmd, cwd, env, expect_rc=0):
-    result = subprocess.run(cmd, cwd=str(cwd), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        cmd,
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT)
     assert result.returncode == expect_rc, \
         f'{" ".join(cmd)} -> {result.returncode}\n{result.stdout[-6000:]}'
     return result.stdout
 
 
 def _srun_options(partition, job_name, tasks, per_node, cpus):
-    return {'partition': partition, 'job-name': job_name,
-            'gres': f'gpu:{per_node}', 'ntasks': str(tasks),
-            'ntasks-per-node': str(per_node), 'cpus-per-task': str(cpus),
-            'kill-on-bad-exit': '1'}
+    return {
+        'partition': partition,
+        'job-name': job_name,
+        'gres': f'gpu:{per_node}',
+        'ntasks': str(tasks),
+        'ntasks-per-node': str(per_node),
+        'cpus-per-task': str(cpus),
+        'kill-on-bad-exit': '1'
+    }
 
 
 def test_launchers_pass_openmmlab_options_to_srun(slurm, tmp_path):
     env, calls = slurm
     env = dict(env, STAND_IN_SRUN_DRY='1')
     # Defaults as OpenMMLab's scripts: 8 tasks, 8 GPUs a node, 5 CPUs.
-    _launch(['bash', SLURM_TRAIN, 'part', 'job-a', 'cfg.py', 'work dir',
-             '--amp', '--cfg-options', 'a=1'], tmp_path, env)
+    _launch([
+        'bash', SLURM_TRAIN, 'part', 'job-a', 'cfg.py', 'work dir', '--amp',
+        '--cfg-options', 'a=1'
+    ], tmp_path, env)
     # No WORK_DIR: train.py arguments right after the config.
     _launch(['bash', SLURM_TRAIN, 'part', 'job-b', 'cfg.py', '--resume'],
-            tmp_path, dict(env, GPUS='16', CPUS_PER_TASK='2',
-                           SRUN_ARGS='--time=10 --quotatype=auto'))
-    _launch(['bash', SLURM_TEST, 'part', 'job-c', 'cfg.py', 'ck.pth',
-             '--tta', '--out', 'r.pkl'], tmp_path, dict(env, GPUS='2'))
+            tmp_path,
+            dict(
+                env,
+                GPUS='16',
+                CPUS_PER_TASK='2',
+                SRUN_ARGS='--time=10 --quotatype=auto'))
+    _launch([
+        'bash', SLURM_TEST, 'part', 'job-c', 'cfg.py', 'ck.pth', '--tta',
+        '--out', 'r.pkl'
+    ], tmp_path, dict(env, GPUS='2'))
     train, no_work_dir, test = calls('srun')
 
     assert train['options'] == _srun_options('part', 'job-a', 8, 8, 5)
@@ -157,29 +176,35 @@ def test_launchers_pass_openmmlab_options_to_srun(slurm, tmp_path):
     train_py = osp.join(ROOT, 'tools', 'train.py')
     assert train['command'] == [
         sys.executable, '-u', train_py, '--launcher=slurm', 'cfg.py',
-        '--work-dir=work dir', '--amp', '--cfg-options', 'a=1']
+        '--work-dir=work dir', '--amp', '--cfg-options', 'a=1'
+    ]
     assert train['pythonpath'].split(os.pathsep)[0] == \
         osp.join(ROOT, 'tools', '..')
 
-    assert no_work_dir['options'] == _srun_options('part', 'job-b', 16, 8,
-                                                   2)
+    assert no_work_dir['options'] == _srun_options('part', 'job-b', 16, 8, 2)
     assert no_work_dir['extra'] == ['--time=10', '--quotatype=auto']
     assert no_work_dir['command'][3:] == [
-        '--launcher=slurm', 'cfg.py', '--resume']
+        '--launcher=slurm', 'cfg.py', '--resume'
+    ]
 
     assert test['options'] == _srun_options('part', 'job-c', 2, 8, 5)
     assert test['command'][2:] == [
         osp.join(ROOT, 'tools', 'test.py'), '--launcher=slurm', 'cfg.py',
-        'ck.pth', '--tta', '--out', 'r.pkl']
+        'ck.pth', '--tta', '--out', 'r.pkl'
+    ]
 
 
 def test_launchers_need_their_arguments(slurm, tmp_path):
     env, calls = slurm
-    out = _launch(['bash', SLURM_TRAIN, 'part', 'job'], tmp_path, env,
+    out = _launch(['bash', SLURM_TRAIN, 'part', 'job'],
+                  tmp_path,
+                  env,
                   expect_rc=1)
     assert 'usage: bash' in out and 'PARTITION JOB_NAME CONFIG' in out
-    out = _launch(['bash', SLURM_TEST, 'part', 'job', 'cfg.py'], tmp_path,
-                  env, expect_rc=1)
+    out = _launch(['bash', SLURM_TEST, 'part', 'job', 'cfg.py'],
+                  tmp_path,
+                  env,
+                  expect_rc=1)
     assert 'CONFIG CHECKPOINT' in out
     assert calls('srun') == []
 
@@ -188,18 +213,18 @@ def test_launchers_need_their_arguments(slurm, tmp_path):
 def test_slurm_train_then_test_two_cpu_tasks(slurm, tmp_path):
     env, calls = slurm
     data = str(tmp_path / 'data')
-    demo_data.make_imagenet_like(osp.join(data, 'imagenet'), 8, 4,
-                                 image_size=(64, 64))
-    config = _write(tmp_path / 'vheat_cls_slurm.py',
-                    cls_config(data, max_iters=2, val_interval=2,
-                               ckpt_interval=2))
+    demo_data.make_imagenet_like(
+        osp.join(data, 'imagenet'), 8, 4, image_size=(64, 64))
+    config = _write(
+        tmp_path / 'vheat_cls_slurm.py',
+        cls_config(data, max_iters=2, val_interval=2, ckpt_interval=2))
     work_dir = str(tmp_path / 'work_dir')
     train_env = dict(env, GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1')
     # PY_ARGS reach train.py: a checkpoint after every iteration.
-    out = _launch(['bash', SLURM_TRAIN, 'cpu', 'vheat-train', config,
-                   work_dir, '--cfg-options',
-                   'default_hooks.checkpoint.interval=1'], tmp_path,
-                  train_env)
+    out = _launch([
+        'bash', SLURM_TRAIN, 'cpu', 'vheat-train', config, work_dir,
+        '--cfg-options', 'default_hooks.checkpoint.interval=1'
+    ], tmp_path, train_env)
     srun = calls('srun')[-1]
     assert srun['options'] == _srun_options('cpu', 'vheat-train', 2, 2, 1)
     # mmengine asked scontrol for the master's address.
@@ -218,13 +243,18 @@ def test_slurm_train_then_test_two_cpu_tasks(slurm, tmp_path):
     test_env = dict(train_env, MASTER_PORT=_free_port())
     tta_env = dict(train_env, MASTER_PORT=_free_port())
     test = ['bash', SLURM_TEST, 'cpu', 'vheat-test', config, checkpoint]
-    procs = [subprocess.Popen(cmd, cwd=str(tmp_path), env=e,
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for cmd, e in ((test + ['--work-dir', str(tmp_path / 't')],
-                             test_env),
-                            (test + ['--tta', '--work-dir',
-                                     str(tmp_path / 'tta')], tta_env))]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=str(tmp_path),
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True) for cmd, e in
+        ((test + ['--work-dir', str(tmp_path / 't')], test_env),
+         (test +
+          ['--tta', '--work-dir', str(tmp_path / 'tta')], tta_env))
+    ]
     try:
         outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:

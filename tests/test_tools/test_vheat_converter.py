@@ -34,16 +34,16 @@ TOOL = osp.join('tools', 'model_converters', 'vheat_to_mmvheat.py')
 
 @pytest.fixture(scope='module')
 def shapes(reference_dir):
-    with open(osp.join(reference_dir,
-                       'vheat_official_state_dict_shapes.json')) as f:
+    with open(
+            osp.join(reference_dir,
+                     'vheat_official_state_dict_shapes.json')) as f:
         return json.load(f)
 
 
 def marked_state_dict(key_shapes, start=0., sign=1.):
     """Every key gets its own value ``sign * (start + index)``."""
-    return OrderedDict(
-        (key, torch.tensor(sign * (start + i)).expand(shape))
-        for i, (key, shape) in enumerate(key_shapes.items()))
+    return OrderedDict((key, torch.tensor(sign * (start + i)).expand(shape))
+                       for i, (key, shape) in enumerate(key_shapes.items()))
 
 
 def marker(tensor):
@@ -142,8 +142,9 @@ def test_input_formats(shapes):
     for checkpoint, use_ema, expected in [(both, True, ema),
                                           (both, False, model),
                                           (dict(model), False, model),
-                                          ({'state_dict': model}, False,
-                                           model)]:
+                                          ({
+                                              'state_dict': model
+                                          }, False, model)]:
         converted = convert_vheat_checkpoint(checkpoint, use_ema).state_dict
         assert_values_preserved(expected, converted)
 
@@ -208,23 +209,38 @@ def test_misplaced_downsample_is_refused(shapes, key):
     next stage (vHeat-T: 2 blocks in stage 0, none after stage 3)."""
     key_shapes = dict(shapes['tiny']['state_dict'])
     key_shapes[key] = [8]
-    with pytest.raises(NotAVHeatCheckpoint,
-                       match=rf"do not follow .*\['{key}'\]"):
+    with pytest.raises(
+            NotAVHeatCheckpoint, match=rf"do not follow .*\['{key}'\]"):
         convert_vheat_checkpoint(marked_state_dict(key_shapes))
 
 
 @pytest.mark.parametrize(
     'checkpoint, use_ema, reason',
-    [({'model': {'conv1.weight': torch.zeros(2, 3, 7, 7)}}, False,
-      'not a published vHeat checkpoint'),
-     ({'model': {'freq_embed.0': torch.zeros(2)}}, True,
-      'no "model_ema" entry'),
-     ({'state_dict': {}, 'ema_state_dict': {}}, True, 'drop --ema'),
-     ({'state_dict': {'backbone.stages.0.freq_embed': torch.zeros(2, 2, 4)}},
-      False, 'already in the mmvheat layout'),
+    [({
+        'model': {
+            'conv1.weight': torch.zeros(2, 3, 7, 7)
+        }
+    }, False, 'not a published vHeat checkpoint'),
+     ({
+         'model': {
+             'freq_embed.0': torch.zeros(2)
+         }
+     }, True, 'no "model_ema" entry'),
+     ({
+         'state_dict': {},
+         'ema_state_dict': {}
+     }, True, 'drop --ema'),
+     ({
+         'state_dict': {
+             'backbone.stages.0.freq_embed': torch.zeros(2, 2, 4)
+         }
+     }, False, 'already in the mmvheat layout'),
      ([torch.zeros(1)], False, 'expected a dict checkpoint, got list'),
-     ({'model': {'freq_embed.0': 'a string'}}, False,
-      'no state dict of tensors')],
+     ({
+         'model': {
+             'freq_embed.0': 'a string'
+         }
+     }, False, 'no state dict of tensors')],
     ids=['resnet', 'no-ema', 'mmengine-ema', 'converted', 'list', 'strings'])
 def test_other_checkpoints_are_refused(checkpoint, use_ema, reason):
     with pytest.raises(CheckpointError, match=reason):
@@ -262,8 +278,8 @@ def test_unreadable_checkpoints(tmp_path, make, reason):
 
 def test_trusted_checkpoint_loads_other_objects(tmp_path):
     torch.save({'args': argparse.Namespace(lr=1)}, tmp_path / 'src.pth')
-    assert read_checkpoint(str(tmp_path / 'src.pth'),
-                           trust=True)['args'].lr == 1
+    assert read_checkpoint(
+        str(tmp_path / 'src.pth'), trust=True)['args'].lr == 1
 
 
 # -- loading converted weights --------------------------------------------
@@ -279,8 +295,8 @@ def test_dense_backbone_loads_classification_checkpoint(
         tiny_checkpoint, check_backbone_loaded):
     """mmdet/mmseg: only the output norms 0-2 start afresh."""
     converted, path = tiny_checkpoint
-    model = _pretrained(path, arch='tiny', img_size=224,
-                        out_indices=(0, 1, 2, 3))
+    model = _pretrained(
+        path, arch='tiny', img_size=224, out_indices=(0, 1, 2, 3))
     model.init_weights()
     check_backbone_loaded(model, converted)
 
@@ -317,17 +333,35 @@ def cli(shapes, tmp_path_factory, run_tools):
         'tiny': published,
         'tiny-512': published,
         'terminal': published,
-        'dense': {'state_dict': marked_state_dict(dense_key_shapes(shapes))},
-        'trusted': {'model': source, 'args': argparse.Namespace(lr=1)},
-        'untrusted': {'model': source, 'args': argparse.Namespace(lr=1)},
-        'op-extra': {'model': _with_key(shapes['tiny']['state_dict'],
-                                        'layers.0.0.op.extra.weight')},
-        'op-extra-fresh': {'model': _with_key(shapes['tiny']['state_dict'],
-                                              'layers.0.0.op.extra.weight')},
-        'classifier-5': {'model': _with_key(shapes['tiny']['state_dict'],
-                                            'classifier.5.weight')},
-        'dense-extra': {'state_dict': _with_key(dense_key_shapes(shapes),
-                                                'backbone.extra.weight')},
+        'dense': {
+            'state_dict': marked_state_dict(dense_key_shapes(shapes))
+        },
+        'trusted': {
+            'model': source,
+            'args': argparse.Namespace(lr=1)
+        },
+        'untrusted': {
+            'model': source,
+            'args': argparse.Namespace(lr=1)
+        },
+        'op-extra': {
+            'model':
+            _with_key(shapes['tiny']['state_dict'],
+                      'layers.0.0.op.extra.weight')
+        },
+        'op-extra-fresh': {
+            'model':
+            _with_key(shapes['tiny']['state_dict'],
+                      'layers.0.0.op.extra.weight')
+        },
+        'classifier-5': {
+            'model': _with_key(shapes['tiny']['state_dict'],
+                               'classifier.5.weight')
+        },
+        'dense-extra': {
+            'state_dict':
+            _with_key(dense_key_shapes(shapes), 'backbone.extra.weight')
+        },
         'truncated': published,
         'symlink-to-src': published,
         'tg-size-500': published,
@@ -357,8 +391,10 @@ def cli(shapes, tmp_path_factory, run_tools):
 
     terminal, terminal_end = pty.openpty()
     try:
-        results = run_tools({name: argv
-                             for name, (_, _, argv) in runs.items()},
+        results = run_tools({
+            name: argv
+            for name, (_, _, argv) in runs.items()
+        },
                             stderr={'terminal': terminal_end})
     finally:
         os.close(terminal_end)
@@ -372,8 +408,10 @@ def cli(shapes, tmp_path_factory, run_tools):
             break
         text += chunk
     os.close(terminal)
-    out = {name: (tmp, dst, results[name]) for name, (tmp, dst, _) in
-           runs.items()}
+    out = {
+        name: (tmp, dst, results[name])
+        for name, (tmp, dst, _) in runs.items()
+    }
     out['terminal-stderr'] = text.decode()
     return out
 

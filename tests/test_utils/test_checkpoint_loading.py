@@ -22,7 +22,6 @@ import sys
 import zipfile
 from collections import OrderedDict
 
-import mmvheat  # noqa: F401
 import numpy as np
 import pytest
 import torch
@@ -35,6 +34,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 from torch.utils.data import Dataset
 
+import mmvheat  # noqa: F401
 from mmvheat.utils.checkpoint_loading import (CheckpointLoadError,
                                               CheckpointRefusedError,
                                               allow_mmengine_checkpoints,
@@ -90,7 +90,10 @@ class RecordIters(Hook):
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.iters.append(runner.iter + 1)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         self.losses.append(outputs['loss'].item())
 
@@ -107,13 +110,11 @@ def _runner(work_dir, name, **kwargs):
             num_workers=0,
             collate_fn=dict(type='default_collate')),
         train_cfg=dict(by_epoch=False, max_iters=4),
-        optim_wrapper=dict(
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         param_scheduler=dict(
             type='MultiStepLR', milestones=[3], gamma=0.1, by_epoch=False),
         default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=2,
-                            by_epoch=False),
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
             logger=dict(type='LoggerHook', interval=1)),
         randomness=dict(seed=0),
         default_scope='mmengine',
@@ -165,8 +166,9 @@ def _process_state():
     from mmengine.registry import Registry
 
     from mmvheat.registry import MODELS
-    registries = [v for v in vars(mm_registry).values()
-                  if isinstance(v, Registry)] + [MODELS]
+    registries = [
+        v for v in vars(mm_registry).values() if isinstance(v, Registry)
+    ] + [MODELS]
     return dict(
         history_buffer_class={
             k: v
@@ -214,10 +216,9 @@ def unchanged_process():
 
 
 # -- mmengine checkpoints still load ------------------------------------------
-def test_runner_checkpoint_loads_with_weights_only(trained,
-                                                   unchanged_process):
-    checkpoint = torch.load(trained['ckpt4'], map_location='cpu',
-                            weights_only=True)
+def test_runner_checkpoint_loads_with_weights_only(trained, unchanged_process):
+    checkpoint = torch.load(
+        trained['ckpt4'], map_location='cpu', weights_only=True)
     assert checkpoint['meta']['iter'] == 4
     assert checkpoint['meta']['seed'] == 0
     buffers = checkpoint['message_hub']['log_scalars']
@@ -241,8 +242,8 @@ def test_runner_checkpoint_loads_with_weights_only(trained,
     eta = checkpoint['message_hub']['runtime_info']['eta']
     assert type(eta) is np.float64
     for key, value in trained['weights'].items():
-        torch.testing.assert_close(checkpoint['state_dict'][key], value,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            checkpoint['state_dict'][key], value, rtol=0, atol=0)
     if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
         # Everything the file names is allowlisted.
         assert torch.serialization.get_unsafe_globals_in_checkpoint(
@@ -259,8 +260,7 @@ def test_loaded_checkpoint_saves_and_loads_again(trained, tmp_path):
         assert names == []
         with zipfile.ZipFile(path) as archive:
             data = archive.read(
-                next(n for n in archive.namelist()
-                     if n.endswith('data.pkl')))
+                next(n for n in archive.namelist() if n.endswith('data.pkl')))
         assert b'mmvheat' not in data
     again = load_checkpoint_file(path)
     loss = again['message_hub']['log_scalars']['train/loss']
@@ -278,16 +278,19 @@ def test_mmengine_load_checkpoint(trained, unchanged_process):
     checkpoint = load_checkpoint(model, trained['ckpt4'], map_location='cpu')
     assert checkpoint['meta']['iter'] == 4
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, trained['weights'][key], rtol=0,
-                                   atol=0)
+        torch.testing.assert_close(
+            value, trained['weights'][key], rtol=0, atol=0)
 
 
 def test_resume_loses_nothing(trained, tmp_path):
     statistics_before = dict(HistoryBuffer._statistics_methods)
     record = RecordIters()
-    runner = _runner(tmp_path, 'checkpoint_resume',
-                     load_from=trained['ckpt2'], resume=True,
-                     custom_hooks=[record])
+    runner = _runner(
+        tmp_path,
+        'checkpoint_resume',
+        load_from=trained['ckpt2'],
+        resume=True,
+        custom_hooks=[record])
     runner.train()
     assert runner.iter == 4
     assert record.iters == [3, 4]  # resumed after iteration 2
@@ -310,12 +313,14 @@ def test_resume_loses_nothing(trained, tmp_path):
     assert runner.optim_wrapper.get_lr()['lr'] == [pytest.approx(0.01)]
     state = runner.optim_wrapper.optimizer.state_dict()['state']
     for index, expected in trained['optimizer']['state'].items():
-        torch.testing.assert_close(state[index]['momentum_buffer'],
-                                   expected['momentum_buffer'],
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            state[index]['momentum_buffer'],
+            expected['momentum_buffer'],
+            atol=1e-6,
+            rtol=0)
     for key, value in runner.model.state_dict().items():
-        torch.testing.assert_close(value, trained['weights'][key],
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            value, trained['weights'][key], atol=1e-6, rtol=0)
     assert dict(HistoryBuffer._statistics_methods) == statistics_before
     assert _buffer_statistics() == EXPECTED_STATISTICS
 
@@ -337,17 +342,20 @@ print(json.dumps(result))
 """
 
 
-@pytest.mark.skipif(not SAFE_LOAD_BY_DEFAULT,
-                    reason='torch < 2.6 loads with weights_only=False')
+@pytest.mark.skipif(
+    not SAFE_LOAD_BY_DEFAULT,
+    reason='torch < 2.6 loads with weights_only=False')
 def test_checkpoint_needs_mmvheat_without_it(trained, tmp_path):
     """In a fresh interpreter, torch alone refuses the same checkpoint."""
     (tmp_path / 'load.py').write_text(_NO_MMVHEAT)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     env.pop('PYTHONPATH', None)
-    proc = subprocess.run(
-        [sys.executable, 'load.py', trained['ckpt4']],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True,
-        timeout=300)
+    proc = subprocess.run([sys.executable, 'load.py', trained['ckpt4']],
+                          cwd=str(tmp_path),
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not result['imported']
@@ -362,17 +370,22 @@ def test_mmvheat_converted_checkpoint_loads(reference_dir, tmp_path,
                                             unchanged_process):
     from mmvheat.converters import convert_published_vheat
     from mmvheat.utils.io import save_checkpoint_atomic
-    with open(osp.join(reference_dir,
-                       'vheat_official_state_dict_shapes.json')) as f:
+    with open(
+            osp.join(reference_dir,
+                     'vheat_official_state_dict_shapes.json')) as f:
         tiny = json.load(f)['tiny']
     # Each key its own value, stored once (a few KB in all).
     published = OrderedDict(
         (key, torch.tensor(float(index)).expand(shape))
         for index, (key, shape) in enumerate(tiny['state_dict'].items()))
     converted = convert_published_vheat(published)
-    meta = dict(source='published.pth', mmvheat_version=mmvheat.__version__,
-                ema=False, layout='classification', arch=tiny['arch'],
-                img_size=tiny['img_size'])
+    meta = dict(
+        source='published.pth',
+        mmvheat_version=mmvheat.__version__,
+        ema=False,
+        layout='classification',
+        arch=tiny['arch'],
+        img_size=tiny['img_size'])
     path = str(tmp_path / 'vheat_converted.pth')
     save_checkpoint_atomic(dict(state_dict=converted, meta=meta), path)
     checkpoint = load_checkpoint_file(path)
@@ -410,8 +423,10 @@ NUMERIC_VALUES = dict(
 def test_numeric_numpy_values_load(tmp_path, unchanged_process):
     path = str(tmp_path / 'numpy.pth')
     torch.save(
-        dict(NUMERIC_VALUES, nested=[NUMERIC_VALUES['int8_array']],
-             empty_buffer=HistoryBuffer()), path)
+        dict(
+            NUMERIC_VALUES,
+            nested=[NUMERIC_VALUES['int8_array']],
+            empty_buffer=HistoryBuffer()), path)
     loaded = load_checkpoint_file(path)
     assert type(loaded['empty_buffer']) is HistoryBuffer
     assert [len(a) for a in loaded['empty_buffer'].data] == [0, 0]
@@ -431,8 +446,8 @@ def test_numeric_numpy_values_load(tmp_path, unchanged_process):
     # An array from a checkpoint computes and prints as a plain one.
     array = loaded['float64_3d']
     assert repr(array) == repr(NUMERIC_VALUES['float64_3d'])
-    np.testing.assert_array_equal(array.sum(axis=0),
-                                  NUMERIC_VALUES['float64_3d'].sum(axis=0))
+    np.testing.assert_array_equal(
+        array.sum(axis=0), NUMERIC_VALUES['float64_3d'].sum(axis=0))
     # Its pickle names plain numpy, so any reader can load it.
     assert type(pickle.loads(pickle.dumps(array))) is np.ndarray
 
@@ -442,8 +457,8 @@ def test_allow_mmengine_checkpoints_is_idempotent(trained):
     before = set(torch.serialization.get_safe_globals())
     allow_mmengine_checkpoints()
     assert set(torch.serialization.get_safe_globals()) == before
-    checkpoint = torch.load(trained['ckpt2'], map_location='cpu',
-                            weights_only=True)
+    checkpoint = torch.load(
+        trained['ckpt2'], map_location='cpu', weights_only=True)
     assert checkpoint['meta']['iter'] == 2
 
 
@@ -454,7 +469,8 @@ def test_no_real_numpy_or_history_buffer_class_admitted():
         admitted.add(entry[0] if isinstance(entry, tuple) else entry)
     real = {
         np.dtype, np.ndarray, HistoryBuffer, getattr,
-        np.dtype('f8').__class__, np.dtype('O').__class__,
+        np.dtype('f8').__class__,
+        np.dtype('O').__class__,
         np.dtype('V8').__class__
     }
     assert not admitted & real
@@ -490,16 +506,17 @@ def _torch_archive(tmp_path, pickle_bytes, name='crafted.pth'):
     with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, 'w') as dst:
         for entry in src.namelist():
             data = src.read(entry)
-            dst.writestr(
-                entry,
-                pickle_bytes if entry.endswith('/data.pkl') else data)
+            dst.writestr(entry,
+                         pickle_bytes if entry.endswith('/data.pkl') else data)
     return path
 
 
-_RECONSTRUCT = (np._core.multiarray._reconstruct if hasattr(np, '_core')
-                else np.core.multiarray._reconstruct)
-_SCALAR = (np._core.multiarray.scalar
-           if hasattr(np, '_core') else np.core.multiarray.scalar)
+_RECONSTRUCT = (
+    np._core.multiarray._reconstruct
+    if hasattr(np, '_core') else np.core.multiarray._reconstruct)
+_SCALAR = (
+    np._core.multiarray.scalar
+    if hasattr(np, '_core') else np.core.multiarray.scalar)
 
 
 def _opcode_unicode(text):
@@ -560,8 +577,9 @@ def _stat(name, owner=HistoryBuffer):
 
 def _build_class_file(tmp_path):
     """BUILD on the HistoryBuffer class itself (class attributes)."""
-    body = (_HISTORY_BUFFER_GLOBAL + b'}' +
-            _opcode_unicode('_statistics_methods') + b'}' + b's' + b'b')
+    body = (
+        _HISTORY_BUFFER_GLOBAL + b'}' +
+        _opcode_unicode('_statistics_methods') + b'}' + b's' + b'b')
     return _torch_archive(tmp_path, b'\x80\x02' + body + b'.')
 
 
@@ -594,21 +612,20 @@ REFUSED = [
     ('history-as-list', _history_buffer(_log_history=[1., 2., 3.]),
      'not a restored 1-D numeric array'),
     ('history-2d',
-     _history_buffer(_log_history=np.ones((3, 1)),
-                     _count_history=np.ones((3, 1))),
-     'not a restored 1-D numeric array'),
+     _history_buffer(
+         _log_history=np.ones((3, 1)), _count_history=np.ones(
+             (3, 1))), 'not a restored 1-D numeric array'),
     ('history-before-its-state',
-     _history_buffer(_log_history=_Reduce(_RECONSTRUCT, np.ndarray, (0, ),
-                                          b'b'),
-                     _count_history=np.array([], dtype=np.int8)),
+     _history_buffer(
+         _log_history=_Reduce(_RECONSTRUCT, np.ndarray, (0, ), b'b'),
+         _count_history=np.array([], dtype=np.int8)),
      'not a restored 1-D numeric array'),
     ('history-lengths', _history_buffer(_count_history=np.array([1, 1])),
      'different lengths'),
     ('max-length', _history_buffer(max_length=0), 'max_length'),
-    ('buffer-call', _Reduce(HistoryBuffer, [1e9], [1]),
-     'HistoryBuffer(...)'),
-    ('buffer-newobj-args', _NewObj(HistoryBuffer, [1e9], [1]),
-     'HistoryBuffer(...) with arguments'),
+    ('buffer-call', _Reduce(HistoryBuffer, [1e9], [1]), 'HistoryBuffer(...)'),
+    ('buffer-newobj-args', _NewObj(HistoryBuffer, [1e9],
+                                   [1]), 'HistoryBuffer(...) with arguments'),
     ('build-class', _build_class_file, 'Can only build'),
     ('build-twice', _build_twice_file, 'Can only build'),
     ('getattr-register', _stat('register_statistics'),
@@ -622,16 +639,17 @@ REFUSED = [
      "getattr(HistoryBuffer, '__subclasses__')"),
     ('getattr-instance', _stat('mean', owner=_history_buffer()),
      "getattr(a HistoryBuffer, 'mean')"),
-    ('getattr-str', _Reduce(getattr, 'text', 'join'),
-     "getattr(a str, 'join')"),
+    ('getattr-str', _Reduce(getattr, 'text',
+                            'join'), "getattr(a str, 'join')"),
     ('rebuild-calls-register',
-     _rebuild_from_type(_stat('register_statistics'), HistoryBuffer,
-                        (torch._utils._rebuild_tensor_v2, ), {}),
-     "getattr(HistoryBuffer, 'register_statistics')"),
+     _rebuild_from_type(
+         _stat('register_statistics'), HistoryBuffer,
+         (torch._utils._rebuild_tensor_v2, ),
+         {}), "getattr(HistoryBuffer, 'register_statistics')"),
     ('rebuild-calls-statistic',
-     _rebuild_from_type(_stat('mean'), HistoryBuffer,
-                        (_history_buffer(), ), {}),
-     'a call of HistoryBuffer.mean'),
+     _rebuild_from_type(
+         _stat('mean'), HistoryBuffer, (_history_buffer(), ),
+         {}), 'a call of HistoryBuffer.mean'),
     ('rebuild-sets-class-dict',
      _rebuild_from_type(getattr, HistoryBuffer,
                         (HistoryBuffer, '_statistics_methods'),
@@ -660,9 +678,9 @@ def _crafted_file(tmp_path, payload):
     return _save(tmp_path, payload)
 
 
-@pytest.mark.parametrize('payload,words',
-                         [case[1:] for case in REFUSED],
-                         ids=[case[0] for case in REFUSED])
+@pytest.mark.parametrize(
+    'payload,words', [case[1:] for case in REFUSED],
+    ids=[case[0] for case in REFUSED])
 def test_crafted_file_refused(payload, words, tmp_path, monkeypatch,
                               unchanged_process):
     path = _crafted_file(tmp_path, payload)
@@ -683,8 +701,9 @@ def test_crafted_file_refused(payload, words, tmp_path, monkeypatch,
 def test_trusted_file_with_namespace_loads(tmp_path):
     args = argparse.Namespace(lr=0.1, work_dir='x')
     path = _save(tmp_path, args)
-    with pytest.raises(CheckpointRefusedError,
-                       match='argparse.Namespace.*--trust-checkpoint'):
+    with pytest.raises(
+            CheckpointRefusedError,
+            match='argparse.Namespace.*--trust-checkpoint'):
         load_checkpoint_file(path)
     assert load_checkpoint_file(path, trust=True)['payload'] == args
 
@@ -763,8 +782,11 @@ def _dtype(spec, state, copy=True):
 
 
 def _array(dtype, shape, data):
-    return _Reduce(_RECONSTRUCT, np.ndarray, (0, ), b'b',
-                   state=(1, shape, dtype, False, data))
+    return _Reduce(
+        _RECONSTRUCT,
+        np.ndarray, (0, ),
+        b'b',
+        state=(1, shape, dtype, False, data))
 
 
 def _scalar(dtype, data):
@@ -782,17 +804,22 @@ def _structured_array(fields, flags=0):
     (name: (dtype, offset)) and the given dtype flags."""
     dtype = _dtype(
         'V16',
-        _dtype_state(endian='|', names=tuple(fields), fields=fields,
-                     size=16, flags=flags))
+        _dtype_state(
+            endian='|',
+            names=tuple(fields),
+            fields=fields,
+            size=16,
+            flags=flags))
     return _array(dtype, (1, ), _POINTERS)
+
 
 def _array_state_set_twice(tmp_path):
     """An array shared with a tensor (``from_numpy``), then given a new,
     smaller state: the tensor would read freed memory."""
     body = (
         _pickled(np.ones(1 << 16)) + b'q\xff' +  # the array, as memo 255
-        b'ctorch._utils\n_rebuild_device_tensor_from_numpy\n' +
-        b'(h\xff' + b'ctorch\nfloat64\n' + _opcode_unicode('cpu') +
+        b'ctorch._utils\n_rebuild_device_tensor_from_numpy\n' + b'(h\xff' +
+        b'ctorch\nfloat64\n' + _opcode_unicode('cpu') +
         b'\x89tR' +  # (array, torch.float64, 'cpu', False) -> a tensor
         b'h\xff' + _pickled((1, (2, ), np.dtype('f8'), False, bytes(16))) +
         b'b' +  # BUILD the array again
@@ -805,47 +832,47 @@ def _array_state_set_twice(tmp_path):
 MEMORY_UNSAFE = [
     ('object-array', _array(_OBJECT, (2, ), _POINTERS), "numpy dtype 'O8'"),
     ('void-array',
-     _array(_dtype('V16', _dtype_state(endian='|', size=16)), (1, ),
-            _POINTERS), "numpy dtype 'V16'"),
+     _array(
+         _dtype('V16', _dtype_state(endian='|', size=16)), (1, ),
+         _POINTERS), "numpy dtype 'V16'"),
     ('structured-object-field',
-     _structured_array(dict(a=(_OBJECT, 0), b=(_FLOAT64, 8)), flags=63),
-     "numpy dtype 'V16'"),
+     _structured_array(dict(a=(_OBJECT, 0), b=(_FLOAT64, 8)),
+                       flags=63), "numpy dtype 'V16'"),
     ('structured-object-field-flags-cleared',
-     _structured_array(dict(a=(_OBJECT, 0), b=(_FLOAT64, 8))),
-     "numpy dtype 'V16'"),
+     _structured_array(dict(a=(_OBJECT, 0),
+                            b=(_FLOAT64, 8))), "numpy dtype 'V16'"),
     ('structured-numeric',
-     _structured_array(dict(a=(_FLOAT64, 0), b=(_FLOAT64, 8))),
-     "numpy dtype 'V16'"),
+     _structured_array(dict(a=(_FLOAT64, 0),
+                            b=(_FLOAT64, 8))), "numpy dtype 'V16'"),
     ('float-told-it-holds-objects',
-     _array(_dtype('f8', _dtype_state(flags=63)), (2, ), _POINTERS),
-     'numpy dtype state'),
+     _array(_dtype('f8', _dtype_state(flags=63)), (2, ),
+            _POINTERS), 'numpy dtype state'),
     ('float-with-fields-past-its-end',
      _array(
          _dtype('f8',
                 _dtype_state(names=('a', ),
                              fields={'a': (_FLOAT64, 1 << 40)})), (2, ),
          _POINTERS), 'numpy dtype state'),
-    ('shared-float64-flags',
-     _dtype('f8', _dtype_state(flags=63), copy=False), 'numpy dtype state'),
+    ('shared-float64-flags', _dtype('f8', _dtype_state(flags=63),
+                                    copy=False), 'numpy dtype state'),
     ('datetime-array',
-     _array(_dtype('M8', (4, '<', None, None, None, -1, -1, 0,
-                          (None, (b'ns', 1, 1, 1)))), (2, ), _POINTERS),
-     "numpy dtype 'M8'"),
+     _array(
+         _dtype('M8', (4, '<', None, None, None, -1, -1, 0,
+                       (None, (b'ns', 1, 1, 1)))), (2, ),
+         _POINTERS), "numpy dtype 'M8'"),
     ('object-scalar', _scalar(_OBJECT, _POINTERS[:8]), "numpy dtype 'O8'"),
     ('scalar-short-data', _scalar(_FLOAT64, b'\x00' * 4),
      'numpy float64 scalar from bytes data'),
-    ('array-short-data', _array(_FLOAT64, (4, ), _POINTERS),
-     'from 16 bytes'),
-    ('array-object-list',
-     _array(_FLOAT64, (2, ), [1.0, 2.0]), 'numpy array state'),
+    ('array-short-data', _array(_FLOAT64, (4, ), _POINTERS), 'from 16 bytes'),
+    ('array-object-list', _array(_FLOAT64, (2, ),
+                                 [1.0, 2.0]), 'numpy array state'),
     ('array-newobj-buffer',
-     _NewObj(np.ndarray, (2, ), _FLOAT64, _POINTERS, 0, (1 << 20, )),
-     'numpy.ndarray(...)'),
+     _NewObj(np.ndarray, (2, ), _FLOAT64, _POINTERS, 0,
+             (1 << 20, )), 'numpy.ndarray(...)'),
     ('array-state-set-twice', _array_state_set_twice,
      'a second state for one numpy array'),
-    ('reconstruct-other-type',
-     _Reduce(_RECONSTRUCT, np.ndarray, (2, ), b'O'),
-     'numpy _reconstruct arguments'),
+    ('reconstruct-other-type', _Reduce(_RECONSTRUCT, np.ndarray, (2, ),
+                                       b'O'), 'numpy _reconstruct arguments'),
 ]
 
 
@@ -860,10 +887,13 @@ def memory_unsafe_results(tmp_path_factory):
             cases.append((name, payload(tmp_path)))
     (tmp_path / 'child.py').write_text(_CHILD)
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        [sys.executable, 'child.py', json.dumps(cases)],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True,
-        timeout=300)
+    proc = subprocess.run([sys.executable, 'child.py',
+                           json.dumps(cases)],
+                          cwd=str(tmp_path),
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     results, started = {}, None
     for line in proc.stdout.splitlines():
         if not line.startswith('{'):
@@ -873,12 +903,16 @@ def memory_unsafe_results(tmp_path_factory):
             started = record['case']
         else:
             results[record['case']] = record
-    return dict(returncode=proc.returncode, results=results,
-                last_started=started, stderr=proc.stderr[-3000:])
+    return dict(
+        returncode=proc.returncode,
+        results=results,
+        last_started=started,
+        stderr=proc.stderr[-3000:])
 
 
-@pytest.mark.parametrize('name,words', [(c[0], c[2]) for c in MEMORY_UNSAFE],
-                         ids=[c[0] for c in MEMORY_UNSAFE])
+@pytest.mark.parametrize(
+    'name,words', [(c[0], c[2]) for c in MEMORY_UNSAFE],
+    ids=[c[0] for c in MEMORY_UNSAFE])
 def test_memory_unsafe_file_refused(name, words, memory_unsafe_results):
     outcome = memory_unsafe_results
     result = outcome['results'].get(name)
@@ -898,8 +932,8 @@ def test_memory_unsafe_file_refused(name, words, memory_unsafe_results):
 @pytest.fixture
 def namespace_checkpoint(trained, tmp_path):
     """The iteration-2 checkpoint with the argparse Namespace of its run."""
-    checkpoint = torch.load(trained['ckpt2'], map_location='cpu',
-                            weights_only=True)
+    checkpoint = torch.load(
+        trained['ckpt2'], map_location='cpu', weights_only=True)
     checkpoint['meta']['args'] = argparse.Namespace(lr=0.1, amp=False)
     path = str(tmp_path / 'with_namespace.pth')
     torch.save(checkpoint, path)
@@ -918,10 +952,9 @@ def test_mmengine_loader_refuses_and_trusts(namespace_checkpoint):
     assert '--trust-checkpoint' in str(info.value)
     assert '\n' not in str(info.value)
     with mmengine_checkpoint_loading(trust=True):
-        checkpoint = load_checkpoint(model, namespace_checkpoint,
-                                     map_location='cpu')
-    assert checkpoint['meta']['args'] == argparse.Namespace(lr=0.1,
-                                                            amp=False)
+        checkpoint = load_checkpoint(
+            model, namespace_checkpoint, map_location='cpu')
+    assert checkpoint['meta']['args'] == argparse.Namespace(lr=0.1, amp=False)
     assert CheckpointLoader.__dict__['load_checkpoint'] is original
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     # Trust does not outlive the context.
@@ -930,15 +963,18 @@ def test_mmengine_loader_refuses_and_trusts(namespace_checkpoint):
 
 
 def test_trusted_resume(namespace_checkpoint, trained, tmp_path):
+
     def resume():
-        runner = _runner(tmp_path, 'trusted_resume',
-                         load_from=namespace_checkpoint, resume=True)
+        runner = _runner(
+            tmp_path,
+            'trusted_resume',
+            load_from=namespace_checkpoint,
+            resume=True)
         runner.train()
         return runner
 
     with mmengine_checkpoint_loading():
-        with pytest.raises(CheckpointRefusedError,
-                           match='argparse.Namespace'):
+        with pytest.raises(CheckpointRefusedError, match='argparse.Namespace'):
             resume()
     with mmengine_checkpoint_loading(trust=True):
         runner = resume()
@@ -968,8 +1004,8 @@ def _corrupt_files(tmp_path):
         with zipfile.ZipFile(out, 'w') as dst:
             for name in names:
                 dst.writestr(
-                    name, data[:len(data) // 2]
-                    if name == pickle_name else src.read(name))
+                    name, data[:len(data) //
+                               2] if name == pickle_name else src.read(name))
         files['pickle_truncated'] = out.getvalue()
     paths = {}
     for name, content in files.items():

@@ -7,10 +7,10 @@ checks in ``test_versions.py``, mmcv's ops under CPU autocast in
 """
 import sys
 
-import mmvheat  # noqa: F401
 import torch
 from mmengine.registry import DefaultScope
 
+import mmvheat  # noqa: F401
 from mmvheat.utils import compat
 
 
@@ -31,4 +31,3 @@ def test_mmpretrain_datasets_import():
 def test_allow_torchvision_without_ops_is_idempotent():
     assert 'torchvision' in sys.modules
     compat.allow_torchvision_without_ops()  # nothing to do, must not raise
-

@@ -113,8 +113,7 @@ def test_file_then_directory_are_fsynced(tmp_path, monkeypatch):
 
     def recording_fsync(fd):
         mode = os.fstat(fd).st_mode
-        synced.append(('dir' if stat.S_ISDIR(mode) else 'file',
-                       dst.exists()))
+        synced.append(('dir' if stat.S_ISDIR(mode) else 'file', dst.exists()))
         real_fsync(fd)
 
     monkeypatch.setattr(os, 'fsync', recording_fsync)
@@ -164,8 +163,7 @@ def test_progress_counts_every_byte_written(tmp_path):
     assert progress.done == os.path.getsize(tmp_path / 'c.pth')
 
 
-@pytest.mark.parametrize('spelling', ['same', 'dotdot', 'symlink',
-                                      'hardlink'])
+@pytest.mark.parametrize('spelling', ['same', 'dotdot', 'symlink', 'hardlink'])
 def test_output_that_is_the_input_is_refused(tmp_path, spelling):
     src = tmp_path / 'a' / 'src.pth'
     src.parent.mkdir()
@@ -200,21 +198,23 @@ def test_run_tool_prints_lines_or_one_error_line(capsys):
     def usage():
         raise UsageError('--tg-size must be\na multiple of 32')
 
-    assert _run(usage, capsys) == (
-        2, '', 'error: --tg-size must be a multiple of 32\n')
+    assert _run(usage,
+                capsys) == (2, '',
+                            'error: --tg-size must be a multiple of 32\n')
 
     def bad_input():
         raise ValueError('not a vHeat checkpoint')
 
-    assert _run(bad_input, capsys, source='x.pth',
-                input_errors=(ValueError, )) == (
-                    1, '', 'error: x.pth: not a vHeat checkpoint\n')
+    assert _run(
+        bad_input, capsys, source='x.pth', input_errors=(ValueError, )) == (
+            1, '', 'error: x.pth: not a vHeat checkpoint\n')
 
     def bug():
         raise IndexError('list index out of range\nmore detail')
 
-    assert _run(bug, capsys, source='x.pth') == (
-        1, '', 'error: x.pth: IndexError: list index out of range\n')
+    assert _run(
+        bug, capsys, source='x.pth') == (
+            1, '', 'error: x.pth: IndexError: list index out of range\n')
 
     def interrupted():
         raise KeyboardInterrupt
@@ -230,8 +230,9 @@ class _Terminal(io.StringIO):
 
 def test_byte_progress_draws_on_a_terminal_only():
     terminal = _Terminal()
-    with ByteProgress('reading x.pth', total=4 << 20, stream=terminal,
-                      interval=0) as progress:
+    with ByteProgress(
+            'reading x.pth', total=4 << 20, stream=terminal,
+            interval=0) as progress:
         stream = progress.wrap(io.BytesIO(bytes(4 << 20)))
         while stream.read(1 << 20):
             pass
@@ -240,8 +241,8 @@ def test_byte_progress_draws_on_a_terminal_only():
     assert lines[-1] == 'reading x.pth: 4/4 MB (100%)\n'
 
     pipe = io.StringIO()
-    with ByteProgress('reading x.pth', total=4, stream=pipe,
-                      interval=0) as progress:
+    with ByteProgress(
+            'reading x.pth', total=4, stream=pipe, interval=0) as progress:
         progress.wrap(io.BytesIO(b'abcd')).read()
     assert pipe.getvalue() == ''
     assert progress.done == 4

@@ -22,24 +22,23 @@ try:
     # mmengine's globals for torch.load and makes torchvision importable.
     import mmvheat
 except ImportError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-        osp.abspath(__file__)))))
+    sys.path.insert(
+        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     import mmvheat
 
-from mmvheat.converters import (CheckpointError,  # noqa: E402
-                                convert_mpvit_checkpoint, describe_arch,
+from mmvheat.converters import CheckpointError  # noqa: E402
+from mmvheat.converters import (convert_mpvit_checkpoint, describe_arch,
                                 infer_mpvit_arch, read_checkpoint)
-from mmvheat.utils.io import (ByteProgress, add_trust_option,  # noqa: E402
-                              check_output_is_not_input, run_tool,
-                              save_checkpoint_atomic)
+from mmvheat.utils.io import add_trust_option  # noqa: E402
+from mmvheat.utils.io import (ByteProgress, check_output_is_not_input,
+                              run_tool, save_checkpoint_atomic)
 
 
 def convert(args):
     """Convert ``args.src`` to ``args.dst``; returns the summary lines."""
     check_output_is_not_input(args.dst, args.src)
     with ByteProgress(f'reading {args.src}') as progress:
-        checkpoint = read_checkpoint(args.src, args.trust_checkpoint,
-                                     progress)
+        checkpoint = read_checkpoint(args.src, args.trust_checkpoint, progress)
     state_dict, layout, total = convert_mpvit_checkpoint(checkpoint)
     info = infer_mpvit_arch(state_dict)
     meta = dict(

@@ -27,18 +27,19 @@ try:
     # mmengine's globals for torch.load and makes torchvision importable.
     import mmvheat
 except ImportError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-        osp.abspath(__file__)))))
+    sys.path.insert(
+        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     import mmvheat
 
-from mmvheat.converters import (MODES, CheckpointError,  # noqa: E402
-                                check_size, check_sizes,
+from mmvheat.converters import CheckpointError  # noqa: E402
+from mmvheat.converters import (MODES, check_size, check_sizes,
                                 convert_vheat_checkpoint, describe_arch,
                                 enlarge_freq_embeds, infer_vheat_arch,
                                 read_checkpoint)
-from mmvheat.utils.io import (ByteProgress, UsageError,  # noqa: E402
-                              add_trust_option, check_output_is_not_input,
-                              run_tool, save_checkpoint_atomic)
+from mmvheat.utils.io import UsageError  # noqa: E402
+from mmvheat.utils.io import (ByteProgress, add_trust_option,
+                              check_output_is_not_input, run_tool,
+                              save_checkpoint_atomic)
 
 
 def convert(args):
@@ -50,8 +51,7 @@ def convert(args):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     with ByteProgress(f'reading {args.src}') as progress:
-        checkpoint = read_checkpoint(args.src, args.trust_checkpoint,
-                                     progress)
+        checkpoint = read_checkpoint(args.src, args.trust_checkpoint, progress)
     state_dict, layout, _ = convert_vheat_checkpoint(checkpoint, args.ema)
     info = infer_vheat_arch(state_dict)
     meta = dict(
@@ -78,8 +78,7 @@ def convert(args):
         meta.update(
             img_size=args.tg_size,
             enlarged=dict(
-                mode=args.mode,
-                pt_size=info['img_size'],
+                mode=args.mode, pt_size=info['img_size'],
                 tg_size=args.tg_size))
         lines.append(f'Enlarged ({args.mode}) from {info["img_size"]} to '
                      f'{args.tg_size}:')
