@@ -226,11 +226,6 @@ def _default_linear_bound(layer):
     return 1 / math.sqrt(layer.in_features)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='needs the model to initialise its MLP layers at the PyTorch '
-    'default (the published 1x1 convolutions are never re-initialised); '
-    'the init rule does not exist yet')
 def test_vheat_from_scratch_initialisation():
     """Published: every ``nn.Linear`` truncated normal 0.02 with zero bias,
     except the MLPs, two 1x1 convolutions left at PyTorch's default

@@ -38,6 +38,11 @@ from .base import DEFAULT_INIT_CFG, BaseBackbone
 
 __all__ = ['VHeat', 'HeatStage', 'HeatBlock', 'HeatConduction2d', 'Mlp']
 
+#: The backbones' rules, then the MLPs back at PyTorch's initialisation: the
+#: published MLPs are 1x1 convolutions, which the truncated-normal rule for
+#: Linear layers does not reach.
+VHEAT_INIT_CFG = DEFAULT_INIT_CFG + [dict(type='ResetParameters', layer='Mlp')]
+
 
 def _conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` map."""
@@ -307,7 +312,8 @@ class VHeat(BaseBackbone):
             ``Pretrained`` config fails if any backbone weight is left
             unloaded; only the output norms (``norm{i}``) may differ, since
             a classification checkpoint holds just the last one. Defaults
-            to truncated-normal Linear layers.
+            to truncated-normal Linear layers, except the MLPs', which keep
+            PyTorch's initialisation (:data:`VHEAT_INIT_CFG`).
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
@@ -347,7 +353,7 @@ class VHeat(BaseBackbone):
                  frozen_stages: int = 0,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = DEFAULT_INIT_CFG):
+                 init_cfg: Optional[Union[dict, list]] = VHEAT_INIT_CFG):
         super().__init__(arch, out_indices, frozen_stages, norm_eval, init_cfg)
         self.depths = self.arch_settings['depths']
         self.dims = self.arch_settings['dims']

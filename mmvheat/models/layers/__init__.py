@@ -1,5 +1,9 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .drop_path import DropPath, drop_path
 from .freq_embed import pad_freq_embed, resize_freq_embed
+from .weight_init import ResetParametersInit
 
-__all__ = ['DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed']
+__all__ = [
+    'DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed',
+    'ResetParametersInit'
+]
