@@ -11,7 +11,9 @@ physics is in :mod:`mmvheat.ops.heat_conduction`; the Triton kernels
 (:mod:`mmvheat.ops.dispatch`) build on this module, which imports neither.
 
 Analytic tensors are built in float64, cast once and cached per
-``(size, device, dtype)``.
+``(size, device, dtype)``. They are built outside ``torch.inference_mode``
+even when first asked for inside it: a cached tensor outlives the call, and
+an inference tensor cannot be saved for a later backward pass.
 """
 import math
 from functools import lru_cache
@@ -37,6 +39,7 @@ def _canonical_device(device) -> torch.device:
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def _cached_dct_basis(n: int, device: torch.device,
                       dtype: torch.dtype) -> Tensor:
     x = torch.arange(n, dtype=torch.float64)
@@ -69,6 +72,7 @@ def dct_basis(n: int,
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def _cached_frequency_energy(h: int, w: int, device: torch.device,
                              dtype: torch.dtype) -> Tensor:
     a = torch.linspace(0, math.pi, h + 1, dtype=torch.float64)[:h]

@@ -74,6 +74,20 @@ def test_dct_basis_is_cached_per_size_device_dtype():
     assert dct_basis(8) is not a
 
 
+def test_cached_tensors_made_under_inference_mode_serve_autograd():
+    """A basis first asked for under ``inference_mode`` is cached as a
+    normal tensor: a later pass with autograd can save it for backward.
+    Sizes no other test uses, so that the first call happens here."""
+    with torch.inference_mode():
+        basis = dct_basis(37)
+        energy = frequency_energy(37, 29)
+    assert not basis.is_inference() and not energy.is_inference()
+    x = torch.randn(1, 37, 29, 2, requires_grad=True)
+    k = torch.rand(37, 29, 2, requires_grad=True)
+    spectral_filter_reference(x, heat_transfer(k)).sum().backward()
+    assert x.grad is not None and k.grad is not None
+
+
 def test_dct_basis_rejects_empty_size():
     with pytest.raises(ValueError):
         dct_basis(0)

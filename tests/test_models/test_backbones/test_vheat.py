@@ -881,13 +881,6 @@ def _grad_after_inference_mode(model, size):
     return xg.grad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason='mmvheat.ops caches its DCT bases (dct_basis, frequency_energy) '
-    'as made, so a basis first made under inference_mode is an inference '
-    'tensor that a later autograd pass cannot save; the fix belongs in '
-    'mmvheat.ops (make the cached tensors under inference_mode(False))')
 @pytest.mark.parametrize('deploy', [False, True])
 def test_inference_mode_does_not_leak_into_autograd(deploy):
     """Nothing made under ``inference_mode`` is kept for a later pass with
