@@ -40,7 +40,8 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 
 from mmvheat.converters import CheckpointError  # noqa: E402
 from mmvheat.converters import (MODES, check_sizes, enlarge_freq_embeds,
-                                read_checkpoint, vheat_weights)
+                                vheat_weights)
+from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import UsageError  # noqa: E402
 from mmvheat.utils.io import (ByteProgress, add_trust_option,
                               check_output_is_not_input, run_tool,
@@ -56,8 +57,8 @@ def interpolate(args):
         raise UsageError(str(exc)) from None
     check_output_is_not_input(args.tg_pth, args.pt_pth)
     with ByteProgress(f'reading {args.pt_pth}') as progress:
-        checkpoint = read_checkpoint(args.pt_pth, args.trust_checkpoint,
-                                     progress)
+        checkpoint = load_checkpoint_file(
+            args.pt_pth, trust=args.trust_checkpoint, progress=progress)
     state_dict, layout = vheat_weights(checkpoint, use_ema=args.ema)
     meta = checkpoint.get('meta')
     meta = dict(meta) if isinstance(meta, Mapping) else {}

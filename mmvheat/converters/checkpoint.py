@@ -1,31 +1,24 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""Reading a checkpoint file and finding its weights, with clear refusals.
+"""Finding a loaded checkpoint's weights, with clear refusals.
 
-Every failure is a :class:`CheckpointError` whose one-line message says what
-is wrong with the file (missing, a directory, empty, truncated or corrupt,
-holding objects a weights-only load refuses, no state dict of tensors), so
-that the tools can report it without a traceback.
+The file is read by :func:`mmvheat.utils.checkpoint_loading.
+load_checkpoint_file`, whose errors say what is wrong with the file. What
+it holds is checked here: every failure is a :class:`CheckpointError` whose
+one-line message says what is wrong with the content (not a dict, no state
+dict of tensors, already converted, keys of another model), so that the
+tools can report it without a traceback.
 """
-import os
-import os.path as osp
-import pickle
-import re
 from collections.abc import Mapping
 from typing import (Callable, Dict, Iterator, List, MutableMapping, NamedTuple,
-                    Optional, Pattern, Tuple, Type)
+                    Pattern, Tuple, Type)
 
 import torch
 from torch import Tensor
 
-from mmvheat.utils.io import ByteProgress
-
 __all__ = [
-    'CheckpointError', 'ConvertedWeights', 'read_checkpoint',
-    'extract_state_dict', 'convert_checkpoint', 'published_items',
-    'refuse_unknown_keys'
+    'CheckpointError', 'ConvertedWeights', 'extract_state_dict',
+    'convert_checkpoint', 'published_items', 'refuse_unknown_keys'
 ]
-
-_REFUSED_GLOBAL = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
 
 
 class CheckpointError(ValueError):
@@ -40,62 +33,6 @@ class ConvertedWeights(NamedTuple):
     layout: str
     #: How many keys the published state dict had.
     num_source_keys: int
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def read_checkpoint(path: str,
-                    trust: bool = False,
-                    progress: Optional[ByteProgress] = None):
-    """``torch.load`` a file onto the CPU, weights only unless trusted.
-
-    Args:
-        path (str): The checkpoint file.
-        trust (bool): Unpickle any object the file holds (for a file from a
-            trusted source that stores, say, a training config). Unpickling
-            can run arbitrary code. Defaults to False.
-        progress (ByteProgress, optional): Counts the bytes read; its
-            total is set to the file's size. Defaults to None.
-
-    Raises:
-        CheckpointError: if the file cannot be read as a checkpoint.
-    """
-    try:
-        size = os.stat(path).st_size
-        if osp.isdir(path):
-            raise CheckpointError('is a directory, not a checkpoint file')
-        if size == 0:
-            raise CheckpointError('is empty')
-        with open(path, 'rb') as file:
-            stream = file
-            if progress is not None:
-                progress.total = size
-                stream = progress.wrap(file)
-            return torch.load(
-                stream, map_location='cpu', weights_only=not trust)
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError('no such file') from None
-    except PermissionError:
-        raise CheckpointError('cannot be read: permission denied') from None
-    except pickle.UnpicklingError as exc:
-        refused = _REFUSED_GLOBAL.search(str(exc))
-        if refused and not trust:
-            raise CheckpointError(
-                f'holds an object of type {refused[1]}, which a weights-only '
-                'load refuses; if you trust the file, pass --trust-checkpoint'
-            ) from None
-        raise CheckpointError(
-            'is not a PyTorch checkpoint (corrupt, or another kind of file)'
-        ) from None
-    except Exception as exc:  # noqa: BLE001  (torch's many reader errors)
-        raise CheckpointError(
-            'cannot be read as a PyTorch checkpoint, truncated or corrupt '
-            f'({type(exc).__name__}: {_first_line(exc)})') from None
 
 
 def extract_state_dict(checkpoint, use_ema: bool = False) -> Dict:

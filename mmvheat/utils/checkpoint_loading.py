@@ -57,6 +57,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import stat
 from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
@@ -64,10 +65,11 @@ import torch
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from .io import first_line
+from .io import ByteProgress, ToolError, first_line
 
 __all__ = [
-    'CheckpointLoadError', 'CheckpointRefusedError', 'TRUST_OPTION',
+    'CheckpointLoadError', 'CheckpointNotFoundError',
+    'CheckpointMismatchError', 'CheckpointRefusedError', 'TRUST_OPTION',
     'allow_mmengine_checkpoints', 'load_checkpoint_file',
     'mmengine_checkpoint_loading'
 ]
@@ -75,12 +77,21 @@ __all__ = [
 TRUST_OPTION = '--trust-checkpoint'
 
 
-class CheckpointLoadError(ValueError):
+class CheckpointLoadError(ToolError, ValueError):
     """A checkpoint file that cannot be read: missing, truncated, corrupt or
     not written by ``torch.save``."""
 
 
-class CheckpointRefusedError(ValueError):
+class CheckpointNotFoundError(CheckpointLoadError, FileNotFoundError):
+    """A checkpoint file that does not exist."""
+
+
+class CheckpointMismatchError(ToolError, RuntimeError):
+    """A checkpoint whose weights do not match the model's: weights it
+    leaves unset, weights the model lacks, or weights of another shape."""
+
+
+class CheckpointRefusedError(ToolError, ValueError):
     """A checkpoint that holds objects the safe loader does not build.
 
     The message names the refused global or value. Loading it anyway takes
@@ -375,13 +386,54 @@ def allow_mmengine_checkpoints():
 _TORCH_DOCS_ADVICE = '\n\nCheck the documentation of torch.load'
 _REFUSED_GLOBAL = re.compile(
     r'GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)')
-# Unpickler messages of a stream that ends early or is not a pickle.
-_BROKEN_PICKLE = re.compile(r'Unsupported operand|truncated|Ran out of input')
+# What a pickle's GLOBAL names when it is whole: ``module.name``.
+_WHOLE_GLOBAL = re.compile(r'\w+(\.\w+)*\.\w+\Z')
+# Unpickler messages of a stream that is not a pickle, or ends early.
+_NOT_A_PICKLE = re.compile(r'Unsupported operand|invalid load key')
+_CUT_SHORT = re.compile(r'truncated|Ran out of input')
+_CORRUPT = 'cannot be read as a PyTorch checkpoint, truncated or corrupt'
+_OTHER_KIND = 'is not a PyTorch checkpoint (corrupt, or another kind of file)'
+_MISSING = 'no such file'
+# How files of torch.save begin: a zip archive (torch >= 1.6), or a pickle
+# (the legacy format; protocol 2 and up start with the PROTO opcode).
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_PROTOCOL = b'\x80'
 
 
 def _unpickler_reason(message: str) -> str:
     lines = message.split(_TORCH_DOCS_ADVICE)[0].strip().splitlines()
     return lines[-1].strip() if lines else 'unreadable pickle'
+
+
+def _file_problem(source: str) -> Optional[str]:
+    """What keeps ``source`` from being a checkpoint file, seen before its
+    content is unpickled, or None (also for a URL)."""
+    if '://' in source:
+        return None
+    source = osp.expanduser(source)
+    try:
+        status = os.stat(source)
+        if stat.S_ISDIR(status.st_mode):
+            return 'is a directory, not a checkpoint file'
+        if status.st_size == 0:
+            return 'is empty'
+        with open(source, 'rb') as file:
+            start = file.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        return f'cannot be read: {exc.strerror or exc}'
+    # Unpickling anything else fails in whatever way its bytes lead to.
+    if not start.startswith((_ZIP_MAGIC, _PICKLE_PROTOCOL)):
+        return _OTHER_KIND
+    return None
+
+
+def _file_error(source: str, problem: str) -> CheckpointLoadError:
+    error = (
+        CheckpointNotFoundError
+        if problem == _MISSING else CheckpointLoadError)
+    return error(f'{source}: {problem}')
 
 
 def _explained(exc: Exception, source: str,
@@ -392,35 +444,43 @@ def _explained(exc: Exception, source: str,
         return CheckpointRefusedError(f'{source}: {exc}')
     if isinstance(exc, CheckpointLoadError):
         return exc
+    problem = _file_problem(source)
+    if problem is not None:
+        return _file_error(source, problem)
     detail = first_line(exc)
-    if weights_only and isinstance(exc, pickle.UnpicklingError):
-        found = _REFUSED_GLOBAL.search(str(exc))
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = _unpickler_reason(str(exc))
+        found = _REFUSED_GLOBAL.search(str(exc)) if weights_only else None
         if found:
             name = found.group(1)
             # torch names builtins without their module.
             name = name if '.' in name else f'builtins.{name}'
+            if not _WHOLE_GLOBAL.match(name):  # the pickle ends inside it
+                return CheckpointLoadError(
+                    f'{source}: {_CORRUPT} (a name cut short: {name!r})')
             return CheckpointRefusedError(
                 f'{source}: refused global {name} {_REFUSAL_ADVICE}')
-        detail = _unpickler_reason(str(exc))
-        if not _BROKEN_PICKLE.search(detail):
+        if _CUT_SHORT.search(detail):
+            return CheckpointLoadError(f'{source}: {_CORRUPT} ({detail})')
+        if _NOT_A_PICKLE.search(detail):
+            return CheckpointLoadError(f'{source}: {_OTHER_KIND}')
+        if weights_only:
             return CheckpointRefusedError(
                 f'{source}: refused by the weights_only loader: {detail} '
                 f'{_REFUSAL_ADVICE}')
-    if isinstance(exc, FileNotFoundError):
-        return CheckpointLoadError(f'{source}: no such checkpoint file')
     if isinstance(exc, (ImportError, AttributeError)) and not weights_only:
         return CheckpointLoadError(
             f'{source}: the checkpoint names an object this environment '
             f'lacks ({type(exc).__name__}: {detail})')
     if isinstance(exc, OSError):
-        return CheckpointLoadError(f'{source}: cannot read it: {detail}')
+        return CheckpointLoadError(
+            f'{source}: cannot be read: {exc.strerror or detail}')
     unreadable = (RuntimeError, EOFError, pickle.PickleError, KeyError,
                   IndexError, TypeError, ValueError, AttributeError,
                   ImportError)
     if isinstance(exc, unreadable):
         return CheckpointLoadError(
-            f'{source}: not a readable checkpoint (corrupt or truncated?): '
-            f'{detail}')
+            f'{source}: {_CORRUPT} ({type(exc).__name__}: {detail})')
     return None
 
 
@@ -445,8 +505,14 @@ def _warn_trusted(source: str):
 
 def load_checkpoint_file(path: Union[str, os.PathLike],
                          map_location: Any = 'cpu',
-                         trust: bool = False) -> Any:
+                         trust: bool = False,
+                         progress: Optional[ByteProgress] = None) -> Any:
     """Load a checkpoint file with ``torch.load``, safely unless trusted.
+
+    Every failure is one line that starts with the path and says what is
+    wrong with the file: missing, a directory, empty, unreadable, not a
+    PyTorch checkpoint, truncated or corrupt, or holding an object the safe
+    loader refuses (named, with the option that loads it anyway).
 
     Args:
         path (str | os.PathLike): The checkpoint file.
@@ -455,6 +521,8 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
             runs any code the file names; for files from a trusted source
             that hold objects beyond tensors, containers, numbers and what
             mmengine writes. Defaults to False.
+        progress (ByteProgress, optional): Counts the bytes read; its total
+            is set to the file's size. Defaults to None.
 
     Returns:
         Any: What the file holds.
@@ -462,19 +530,25 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
     Raises:
         CheckpointRefusedError: ``trust`` is False and the file holds an
             object the safe loader does not build; the message names it.
-        CheckpointLoadError: The file is missing, truncated, corrupt or was
-            not written by ``torch.save``.
+        CheckpointLoadError: The file is missing, empty, truncated, corrupt
+            or was not written by ``torch.save``.
     """
     source = os.fspath(path)
-    if osp.isdir(source):
-        raise CheckpointLoadError(f'{source}: a directory, not a checkpoint')
-    if not osp.isfile(source):
-        raise CheckpointLoadError(f'{source}: no such checkpoint file')
+    problem = _file_problem(source)
+    if problem is not None:
+        raise _file_error(source, problem)
     if trust:
         _warn_trusted(source)
     with _errors_explained(source, weights_only=not trust):
-        return torch.load(
-            source, map_location=map_location, weights_only=not trust)
+        if progress is None:
+            return torch.load(
+                source, map_location=map_location, weights_only=not trust)
+        with open(source, 'rb') as file:
+            progress.total = os.fstat(file.fileno()).st_size
+            return torch.load(
+                progress.wrap(file),
+                map_location=map_location,
+                weights_only=not trust)
 
 
 @contextlib.contextmanager
@@ -519,6 +593,9 @@ def mmengine_checkpoint_loading(trust: bool = False) -> Iterator[None]:
 
     @functools.wraps(load)
     def load_checkpoint(cls, filename, map_location=None, logger='current'):
+        problem = _file_problem(str(filename))
+        if problem is not None:
+            raise _file_error(str(filename), problem)
         if trust:
             _warn_trusted(filename)
             switch = _torch_load_without_weights_only()

@@ -376,15 +376,16 @@ def test_cli_converts_small(cli, shapes, fast_init):
     check_conversion('small', source, checkpoint['state_dict'], shapes)
 
 
-@pytest.mark.parametrize(
-    'name, reason',
-    [('untrusted', '{src}: holds an object of type argparse.Namespace, '
-      'which a weights-only load refuses; if you trust the file, pass '
-      '--trust-checkpoint'),
-     ('unknown-key', "{src}: keys that do not belong to a published MPViT "
-      f"model (1): ['{UNKNOWN[0]}']"),
-     ('other-spelling', 'the output {dst} is the input {src}'),
-     ('dst-is-a-folder', 'cannot write {dst}: it is a directory')])
+@pytest.mark.parametrize('name, reason', [
+    ('untrusted',
+     '{src}: refused global argparse.Namespace (weights_only=True builds only '
+     'tensors, containers, numbers and the objects mmengine writes); pass '
+     '--trust-checkpoint only if you trust the file'),
+    ('unknown-key', "{src}: keys that do not belong to a published MPViT "
+     f"model (1): ['{UNKNOWN[0]}']"),
+    ('other-spelling', 'the output {dst} is the input {src}'),
+    ('dst-is-a-folder', 'cannot write {dst}: it is a directory')
+])
 def test_cli_failures_change_nothing(cli, check_cli_error, name, reason):
     _, tmp, dst, result = cli[name]
     src = tmp / 'mpvit_small.pth'

@@ -40,6 +40,7 @@ from mmvheat.utils.checkpoint_loading import (CheckpointLoadError,
                                               allow_mmengine_checkpoints,
                                               load_checkpoint_file,
                                               mmengine_checkpoint_loading)
+from mmvheat.utils.io import ByteProgress
 
 
 def _torch_version():
@@ -1017,8 +1018,16 @@ def _corrupt_files(tmp_path):
     return paths
 
 
-CORRUPT = ('truncated', 'tail_cut', 'empty', 'text', 'zeros', 'missing',
-           'directory')
+_CUT = 'cannot be read as a PyTorch checkpoint, truncated or corrupt ('
+_OTHER_KIND = 'is not a PyTorch checkpoint (corrupt, or another kind of file)'
+CORRUPT = dict(
+    truncated=_CUT,
+    tail_cut=_CUT,
+    empty='is empty',
+    text=_OTHER_KIND,
+    zeros=_OTHER_KIND,
+    missing='no such file',
+    directory='is a directory, not a checkpoint file')
 
 
 @pytest.mark.parametrize('name', CORRUPT)
@@ -1028,18 +1037,36 @@ def test_unreadable_file(name, trust, tmp_path):
     with pytest.raises(CheckpointLoadError) as info:
         load_checkpoint_file(path, trust=trust)
     message = str(info.value)
-    assert message.startswith(f'{path}: ')
+    assert message.startswith(f'{path}: {CORRUPT[name]}')
     assert '\n' not in message
     assert not isinstance(info.value, CheckpointRefusedError)
 
 
+def test_progress_counts_the_file(tmp_path):
+    path = tmp_path / 'c.pth'
+    weights = dict(w=torch.arange(50000.))
+    torch.save(dict(state_dict=weights), path)
+    progress = ByteProgress('reading', stream=io.StringIO())
+    loaded = load_checkpoint_file(path, progress=progress)
+    assert torch.equal(loaded['state_dict']['w'], weights['w'])
+    size = path.stat().st_size
+    assert progress.total == size
+    # Every byte of the tensor passes through the counter (the reader
+    # reads parts of the zip index more than once).
+    assert progress.done >= weights['w'].numel() * 4
+
+
 def test_truncated_pickle(tmp_path):
-    """A pickle cut short inside an intact archive: refused while safe (it
-    ends in a half-written global), unreadable once trusted."""
+    """A pickle cut short inside an intact archive, where it ends in a
+    half-written global name: corrupt, not refused, whether trusted or
+    not."""
     path = _corrupt_files(tmp_path)['pickle_truncated']
-    with pytest.raises((CheckpointRefusedError, CheckpointLoadError)):
+    with pytest.raises(CheckpointLoadError) as info:
         load_checkpoint_file(path)
-    with pytest.raises(CheckpointLoadError, match='truncated'):
+    assert str(info.value) == (
+        f'{path}: cannot be read as a PyTorch checkpoint, truncated or '
+        "corrupt (a name cut short: 'torch.')")
+    with pytest.raises(CheckpointLoadError, match='truncated or corrupt'):
         load_checkpoint_file(path, trust=True)
 
 

@@ -28,7 +28,8 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 
 from mmvheat.converters import CheckpointError  # noqa: E402
 from mmvheat.converters import (convert_mpvit_checkpoint, describe_arch,
-                                infer_mpvit_arch, read_checkpoint)
+                                infer_mpvit_arch)
+from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import add_trust_option  # noqa: E402
 from mmvheat.utils.io import (ByteProgress, check_output_is_not_input,
                               run_tool, save_checkpoint_atomic)
@@ -38,7 +39,8 @@ def convert(args):
     """Convert ``args.src`` to ``args.dst``; returns the summary lines."""
     check_output_is_not_input(args.dst, args.src)
     with ByteProgress(f'reading {args.src}') as progress:
-        checkpoint = read_checkpoint(args.src, args.trust_checkpoint, progress)
+        checkpoint = load_checkpoint_file(
+            args.src, trust=args.trust_checkpoint, progress=progress)
     state_dict, layout, total = convert_mpvit_checkpoint(checkpoint)
     info = infer_mpvit_arch(state_dict)
     meta = dict(

@@ -34,8 +34,8 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 from mmvheat.converters import CheckpointError  # noqa: E402
 from mmvheat.converters import (MODES, check_size, check_sizes,
                                 convert_vheat_checkpoint, describe_arch,
-                                enlarge_freq_embeds, infer_vheat_arch,
-                                read_checkpoint)
+                                enlarge_freq_embeds, infer_vheat_arch)
+from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import UsageError  # noqa: E402
 from mmvheat.utils.io import (ByteProgress, add_trust_option,
                               check_output_is_not_input, run_tool,
@@ -51,7 +51,8 @@ def convert(args):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     with ByteProgress(f'reading {args.src}') as progress:
-        checkpoint = read_checkpoint(args.src, args.trust_checkpoint, progress)
+        checkpoint = load_checkpoint_file(
+            args.src, trust=args.trust_checkpoint, progress=progress)
     state_dict, layout, _ = convert_vheat_checkpoint(checkpoint, args.ema)
     info = infer_vheat_arch(state_dict)
     meta = dict(
