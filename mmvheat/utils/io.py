@@ -10,8 +10,14 @@
   where it pointed: its target is written.
 * :func:`check_output_is_not_input` refuses an output that is one of the
   inputs, however it is spelled (symlink, ``..``, hard link).
+* :func:`ensure_directory` makes a directory a tool writes to, or says in
+  one line why it cannot.
 * :func:`run_tool` turns a tool's work into printed lines and an exit
-  status: one ``error: ...`` line and no traceback for any failure.
+  status: one ``error: ...`` line and no traceback for a known input error
+  (:class:`ToolError`); any other exception is a bug and keeps its
+  traceback.
+* :func:`int_at_least` (and :data:`positive_int`) are ``argparse`` types
+  that refuse out-of-range counts and sizes as usage errors.
 * :class:`ByteProgress` shows how far reading or writing a large file has
   got, on a terminal only.
 """
@@ -22,6 +28,7 @@ import os.path as osp
 import secrets
 import stat
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Optional,
@@ -29,13 +36,19 @@ from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Optional,
 
 __all__ = [
     'ToolError', 'UsageError', 'OutputWriteError', 'atomic_write',
-    'save_checkpoint_atomic', 'check_output_is_not_input', 'first_line',
-    'run_tool', 'add_trust_option', 'ByteProgress'
+    'save_checkpoint_atomic', 'check_output_is_not_input', 'ensure_directory',
+    'first_line', 'run_tool', 'add_trust_option', 'int_at_least',
+    'positive_int', 'ByteProgress'
 ]
 
 
 class ToolError(Exception):
-    """A failure a tool reports in one line; the message names the file."""
+    """A failure a tool reports in one line; the message names the file.
+
+    Every known input error is one (a missing or unreadable file, a
+    checkpoint that does not fit, an output that cannot be written), so
+    that :func:`run_tool` can tell them from bugs.
+    """
 
 
 class UsageError(ToolError):
@@ -54,7 +67,8 @@ def _write_target(path: str) -> str:
     return osp.abspath(path)
 
 
-def _make_parent(path: str, directory: str) -> None:
+def _make_directory(directory: str, what: str) -> None:
+    """Create ``directory``; an error names ``what`` was to be written."""
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
@@ -63,10 +77,38 @@ def _make_parent(path: str, directory: str) -> None:
             blocker = osp.dirname(blocker)
         if not osp.isdir(blocker):
             raise OutputWriteError(
-                f'cannot write {path}: {blocker} is not a directory') from exc
+                f'cannot write {what}: {blocker} is not a directory') from exc
         raise OutputWriteError(
-            f'cannot write {path}: cannot create {directory}: '
+            f'cannot write {what}: cannot create {directory}: '
             f'{exc.strerror or exc}') from exc
+
+
+def ensure_directory(directory: str, what: Optional[str] = None) -> str:
+    """Create ``directory`` if needed and make sure files can be made in it.
+
+    Args:
+        directory (str): The directory.
+        what (str, optional): What it is, for the message (e.g.
+            ``'--work-dir'``). Defaults to None: the path alone.
+
+    Returns:
+        str: ``directory``.
+
+    Raises:
+        OutputWriteError: naming the directory and why.
+    """
+    name = f'{what} {directory}' if what else directory
+    if osp.lexists(directory) and not osp.isdir(directory):
+        raise OutputWriteError(f'cannot write {name}: it is not a directory')
+    _make_directory(directory, name)
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=directory)
+    except OSError as exc:
+        raise OutputWriteError(
+            f'cannot write {name}: {exc.strerror or exc}') from exc
+    os.close(fd)
+    os.unlink(probe)
+    return directory
 
 
 def _create_temporary(target: str) -> Tuple[int, str]:
@@ -142,7 +184,7 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO]:
     if osp.isdir(target):
         raise OutputWriteError(f'cannot write {path}: it is a directory')
     directory = osp.dirname(target)
-    _make_parent(path, directory)
+    _make_directory(directory, path)
     try:
         fd, temporary = _create_temporary(target)
     except OSError as exc:
@@ -219,26 +261,29 @@ def first_line(exc: BaseException) -> str:
 
 
 def run_tool(
-    work: Callable[[], Iterable[str]],
+    work: Callable[[], Optional[Iterable[str]]],
     source: Optional[str] = None,
     input_errors: Tuple[Type[Exception], ...] = ()
 ) -> int:
     """Run a tool's work for a person at a terminal.
 
-    Prints the summary lines ``work()`` returns and gives 0; or prints one
-    ``error: ...`` line on stderr and gives 2 for a :class:`UsageError`, 1
-    for any other failure, 130 for Ctrl-C.
+    Prints the summary lines ``work()`` returns (if any) and gives 0; or
+    prints one ``error: ...`` line on stderr and gives 2 for a
+    :class:`UsageError`, 1 for another :class:`ToolError` or one of
+    ``input_errors``, 130 for Ctrl-C. Any other exception is a bug, which
+    the person cannot fix: it propagates, with its traceback.
 
     Args:
-        work (callable): Does the work; returns the lines to print.
+        work (callable): Does the work; returns the lines to print, or
+            None when it printed as it went.
         source (str, optional): The input file, named in front of the
             messages of ``input_errors``. Defaults to None.
-        input_errors (tuple[type]): Exceptions that describe the input.
-            Defaults to ``()``.
+        input_errors (tuple[type]): Other exceptions that describe the
+            input. Defaults to ``()``.
     """
     status = 1
     try:
-        lines = list(work())
+        lines = list(work() or ())
     except UsageError as exc:
         message, status = str(exc), 2
     except ToolError as exc:
@@ -247,11 +292,9 @@ def run_tool(
         message = f'{source}: {exc}' if source else str(exc)
     except KeyboardInterrupt:
         message, status = 'interrupted', 130
-    except Exception as exc:  # noqa: BLE001  (one line, never a traceback)
-        where = f'{source}: ' if source else ''
-        message = f'{where}{type(exc).__name__}: {first_line(exc)}'
     else:
-        print('\n'.join(lines))
+        if lines:
+            print('\n'.join(lines))
         return 0
     print(f'error: {" ".join(message.split())}', file=sys.stderr)
     return status
@@ -265,6 +308,33 @@ def add_trust_option(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='unpickle objects other than tensors (a training config, say); '
         'only for files from a source you trust: unpickling can run code')
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An ``argparse`` type: an integer of at least ``minimum``.
+
+    Example::
+
+        parser.add_argument('--num-val', type=int_at_least(0))
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'{text!r} is not an integer') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f'must be at least {minimum}, got {value}')
+        return value
+
+    parse.__name__ = 'int'  # what argparse names in other errors
+    return parse
+
+
+#: The ``argparse`` type of options that count or measure.
+positive_int = int_at_least(1)
 
 
 class _CountingStream(io.RawIOBase):

@@ -6,8 +6,10 @@ or the new one and nothing in between, the permissions a plain ``open``
 gives, a symlink kept, the directory fsynced after the rename, and the
 process umask never touched.
 """
+import argparse
 import io
 import os
+import re
 import stat
 
 import pytest
@@ -15,7 +17,8 @@ import torch
 
 from mmvheat.utils.io import (ByteProgress, OutputWriteError, ToolError,
                               UsageError, atomic_write,
-                              check_output_is_not_input, run_tool,
+                              check_output_is_not_input, ensure_directory,
+                              int_at_least, positive_int, run_tool,
                               save_checkpoint_atomic)
 
 
@@ -209,12 +212,24 @@ def test_run_tool_prints_lines_or_one_error_line(capsys):
         bad_input, capsys, source='x.pth', input_errors=(ValueError, )) == (
             1, '', 'error: x.pth: not a vHeat checkpoint\n')
 
+    def tool_error():
+        raise ToolError('x.pth: is empty')
+
+    assert _run(
+        tool_error, capsys,
+        source='x.pth') == (1, '', 'error: x.pth: is empty\n')
+
+    def printed_as_it_went():
+        print('step 1')
+
+    assert _run(printed_as_it_went, capsys) == (0, 'step 1\n', '')
+
     def bug():
         raise IndexError('list index out of range\nmore detail')
 
-    assert _run(
-        bug, capsys, source='x.pth') == (
-            1, '', 'error: x.pth: IndexError: list index out of range\n')
+    # A bug is not the person's to fix: its traceback is kept.
+    with pytest.raises(IndexError, match='list index out of range'):
+        run_tool(bug, source='x.pth')
 
     def interrupted():
         raise KeyboardInterrupt
@@ -246,3 +261,40 @@ def test_byte_progress_draws_on_a_terminal_only():
         progress.wrap(io.BytesIO(b'abcd')).read()
     assert pipe.getvalue() == ''
     assert progress.done == 4
+
+
+def test_ensure_directory(tmp_path):
+    made = tmp_path / 'a' / 'b'
+    assert ensure_directory(str(made), '--work-dir') == str(made)
+    assert made.is_dir() and list(made.iterdir()) == []  # no probe left
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    with pytest.raises(OutputWriteError) as info:
+        ensure_directory(str(a_file / 'sub'), '--out-dir')
+    assert str(info.value) == (f'cannot write --out-dir {a_file}/sub: '
+                               f'{a_file} is not a directory')
+    with pytest.raises(OutputWriteError, match='it is not a directory'):
+        ensure_directory(str(a_file))
+    assert a_file.read_text() == ''
+
+
+@pytest.mark.parametrize('text, value', [('1', 1), ('224', 224)])
+def test_positive_int(text, value):
+    assert positive_int(text) == value
+
+
+def test_int_at_least():
+    assert int_at_least(0)('0') == 0
+    assert int_at_least(16)('16') == 16
+    with pytest.raises(
+            argparse.ArgumentTypeError, match='at least 16, got '
+            '15'):
+        int_at_least(16)('15')
+
+
+@pytest.mark.parametrize('text, words', [('0', 'at least 1, got 0'),
+                                         ('-32', 'at least 1, got -32'),
+                                         ('1.5', "'1.5' is not an integer")])
+def test_positive_int_refuses(text, words):
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(words)):
+        positive_int(text)
