@@ -15,10 +15,15 @@ import os.path as osp
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmvheat.ops.cpu import is_capturing_graph
+from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
+                                              CheckpointNotFoundError)
 
 __all__ = [
     'BaseBackbone', 'DEFAULT_INIT_CFG', 'parse_out_indices', 'switch_to_deploy'
@@ -32,6 +37,15 @@ DEFAULT_INIT_CFG = [
 
 # Layers that ``norm_eval`` keeps in eval mode while training.
 NORM_LAYERS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        if device_type == 'cpu':
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 def parse_out_indices(out_indices: Union[int, Sequence[int]],
@@ -216,7 +230,7 @@ class BaseBackbone(BaseModule):
         prefix = init_cfg.get('prefix')
         map_location = init_cfg.get('map_location', 'cpu')
         if '://' not in filename and not osp.isfile(filename):
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f'Pretrained {name} checkpoint not found: {filename}. '
                 f'{self._missing_checkpoint_hint()}')
         logger.info(f'Load {name} weights from {filename}' +
@@ -229,7 +243,16 @@ class BaseBackbone(BaseModule):
             state_dict = checkpoint.get('state_dict', checkpoint)
             if isinstance(state_dict.get('model'), dict):
                 state_dict = state_dict['model']
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(
+                state_dict, strict=False)
+        except RuntimeError as exc:
+            if 'size mismatch' not in str(exc):
+                raise
+            raise CheckpointMismatchError(
+                f'The checkpoint {filename} does not fit this {name} '
+                f'({self.arch_settings}): '
+                f'{" ".join(str(exc).split())}') from exc
         optional = re.compile(self.optional_weights or r'(?!)')
         fresh = [k for k in missing if optional.match(k)]
         unused = [k for k in unexpected if optional.match(k)]
@@ -243,7 +266,7 @@ class BaseBackbone(BaseModule):
                 hint = (f'Is it a {name} checkpoint of this arch in mmvheat '
                         f'layout (see {self.converter}), with the right '
                         'prefix?')
-            raise RuntimeError(
+            raise CheckpointMismatchError(
                 f'The checkpoint {filename} does not fit this {name} '
                 f'({self.arch_settings}): {len(missing)} weights unset '
                 f'{missing}, {len(unexpected)} unexpected {unexpected}. '
@@ -277,8 +300,64 @@ class BaseBackbone(BaseModule):
                     module.eval()
         return self
 
+    def _input_conv(self) -> nn.Conv2d:
+        """The stem's first convolution, which the image meets."""
+        return next(
+            module for module in getattr(self, self.stem_name).modules()
+            if isinstance(module, nn.Conv2d))
+
+    def check_input(self, x: Tensor) -> None:
+        """Refuse an input the stem cannot take, saying what it expects.
+
+        The stem's convolutions would refuse it too, in words about their
+        kernels and weights. Any side of at least one pixel is taken: the
+        padded stride-2 convolutions round up, so a side below the total
+        stride of 32 ends as a 1-pixel map. Float64 runs when the weights
+        are float64 (``model.double()``); other dtypes must match the
+        weights, unless autocast casts them. While tracing or exporting
+        only the dimensions and dtype are checked, so that no shape enters
+        the graph.
+
+        Raises:
+            ValueError: naming the expected input.
+        """
+        name = type(self).__name__
+        conv = self._input_conv()
+        expected = f'{name} takes images (B, {conv.in_channels}, H, W)'
+        if not isinstance(x, Tensor):
+            raise TypeError(f'{expected}; got a {type(x).__name__}')
+        if x.dim() != 4:
+            raise ValueError(f'{expected}; got a {x.dim()}-D input of shape '
+                             f'{tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise ValueError(
+                f'{expected} of a floating dtype; got {x.dtype}: normalise '
+                "integer images with the model's data preprocessor, or "
+                'convert them with .float()')
+        weight = conv.weight.dtype
+        if x.dtype != weight and not _autocast_enabled(x.device.type):
+            raise ValueError(
+                f'{expected}; got {x.dtype} for weights in {weight}: convert '
+                f'the input (.to({weight})) or the model (e.g. .double() '
+                'to run in float64)')
+        if is_capturing_graph():
+            return
+        channels, height, width = x.shape[1:]
+        if channels != conv.in_channels:
+            raise ValueError(f'{expected}; got C={channels} (shape '
+                             f'{tuple(x.shape)})')
+        if height < 1 or width < 1:
+            raise ValueError(f'{expected} with sides of at least 1 pixel; '
+                             f'got {height} x {width}')
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Return one NCHW map per entry of ``out_indices``."""
+        """Return one NCHW map per entry of ``out_indices``.
+
+        Args:
+            x (Tensor): Images ``(B, C, H, W)`` of the weights' floating
+                dtype (see :meth:`check_input`).
+        """
+        self.check_input(x)
         x = getattr(self, self.stem_name)(x)
         outs = []
         for i, stage in enumerate(self.stages):

@@ -1,8 +1,11 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """What the backbones share (``mmvheat.models.backbones.base``): layer depths
-for mmpretrain's layer-wise learning-rate decay, and the common arguments."""
+for mmpretrain's layer-wise learning-rate decay, the common arguments and
+the check of the input."""
+import copy
 import inspect
 import re
+import warnings
 
 import pytest
 import torch
@@ -135,3 +138,102 @@ def test_switch_to_deploy_finds_the_backbones():
     assert switch_to_deploy(model) == ['vheat', 'mpvit']
     assert model['vheat'].deploy and model['mpvit'].deploy
     assert switch_to_deploy(model) == []  # once only
+
+
+# -- the input check ---------------------------------------------------------
+BACKBONES = [(VHeat, dict(arch=VHEAT_ARCH, img_size=32)),
+             (MPViT, dict(arch=MPVIT_ARCH))]
+
+
+@pytest.fixture(scope='module', params=BACKBONES, ids=['VHeat', 'MPViT'])
+def backbone(request):
+    cls, kwargs = request.param
+    torch.manual_seed(0)
+    return cls(out_indices=(0, 1, 2, 3), **kwargs).eval()
+
+
+BAD_INPUTS = [
+    ('3-D', (3, 32, 32), torch.float32,
+     'got a 3-D input of shape (3, 32, 32)'),
+    ('5-D', (1, 1, 3, 32, 32), torch.float32, 'got a 5-D input'),
+    ('4 channels', (1, 4, 32, 32), torch.float32,
+     'got C=4 (shape (1, 4, 32, 32))'),
+    ('gray', (2, 1, 32, 32), torch.float32, 'got C=1'),
+    ('0 rows', (1, 3, 0, 32), torch.float32,
+     'with sides of at least 1 pixel; got 0 x 32'),
+    ('0 columns', (1, 3, 32, 0), torch.float32, 'got 32 x 0'),
+    ('uint8', (1, 3, 32, 32), torch.uint8,
+     "of a floating dtype; got torch.uint8: normalise integer images with "
+     "the model's data preprocessor, or convert them with .float()"),
+    ('int64', (1, 3, 32, 32), torch.int64, 'got torch.int64'),
+    ('float64', (1, 3, 32, 32), torch.float64,
+     'got torch.float64 for weights in torch.float32: convert the input '
+     '(.to(torch.float32)) or the model (e.g. .double() to run in float64)'),
+    ('float16', (1, 3, 32, 32), torch.float16,
+     'got torch.float16 for weights in torch.float32'),
+]
+
+
+@pytest.mark.parametrize(
+    'shape, dtype, words', [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_named(backbone, shape, dtype, words):
+    x = torch.zeros(shape, dtype=dtype)
+    with pytest.raises(ValueError) as info:
+        backbone(x)
+    message = str(info.value)
+    assert message.startswith(
+        f'{type(backbone).__name__} takes images (B, 3, H, W)')
+    assert words in message
+
+
+def test_not_a_tensor(backbone):
+    with pytest.raises(TypeError, match=r'takes images .*; got a list'):
+        backbone([torch.zeros(3, 32, 32)])
+
+
+@pytest.mark.parametrize('h, w', [(1, 1), (7, 31)])
+def test_sides_below_the_total_stride(backbone, h, w):
+    """Every side of at least one pixel runs: each stride-2 convolution
+    (3x3, padding 1) maps a side n to ceil(n / 2), so stage i has
+    ceil(n / (4 * 2**i)) pixels, at least one."""
+    with torch.no_grad():
+        outs = backbone(torch.rand(1, 3, h, w))
+    for i, out in enumerate(outs):
+        stride = 4 * 2**i
+        assert out.shape[2:] == (-(-h // stride), -(-w // stride))
+        assert torch.isfinite(out).all()
+
+
+def test_float64_runs_with_float64_weights(backbone):
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        single = backbone(x)
+        double = copy.deepcopy(backbone).double()(x.double())
+    for a, b in zip(single, double):
+        assert b.dtype == torch.float64
+        # float32 rounding through a few normalised layers: 1e-6 on the
+        # unit-scale maps; a dtype mix-up or a skipped cast is O(1).
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-4)
+
+
+def test_autocast_casts_other_dtypes(backbone):
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = backbone(x.half())
+    assert all(torch.isfinite(out.float()).all() for out in outs)
+
+
+def test_tracing_records_no_shape_check():
+    """While tracing, the shape checks are skipped: a check on the traced
+    sizes would warn that it turns a traced value into a Python bool."""
+    backbone = VHeat(arch=VHEAT_ARCH, img_size=32).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        traced = torch.jit.trace(backbone, x, check_trace=False)
+    base_file = inspect.getsourcefile(type(backbone).check_input)
+    assert [w for w in caught if w.filename == base_file] == []
+    with torch.no_grad():
+        for a, b in zip(traced(x), backbone(x)):
+            torch.testing.assert_close(a, b)
