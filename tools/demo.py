@@ -32,6 +32,7 @@ from mmengine.runner import save_checkpoint  # noqa: E402
 
 from mmvheat import apis  # noqa: E402
 from mmvheat.demo import TASK_DIRS, make_demo_data  # noqa: E402
+from mmvheat.utils.io import positive_int  # noqa: E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASKS = {
@@ -60,7 +61,9 @@ def parse_args(argv=None):
     parser.add_argument('--data-root', default='data/demo')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument(
-        '--max-iters', type=int, help='override the configs\' schedule')
+        '--max-iters',
+        type=positive_int,
+        help='override the configs\' schedule')
     parser.add_argument(
         '--summary', help='also write the metrics to this JSON file')
     return parser.parse_args(argv)

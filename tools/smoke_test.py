@@ -2,16 +2,19 @@
 """Build a vHeat-T Mask R-CNN and run it on a generated image (CPU or GPU).
 
 Runs one training step (losses and backward) and one inference, prints what
-they produced and how long they took. No dataset or checkpoint is needed.
+they produced and how long they took. No dataset or checkpoint is needed. A
+bad input ends it with one line and exit status 1 (2 for bad options).
 """
 import argparse
 import os.path as osp
+import sys
 import time
 
 import numpy as np
 import torch
 
 import mmvheat  # noqa: F401  (before mmdet: torch.load and torchvision)
+from mmvheat.utils.io import positive_int, run_tool
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIG = osp.join(PROJECT_ROOT, 'configs', 'vheat',
@@ -23,7 +26,7 @@ def parse_args(argv=None):
     parser.add_argument('--config', default=DEFAULT_CONFIG)
     parser.add_argument(
         '--size',
-        type=int,
+        type=positive_int,
         nargs=2,
         default=(384, 512),
         metavar=('H', 'W'),
@@ -50,15 +53,20 @@ def synthetic_scene(height, width, seed=0):
     return image, np.array(boxes, dtype=np.float32), np.stack(masks)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def smoke_test(args):
+    """Build, train a step and predict as ``args`` say, printing as it
+    goes."""
     from mmdet.apis import inference_detector, init_detector
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
-    from mmengine.config import Config
     from mmengine.structures import InstanceData
 
-    cfg = Config.fromfile(args.config)
+    from mmvheat.apis import read_config
+    from mmvheat.utils.io import UsageError
+    if min(args.size) < 32:
+        raise UsageError(f'--size {args.size[0]} {args.size[1]}: the '
+                         'synthetic scene needs sides of at least 32 pixels')
+    cfg = read_config(args.config)
     cfg.model.backbone.init_cfg = None  # no checkpoint needed here
     model = init_detector(cfg, checkpoint=None, device=args.device)
     backbone = model.backbone
@@ -109,5 +117,10 @@ def main(argv=None):
     print('Smoke test passed.')
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    return run_tool(lambda: smoke_test(args))
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

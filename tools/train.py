@@ -4,11 +4,18 @@ says which library. Flags as the libraries' own tools/train.py:
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
         [--amp-dtype float16|bfloat16] [--auto-scale-lr]
-        [--cfg-options K=V ...] [--launcher pytorch]
+        [--cfg-options K=V ...] [--launcher pytorch] [--trust-checkpoint]
 
 See mmvheat/apis/runner_utils.py.
 """
+import sys
+
 from mmvheat.apis import run_cli, train
 
+
+def main(argv=None):
+    return run_cli(train, argv)
+
+
 if __name__ == '__main__':
-    run_cli(train)
+    sys.exit(main())

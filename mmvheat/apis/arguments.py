@@ -10,9 +10,11 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
+from mmvheat.utils.io import UsageError, add_trust_option
+
 __all__ = [
     'train_parser', 'test_parser', 'parse_train_args', 'parse_test_args',
-    'add_model_args', 'checkpoint_arg'
+    'add_model_args', 'add_non_strict_option', 'checkpoint_arg'
 ]
 
 _CFG_OPTIONS_HELP = (
@@ -38,6 +40,17 @@ def _add_common_args(parser: argparse.ArgumentParser) -> None:
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or
     # --local_rank; torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_trust_option(parser)
+
+
+def add_non_strict_option(parser: argparse.ArgumentParser) -> None:
+    """``--non-strict``: accept a checkpoint that does not fit the model."""
+    parser.add_argument(
+        '--non-strict',
+        action='store_true',
+        help='accept a checkpoint that leaves weights of the model unset, '
+        'holds weights the model lacks or of another shape (they are listed '
+        'as warnings)')
 
 
 def _parser(what: str, work_dir_help: str) -> argparse.ArgumentParser:
@@ -128,6 +141,7 @@ def test_parser() -> argparse.ArgumentParser:
         '--amp',
         action='store_true',
         help='test with automatic mixed precision (test_cfg.fp16)')
+    add_non_strict_option(parser)
     _add_common_args(parser)
     return parser
 
@@ -146,31 +160,39 @@ def parse_train_args(argv: Optional[Sequence[str]] = None):
 def parse_test_args(argv: Optional[Sequence[str]] = None):
     args = _parse(test_parser(), argv)
     if args.out is None and args.out_item is not None:
-        raise ValueError('Please use `--out` argument to specify the path of '
-                         'the output file before using `--out-item`.')
+        raise UsageError('--out-item needs --out (the file to write)')
     return args
 
 
 def add_model_args(parser: argparse.ArgumentParser,
-                   checkpoint_required: bool = True) -> None:
+                   checkpoint: str = 'positional') -> None:
     """The arguments of the tools that build a config's model with
-    :func:`mmvheat.apis.build_model`: ``config``, the checkpoint (a
-    positional argument that may be ``none``, or ``--checkpoint``),
-    ``--cfg-options`` and ``--non-strict``."""
+    :func:`mmvheat.apis.build_model`: ``config``, the checkpoint,
+    ``--cfg-options``, ``--non-strict`` and ``--trust-checkpoint``.
+
+    Args:
+        parser (argparse.ArgumentParser): The tool's parser.
+        checkpoint (str): ``'positional'``: a positional argument that may
+            be ``none`` (random weights); ``'optional'``: a positional
+            argument that may be left out; ``'option'``: ``--checkpoint``.
+            Defaults to ``'positional'``.
+    """
     parser.add_argument('config', help='config file path')
-    if checkpoint_required:
+    if checkpoint == 'positional':
         parser.add_argument(
             'checkpoint', help="checkpoint file, or 'none' for random weights")
-    else:
+    elif checkpoint == 'optional':
+        parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
+    elif checkpoint == 'option':
         parser.add_argument(
             '--checkpoint', help='weights to load (checked against the model)')
+    else:
+        raise ValueError(f'checkpoint must be positional, optional or '
+                         f'option, got {checkpoint!r}')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
-    parser.add_argument(
-        '--non-strict',
-        action='store_true',
-        help='accept a checkpoint that leaves weights of the model unset or '
-        'holds weights the model lacks (they are listed as warnings)')
+    add_non_strict_option(parser)
+    add_trust_option(parser)
 
 
 def checkpoint_arg(value: Optional[str]) -> Optional[str]:

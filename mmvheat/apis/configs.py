@@ -1,20 +1,31 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""What the train and test flags do to a config, as in each library's own
-``tools/train.py`` and ``tools/test.py``; see
-:mod:`mmvheat.apis.runner_utils` for the additions."""
+"""Reading a config, and what the train and test flags do to it, as in each
+library's own ``tools/train.py`` and ``tools/test.py``; see
+:mod:`mmvheat.apis.runner_utils` for the additions.
+
+A config that cannot be read (missing, a directory, a syntax error, an
+error in its code or its ``_base_``) or that names a type no registry knows
+is a :class:`ConfigError`, one line that names the file.
+"""
+import contextlib
 import copy
 import logging
+import os
 import os.path as osp
+import re
 import warnings
+from typing import Iterator, Union
 
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
 from mmvheat.engine import mmcv_ops_in_float32_under_cpu_autocast
+from mmvheat.utils.io import ToolError, UsageError, first_line
 
 __all__ = [
-    'MASK_TTA', 'DEPLOY_HOOK', 'load_config', 'merge_common_args',
+    'MASK_TTA', 'DEPLOY_HOOK', 'ConfigError', 'config_name', 'read_config',
+    'registry_errors_explained', 'load_config', 'merge_common_args',
     'setup_train_cfg', 'setup_test_cfg', 'add_dump_metric'
 ]
 
@@ -22,9 +33,77 @@ MASK_TTA = 'mmvheat.MaskDetTTAModel'
 DEPLOY_HOOK = 'SwitchToDeployHook'
 
 
+class ConfigError(ToolError, ValueError):
+    """A config that cannot be read or built; the message names the file."""
+
+
+def config_name(cfg: Config) -> str:
+    """The file a config was read from, for messages."""
+    return getattr(cfg, 'filename', None) or 'the config'
+
+
+def read_config(path: Union[str, os.PathLike]) -> Config:
+    """``Config.fromfile``, with every failure a one-line
+    :class:`ConfigError`.
+
+    Whatever goes wrong while a config file is read comes from the file:
+    its path, its Python (a syntax error, a name it lacks), or the
+    ``_base_`` files it inherits.
+    """
+    path = os.fspath(path)
+    if not osp.lexists(path):
+        raise ConfigError(f'{path}: no such config file')
+    if osp.isdir(path):
+        raise ConfigError(f'{path}: is a directory, not a config file')
+    try:
+        with warnings.catch_warnings():
+            # mmengine finds the package of each ``pkg::`` base by reloading
+            # pkg_resources, which setuptools 80 answers with a deprecation
+            # warning every time; nothing the person can act on.
+            warnings.filterwarnings('ignore', 'pkg_resources is deprecated',
+                                    UserWarning)
+            return Config.fromfile(path)
+    except SyntaxError as exc:
+        # mmengine says which file (a _base_ or the config) in the message;
+        # Python's own SyntaxError says where in it.
+        where = f' (line {exc.lineno})' if exc.lineno else ''
+        raise ConfigError(
+            f'{path}: cannot be read{where}: {first_line(exc)}') from exc
+    except OSError as exc:
+        raise ConfigError(f'{path}: cannot be read: '
+                          f'{exc.strerror or first_line(exc)}') from exc
+    except Exception as exc:  # noqa: B902  (the config's own code failed)
+        raise ConfigError(f'{path}: cannot be read: {type(exc).__name__}: '
+                          f'{first_line(exc)}') from exc
+
+
+# mmengine's words for a type no registry in scope has.
+_UNKNOWN_TYPE = re.compile(r'''([^\s'"]+) is not in the (\S+) registry''')
+
+
+@contextlib.contextmanager
+def registry_errors_explained(source: str) -> Iterator[None]:
+    """Within it, building a type that no registry knows is a
+    :class:`ConfigError` naming the type, not mmengine's ``KeyError``.
+
+    Args:
+        source (str): The config, named in front of the message.
+    """
+    try:
+        yield
+    except KeyError as exc:
+        unknown = _UNKNOWN_TYPE.search(str(exc))
+        if unknown is None:
+            raise
+        raise ConfigError(
+            f'{source}: unknown type {unknown.group(1)!r} (not in the '
+            f'{unknown.group(2)} registry): check its spelling, and '
+            'custom_imports for types of other packages') from exc
+
+
 def load_config(args) -> Config:
-    """``Config.fromfile`` with ``--cfg-options`` merged, work_dir set."""
-    return merge_common_args(Config.fromfile(args.config), args)
+    """:func:`read_config` with ``--cfg-options`` merged, work_dir set."""
+    return merge_common_args(read_config(args.config), args)
 
 
 def merge_common_args(cfg: Config, args) -> Config:
@@ -63,15 +142,49 @@ def _set_dataloader_defaults(cfg,
         cfg[field] = loader
 
 
+def _amp_on_this_machine(cfg: Config, asked_by: str) -> None:
+    """Without CUDA, ``AmpOptimWrapper`` (which asserts a GPU) becomes
+    ``CPUAmpOptimWrapper`` with the same dtype; bfloat16 if none is set.
+
+    A dtype the config sets is kept, float16 included: it is part of the
+    recipe (float16 with dynamic loss scaling, as on the GPU), and the log
+    line says how to choose bfloat16, which most CPUs compute faster.
+    Without a dtype, mmengine would autocast to float16 on a GPU; on the
+    CPU bfloat16 needs no loss scaling and is the faster one.
+    """
+    wrapper = cfg.optim_wrapper
+    if wrapper.get('type') != 'AmpOptimWrapper' or torch.cuda.is_available():
+        return
+    wrapper.type = 'CPUAmpOptimWrapper'
+    dtype = wrapper.get('dtype', None)
+    note = ''
+    if dtype is None:
+        dtype = wrapper.dtype = 'bfloat16'
+    else:
+        dtype = str(dtype).replace('torch.', '')
+        if dtype == 'float16':
+            note = (' float16 is slow on most CPUs; --amp --amp-dtype '
+                    'bfloat16 trains in bfloat16.')
+    print_log(
+        f'No CUDA: {asked_by} trains with {dtype} autocast on the CPU '
+        f'(CPUAmpOptimWrapper).{note}',
+        logger='current')
+
+
 def setup_train_cfg(cfg: Config, args, library: str) -> Config:
-    """Apply the training flags to ``cfg`` as the library's train.py does."""
+    """Apply the training flags to ``cfg`` as the library's train.py does.
+
+    Without CUDA, a config's ``AmpOptimWrapper`` (or ``--amp``) trains with
+    ``CPUAmpOptimWrapper`` (see :func:`_amp_on_this_machine`).
+    """
     if args.no_validate:
         cfg.val_cfg = None
         cfg.val_dataloader = None
         cfg.val_evaluator = None
 
     if args.amp_dtype and not args.amp:
-        raise ValueError('--amp-dtype needs --amp')
+        raise UsageError('--amp-dtype needs --amp')
+    asked_by = "the config's AmpOptimWrapper"
     if args.amp:
         if args.amp_dtype:
             cfg.optim_wrapper.dtype = args.amp_dtype
@@ -83,22 +196,17 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
                 level=logging.WARNING)
         else:
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-            if torch.cuda.is_available():
-                cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            else:  # mmengine's AmpOptimWrapper asserts a GPU
-                cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
-                dtype = cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
-                print_log(
-                    f'No CUDA: --amp trains with {dtype} autocast on '
-                    'the CPU (CPUAmpOptimWrapper).',
-                    logger='current')
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            asked_by = '--amp'
+    _amp_on_this_machine(cfg, asked_by)
 
     if args.auto_scale_lr:
         auto_scale_lr = cfg.get('auto_scale_lr', None)
         if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
-            raise RuntimeError(
-                '--auto-scale-lr needs auto_scale_lr=dict(enable=False, '
-                'base_batch_size=...) in the config; it has none.')
+            raise ConfigError(
+                f'{config_name(cfg)}: --auto-scale-lr needs '
+                'auto_scale_lr=dict(enable=False, base_batch_size=...) in '
+                'the config; it has none.')
         cfg.auto_scale_lr.enable = True
 
     # An explicit checkpoint, or 'auto': the latest one in work_dir.
@@ -170,9 +278,9 @@ def _tta_mmseg(cfg: Config) -> None:
     # As mmseg's tools/test.py, which has no default.
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
         missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
-        raise ValueError(
-            f'--tta: the config has no {"/".join(missing)}; mmseg configs '
-            "get them from _base_/default_runtime.py (tta_model = "
+        raise ConfigError(
+            f'--tta: {config_name(cfg)} has no {"/".join(missing)}; mmseg '
+            "configs get them from _base_/default_runtime.py (tta_model = "
             "dict(type='SegTTAModel')) and the dataset base "
             '(tta_pipeline = [...TestTimeAug...]).')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
@@ -203,9 +311,9 @@ def _tta_mmpretrain(cfg: Config) -> None:
 def _show(cfg: Config, args, library: str) -> None:
     hooks = cfg.get('default_hooks', None) or {}
     if 'visualization' not in hooks:
-        raise RuntimeError(
-            'VisualizationHook must be included in default_hooks. refer to '
-            "usage \"visualization=dict(type='VisualizationHook')\"")
+        raise ConfigError(f'{config_name(cfg)}: --show and --show-dir need a '
+                          'VisualizationHook in default_hooks: '
+                          "visualization=dict(type='VisualizationHook')")
     hook = hooks['visualization']
     if library == 'mmpretrain':
         hook.enable = True
@@ -255,8 +363,9 @@ def setup_test_cfg(cfg: Config, args, library: str) -> Config:
                 cfg)
     if args.out is not None:
         if library == 'mmdet':
-            assert args.out.endswith(('.pkl', '.pickle')), \
-                'The dump file must be a pkl file.'
+            if not args.out.endswith(('.pkl', '.pickle')):
+                raise UsageError(f'--out {args.out}: the dump file of a '
+                                 'detector must be a .pkl file')
         elif library == 'mmseg':
             evaluators = cfg.test_evaluator
             if isinstance(evaluators, dict):

@@ -6,9 +6,11 @@ mmseg's ``MMSegInferencer`` (the library is the config's ``default_scope``)
 run the config's test pipeline and model and draw with the config's
 visualizer. Around them this module adds what a command over many files
 needs: images collected from folders, arguments checked before the model is
-built, a checkpoint that does not fit the model refused (the inferencers load
-with ``strict=False`` and only log what stayed random), one progress bar
-over all images, and one layout for every library:
+built, the checkpoint read with ``weights_only=True`` unless trusted (by
+this module and by the inferencer, which reads it again), a checkpoint that
+does not fit the model refused (the inferencers load with ``strict=False``
+and only log what stayed random; see :func:`mmvheat.apis.fit_state_dict`),
+one progress bar over all images, and one layout for every library:
 
     OUT_DIR/vis/<name>     the image with the predictions drawn, input size
     OUT_DIR/preds/<stem>.json
@@ -23,21 +25,25 @@ over all images, and one layout for every library:
 name); each JSON also names the image (``img_path``), its ``height`` and
 ``width`` and the model's ``classes``.
 """
+import contextlib
+import io
 import json
-import logging
 import os
 import os.path as osp
+import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 
 import mmvheat  # noqa: F401  (first: torch.load and torchvision)
+from mmvheat.utils.checkpoint_loading import (load_checkpoint_file,
+                                              mmengine_checkpoint_loading)
+from mmvheat.utils.io import ToolError, add_trust_option, ensure_directory
 
 __all__ = [
-    'IMAGE_EXTENSIONS', 'InferenceError', 'collect_images', 'check_out_dir',
-    'read_checkpoint', 'check_checkpoint_fits', 'ImageInferencer',
-    'run_inference', 'inference_parser', 'inference'
+    'IMAGE_EXTENSIONS', 'InferenceError', 'collect_images', 'read_checkpoint',
+    'ImageInferencer', 'run_inference', 'inference_parser', 'inference'
 ]
 
 #: What mmdet's DetInferencer takes from a folder.
@@ -45,9 +51,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                     '.tiff', '.webp')
 
 
-class InferenceError(ValueError):
-    """A bad argument, said in one line: a missing or unreadable file, no
-    images, an out-dir that cannot be written."""
+class InferenceError(ToolError, ValueError):
+    """A bad argument, said in one line: a missing image, no images, an
+    image that cannot be read."""
 
 
 # -- arguments ----------------------------------------------------------------
@@ -104,53 +110,27 @@ def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
     return images
 
 
-def _require_file(path: str, what: str) -> None:
-    if not osp.isfile(path):
-        raise InferenceError(f'{what} not found: {path}')
+def read_checkpoint(path: str, trust: bool = False) -> dict:
+    """Read a checkpoint's weights (and check it is a checkpoint at all).
 
-
-def check_out_dir(out_dir: str) -> None:
-    """Create ``out_dir`` and make sure files can be written in it."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = osp.join(out_dir, '.mmvheat-write-test')
-        with open(probe, 'w'):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise InferenceError(f'cannot write to --out-dir {out_dir}: '
-                             f'{error.strerror or error}') from error
-
-
-def _some(keys: List[str]) -> str:
-    return ', '.join(keys[:3]) + (', ...' if len(keys) > 3 else '')
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {text[0] if text else ""}'.strip()
-
-
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint as the inferencers will (mmengine's loader).
-
-    The one place where this command reads checkpoints itself; the
-    inferencers read the same file again the same way.
+    The inferencers read the same file again, with mmengine's loader (as
+    safely, see :class:`ImageInferencer`).
 
     Args:
         path (str): A checkpoint saved by mmengine (or a bare state dict).
+        trust (bool): Unpickle objects other than tensors. Defaults to
+            False.
 
     Returns:
         dict: The state dict (``state_dict`` entry, ``module.`` prefixes
         removed as mmengine does).
+
+    Raises:
+        CheckpointLoadError, CheckpointRefusedError: see
+            :func:`mmvheat.utils.checkpoint_loading.load_checkpoint_file`.
+        InferenceError: it holds no weights.
     """
-    from mmengine.runner import CheckpointLoader
-    _require_file(path, 'checkpoint')
-    try:
-        checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    except Exception as error:  # torch says why in many ways
-        raise InferenceError(f'cannot read checkpoint {path}: '
-                             f'{_first_line(error)}') from error
+    checkpoint = load_checkpoint_file(path, 'cpu', trust)
     if not isinstance(checkpoint, dict):
         raise InferenceError(f'{path} holds a {type(checkpoint).__name__}, '
                              'not a checkpoint dict')
@@ -161,39 +141,6 @@ def read_checkpoint(path: str) -> dict:
         (key[len('module.'):] if key.startswith('module.') else key): value
         for key, value in state_dict.items()
     }
-
-
-def check_checkpoint_fits(model, state_dict: dict, path: str) -> None:
-    """Refuse a checkpoint that leaves weights of ``model`` unset.
-
-    Args:
-        model (torch.nn.Module): The built model.
-        state_dict (dict): From :func:`read_checkpoint`.
-        path (str): The checkpoint's path, for the message.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    wrong_shape = sorted(
-        key for key in set(expected) & set(state_dict)
-        if hasattr(state_dict[key], 'shape')
-        and tuple(state_dict[key].shape) != tuple(expected[key].shape))
-    if missing or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f'{len(missing)} weights missing '
-                            f'({_some(missing)})')
-        if wrong_shape:
-            problems.append(f'{len(wrong_shape)} of another shape '
-                            f'({_some(wrong_shape)})')
-        raise InferenceError(f'{path} does not fit the config\'s model: '
-                             f'{"; ".join(problems)}')
-    unexpected = sorted(set(state_dict) - set(expected))
-    if unexpected:
-        print_log(
-            f'{path}: {len(unexpected)} weights the model does not use '
-            f'({_some(unexpected)})',
-            logger='current',
-            level=logging.WARNING)
 
 
 # -- the inferencers ----------------------------------------------------------
@@ -210,6 +157,10 @@ class ImageInferencer:
             0.3.
         state_dict (dict, optional): The checkpoint's weights, when
             :func:`read_checkpoint` has read them already. Defaults to None.
+        strict (bool): Refuse a checkpoint that does not fit the model (see
+            :func:`mmvheat.apis.fit_state_dict`). Defaults to True.
+        trust (bool): Unpickle objects other than tensors in the
+            checkpoint, here and in the inferencer. Defaults to False.
     """
 
     def __init__(self,
@@ -217,46 +168,59 @@ class ImageInferencer:
                  checkpoint: str,
                  device: Optional[str] = None,
                  score_thr: float = 0.3,
-                 state_dict: Optional[dict] = None):
+                 state_dict: Optional[dict] = None,
+                 strict: bool = True,
+                 trust: bool = False):
         import torch
-        from mmengine.config import Config
 
         from mmvheat.apis import detect_library, register_library
+        from .configs import read_config
+        from .model import fit_state_dict
 
         if isinstance(config, str):
-            _require_file(config, 'config')
-            config = Config.fromfile(config)
+            config = read_config(config)
         self.library = detect_library(config)
         if state_dict is None:
-            state_dict = read_checkpoint(checkpoint)
+            state_dict = read_checkpoint(checkpoint, trust)
         if device is None:
             device = 'cuda:0' if torch.cuda.is_available() else 'cpu'
         self.score_thr = score_thr
         register_library(self.library)
-        # The inferencers print their own bar per call; ours covers all.
+        # The inferencers load non-strictly and print what does not fit;
+        # that is kept back until the checkpoint is known to fit, so that a
+        # refused one ends in the one line that says why.
+        said = io.StringIO()
+        # A logger made while stdout is held back would keep writing there.
+        MMLogger.get_current_instance()
+        with mmengine_checkpoint_loading(trust), \
+                contextlib.redirect_stdout(said if strict else sys.stdout):
+            self.inferencer = self._inferencer(config, checkpoint, device)
+        self.model = self.inferencer.model
+        fit_state_dict(self.model, state_dict, checkpoint, strict)
+        sys.stdout.write(said.getvalue())
+        meta = getattr(self.model, 'dataset_meta', None) or getattr(
+            self.model, '_dataset_meta', None) or {}
+        self.classes = list(meta.get('classes') or [])
+
+    def _inferencer(self, config, checkpoint: str, device: str):
         if self.library == 'mmdet':
             from mmdet.apis import DetInferencer
-            self.inferencer = DetInferencer(
+            return DetInferencer(
                 model=config,
                 weights=checkpoint,
                 device=device,
                 show_progress=False)
-        elif self.library == 'mmseg':
+        if self.library == 'mmseg':
             from mmseg.apis import MMSegInferencer
-            self.inferencer = MMSegInferencer(
+            inferencer = MMSegInferencer(
                 model=config, weights=checkpoint, device=device)
-            self.inferencer.show_progress = False
-        else:
-            from mmpretrain.apis import ImageClassificationInferencer
-            from mmpretrain.visualization import UniversalVisualizer
-            self.inferencer = ImageClassificationInferencer(
-                model=config, pretrained=checkpoint, device=device)
-            self.cls_visualizer = UniversalVisualizer()
-        self.model = self.inferencer.model
-        check_checkpoint_fits(self.model, state_dict, checkpoint)
-        meta = getattr(self.model, 'dataset_meta', None) or getattr(
-            self.model, '_dataset_meta', None) or {}
-        self.classes = list(meta.get('classes') or [])
+            inferencer.show_progress = False
+            return inferencer
+        from mmpretrain.apis import ImageClassificationInferencer
+        from mmpretrain.visualization import UniversalVisualizer
+        self.cls_visualizer = UniversalVisualizer()
+        return ImageClassificationInferencer(
+            model=config, pretrained=checkpoint, device=device)
 
     def __call__(self, paths: Sequence[str]) -> List[Tuple[np.ndarray, dict]]:
         """Predict a batch of image files.
@@ -397,7 +361,9 @@ def run_inference(config,
                   device: Optional[str] = None,
                   score_thr: float = 0.3,
                   batch_size: int = 1,
-                  progress: bool = True) -> Dict[str, list]:
+                  progress: bool = True,
+                  strict: bool = True,
+                  trust: bool = False) -> Dict[str, list]:
     """Predict every image in ``inputs``; write drawings and JSON.
 
     Args:
@@ -410,6 +376,10 @@ def run_inference(config,
             0.3.
         batch_size (int): Images per forward pass. Defaults to 1.
         progress (bool): Show a progress bar. Defaults to True.
+        strict (bool): Refuse a checkpoint that does not fit the model.
+            Defaults to True.
+        trust (bool): Unpickle objects other than tensors in the
+            checkpoint. Defaults to False.
 
     Returns:
         dict: ``library``, ``images`` (the paths read), ``preds`` (the JSON
@@ -417,20 +387,19 @@ def run_inference(config,
     """
     if batch_size < 1:
         raise InferenceError(f'--batch-size must be >= 1, not {batch_size}')
-    from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
     from mmvheat.apis import detect_library
+    from .configs import read_config
 
     # Everything that can be checked without the model first; the out-dir
     # is made last, when nothing else can be wrong.
     if isinstance(config, str):
-        _require_file(config, 'config')
-        config = Config.fromfile(config)
+        config = read_config(config)
     library = detect_library(config)
     images = collect_images(inputs)
-    state_dict = read_checkpoint(checkpoint)
-    check_out_dir(out_dir)
+    state_dict = read_checkpoint(checkpoint, trust)
+    ensure_directory(out_dir, '--out-dir')
 
     # The inferencers make their library the global default scope; the
     # caller's comes back afterwards.
@@ -440,7 +409,9 @@ def run_inference(config,
             checkpoint,
             device=device,
             score_thr=score_thr,
-            state_dict=state_dict)
+            state_dict=state_dict,
+            strict=strict,
+            trust=trust)
         written = []
         for batch in _batches(images, batch_size, progress):
             paths = [path for path, _ in batch]
@@ -458,6 +429,8 @@ def run_inference(config,
 # -- command line -------------------------------------------------------------
 def inference_parser():
     import argparse
+
+    from .arguments import add_non_strict_option
     parser = argparse.ArgumentParser(
         description='Predict image files with an mmpretrain, mmdet or mmseg '
         "config (the library is the config's default_scope): drawings in "
@@ -481,12 +454,14 @@ def inference_parser():
         help='detection: the lowest score drawn')
     parser.add_argument(
         '--batch-size', type=int, default=1, help='images per forward pass')
+    add_non_strict_option(parser)
+    add_trust_option(parser)
     return parser
 
 
 def inference(argv: Optional[List[str]] = None) -> Dict[str, list]:
-    """``tools/inference.py``; raises :class:`InferenceError` for a bad
-    argument."""
+    """``tools/inference.py``; raises a
+    :class:`~mmvheat.utils.io.ToolError` for a bad argument."""
     args = inference_parser().parse_args(argv)
     return run_inference(
         args.config,
@@ -495,4 +470,6 @@ def inference(argv: Optional[List[str]] = None) -> Dict[str, list]:
         args.out_dir,
         device=args.device,
         score_thr=args.score_thr,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size,
+        strict=not args.non_strict,
+        trust=args.trust_checkpoint)

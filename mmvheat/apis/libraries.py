@@ -5,6 +5,7 @@ from importlib import import_module
 from mmengine.config import Config
 
 from mmvheat.utils.versions import check_mmcv_version
+from .configs import ConfigError, config_name
 
 __all__ = ['LIBRARIES', 'detect_library', 'register_library', 'build_runner']
 
@@ -14,16 +15,16 @@ LIBRARIES = ('mmdet', 'mmseg', 'mmpretrain')
 def detect_library(cfg: Config) -> str:
     """The OpenMMLab library a config is for, from its ``default_scope``."""
     scope = cfg.get('default_scope', None)
-    filename = getattr(cfg, 'filename', None) or 'the config'
+    filename = config_name(cfg)
     if scope is None:
-        raise ValueError(
+        raise ConfigError(
             f'{filename} sets no default_scope, so it is unknown whether it '
             f'is a config for {", ".join(LIBRARIES)}. Inherit the library\'s '
             "_base_/default_runtime.py, or set default_scope = 'mmdet' "
             "(or 'mmseg', 'mmpretrain') in the config or with "
             '--cfg-options default_scope=...')
     if scope not in LIBRARIES:
-        raise ValueError(
+        raise ConfigError(
             f'{filename} has default_scope={scope!r}; these tools run '
             f'configs with default_scope in {LIBRARIES}.')
     return scope

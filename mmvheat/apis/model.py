@@ -2,58 +2,147 @@
 """A config's model, built for analysis, export and inference.
 
 :func:`build_model` builds ``cfg.model`` with the registry of the config's
-library and loads a checkpoint strictly: a weight the checkpoint leaves
-unset, or one it holds that the model lacks, is an error listing them
-(mmengine's ``load_checkpoint`` only logs them, and the model then runs with
-random weights). :class:`TensorModeWrapper` turns ``model(x,
-mode='tensor')`` into a plain module for tracing, export and FLOP counting.
+library and loads a checkpoint strictly (:func:`fit_state_dict`): a weight
+the checkpoint leaves unset, one it holds that the model lacks, or one of
+another shape is an error listing them (mmengine's ``load_checkpoint`` only
+logs them, and the model then runs with random weights); ``tools/test.py``
+and ``tools/inference.py`` check their checkpoints the same way.
+:class:`TensorModeWrapper` turns ``model(x, mode='tensor')`` into a plain
+module for tracing, export and FLOP counting.
 """
 import copy
-import os.path as osp
 import re
 import sys
 from importlib import import_module
-from typing import Optional, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from torch import nn
 
+from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
+                                              load_checkpoint_file,
+                                              mmengine_checkpoint_loading)
+from .configs import config_name, read_config, registry_errors_explained
 from .libraries import detect_library, register_library
 
 __all__ = [
-    'CheckpointMismatchError', 'build_model', 'load_weights',
-    'TensorModeWrapper', 'flat_tensors'
+    'CheckpointMismatchError', 'SHOWN_NAMES', 'unwrap_model', 'fit_state_dict',
+    'build_model', 'load_weights', 'TensorModeWrapper', 'flat_tensors'
 ]
 
+#: How many names of each kind a mismatch message shows.
+SHOWN_NAMES = 10
+# torch's words for a weight whose shape differs from the model's.
+_SIZE_MISMATCH = re.compile(r'size mismatch for ([^:\s]+):')
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint whose weights do not match the model's."""
+
+def _named(kind: str, names: List[str]) -> str:
+    shown = names[:SHOWN_NAMES]
+    if len(names) > SHOWN_NAMES:
+        shown.append(f'... {len(names) - SHOWN_NAMES} more')
+    return f'{len(names)} {kind} [{", ".join(shown)}]'
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model that owns the weights a checkpoint holds: ``model``
+    without data-parallel and test-time-augmentation wrappers (whose
+    weights are the wrapped model's, under ``module.``)."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def fit_state_dict(model: nn.Module,
+                   state_dict: Mapping[str, torch.Tensor],
+                   source: str,
+                   strict: bool = True) -> nn.Module:
+    """Load ``state_dict`` into ``model``, refusing one that does not fit.
+
+    The weights are loaded as ``load_state_dict(strict=False)`` does (the
+    models' own load hooks, such as vHeat's ``freq_embed`` resizing, run
+    first); then a weight of the model left unset (BN's
+    ``num_batches_tracked`` counters aside, as mmengine does), a weight the
+    model lacks or one of another shape is an error listing them.
+
+    Args:
+        model (nn.Module): The model (see :func:`unwrap_model`).
+        state_dict (Mapping[str, Tensor]): Its weights, keys without a
+            ``module.`` prefix.
+        source (str): The checkpoint, named in the message.
+        strict (bool): Raise on a mismatch; else log it as a warning.
+            Defaults to True.
+
+    Returns:
+        nn.Module: ``model``.
+
+    Raises:
+        CheckpointMismatchError: with ``strict``, one line naming the
+            mismatched weights (the first :data:`SHOWN_NAMES` of each kind).
+    """
+    model = unwrap_model(model)
+    reshaped = []
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:
+        reshaped = _SIZE_MISMATCH.findall(str(exc))
+        if not reshaped:
+            raise
+        # torch copies every other weight before it reports these; what is
+        # left to know is which weights it left unset or did not use.
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
+    if not (missing or unexpected or reshaped):
+        return model
+    problems = [
+        _named(kind, names)
+        for kind, names in (('weights unset', missing),
+                            ('unexpected', unexpected), ('of another shape',
+                                                         reshaped)) if names
+    ]
+    message = (f'{source} does not fit the {type(model).__name__}: '
+               f'{"; ".join(problems)}')
+    if strict:
+        raise CheckpointMismatchError(
+            f'{message}; load it anyway with --non-strict (strict=False in '
+            'Python)')
+    MMLogger.get_current_instance().warning(
+        f'{source} does not fit the {type(model).__name__}: weights unset '
+        f'{missing}, unexpected {unexpected}, of another shape {reshaped}')
+    return model
 
 
 def load_weights(model: nn.Module,
                  checkpoint: str,
-                 strict: bool = True) -> nn.Module:
+                 strict: bool = True,
+                 trust: bool = False) -> nn.Module:
     """Load the weights of an mmengine or plain checkpoint into ``model``.
 
     Args:
         model (nn.Module): The model.
         checkpoint (str): A file or URL; its ``state_dict`` (or the whole
             dict) is loaded, a ``module.`` prefix (data-parallel) removed.
-        strict (bool): Raise when a weight of the model stays unset or the
-            checkpoint holds weights the model lacks; else log them as
-            warnings. Defaults to True.
+        strict (bool): See :func:`fit_state_dict`. Defaults to True.
+        trust (bool): Unpickle objects other than tensors (see
+            :func:`mmvheat.utils.checkpoint_loading.load_checkpoint_file`).
+            Defaults to False.
 
     Raises:
-        FileNotFoundError: no such file.
-        CheckpointMismatchError: with ``strict``, naming every weight unset
-            and unexpected.
+        CheckpointLoadError: the file is missing, unreadable or corrupt.
+        CheckpointRefusedError: it holds objects refused without ``trust``.
+        CheckpointMismatchError: with ``strict``, naming every weight unset,
+            unexpected or of another shape.
     """
-    from mmengine.runner.checkpoint import _load_checkpoint
-    if '://' not in checkpoint and not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    if '://' in checkpoint:  # mmengine's loaders for URLs and model zoos
+        from mmengine.runner.checkpoint import _load_checkpoint
+        with mmengine_checkpoint_loading(trust):
+            loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    else:
+        loaded = load_checkpoint_file(checkpoint, 'cpu', trust)
     state_dict = loaded.get('state_dict', loaded) if isinstance(loaded,
                                                                 dict) else None
     if not isinstance(state_dict, dict):
@@ -63,24 +152,15 @@ def load_weights(model: nn.Module,
         re.sub(r'^module\.', '', k): v
         for k, v in state_dict.items()
     }
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        message = (f'{checkpoint} does not fit the {type(model).__name__}: '
-                   f'{len(missing)} weights unset {missing}, '
-                   f'{len(unexpected)} unexpected {unexpected}')
-        if strict:
-            raise CheckpointMismatchError(
-                f'{message}; load it anyway with strict=False '
-                '(--non-strict in the tools)')
-        MMLogger.get_current_instance().warning(message)
-    return model
+    return fit_state_dict(model, state_dict, checkpoint, strict)
 
 
 def build_model(config: Union[str, Config],
                 checkpoint: Optional[str] = None,
                 cfg_options: Optional[dict] = None,
                 device: Union[str, torch.device] = 'cpu',
-                strict: bool = True) -> nn.Module:
+                strict: bool = True,
+                trust: bool = False) -> nn.Module:
     """Build a config's model, load its weights, and put it in eval mode.
 
     Args:
@@ -93,17 +173,23 @@ def build_model(config: Union[str, Config],
         cfg_options (dict, optional): Merged into the config first.
             Defaults to None.
         device (str | torch.device): Defaults to ``'cpu'``.
-        strict (bool): See :func:`load_weights`. Defaults to True.
+        strict (bool): See :func:`fit_state_dict`. Defaults to True.
+        trust (bool): See :func:`load_weights`. Defaults to False.
 
     Returns:
         nn.Module: The model in eval mode on ``device``, SyncBN layers
         reverted to BN, with the config at ``model.cfg``.
+
+    Raises:
+        ConfigError: the config cannot be read, or names an unknown type.
+        CheckpointLoadError, CheckpointRefusedError,
+        CheckpointMismatchError: see :func:`load_weights`.
     """
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import DefaultScope
     cfg = (
         copy.deepcopy(config)
-        if isinstance(config, Config) else Config.fromfile(config))
+        if isinstance(config, Config) else read_config(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     library = detect_library(cfg)
@@ -112,11 +198,12 @@ def build_model(config: Union[str, Config],
         if cfg.model.get('backbone') is not None:
             cfg.model.backbone.init_cfg = None
         cfg.model.pop('pretrained', None)
-    with DefaultScope.overwrite_default_scope(library):
+    with DefaultScope.overwrite_default_scope(library), \
+            registry_errors_explained(config_name(cfg)):
         model = import_module(f'{library}.registry').MODELS.build(cfg.model)
     model = revert_sync_batchnorm(model)
     if checkpoint is not None:
-        load_weights(model, checkpoint, strict)
+        load_weights(model, checkpoint, strict, trust)
     model.cfg = cfg
     return model.to(device).eval()
 

@@ -16,12 +16,11 @@ resolution); for mmdet models only the backbone is exported.
 
 The exported model is run with onnxruntime (CPUExecutionProvider) on the
 same input; the largest absolute difference to PyTorch must be at most
-``atol``, else nothing is written. The file is written atomically (exported
-to a temporary file in the target directory, then renamed).
+``atol``, else nothing is written. The export is made and checked in memory
+and written with :func:`mmvheat.utils.io.atomic_write`; an output that is
+one of the inputs (config, checkpoint) is refused.
 """
-import os
-import os.path as osp
-import tempfile
+import io
 import warnings
 from typing import List, Optional, Tuple
 
@@ -30,7 +29,8 @@ import torch
 from torch import nn
 
 from mmvheat.models import switch_to_deploy
-from mmvheat.utils.io import first_line
+from mmvheat.utils.io import (ToolError, atomic_write,
+                              check_output_is_not_input, first_line)
 from .libraries import detect_library
 from .model import TensorModeWrapper, build_model, flat_tensors
 
@@ -43,7 +43,7 @@ DEFAULT_OPSET = 17
 FULL_LIBRARIES = ('mmpretrain', 'mmseg')
 
 
-class ExportError(RuntimeError):
+class ExportError(ToolError, RuntimeError):
     """A problem with the request or the export, reported in one line."""
 
 
@@ -90,7 +90,7 @@ def export_module(model: nn.Module, full: bool) -> nn.Module:
     return TensorModeWrapper(model)
 
 
-def _onnx_export(module, x, path, opset, output_names):
+def _onnx_export(module, x, file, opset, output_names):
     # PRESERVE: the module is in eval mode already; the default (EVAL)
     # calls ``train(False)``, which drops the filters the deployed stages
     # folded in the forward pass just run, so the trace would record how
@@ -105,16 +105,16 @@ def _onnx_export(module, x, path, opset, output_names):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:
-            torch.onnx.export(module, (x, ), path, dynamo=False, **kwargs)
+            torch.onnx.export(module, (x, ), file, dynamo=False, **kwargs)
         except TypeError as exc:  # torch without the dynamo argument
             if 'dynamo' not in str(exc):
                 raise
-            torch.onnx.export(module, (x, ), path, **kwargs)
+            torch.onnx.export(module, (x, ), file, **kwargs)
 
 
 def export(module: nn.Module, x: torch.Tensor, out: str, opset: int,
            atol: float) -> List[Tuple[str, tuple, float]]:
-    """Export, check with onnxruntime, then move the file into place.
+    """Export, check with onnxruntime, then write the file.
 
     Returns:
         list: ``(name, shape, max abs error)`` of each output.
@@ -123,6 +123,8 @@ def export(module: nn.Module, x: torch.Tensor, out: str, opset: int,
         ExportError: when the export fails, the graph is not what it should
             be, or an output differs from PyTorch's by more than ``atol``
             (no file is written then).
+        OutputWriteError: when ``out`` cannot be written (it is left as it
+            was).
     """
     import onnx
     import onnxruntime as ort
@@ -134,56 +136,48 @@ def export(module: nn.Module, x: torch.Tensor, out: str, opset: int,
     else:
         names = [f'output{i}' for i in range(len(expected))]
 
-    out_dir = osp.dirname(osp.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix='.' + osp.basename(out) + '.', suffix='.tmp', dir=out_dir)
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        try:
-            with torch.no_grad():
-                module(x)  # fold (or refresh) the filters for this size
-                _onnx_export(module, x, tmp, opset, names)
-        except Exception as exc:
-            raise ExportError(
-                f'torch.onnx.export failed: {first_line(exc)}') from exc
-        model_proto = onnx.load(tmp)
-        onnx.checker.check_model(model_proto)
-        inputs = [i.name for i in model_proto.graph.input]
-        if inputs != ['input']:
-            raise ExportError(
-                f'the ONNX graph has inputs {inputs}, expected only the '
-                "image 'input' (the folded filters should be constants)")
-        unfolded = sorted(n.name for n in model_proto.graph.node
-                          if n.op_type == 'Exp' and 'stages.' in n.name)
-        if unfolded:
-            raise ExportError(
-                'the heat filters decay ** k were not folded into constants '
-                f'(Exp nodes {unfolded[:4]} in the graph)')
-        session = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
-        got = session.run(None, {'input': x.numpy()})
-        if len(got) != len(expected):
-            raise ExportError(f'onnxruntime returned {len(got)} outputs, '
-                              f'PyTorch {len(expected)}')
-        errors = []
-        for name, a, b in zip(names, got, expected):
-            if a.shape != b.shape:
-                raise ExportError(f'{name}: onnxruntime shape {a.shape} != '
-                                  f'PyTorch shape {b.shape}')
-            errors.append(float(np.abs(a - b).max()) if a.size else 0.)
-        max_err = max(errors)
-        report = [(name, tuple(a.shape), err)
-                  for name, a, err in zip(names, got, errors)]
-        if not max_err <= atol:
-            raise ExportError(f'max abs error {max_err:.3e} exceeds {atol:g}; '
-                              f'{out} not written')
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it 0600
-        os.replace(tmp, out)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+        with torch.no_grad():
+            module(x)  # fold (or refresh) the filters for this size
+            _onnx_export(module, x, buffer, opset, names)
+    except Exception as exc:
+        raise ExportError(
+            f'torch.onnx.export failed: {first_line(exc)}') from exc
+    serialized = buffer.getvalue()
+    model_proto = onnx.load_from_string(serialized)
+    onnx.checker.check_model(model_proto)
+    inputs = [i.name for i in model_proto.graph.input]
+    if inputs != ['input']:
+        raise ExportError(
+            f'the ONNX graph has inputs {inputs}, expected only the '
+            "image 'input' (the folded filters should be constants)")
+    unfolded = sorted(n.name for n in model_proto.graph.node
+                      if n.op_type == 'Exp' and 'stages.' in n.name)
+    if unfolded:
+        raise ExportError(
+            'the heat filters decay ** k were not folded into constants '
+            f'(Exp nodes {unfolded[:4]} in the graph)')
+    session = ort.InferenceSession(
+        serialized, providers=['CPUExecutionProvider'])
+    got = session.run(None, {'input': x.numpy()})
+    if len(got) != len(expected):
+        raise ExportError(f'onnxruntime returned {len(got)} outputs, '
+                          f'PyTorch {len(expected)}')
+    errors = []
+    for name, a, b in zip(names, got, expected):
+        if a.shape != b.shape:
+            raise ExportError(f'{name}: onnxruntime shape {a.shape} != '
+                              f'PyTorch shape {b.shape}')
+        errors.append(float(np.abs(a - b).max()) if a.size else 0.)
+    max_err = max(errors)
+    report = [(name, tuple(a.shape), err)
+              for name, a, err in zip(names, got, errors)]
+    if not max_err <= atol:
+        raise ExportError(f'max abs error {max_err:.3e} exceeds {atol:g}; '
+                          f'{out} not written')
+    with atomic_write(out) as file:
+        file.write(serialized)
     return report
 
 
@@ -196,7 +190,8 @@ def export_onnx(config: str,
                 atol: float = 1e-4,
                 seed: int = 0,
                 cfg_options: Optional[dict] = None,
-                strict: bool = True):
+                strict: bool = True,
+                trust: bool = False):
     """Build a config's model, switch it to deploy mode and :func:`export`
     it for a random ``1 x 3 x H x W`` input.
 
@@ -205,7 +200,7 @@ def export_onnx(config: str,
         checkpoint (str, optional): Its weights (see
             :func:`mmvheat.apis.build_model`); None for random weights.
         shape (tuple[int, int]): ``(H, W)``.
-        out (str): The ``.onnx`` file.
+        out (str): The ``.onnx`` file; not the config or the checkpoint.
         full (bool): The whole classifier/segmentor, not only the backbone.
             Defaults to False.
         opset (int): ONNX opset. Defaults to :data:`DEFAULT_OPSET`.
@@ -214,11 +209,16 @@ def export_onnx(config: str,
         cfg_options (dict, optional): Merged into the config.
         strict (bool): Refuse a checkpoint that does not fit the model.
             Defaults to True.
+        trust (bool): Unpickle objects other than tensors in the
+            checkpoint. Defaults to False.
 
     Returns:
         tuple: the model and :func:`export`'s report.
     """
-    model = build_model(config, checkpoint, cfg_options, strict=strict)
+    check_output_is_not_input(out, config,
+                              *([checkpoint] if checkpoint else []))
+    model = build_model(
+        config, checkpoint, cfg_options, strict=strict, trust=trust)
     check_shape(model, shape)
     switch_to_deploy(model)
     module = export_module(model, full).eval()

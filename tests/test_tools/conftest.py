@@ -74,3 +74,28 @@ def check_backbone_loaded():
         ]
 
     return check
+
+
+@pytest.fixture(scope='session')
+def tool_main(project_root):
+    """Run a tool's ``main(argv)`` in this process, as its command line
+    would: ``tool_main('tools/x.py', argv, capsys)`` returns the exit
+    status (argparse's too) and what went to stderr."""
+    from importlib.util import module_from_spec, spec_from_file_location
+    tools = {}
+
+    def run(path, argv, capsys):
+        if path not in tools:
+            spec = spec_from_file_location(
+                os.path.splitext(os.path.basename(path))[0],
+                os.path.join(project_root, path))
+            tools[path] = module_from_spec(spec)
+            spec.loader.exec_module(tools[path])
+        capsys.readouterr()
+        try:
+            status = tools[path].main([str(arg) for arg in argv])
+        except SystemExit as exc:  # argparse
+            status = exc.code
+        return status, capsys.readouterr().err
+
+    return run

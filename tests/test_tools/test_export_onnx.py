@@ -25,6 +25,7 @@ SMALL_ARCH = dict(
     layer_scale=None,
     mlp_ratio=2.)
 SEG_BASE = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+TOOL = 'tools/deployment/export_onnx.py'
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -223,9 +224,14 @@ def test_checkpoint_of_another_model_refused(tmp_path):
     out = tmp_path / 'model.onnx'
     with pytest.raises(CheckpointMismatchError) as info:
         export_onnx(config, checkpoint, (64, 64), str(out))
-    message = str(info.value)
-    assert '0 weights unset' in message and 'unexpected' in message
-    assert 'backbone.stages.3.blocks.1.op.to_k.weight' in message
+    # The second block of stage 4: 9 layers of 2 weights the model lacks.
+    assert str(info.value).startswith(
+        f'{checkpoint} does not fit the ImageClassifier: 18 unexpected '
+        '[backbone.stages.3.blocks.1.norm1.weight, '
+        'backbone.stages.3.blocks.1.norm1.bias, ')
+    assert str(info.value).endswith(
+        '... 8 more]; load it anyway with --non-strict (strict=False in '
+        'Python)')
     assert not out.exists()
     # Loaded anyway on request: the weights that fit are used.
     _, report = export_onnx(
@@ -234,7 +240,7 @@ def test_checkpoint_of_another_model_refused(tmp_path):
 
 
 def test_cli(tmp_path):
-    """The command line: what it prints and its exit codes."""
+    """The command line, end to end: what it prints and its exit codes."""
     config = _cls_config(tmp_path)
     checkpoint = _checkpoint_of_another_model(tmp_path)
     tool = osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py')
@@ -247,16 +253,62 @@ def test_cli(tmp_path):
             text=True)
 
     runs = [
-        run('none', '--out', str(tmp_path / 'ok.onnx')),
+        run('--random-weights', '--out', str(tmp_path / 'ok.onnx')),
         run(checkpoint, '--out', str(tmp_path / 'refused.onnx')),
     ]
-    (ok, _), (_, refused) = (p.communicate(timeout=300) for p in runs)
+    (ok, _), (out, refused) = (p.communicate(timeout=300) for p in runs)
     assert [p.returncode for p in runs] == [0, 1]
-    assert 'exported the backbone of ImageClassifier (mmpretrain)' in ok
+    assert ('exported the backbone of ImageClassifier (mmpretrain, random '
+            'weights)') in ok
     error = float(ok.split('max abs error vs PyTorch: ')[1].split()[0])
     assert error <= 1e-4
     assert f'saved {tmp_path / "ok.onnx"}' in ok
-    lines = refused.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: ')
-    assert 'does not fit' in lines[0] and '--non-strict' in lines[0]
+    assert out == '' and refused.count('\n') == 1
+    assert refused.startswith(f'error: {checkpoint} does not fit')
+    assert '--non-strict' in refused
     assert not (tmp_path / 'refused.onnx').exists()
+
+
+def test_cli_bad_inputs(tmp_path, tool_main, capsys):
+    """One line and the exit status, and no file written or replaced."""
+    config = _cls_config(tmp_path)
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    out = tmp_path / 'model.onnx'
+    shape = ['--shape', '64', '64']
+    cases = [
+        ([config, '--out', out, *shape], 2, 'a CHECKPOINT is required'),
+        ([config, 'none', '--out', out,
+          *shape], 2, "CHECKPOINT 'none': pass --random-weights"),
+        ([config, corrupt, '--random-weights', '--out', out,
+          *shape], 2, 'give a CHECKPOINT or --random-weights, not both'),
+        ([config, corrupt, '--out', out,
+          *shape], 1, f'{corrupt}: is not a PyTorch checkpoint'),
+        ([config, corrupt, '--out', corrupt,
+          *shape], 1, f'the output {corrupt} is the input {corrupt}'),
+        ([config, '--random-weights', '--out', config,
+          *shape], 1, f'the output {config} is the input {config}'),
+        ([config, '--random-weights', '--out', a_file / 'x.onnx', *shape], 1,
+         f'cannot write {a_file}/x.onnx: {a_file} is not a directory'),
+        ([config, '--random-weights', '--out', out, '--shape', '64',
+          '50'], 1, '--shape 64 50: height and width must be multiples of 32'),
+        ([tmp_path / 'nope.py', '--random-weights', '--out', out,
+          *shape], 1, f'{tmp_path}/nope.py: no such config file'),
+    ]
+    for argv, status, message in cases:
+        got_status, err = tool_main(TOOL, argv, capsys)
+        assert got_status == status, (argv, err)
+        assert err.startswith(f'error: {message}'), (argv, err)
+        assert err.count('\n') == 1, err
+    # argparse refuses a side of 0 itself.
+    status, err = tool_main(
+        TOOL, [config, '--random-weights', '--out', out, '--shape', '0', '64'],
+        capsys)
+    assert status == 2 and 'argument --shape: must be at least 1, got 0' in err
+    assert not out.exists()
+    assert corrupt.read_bytes() == b'not a checkpoint'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'a_file', 'cls.py', 'corrupt.pth'
+    ]

@@ -8,6 +8,7 @@ drawings have the photograph's size, the JSON files the structure and sizes
 each library's predictions have. Then folders, the progress lines, and the
 one-line errors of bad arguments.
 """
+import argparse
 import hashlib
 import json
 import os
@@ -26,6 +27,9 @@ from mmengine.runner import save_checkpoint
 
 from mmvheat.apis.inference import (InferenceError, collect_images, inference,
                                     run_inference)
+from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
+                                              CheckpointRefusedError)
+from mmvheat.utils.io import OutputWriteError, ToolError
 from .test_train_test import (SHAPES, _env, _write, cls_config, det_config,
                               seg_config)
 
@@ -282,11 +286,11 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
     a_file.write_text('')
     out = str(tmp_path / 'out')
     cases = {
-        'config not found: nope.py': ['nope.py', checkpoint, photo],
-        'checkpoint not found: nope.pth': [config, 'nope.pth', photo],
-        f'cannot read checkpoint {corrupt}': [config,
-                                              str(corrupt), photo],
-        'does not fit the config\'s model: ':
+        'nope.py: no such config file': ['nope.py', checkpoint, photo],
+        'nope.pth: no such file': [config, 'nope.pth', photo],
+        f'{corrupt}: is not a PyTorch checkpoint':
+        [config, str(corrupt), photo],
+        f'{checkpoint} does not fit the MaskRCNN: ':
         [det_config_path, checkpoint, photo],
         'no such file or folder: missing.jpg':
         [config, checkpoint, 'missing.jpg'],
@@ -295,7 +299,7 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
         [config, checkpoint, str(empty / 'readme.txt')],
     }
     for message, argv in cases.items():
-        with pytest.raises(InferenceError, match=re.escape(message)):
+        with pytest.raises(ToolError, match=re.escape(message)):
             inference(argv + ['--out-dir', out, '--device', 'cpu'])
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'\xff\xd8 not a jpeg')
@@ -307,7 +311,10 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
                 *models(library),
                 str(broken), '--out-dir', out, '--device', 'cpu'
             ])
-    with pytest.raises(InferenceError, match='cannot write to --out-dir'):
+    with pytest.raises(
+            OutputWriteError,
+            match=re.escape(f'cannot write --out-dir {a_file}/sub: {a_file} '
+                            'is not a directory')):
         inference(
             [config, checkpoint, photo, '--out-dir',
              str(a_file / 'sub')])
@@ -329,6 +336,39 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
         if line.startswith('error:')
     ]
     assert len(errors) == 1
-    assert errors[0].startswith(f'error: cannot read checkpoint {corrupt}: ')
+    assert errors[0] == (f'error: {corrupt}: is not a PyTorch checkpoint '
+                         '(corrupt, or another kind of file)')
     assert 'Traceback' not in result.stderr
     assert not osp.exists(tmp_path / 'never')
+
+
+def test_strict_and_trusted_checkpoints(models, photo, tmp_path):
+    """A weight the model lacks is refused unless --non-strict; a file
+    holding other objects is refused unless --trust-checkpoint, which both
+    reads (this module's and the inferencer's) honour."""
+    config, checkpoint = models('mmpretrain')
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    extra = str(tmp_path / 'extra.pth')
+    torch.save(
+        dict(state, state_dict=dict(state['state_dict'], extra=torch.ones(1))),
+        extra)
+    trusted = str(tmp_path / 'trusted.pth')
+    torch.save(dict(state, args=argparse.Namespace(lr=0.1)), trusted)
+    out = str(tmp_path / 'out')
+
+    def run(ckpt, *flags):
+        return inference(
+            [config, ckpt, photo, '--out-dir', out, '--device', 'cpu', *flags])
+
+    with pytest.raises(
+            CheckpointMismatchError,
+            match=re.escape(f'{extra} does not fit the ImageClassifier: 1 '
+                            'unexpected [extra]; load it anyway with '
+                            '--non-strict')):
+        run(extra)
+    assert len(run(extra, '--non-strict')['preds']) == 1
+    with pytest.raises(
+            CheckpointRefusedError,
+            match=re.escape(f'{trusted}: refused global argparse.Namespace')):
+        run(trusted)
+    assert len(run(trusted, '--trust-checkpoint')['preds']) == 1

@@ -8,6 +8,7 @@ that inherit the libraries' own ``_base_`` files; an interrupted run resumed
 with ``--resume``; a two-process CPU (gloo) run through the dist scripts.
 The datasets come from the demo's generator (:mod:`mmvheat.demo.data`).
 """
+import argparse
 import copy
 import os
 import os.path as osp
@@ -24,9 +25,10 @@ from mmengine.config import Config
 
 import mmvheat  # noqa: F401  (before mmpretrain and torch.load)
 from mmvheat import apis
-from mmvheat.apis.configs import MASK_TTA
+from mmvheat.apis.configs import MASK_TTA, ConfigError
 from mmvheat.demo import data as demo_data
 from mmvheat.engine import CPU_DDP
+from mmvheat.utils.io import UsageError
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
@@ -575,10 +577,141 @@ def test_detect_library_errors():
         apis.detect_library(Config(dict(default_scope='mmocr')))
 
 
-def test_tool_without_default_scope_fails_clearly(tmp_path):
+def test_tool_without_default_scope_fails_clearly(tmp_path, check_cli_error):
+    """End to end, as a person runs it: one line, no traceback."""
     config = _write(tmp_path / 'noscope.py', 'model = dict()\n')
-    out = _run([sys.executable, TRAIN, config], cwd=tmp_path, expect_rc=1)
-    assert 'sets no default_scope' in out
+    result = subprocess.run([sys.executable, TRAIN, config],
+                            cwd=str(tmp_path),
+                            env=_env(),
+                            capture_output=True,
+                            text=True,
+                            timeout=TIMEOUT)
+    check_cli_error(result, 1, f'{config} sets no default_scope')
+
+
+# -- bad inputs, in process ---------------------------------------------------
+@pytest.fixture(scope='module')
+def bad_inputs(tmp_path_factory, data_root):
+    """A tiny classifier config and checkpoints: its own, one holding an
+    argparse.Namespace besides, a ResNet-18 classifier's, a text file."""
+    from mmengine.runner import save_checkpoint
+    tmp = tmp_path_factory.mktemp('bad_inputs')
+    config = _write(tmp / 'vheat_cls.py',
+                    cls_config(data_root, max_iters=1, val_interval=1))
+    resnet_config = _write(
+        tmp / 'resnet18.py', """
+        _base_ = ['mmpretrain::_base_/models/resnet18.py']
+        default_scope = 'mmpretrain'
+        model = dict(head=dict(num_classes=3))
+        """)
+    paths = dict(config=config, dir=str(tmp))
+    for name, cfg in (('vheat', config), ('resnet18', resnet_config)):
+        paths[name] = str(tmp / f'{name}.pth')
+        save_checkpoint({'state_dict': apis.build_model(cfg).state_dict()},
+                        paths[name])
+    paths['namespace'] = str(tmp / 'namespace.pth')
+    torch.save(
+        dict(
+            state_dict=torch.load(paths['vheat'])['state_dict'],
+            meta=dict(args=argparse.Namespace(lr=0.1))), paths['namespace'])
+    paths['text'] = _write(tmp / 'text.pth', 'not a checkpoint\n')
+    paths['syntax'] = _write(tmp / 'syntax.py', 'model = dict(\n')
+    paths['a_file'] = _write(tmp / 'a_file', '')
+    return paths
+
+
+def _main(tool, argv, capsys):
+    """``tools/{train,test}.py``'s main in this process: (status, stderr)."""
+    capsys.readouterr()
+    status = (
+        apis.run_cli(apis.train if tool == 'train' else apis.test,
+                     [str(arg) for arg in argv]))
+    return status, capsys.readouterr().err
+
+
+def _bad_config_cases(paths, tmp):
+    config, a_file = paths['config'], paths['a_file']
+    return [
+        (['nope.py'], 'nope.py: no such config file'),
+        ([paths['dir']], f'{paths["dir"]}: is a directory, not a config '
+         'file'),
+        ([paths['syntax']], f'{paths["syntax"]}: cannot be read'),
+        ([config, '--cfg-options', 'model.backbone.type=NoSuchBackbone'],
+         f"{config}: unknown type 'NoSuchBackbone' (not in the "
+         'mmpretrain::model registry)'),
+        ([config, '--work-dir', f'{a_file}/sub'],
+         f'cannot write the work dir {a_file}/sub: {a_file} is not a '
+         'directory'),
+    ]
+
+
+def test_train_bad_inputs(bad_inputs, tmp_path, capsys):
+    paths = bad_inputs
+    config, work_dir = paths['config'], str(tmp_path / 'work_dir')
+    cases = [(argv[:1] + ['--work-dir', work_dir] +
+              argv[1:] if '--work-dir' not in argv else argv, message)
+             for argv, message in _bad_config_cases(paths, tmp_path)]
+    cases += [
+        ([config, '--work-dir', work_dir, '--resume',
+          paths['text']], f'{paths["text"]}: is not a PyTorch checkpoint'),
+        ([config, '--work-dir', work_dir, '--resume',
+          'nope.pth'], 'nope.pth: no such file'),
+        ([
+            config, '--work-dir', work_dir, '--cfg-options',
+            f'load_from={paths["namespace"]}'
+        ], f'{paths["namespace"]}: refused global argparse.Namespace'),
+    ]
+    for argv, message in cases:
+        status, err = _main('train', argv, capsys)
+        assert (status, err.count('\n')) == (1, 1), (argv, err)
+        assert err.startswith(f'error: {message}'), (argv, err)
+        assert '--trust-checkpoint' in err or 'Namespace' not in message
+    # Trusted, the same file loads (load_from, then one iteration).
+    status, err = _main('train', [
+        config, '--work-dir', work_dir, '--trust-checkpoint', '--cfg-options',
+        f'load_from={paths["namespace"]}'
+    ], capsys)
+    assert status == 0, err
+    assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))
+
+
+def test_test_bad_inputs(bad_inputs, tmp_path, capsys):
+    paths = bad_inputs
+    config, work_dir = paths['config'], str(tmp_path / 'work_dir')
+    cases = [(argv[:1] + [paths['vheat'], '--work-dir', work_dir] +
+              argv[1:] if '--work-dir' not in argv else argv[:1] +
+              [paths['vheat']] + argv[1:], message)
+             for argv, message in _bad_config_cases(paths, tmp_path)]
+    resnet = paths['resnet18']
+    # ResNet-18's 62 weights are all unexpected, the vHeat's 95 all unset
+    # but for the head's bias, and the head's weight has another shape.
+    does_not_fit = (f'{resnet} does not fit the ImageClassifier: 95 weights '
+                    'unset [backbone.patch_embed.conv1.weight, ')
+    cases += [
+        ([config, paths['text'], '--work-dir',
+          work_dir], f'{paths["text"]}: is not a PyTorch checkpoint'),
+        ([config, paths['namespace'], '--work-dir', work_dir],
+         f'{paths["namespace"]}: refused global argparse.Namespace'),
+        ([config, resnet, '--work-dir', work_dir], does_not_fit),
+        # The TTA model holds the classifier under module.: the same names.
+        ([config, resnet, '--tta', '--work-dir', work_dir], does_not_fit),
+    ]
+    for argv, message in cases:
+        status, err = _main('test', argv, capsys)
+        assert (status, err.count('\n')) == (1, 1), (argv, err)
+        assert err.startswith(f'error: {message}'), (argv, err)
+    _, err = _main('test', [config, resnet, '--work-dir', work_dir], capsys)
+    assert ('unexpected [backbone.conv1.weight, backbone.bn1.weight, '
+            'backbone.bn1.bias, backbone.bn1.running_mean, ') in err
+    assert '1 of another shape [head.fc.weight]; load it anyway with ' \
+        '--non-strict' in err
+    # A fitting checkpoint passes the check through the TTA model, a
+    # trusted one loads, and --non-strict tests a misfit anyway.
+    for argv in ([paths['namespace'], '--tta',
+                  '--trust-checkpoint'], [resnet, '--non-strict']):
+        status, err = _main('test', [config, *argv, '--work-dir', work_dir],
+                            capsys)
+        assert status == 0, (argv, err)
 
 
 def test_load_config(tmp_path):
@@ -606,8 +739,57 @@ def test_amp_flag_picks_wrapper_by_device(configs, monkeypatch, cuda, dtype):
         assert cfg.optim_wrapper.dtype == (dtype or 'bfloat16')
 
 
+@pytest.fixture(scope='module')
+def published_recipe():
+    """The vHeat-T ImageNet config: AmpOptimWrapper with float16, as
+    published."""
+    return Config.fromfile(
+        osp.join(ROOT, 'configs', 'vheat', 'vheat-tiny_16xb128_in1k.py'))
+
+
+@pytest.mark.parametrize('cuda', [True, False])
+@pytest.mark.parametrize('dtype', [None, 'float16', 'bfloat16'])
+def test_config_amp_wrapper_on_a_machine_without_cuda(published_recipe,
+                                                      monkeypatch, cuda,
+                                                      dtype):
+    """A config's AmpOptimWrapper (which asserts a GPU) trains with
+    CPUAmpOptimWrapper without CUDA, in the config's dtype (bfloat16 if it
+    sets none), and says so; with CUDA it is left alone."""
+    from mmengine.optim import build_optim_wrapper
+
+    from mmvheat.apis import configs as configs_module
+    said = []
+    monkeypatch.setattr(configs_module, 'print_log',
+                        lambda message, **kwargs: said.append(message))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    cfg = copy.deepcopy(published_recipe)
+    if dtype is None:
+        cfg.optim_wrapper.pop('dtype')
+    else:
+        cfg.optim_wrapper.dtype = dtype
+    args = apis.parse_train_args(['vheat.py'])
+    cfg = apis.setup_train_cfg(cfg, args, 'mmpretrain')
+    wrapper = cfg.optim_wrapper
+    if cuda:
+        assert wrapper.type == 'AmpOptimWrapper'
+        assert wrapper.get('dtype') == dtype and said == []
+        return
+    expected = dtype or 'bfloat16'
+    assert wrapper.type == 'CPUAmpOptimWrapper'
+    assert wrapper.dtype == expected
+    assert wrapper.loss_scale == 'dynamic'
+    assert said[0].startswith(
+        f"No CUDA: the config's AmpOptimWrapper trains with {expected} "
+        'autocast on the CPU (CPUAmpOptimWrapper).')
+    assert ('float16 is slow on most CPUs' in said[0]) == (dtype == 'float16')
+    # The wrapper builds on this machine (mmengine's would assert a GPU).
+    built = build_optim_wrapper(torch.nn.Linear(2, 2), wrapper)
+    assert type(built).__name__ == 'CPUAmpOptimWrapper'
+    assert built.cast_dtype == getattr(torch, expected)
+
+
 def test_amp_dtype_needs_amp(configs):
-    with pytest.raises(ValueError, match='--amp-dtype needs --amp'):
+    with pytest.raises(UsageError, match='--amp-dtype needs --amp'):
         _setup(configs, 'mmdet', '--amp-dtype', 'float16', kind='train')
 
 
@@ -641,7 +823,7 @@ def test_train_flags(configs):
 
     no_base = copy.deepcopy(configs['mmdet'])
     no_base.auto_scale_lr = dict(enable=False)
-    with pytest.raises(RuntimeError, match='auto_scale_lr'):
+    with pytest.raises(ConfigError, match='auto_scale_lr'):
         _setup(configs, 'mmdet', '--auto-scale-lr', kind='train', cfg=no_base)
 
     # mmpretrain's tools fill in its dataloader defaults.
@@ -666,7 +848,7 @@ def test_tta_configs(configs):
     no_tta = copy.deepcopy(configs['mmseg'])
     no_tta.tta_pipeline = None
     no_tta._cfg_dict.pop('tta_pipeline')
-    with pytest.raises(ValueError, match='no tta_pipeline'):
+    with pytest.raises(ConfigError, match='no tta_pipeline'):
         _setup(configs, 'mmseg', '--tta', cfg=no_tta)
 
     cfg = _setup(configs, 'mmpretrain', '--tta', '--out', 'r.pkl',
@@ -698,9 +880,9 @@ def test_out_and_show(configs):
     assert cfg.default_hooks.visualization.test_out_dir == 'vis'
     cfg = _setup(configs, 'mmpretrain', '--show-dir', 'vis')
     assert cfg.default_hooks.visualization.out_dir == 'vis'
-    with pytest.raises(AssertionError, match='pkl'):
+    with pytest.raises(UsageError, match='must be a .pkl file'):
         _setup(configs, 'mmdet', '--out', 'preds.json')
-    with pytest.raises(ValueError, match='--out'):
+    with pytest.raises(UsageError, match='--out-item needs --out'):
         apis.parse_test_args(['c.py', 'k.pth', '--out-item', 'pred'])
 
 

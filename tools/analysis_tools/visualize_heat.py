@@ -22,10 +22,11 @@ Example::
         --compare-checkpoint swin_t.pth
 
 ``CHECKPOINT`` may be ``none`` (random initialisation). A checkpoint that
-does not fit the model is an error unless ``--non-strict``.
+does not fit the model is an error unless ``--non-strict``; one holding
+objects other than tensors loads with ``--trust-checkpoint``. A bad input
+ends it with one line and exit status 1 (2 for bad options).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -35,6 +36,8 @@ from mmvheat.analysis.heat import (effective_receptive_field, erf_inputs,
                                    frequency_k, impulse_responses, plot_erf,
                                    plot_impulse, plot_k)
 from mmvheat.apis import add_model_args, build_model, checkpoint_arg
+from mmvheat.utils.io import (ToolError, UsageError, ensure_directory,
+                              positive_int, run_tool)
 
 
 def parse_args(argv=None):
@@ -60,13 +63,13 @@ def parse_args(argv=None):
     parser.add_argument(
         '--size',
         nargs=2,
-        type=int,
+        type=positive_int,
         default=[224, 224],
         metavar=('H', 'W'),
         help='input size (default 224 224)')
     parser.add_argument(
         '--num-images',
-        type=int,
+        type=positive_int,
         default=8,
         help='images averaged for the ERF (default 8)')
     parser.add_argument('--seed', type=int, default=0)
@@ -74,24 +77,27 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def visualize(args):
+    """Draw the figures ``args`` ask for; returns the lines to print."""
     torch.manual_seed(args.seed)
     size = tuple(args.size)
     source = tuple(args.source_pixel) if args.source_pixel else (size[0] // 2,
                                                                  size[1] // 2)
-    os.makedirs(args.out_dir, exist_ok=True)
+    if not all(0 <= p < side for p, side in zip(source, size)):
+        raise UsageError(f'--source-pixel {source[0]} {source[1]} is outside '
+                         f'the {size[0]} x {size[1]} image')
+    if args.img is not None and not osp.isfile(args.img):
+        raise ToolError(f'--img {args.img}: no such file')
+    ensure_directory(args.out_dir, '--out-dir')
 
     strict = not args.non_strict
     backbone = build_model(args.config, checkpoint_arg(args.checkpoint),
-                           args.cfg_options, args.device, strict).backbone
+                           args.cfg_options, args.device, strict,
+                           args.trust_checkpoint).backbone
     if not hasattr(backbone, 'stages') or not hasattr(backbone.stages[0],
                                                       'heat_transfers'):
-        print(
-            f'error: {args.config} has no vHeat backbone (got '
-            f'{type(backbone).__name__})',
-            file=sys.stderr)
-        return 1
+        raise ToolError(f'{args.config} has no vHeat backbone (got '
+                        f'{type(backbone).__name__})')
 
     written = []
     path = osp.join(args.out_dir, 'impulse_response.png')
@@ -102,22 +108,25 @@ def main(argv=None):
     plot_k(frequency_k(backbone, size), path)
     written.append(path)
 
-    inputs = erf_inputs(args.img, size, max(1, args.num_images), args.seed)
+    inputs = erf_inputs(args.img, size, args.num_images, args.seed)
     erfs = [effective_receptive_field(backbone, inputs)]
     names = [type(backbone).__name__]
     if args.compare_config:
         other = build_model(args.compare_config,
                             checkpoint_arg(args.compare_checkpoint), None,
-                            args.device, strict).backbone
+                            args.device, strict,
+                            args.trust_checkpoint).backbone
         erfs.append(effective_receptive_field(other, inputs))
         names.append(type(other).__name__)
     path = osp.join(args.out_dir, 'erf.png')
     plot_erf(erfs, names, path)
     written.append(path)
+    return [f'wrote {path}' for path in written]
 
-    for path in written:
-        print(f'wrote {path}')
-    return 0
+
+def main(argv=None):
+    args = parse_args(argv)
+    return run_tool(lambda: visualize(args))
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ except ImportError:  # not installed: this checkout
 from mmvheat.demo.data import DEMO_CLS_CLASSES  # noqa: E402
 from mmvheat.demo.data import (DEFAULTS, DEMO_DET_CLASSES, DEMO_SEG_CLASSES,
                                TASK_DIRS, make_demo_data, print_progress)
+from mmvheat.utils.io import int_at_least  # noqa: E402
 
 _WHAT = dict(
     det=('COCO instances', DEMO_DET_CLASSES,
@@ -66,15 +67,18 @@ def parse_args(argv=None):
                          f"{d['image_size'][0]}x{d['image_size'][1]}"
                          for t, d in DEFAULTS.items())
     parser.add_argument(
-        '--num-train', type=int, help=f'train images per task ({defaults})')
-    parser.add_argument('--num-val', type=int, help='val images per task')
+        '--num-train',
+        type=int_at_least(0),
+        help=f'train images per task ({defaults})')
+    parser.add_argument(
+        '--num-val', type=int_at_least(0), help='val images per task')
     parser.add_argument(
         '--size',
-        type=int,
+        type=int_at_least(16),
         nargs=2,
         metavar=('H', 'W'),
         help='image size for every task')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int_at_least(0), default=0)
     parser.add_argument(
         '--force',
         action='store_true',
