@@ -11,6 +11,8 @@ import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
+GET_FLOPS = 'tools/analysis_tools/get_flops.py'
+VISUALIZE_HEAT = 'tools/analysis_tools/visualize_heat.py'
 VHEAT_CFG = """
 default_scope = 'mmpretrain'
 model = dict(
@@ -90,3 +92,95 @@ def test_visualize_heat(runs):
         path = tmp / 'heat' / name
         assert path.stat().st_size > 1000
         assert f'wrote {path}' in outputs['visualize_heat']
+
+
+def test_get_flops_prints_the_stage_table(runs):
+    printed = runs[1]['get_flops'].splitlines()
+    header = printed.index(
+        'part                  params  FLOPs/image  shared  of which HCO')
+    names = [line.split('  ')[0].strip() for line in printed[header + 1:-1]]
+    assert names == [
+        'stem (patch_embed)', 'stage 1', 'stage 2 downsample', 'stage 2',
+        'stage 3 downsample', 'stage 3', 'stage 4 downsample', 'stage 4',
+        'output norms (norm3)', 'backbone', 'neck', 'head'
+    ]
+
+
+@pytest.fixture(scope='module')
+def bad_files(tmp_path_factory):
+    import torch
+    from mmengine.runner import save_checkpoint
+    tmp = tmp_path_factory.mktemp('bad_files')
+    (tmp / 'vheat.py').write_text(VHEAT_CFG)
+    (tmp / 'corrupt.pth').write_bytes(b'not a checkpoint')
+    (tmp / 'a_file').write_text('')
+    (tmp / 'syntax.py').write_text('model = dict(\n')
+    # A checkpoint of another model: a ResNet-like stem only.
+    save_checkpoint(
+        {'state_dict': {
+            'backbone.conv1.weight': torch.zeros(8, 3, 7, 7)
+        }}, str(tmp / 'other.pth'))
+    (tmp / 'mpvit.py').write_text(
+        VHEAT_CFG.replace(
+            "type='mmvheat.VHeat'", "type='mmvheat.MPViT'").replace(
+                "arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,\n"
+                "                  layer_scale=None, mlp_ratio=2.),\n"
+                "        img_size=64",
+                "arch='tiny'").replace('in_channels=128', 'in_channels=216'))
+    return tmp
+
+
+def test_get_flops_bad_inputs(bad_files, tool_main, capsys):
+    tmp = bad_files
+    config = tmp / 'vheat.py'
+    cases = [
+        ([tmp / 'nope.py'], 1, f'{tmp}/nope.py: no such config file'),
+        ([tmp / 'syntax.py'], 1, f'{tmp}/syntax.py: cannot be read'),
+        ([config, '--checkpoint', tmp / 'corrupt.pth'], 1,
+         f'{tmp}/corrupt.pth: is not a PyTorch checkpoint'),
+        ([config, '--checkpoint', tmp / 'other.pth'], 1,
+         f'{tmp}/other.pth does not fit the ImageClassifier: 97 weights '
+         'unset'),
+        ([config, '--cfg-options', 'model.neck.type=NoSuchNeck'], 1,
+         f"{config}: unknown type 'NoSuchNeck'"),
+        ([config, '--shape', '64', '64',
+          '64'], 2, '--shape takes H [W], got 3 values'),
+    ]
+    for argv, status, message in cases:
+        got, err = tool_main(GET_FLOPS, argv, capsys)
+        assert (got, err.count('\n')) == (status, 1), (argv, err)
+        assert err.startswith(f'error: {message}'), (argv, err)
+    for shape in ('0', '-64'):
+        got, err = tool_main(GET_FLOPS, [config, '--shape', shape], capsys)
+        assert got == 2 and f'must be at least 1, got {shape}' in err
+
+
+def test_visualize_heat_bad_inputs(bad_files, tool_main, capsys):
+    tmp = bad_files
+    config = tmp / 'vheat.py'
+    out = ['--out-dir', tmp / 'heat']
+    cases = [
+        ([tmp / 'nope.py', 'none',
+          *out], 1, f'{tmp}/nope.py: no such config file'),
+        ([config, tmp / 'corrupt.pth',
+          *out], 1, f'{tmp}/corrupt.pth: is not a PyTorch checkpoint'),
+        ([config, 'none', '--out-dir', tmp / 'a_file' / 'sub'], 1,
+         f'cannot write --out-dir {tmp}/a_file/sub: {tmp}/a_file is not a '
+         'directory'),
+        ([
+            config, 'none', *out, '--size', '64', '64', '--source-pixel', '64',
+            '0'
+        ], 2, '--source-pixel 64 0 is outside the 64 x 64 image'),
+        ([config, 'none', *out, '--img',
+          tmp / 'nope.jpg'], 1, f'--img {tmp}/nope.jpg: no such file'),
+        ([tmp / 'mpvit.py', 'none', *out, '--size', '64',
+          '64'], 1, f'{tmp}/mpvit.py has no vHeat backbone (got MPViT)'),
+    ]
+    for argv, status, message in cases:
+        got, err = tool_main(VISUALIZE_HEAT, argv, capsys)
+        assert (got, err.count('\n')) == (status, 1), (argv, err)
+        assert err.startswith(f'error: {message}'), (argv, err)
+    got, err = tool_main(VISUALIZE_HEAT,
+                         [config, 'none', *out, '--size', '0', '64'], capsys)
+    assert got == 2 and 'must be at least 1, got 0' in err
+    assert not (tmp / 'heat').exists() or not list((tmp / 'heat').iterdir())
