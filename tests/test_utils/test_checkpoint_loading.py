@@ -996,6 +996,8 @@ def _corrupt_files(tmp_path):
         tail_cut=raw[:-10],
         empty=b'',
         text=b'not a checkpoint\n',
+        # An unpickler reads 't' as TUPLE, which fails on an empty stack.
+        prose=b'this is not a checkpoint\n',
         zeros=bytes(256))
     with zipfile.ZipFile(good) as src:
         names = src.namelist()
@@ -1025,6 +1027,7 @@ CORRUPT = dict(
     tail_cut=_CUT,
     empty='is empty',
     text=_OTHER_KIND,
+    prose=_OTHER_KIND,
     zeros=_OTHER_KIND,
     missing='no such file',
     directory='is a directory, not a checkpoint file')
@@ -1070,13 +1073,13 @@ def test_truncated_pickle(tmp_path):
         load_checkpoint_file(path, trust=True)
 
 
-@pytest.mark.parametrize('name', ['truncated', 'missing'])
+@pytest.mark.parametrize('name', ['truncated', 'missing', 'prose', 'empty'])
 def test_unreadable_file_through_mmengine(name, tmp_path):
     path = _corrupt_files(tmp_path)[name]
     with mmengine_checkpoint_loading():
         with pytest.raises(CheckpointLoadError) as info:
             load_checkpoint(ToyModel(), path, map_location='cpu')
-    assert str(info.value).startswith(f'{path}: ')
+    assert str(info.value).startswith(f'{path}: {CORRUPT[name]}')
     assert '\n' not in str(info.value)
 
 
