@@ -7,6 +7,7 @@ A config that cannot be read (missing, a directory, a syntax error, an
 error in its code or its ``_base_``) or that names a type no registry knows
 is a :class:`ConfigError`, one line that names the file.
 """
+import ast
 import contextlib
 import copy
 import logging
@@ -64,11 +65,17 @@ def read_config(path: Union[str, os.PathLike]) -> Config:
                                     UserWarning)
             return Config.fromfile(path)
     except SyntaxError as exc:
-        # mmengine says which file (a _base_ or the config) in the message;
-        # Python's own SyntaxError says where in it.
+        # mmengine parses a copy of the file, so the error does not say
+        # which file it is in: this one, or one of its _base_ files.
+        try:
+            with open(path, encoding='utf-8') as file:
+                ast.parse(file.read(), path)
+            what = 'a syntax error in one of its _base_ files'
+        except SyntaxError:
+            what = 'a syntax error'
         where = f' (line {exc.lineno})' if exc.lineno else ''
-        raise ConfigError(
-            f'{path}: cannot be read{where}: {first_line(exc)}') from exc
+        raise ConfigError(f'{path}: cannot be read: {what}{where}: '
+                          f'{exc.msg or first_line(exc)}') from exc
     except OSError as exc:
         raise ConfigError(f'{path}: cannot be read: '
                           f'{exc.strerror or first_line(exc)}') from exc

@@ -115,6 +115,7 @@ def bad_files(tmp_path_factory):
     (tmp / 'corrupt.pth').write_bytes(b'not a checkpoint')
     (tmp / 'a_file').write_text('')
     (tmp / 'syntax.py').write_text('model = dict(\n')
+    (tmp / 'on_syntax.py').write_text("_base_ = ['syntax.py']\n")
     # A checkpoint of another model: a ResNet-like stem only.
     save_checkpoint(
         {'state_dict': {
@@ -135,7 +136,10 @@ def test_get_flops_bad_inputs(bad_files, tool_main, capsys):
     config = tmp / 'vheat.py'
     cases = [
         ([tmp / 'nope.py'], 1, f'{tmp}/nope.py: no such config file'),
-        ([tmp / 'syntax.py'], 1, f'{tmp}/syntax.py: cannot be read'),
+        ([tmp / 'syntax.py'], 1, f'{tmp}/syntax.py: cannot be read: a '
+         "syntax error (line 1): '(' was never closed"),
+        ([tmp / 'on_syntax.py'], 1, f'{tmp}/on_syntax.py: cannot be read: a '
+         'syntax error in one of its _base_ files (line 1)'),
         ([config, '--checkpoint', tmp / 'corrupt.pth'], 1,
          f'{tmp}/corrupt.pth: is not a PyTorch checkpoint'),
         ([config, '--checkpoint', tmp / 'other.pth'], 1,

@@ -635,7 +635,8 @@ def _bad_config_cases(paths, tmp):
         (['nope.py'], 'nope.py: no such config file'),
         ([paths['dir']], f'{paths["dir"]}: is a directory, not a config '
          'file'),
-        ([paths['syntax']], f'{paths["syntax"]}: cannot be read'),
+        ([paths['syntax']], f'{paths["syntax"]}: cannot be read: a syntax '
+         "error (line 1): '(' was never closed"),
         ([config, '--cfg-options', 'model.backbone.type=NoSuchBackbone'],
          f"{config}: unknown type 'NoSuchBackbone' (not in the "
          'mmpretrain::model registry)'),
