@@ -164,6 +164,34 @@ def test_erf_of_convolutions_is_their_receptive_field():
     assert isinstance(net.norm0, torch.nn.GroupNorm)
 
 
+def test_erf_counts_only_the_positive_part_of_the_centre_feature():
+    """One 3x3 convolution, two channels: on positive images the first is
+    positive at the centre (a horizontal line of ones), the second negative
+    (all minus ones). The ERF is that of the first alone: ones on the line
+    through the centre, exact zeros elsewhere. The raw channel sum would
+    give the opposite picture (zero on the line)."""
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, :, 1, :] = 1.
+        conv.weight[1] = -1.
+
+    class OneConv(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return (self.conv(x), )
+
+    images = torch.rand(2, 3, 9, 9) + 0.1
+    erf = vh.effective_receptive_field(OneConv(), images)
+    expected = torch.zeros(9, 9)
+    expected[4, 3:6] = 1.
+    assert torch.equal(erf, expected)
+
+
 def test_erf_fails_without_dependence_on_the_input():
 
     class Constant(torch.nn.Module):
