@@ -16,16 +16,29 @@ so the *ratios* are the result; absolute times on CPU are informative only.
   also compared with float32 arithmetic on the unrounded input
   (``max_rel_err``): with ``--dtype bf16``/``fp16`` that is the operator's
   half-precision error.
-* model level: ImageNet classifiers (backbone, global pooling, linear head)
-  of vHeat-T/S/B, mmpretrain's Swin-T/S/B and MPViT-T/XS/S/B at each
-  resolution, inference (``torch.no_grad``, eval mode) and/or one training
-  step (forward, cross-entropy, backward, AdamW step): images/s, throughput
-  ratio to the baseline model (the first one), peak memory, FLOPs per image
-  (MACs, fvcore/mmengine convention like the papers, HCO counted right; see
-  :mod:`mmvheat.analysis.flops`) and params. Inference runs the models
-  switched to deploy mode (:func:`mmvheat.models.switch_to_deploy`).
-  ``vheat-t-pub`` etc. run the same weights through the published dataflow
-  (NCHW, conv1d DCTs; :mod:`mmvheat.analysis.published`).
+* model level: ImageNet classifiers (backbone, global average pooling of
+  its last output, linear head: :class:`Classifier`) of vHeat-T/S/B,
+  mmpretrain's Swin-T/S/B and MPViT-T/XS/S/B at each resolution, inference
+  (``torch.no_grad``, eval mode) and/or one training step (forward,
+  cross-entropy, backward, AdamW step): images/s, throughput ratio to the
+  baseline model (the first one) and to the published formulation of the
+  same vHeat (like with like, below), peak memory, FLOPs per image (MACs,
+  fvcore/mmengine convention like the papers, HCO counted right; see
+  :mod:`mmvheat.analysis.flops`) and params.
+
+  Each vHeat comes in four forms (:data:`VHEAT_VARIANTS`), all with the same
+  weights: ``vheat-t`` is our model, switched to deploy mode for inference
+  (:func:`mmvheat.models.switch_to_deploy`: filters folded once per input
+  size, fused layers); ``vheat-t-plain`` is our model in plain eval mode;
+  ``vheat-t-pub`` runs the published dataflow (NCHW, conv1d DCTs,
+  ``decay ** k`` recomputed at every forward;
+  :mod:`mmvheat.analysis.published`); ``vheat-t-pub-fold`` is the published
+  inference mode, which folds ``decay ** k`` once at the pretraining size
+  (``img_size``) and, at any other size, recomputes it at every forward as
+  the published dense backbone does. Like with like, ``speedup_vs_published``
+  compares the deployed model with ``-pub-fold`` and the plain one with
+  ``-pub`` (training: ours with ``-pub``). ``-plain`` and ``-pub-fold`` are
+  inference forms and are not timed in training.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during the timed calls
 minus what was allocated before, plus the model's own parameters, buffers
@@ -48,13 +61,16 @@ from torch import nn
 
 from mmvheat.models import switch_to_deploy
 from mmvheat.ops import dct_basis, spectral_filter_reference
+from mmvheat.utils.io import atomic_write
 from .flops import hco_macs, model_complexity
-from .published import conv1d_spectral_filter, published_forward
+from .published import PublishedVHeat, conv1d_spectral_filter
 
 __all__ = [
-    'MODEL_NAMES', 'MODEL_COLUMNS', 'OP_COLUMNS', 'EXP_COLUMNS',
-    'run_round_robin', 'fit_exponent', 'benchmark_ops', 'benchmark_models',
-    'build_classifier', 'format_table', 'write_csv', 'plot'
+    'MODEL_NAMES', 'VHEAT_VARIANTS', 'INFER_ONLY_VARIANTS', 'MODEL_COLUMNS',
+    'OP_COLUMNS', 'EXP_COLUMNS', 'run_round_robin', 'fit_exponent',
+    'benchmark_ops', 'benchmark_models', 'split_model_name',
+    'published_counterpart', 'Classifier', 'build_classifier', 'format_table',
+    'write_csv', 'plot'
 ]
 
 VHEAT_T_DIMS = (96, 192, 384, 768)
@@ -73,15 +89,22 @@ _ARCHS = {
     'mpvit-s': ('mpvit', 'small', 288),
     'mpvit-b': ('mpvit', 'base', 480),
 }
+#: The forms of each vHeat model (see the module doc): ours (deployed for
+#: inference), ours in plain eval mode, the published dataflow, and the
+#: published inference mode.
+VHEAT_VARIANTS = ('', '-plain', '-pub', '-pub-fold')
+#: The forms that exist for inference only.
+INFER_ONLY_VARIANTS = ('-plain', '-pub-fold')
 MODEL_NAMES = sorted(_ARCHS) + [
-    f'{n}-pub' for n in sorted(_ARCHS) if n.startswith('vheat')
+    f'{n}{v}' for n in sorted(_ARCHS) if n.startswith('vheat')
+    for v in VHEAT_VARIANTS[1:]
 ]
 
 MODEL_COLUMNS = [
     'model', 'resolution', 'batch_size', 'mode', 'dtype', 'device',
-    'median_ms', 'images_per_s', 'speedup_vs_baseline', 'peak_mem_mb',
-    'mem_vs_baseline', 'gflops_per_image', 'gflops_shared', 'params_m',
-    'status'
+    'median_ms', 'images_per_s', 'speedup_vs_baseline', 'speedup_vs_published',
+    'peak_mem_mb', 'mem_vs_baseline', 'gflops_per_image', 'gflops_shared',
+    'params_m', 'status'
 ]
 OP_COLUMNS = [
     'impl', 'input_res', 'stage', 'batch_size', 'H', 'W', 'C', 'N', 'mode',
@@ -202,7 +225,9 @@ def format_table(rows: List[dict], columns: List[str], title: str) -> str:
 
 
 def write_csv(path: str, rows: List[dict], columns: List[str]):
-    with open(path, 'w', newline='') as f:
+    """``rows`` as CSV with a header of ``columns`` (missing and NaN
+    values empty), written atomically."""
+    with atomic_write(path, 'w') as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
         writer.writeheader()
         for r in rows:
@@ -243,14 +268,17 @@ def _modes(mode: str) -> List[str]:
     return ['infer', 'train'] if mode == 'both' else [mode]
 
 
-def benchmark_ops(device: torch.device,
-                  resolutions: Sequence[int] = (224, 512, 1024),
-                  stages: Sequence[int] = (0, 1, 2, 3),
-                  batch_size: int = 64,
-                  mode: str = 'both',
-                  dtype: str = 'fp32',
-                  repeats: int = 10,
-                  warmup: int = 2) -> Tuple[List[dict], List[dict], List[str]]:
+def benchmark_ops(
+    device: torch.device,
+    resolutions: Sequence[int] = (224, 512, 1024),
+    stages: Sequence[int] = (0, 1, 2, 3),
+    batch_size: int = 64,
+    mode: str = 'both',
+    dtype: str = 'fp32',
+    repeats: int = 10,
+    warmup: int = 2,
+    progress: Optional[Callable[[str], None]] = None
+) -> Tuple[List[dict], List[dict], List[str]]:
     """Time the HCO implementations at vHeat-T's stage shapes.
 
     Args:
@@ -263,6 +291,8 @@ def benchmark_ops(device: torch.device,
         dtype (str): ``'fp32'``, ``'bf16'`` or ``'fp16'``.
         repeats (int): Timed calls per candidate.
         warmup (int): Untimed calls per candidate first.
+        progress (callable, optional): Called with one line per measured
+            shape. Defaults to None.
 
     Returns:
         tuple: the rows (:data:`OP_COLUMNS`), the fitted exponents
@@ -273,83 +303,83 @@ def benchmark_ops(device: torch.device,
     impls = _op_impls(device, notes)
     modes = _modes(mode)
     rows = []
-    for mode in modes:
-        for res in resolutions:
-            for stage, c in enumerate(VHEAT_T_DIMS):
-                if stage not in stages:
-                    continue
-                h = w = res // 4 // 2**stage
-                b = batch_size
-                x32 = torch.randn(b, h, w, c, device=device)
-                x = x32 if half is None else x32.to(half)
-                transfer = torch.rand(h, w, c, device=device)
-                dct_basis(h, device, torch.float32)  # warm the basis cache
-                # What each implementation loses against float32 arithmetic
-                # on the unrounded input (for fp32: their disagreement).
+    shapes = [(mode, res, stage) for mode in modes for res in resolutions
+              for stage in range(len(VHEAT_T_DIMS)) if stage in stages]
+    for done, (mode, res, stage) in enumerate(shapes, 1):
+        c = VHEAT_T_DIMS[stage]
+        h = w = res // 4 // 2**stage
+        b = batch_size
+        x32 = torch.randn(b, h, w, c, device=device)
+        x = x32 if half is None else x32.to(half)
+        transfer = torch.rand(h, w, c, device=device)
+        dct_basis(h, device, torch.float32)  # warm the basis cache
+        # What each implementation loses against float32 arithmetic
+        # on the unrounded input (for fp32: their disagreement).
+        with torch.no_grad():
+            exact = spectral_filter_reference(x32, transfer)
+        errors = {}
+        cands = []
+        for name, fn in impls.items():
+            if fn is None:
+                continue
+
+            def call(fn=fn, name=name, x=x, t=transfer):
+                if name == 'published':
+                    # F.conv1d, in the autocast dtype as published
+                    with _autocast(device, half):
+                        return fn(x.float(), t)
+                return fn(x, t)
+
+            if mode == 'infer':
                 with torch.no_grad():
-                    exact = spectral_filter_reference(x32, transfer)
-                errors = {}
-                cands = []
-                for name, fn in impls.items():
-                    if fn is None:
-                        continue
+                    errors[name] = _max_rel_err(call(), exact)
+            if mode == 'train':
+                xg = x.detach().requires_grad_()
 
-                    def call(fn=fn, name=name, x=x, t=transfer):
-                        if name == 'published':
-                            # F.conv1d, in the autocast dtype as published
-                            with _autocast(device, half):
-                                return fn(x.float(), t)
-                        return fn(x, t)
+                def step(call=call, xg=xg):
+                    call(x=xg).float().sum().backward()
+                    xg.grad = None
+            else:
 
-                    if mode == 'infer':
-                        with torch.no_grad():
-                            errors[name] = _max_rel_err(call(), exact)
-                    if mode == 'train':
-                        xg = x.detach().requires_grad_()
+                def step(call=call):
+                    with torch.no_grad():
+                        call()
 
-                        def step(call=call, xg=xg):
-                            call(x=xg).float().sum().backward()
-                            xg.grad = None
-                    else:
-
-                        def step(call=call):
-                            with torch.no_grad():
-                                call()
-
-                    cands.append(_Candidate(name, step))
-                run_round_robin(cands, repeats, warmup, device)
-                times = {c.name: _median(c.times) for c in cands}
-                ref = times.get('reference', float('nan'))
-                macs = hco_macs(h, w, c, b) / 1e9
-                shape = dict(
-                    input_res=res,
-                    stage=stage,
-                    batch_size=b,
-                    H=h,
-                    W=w,
-                    C=c,
-                    N=h * w,
-                    mode=mode,
-                    dtype=dtype,
-                    device=device.type,
-                    gmacs=macs)
-                for cand in cands:
-                    t = times[cand.name]
-                    rows.append(
-                        dict(
-                            shape,
-                            impl=cand.name,
-                            median_ms=t * 1e3,
-                            speedup_vs_reference=ref / t,
-                            gmacs_per_s=macs / t,
-                            max_rel_err=errors.get(cand.name),
-                            status=cand.status))
-                if impls['triton'] is None:
-                    rows.append(
-                        dict(
-                            shape, impl='triton',
-                            status='skipped: needs CUDA'))
-                del x, x32, exact, transfer
+            cands.append(_Candidate(name, step))
+        run_round_robin(cands, repeats, warmup, device)
+        if progress is not None:
+            progress(f'[{done}/{len(shapes)}] op {res} stage {stage} '
+                     f'{mode}: {_fmt_times(cands)}')
+        times = {c.name: _median(c.times) for c in cands}
+        ref = times.get('reference', float('nan'))
+        macs = hco_macs(h, w, c, b) / 1e9
+        shape = dict(
+            input_res=res,
+            stage=stage,
+            batch_size=b,
+            H=h,
+            W=w,
+            C=c,
+            N=h * w,
+            mode=mode,
+            dtype=dtype,
+            device=device.type,
+            gmacs=macs)
+        for cand in cands:
+            t = times[cand.name]
+            rows.append(
+                dict(
+                    shape,
+                    impl=cand.name,
+                    median_ms=t * 1e3,
+                    speedup_vs_reference=ref / t,
+                    gmacs_per_s=macs / t,
+                    max_rel_err=errors.get(cand.name),
+                    status=cand.status))
+        if impls['triton'] is None:
+            rows.append(
+                dict(shape, impl='triton', status='skipped: needs CUDA'))
+        del x, x32, exact, transfer
     exps = []
     for mode in modes:
         for impl in impls:
@@ -388,74 +418,129 @@ def benchmark_ops(device: torch.device,
 
 
 # ------------------------------------------------------------- model level
-class _PublishedBackbone(nn.Module):
-    """A VHeat run through :func:`published_forward`."""
+def split_model_name(name: str) -> Tuple[str, str]:
+    """``'vheat-t-pub-fold'`` -> ``('vheat-t', '-pub-fold')``."""
+    for variant in sorted(VHEAT_VARIANTS, key=len, reverse=True):
+        base = name[:-len(variant)] if variant else name
+        if variant and name.endswith(variant) and \
+                _ARCHS.get(base, ('', ))[0] == 'vheat':
+            return base, variant
+    if name not in _ARCHS:
+        raise ValueError(f'unknown model {name!r}; choose from {MODEL_NAMES}')
+    return name, ''
 
-    def __init__(self, vheat: nn.Module):
+
+def published_counterpart(name: str, mode: str) -> Optional[str]:
+    """The published formulation to compare ``name`` with, like with like:
+    deployed with folded, plain with recomputed (training: ours with
+    ``-pub``); None for the other models."""
+    base, variant = split_model_name(name)
+    if _ARCHS[base][0] != 'vheat':
+        return None
+    if variant == '-plain' or (variant == '' and mode == 'train'):
+        return base + '-pub'
+    if variant == '':
+        return base + '-pub-fold'
+    return None
+
+
+class Classifier(nn.Module):
+    """An ImageNet classifier: ``backbone``, global average pooling of its
+    last output, a linear head (what mmpretrain's ``ImageClassifier`` with
+    ``GlobalAveragePooling`` and ``LinearClsHead`` computes, without
+    mmpretrain).
+
+    Args:
+        backbone (nn.Module): Returns a tuple of NCHW maps.
+        channels (int): Channels of its last output.
+        num_classes (int): Classes. Defaults to 1000.
+    """
+
+    def __init__(self,
+                 backbone: nn.Module,
+                 channels: int,
+                 num_classes: int = 1000):
         super().__init__()
-        self.vheat = vheat
+        self.backbone = backbone
+        self.head = nn.Linear(channels, num_classes)
 
-    def forward(self, x):
-        return published_forward(self.vheat, x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[-1].mean((2, 3)))
 
 
-def build_classifier(name: str, res: int) -> nn.Module:
-    """``name`` (see :data:`MODEL_NAMES`) as an ImageNet classifier."""
-    from mmpretrain.registry import MODELS
-    published = name.endswith('-pub')
-    family, arch, channels = _ARCHS[name[:-4] if published else name]
+def build_classifier(name: str,
+                     res: int,
+                     img_size: Optional[int] = None) -> nn.Module:
+    """``name`` (see :data:`MODEL_NAMES`) as a :class:`Classifier`.
+
+    Args:
+        name (str): The model.
+        res (int): Input resolution (Swin's ``img_size``).
+        img_size (int, optional): vHeat's pretraining size (the size of its
+            frequency embeddings). Defaults to None: ``res``.
+
+    Swin needs mmpretrain (imported here); vHeat and MPViT need nothing
+    beyond mmvheat.
+    """
+    from mmvheat.models import MPViT, VHeat
+    base, variant = split_model_name(name)
+    family, arch, channels = _ARCHS[base]
     if family == 'vheat':
-        backbone = dict(
-            type='mmvheat.VHeat', arch=arch, img_size=res, init_cfg=None)
+        backbone = VHeat(arch=arch, img_size=img_size or res, init_cfg=None)
+        if variant.startswith('-pub'):
+            backbone = PublishedVHeat(
+                backbone, infer_mode=variant == '-pub-fold')
     elif family == 'swin':
-        backbone = dict(
-            type='SwinTransformer',
-            arch=arch,
-            img_size=res,
-            pad_small_map=True,
-            init_cfg=None)
+        from mmpretrain.models import SwinTransformer
+        backbone = SwinTransformer(
+            arch=arch, img_size=res, pad_small_map=True, init_cfg=None)
     else:
-        backbone = dict(
-            type='mmvheat.MPViT', arch=arch, out_indices=(3, ), init_cfg=None)
-    model = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=backbone,
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(
-                type='LinearClsHead', num_classes=1000, in_channels=channels)))
-    if published:
-        model.backbone = _PublishedBackbone(model.backbone)
-    return model
+        backbone = MPViT(arch=arch, out_indices=(3, ), init_cfg=None)
+    return Classifier(backbone, channels)
 
 
 def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _flops(name: str, res: int, cache: dict):
-    from mmvheat.apis import TensorModeWrapper
-    key = (name[:-4] if name.endswith('-pub') else name, res)
+def _flops(name: str, res: int, img_size: Optional[int], cache: dict):
+    key = (split_model_name(name)[0], res, img_size)
     if key not in cache:
-        model = build_classifier(key[0], res)
+        model = build_classifier(key[0], res, img_size)
         info = model_complexity(
-            TensorModeWrapper(model),
-            torch.randn(1, 3, res, res),
-            split_batch=True)
+            model, torch.randn(1, 3, res, res), split_batch=True)
         cache[key] = (info['flops_per_image'] / 1e9,
                       info['flops_shared'] / 1e9, info['params'] / 1e6)
     return cache[key]
 
 
-def benchmark_models(device: torch.device,
-                     models: Sequence[str],
-                     resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
-                     batch_size: int = 64,
-                     mode: str = 'both',
-                     dtype: str = 'fp32',
-                     repeats: int = 10,
-                     warmup: int = 2,
-                     flops: bool = True) -> Tuple[List[dict], List[str]]:
+def _folds_at(name: str, res: int, img_size: Optional[int]) -> bool:
+    """Whether ``name`` in inference keeps its filters ``decay ** k`` across
+    forwards at ``res`` (so that none of its FLOPs are shared per call)."""
+    variant = split_model_name(name)[1]
+    return variant == '' or (variant == '-pub-fold' and
+                             (img_size or res) == res)
+
+
+def _fmt_times(cands) -> str:
+    return ' | '.join(
+        f'{c.name} {_median(c.times) * 1e3:.4g} ms' if c.status ==
+        'ok' else f'{c.name} {c.status}' for c in cands)
+
+
+def benchmark_models(
+    device: torch.device,
+    models: Sequence[str],
+    resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
+    batch_size: int = 64,
+    mode: str = 'both',
+    dtype: str = 'fp32',
+    repeats: int = 10,
+    warmup: int = 2,
+    flops: bool = True,
+    img_size: Optional[int] = None,
+    progress: Optional[Callable[[str], None]] = None
+) -> Tuple[List[dict], List[str]]:
     """Time ImageNet classifiers side by side; see the module doc.
 
     Args:
@@ -470,6 +555,11 @@ def benchmark_models(device: torch.device,
         repeats (int): Timed calls per model.
         warmup (int): Untimed calls per model first.
         flops (bool): Count FLOPs (jit tracing, slow on a CPU).
+        img_size (int, optional): vHeat's pretraining size. Defaults to
+            None: each resolution (so the published inference mode folds
+            at every resolution).
+        progress (callable, optional): Called with one line per measured
+            configuration. Defaults to None.
 
     Returns:
         tuple: the rows (:data:`MODEL_COLUMNS`) and notes for the reader.
@@ -479,99 +569,132 @@ def benchmark_models(device: torch.device,
     rows = []
     flop_cache: dict = {}
     modes = _modes(mode)
-    for res in resolutions:
-        for mode in modes:
-            cands = []
-            built = {}
-            for name in models:
-                torch.manual_seed(0)
-                try:
-                    model = build_classifier(name, res).to(device)
-                except Exception as e:  # noqa: BLE001
-                    notes.append(f'cannot build {name} at {res}: {e}')
-                    continue
-                built[name] = model
-                x = torch.randn(batch_size, 3, res, res, device=device)
-                extra = _nbytes(model.parameters()) + _nbytes(model.buffers())
-                if mode == 'infer':
-                    model.eval()
-                    if not name.endswith('-pub'):
-                        switch_to_deploy(model)
+    for name in models:
+        split_model_name(name)  # unknown names fail before any work
+    infer_only = [
+        n for n in models if split_model_name(n)[1] in INFER_ONLY_VARIANTS
+    ]
+    if infer_only and 'train' in modes:
+        notes.append(f'{", ".join(infer_only)}: inference forms, not timed '
+                     'in training')
+    groups = [(res, mode) for res in resolutions for mode in modes]
+    for done, (res, mode) in enumerate(groups, 1):
+        cands = []
+        built = {}
+        for name in models:
+            if mode == 'train' and name in infer_only:
+                continue
+            torch.manual_seed(0)
+            try:
+                model = build_classifier(name, res, img_size).to(device)
+            except Exception as e:  # noqa: BLE001
+                notes.append(f'cannot build {name} at {res}: {e}')
+                continue
+            built[name] = model
+            x = torch.randn(batch_size, 3, res, res, device=device)
+            extra = _nbytes(model.parameters()) + _nbytes(model.buffers())
+            if mode == 'infer':
+                model.eval()
+                if split_model_name(name)[1] == '':
+                    switch_to_deploy(model)
 
-                    def step(model=model, x=x):
-                        with torch.no_grad(), _autocast(device, half):
-                            model(x, mode='tensor')
-                else:
-                    model.train()
-                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                    labels = torch.randint(
-                        0, 1000, (batch_size, ), device=device)
-                    extra *= 3  # params + AdamW exp_avg / exp_avg_sq (fp32)
-                    extra += _nbytes(model.parameters())  # grads
+                def step(model=model, x=x):
+                    with torch.no_grad(), _autocast(device, half):
+                        model(x)
+            else:
+                model.train()
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                labels = torch.randint(0, 1000, (batch_size, ), device=device)
+                extra *= 3  # params + AdamW exp_avg / exp_avg_sq (fp32)
+                extra += _nbytes(model.parameters())  # grads
 
-                    def step(model=model, x=x, opt=opt, labels=labels):
-                        with _autocast(device, half):
-                            logits = model(x, mode='tensor')
-                        loss = F.cross_entropy(logits.float(), labels)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
+                def step(model=model, x=x, opt=opt, labels=labels):
+                    with _autocast(device, half):
+                        logits = model(x)
+                    loss = F.cross_entropy(logits.float(), labels)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
 
-                cands.append(_Candidate(name, step, extra_bytes=extra))
-            run_round_robin(cands, repeats, warmup, device)
-            base = cands[0] if cands else None
-            base_t = _median(base.times) if base else float('nan')
-            for cand in cands:
-                t = _median(cand.times)
-                if flops:
-                    gflops, shared, params = _flops(cand.name, res, flop_cache)
-                else:
-                    gflops = shared = float('nan')
-                    params = sum(p.numel()
-                                 for p in built[cand.name].parameters()) / 1e6
-                peak = (
-                    cand.peak /
-                    2**20 if cand.peak is not None else float('nan'))
-                base_peak = (
-                    base.peak /
-                    2**20 if base.peak is not None else float('nan'))
-                rows.append(
-                    dict(
-                        model=cand.name,
-                        resolution=res,
-                        batch_size=batch_size,
-                        mode=mode,
-                        dtype=dtype,
-                        device=device.type,
-                        median_ms=t * 1e3,
-                        images_per_s=batch_size / t,
-                        speedup_vs_baseline=base_t / t,
-                        peak_mem_mb=peak,
-                        mem_vs_baseline=peak / base_peak,
-                        gflops_per_image=gflops,
-                        gflops_shared=shared,
-                        params_m=params,
-                        status=cand.status))
-            del cands, built
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
+            cands.append(_Candidate(name, step, extra_bytes=extra))
+        run_round_robin(cands, repeats, warmup, device)
+        if progress is not None:
+            progress(f'[{done}/{len(groups)}] models {res} {mode}: '
+                     f'{_fmt_times(cands)}')
+        times = {c.name: _median(c.times) for c in cands}
+        base = cands[0] if cands else None
+        base_t = _median(base.times) if base else float('nan')
+        for cand in cands:
+            t = times[cand.name]
+            if flops:
+                gflops, shared, params = _flops(cand.name, res, img_size,
+                                                flop_cache)
+                if mode == 'infer' and _folds_at(cand.name, res, img_size):
+                    shared = 0.
+            else:
+                gflops = shared = float('nan')
+                params = sum(p.numel()
+                             for p in built[cand.name].parameters()) / 1e6
+            peak = (
+                cand.peak / 2**20 if cand.peak is not None else float('nan'))
+            base_peak = (
+                base.peak / 2**20 if base.peak is not None else float('nan'))
+            counterpart = published_counterpart(cand.name, mode)
+            rows.append(
+                dict(
+                    model=cand.name,
+                    resolution=res,
+                    batch_size=batch_size,
+                    mode=mode,
+                    dtype=dtype,
+                    device=device.type,
+                    median_ms=t * 1e3,
+                    images_per_s=batch_size / t,
+                    speedup_vs_baseline=base_t / t,
+                    speedup_vs_published=times.get(counterpart, float('nan')) /
+                    t,
+                    peak_mem_mb=peak,
+                    mem_vs_baseline=peak / base_peak,
+                    gflops_per_image=gflops,
+                    gflops_shared=shared,
+                    params_m=params,
+                    status=cand.status))
+        del cands, built
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
     return rows, notes
 
 
-def plot(rows: List[dict], path: str, title: str = ''):
-    """Throughput, peak memory and FLOPs against resolution, one line per
-    model and mode (matplotlib)."""
+#: The plot's default panels: (column, axis label).
+PLOT_PANELS = (('images_per_s',
+                'throughput (images/s)'), ('peak_mem_mb', 'peak memory (MiB)'),
+               ('gflops_per_image', 'FLOPs per image (GMACs)'))
+
+
+def plot(rows: List[dict],
+         path: str,
+         title: str = '',
+         panels: Sequence[Tuple[str, str]] = PLOT_PANELS):
+    """Model rows against resolution, one line per model and mode (solid:
+    inference, dashed: training), one panel per ``(column, label)`` of
+    ``panels``, as the paper's Figure 1 draws them (matplotlib).
+
+    Args:
+        rows (list[dict]): Rows with ``model``, ``mode``, ``resolution``,
+            ``status`` and the panels' columns.
+        path (str): The image to write.
+        title (str): Above the panels. Defaults to ``''``.
+        panels (Sequence[tuple]): Defaults to :data:`PLOT_PANELS`.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [('images_per_s', 'throughput (images/s)'),
-              ('peak_mem_mb', 'peak memory (MiB)'),
-              ('gflops_per_image', 'FLOPs per image (GMACs)')]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     keys = sorted({(r['model'], r['mode'])
                    for r in rows},
                   key=lambda k: (k[1], k[0]))
-    for ax, (col, label) in zip(axes, panels):
+    for ax, (col, label) in zip(axes[0], panels):
         drawn = False
         for model, mode in keys:
             if col == 'gflops_per_image' and mode != keys[0][1]:
@@ -579,7 +702,7 @@ def plot(rows: List[dict], path: str, title: str = ''):
             pts = sorted(
                 (r['resolution'], r[col]) for r in rows
                 if r['model'] == model and r['mode'] == mode and r['status'] ==
-                'ok' and r[col] is not None and not math.isnan(r[col]))
+                'ok' and r.get(col) is not None and not math.isnan(r[col]))
             if not pts:
                 continue
             style = '-' if mode == 'infer' else '--'
@@ -604,5 +727,6 @@ def plot(rows: List[dict], path: str, title: str = ''):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format='png', dpi=120)
     plt.close(fig)

@@ -2,6 +2,8 @@
 """FLOP counting of the HCO (``mmvheat.analysis.flops``) and the benchmark
 harness (``mmvheat.analysis.benchmark``), on a CPU with tiny settings."""
 import csv
+import importlib.util
+import math
 import os.path as osp
 
 import pytest
@@ -61,55 +63,159 @@ def test_get_flops_vheat_tiny():
     assert res['params'] == pytest.approx(30.08e6 + 0.769e6, rel=0.002)
 
 
+VHEAT_T_FORMS = ['vheat-t', 'vheat-t-plain', 'vheat-t-pub', 'vheat-t-pub-fold']
+
+
 def test_benchmark_models_cpu_tiny(tmp_path):
+    lines = []
     rows, notes = benchmark.benchmark_models(
-        torch.device('cpu'), ['vheat-t', 'vheat-t-pub'],
+        torch.device('cpu'),
+        VHEAT_T_FORMS,
         resolutions=[64],
         batch_size=1,
         mode='infer',
         repeats=1,
-        warmup=0)
+        warmup=0,
+        progress=lines.append)
     assert notes == []
-    assert [r['model'] for r in rows] == ['vheat-t', 'vheat-t-pub']
+    assert [r['model'] for r in rows] == VHEAT_T_FORMS
     for row in rows:
         assert row['status'] == 'ok'
         for col in ('median_ms', 'images_per_s', 'gflops_per_image',
                     'params_m', 'speedup_vs_baseline'):
             assert row[col] > 0, col
+    # One progress line for the one configuration, naming every model.
+    assert len(lines) == 1 and lines[0].startswith('[1/1] models 64 infer:')
+    assert all(f'{name} ' in lines[0] for name in VHEAT_T_FORMS)
     # The published dataflow runs the same weights: same FLOPs and params.
-    assert rows[0]['gflops_per_image'] == rows[1]['gflops_per_image']
-    assert rows[0]['params_m'] == rows[1]['params_m']
+    assert len({r['gflops_per_image'] for r in rows}) == 1
+    assert len({r['params_m'] for r in rows}) == 1
+    # The filters decay ** k are predicted at every forward only by the
+    # forms that do not fold (at 64, the pretraining size here).
+    shared = {r['model']: r['gflops_shared'] for r in rows}
+    assert shared['vheat-t'] == shared['vheat-t-pub-fold'] == 0
+    assert shared['vheat-t-plain'] == shared['vheat-t-pub'] > 0
+    # Like with like: deployed / folded published, plain / recomputed.
+    ms = {r['model']: r['median_ms'] for r in rows}
+    vs_pub = {r['model']: r['speedup_vs_published'] for r in rows}
+    assert vs_pub['vheat-t'] == ms['vheat-t-pub-fold'] / ms['vheat-t']
+    assert vs_pub['vheat-t-plain'] == ms['vheat-t-pub'] / ms['vheat-t-plain']
+    assert math.isnan(vs_pub['vheat-t-pub'])
     path = str(tmp_path / 'models.csv')
     benchmark.write_csv(path, rows, benchmark.MODEL_COLUMNS)
     with open(path) as f:
         written = list(csv.DictReader(f))
     assert list(written[0]) == benchmark.MODEL_COLUMNS
     assert written[0]['peak_mem_mb'] == ''  # n/a on CPU
+    assert written[2]['speedup_vs_published'] == ''  # no counterpart
     benchmark.plot(rows, str(tmp_path / 'benchmark.png'))
     assert (tmp_path / 'benchmark.png').stat().st_size > 1000
-    table = benchmark.format_table(rows, ['model', 'status'], 'title')
+    table = benchmark.format_table(rows[:2], ['model', 'status'], 'title')
     assert table.splitlines()[2:] == [
-        'model       | status', '------------+-------', 'vheat-t     | ok    ',
-        'vheat-t-pub | ok    '
+        'model         | status', '--------------+-------',
+        'vheat-t       | ok    ', 'vheat-t-plain | ok    '
     ]
 
 
-def test_deployed_and_published_classifiers_agree():
-    """What the benchmark times computes the same function: the deployed
-    vHeat-T and the published dataflow on the same weights."""
+def test_benchmark_models_trains_only_the_training_forms():
+    rows, notes = benchmark.benchmark_models(
+        torch.device('cpu'),
+        VHEAT_T_FORMS,
+        resolutions=[32],
+        batch_size=1,
+        mode='both',
+        repeats=1,
+        warmup=0,
+        flops=False)
+    assert [(r['model'], r['mode']) for r in rows
+            ] == [(name, 'infer')
+                  for name in VHEAT_T_FORMS] + [('vheat-t', 'train'),
+                                                ('vheat-t-pub', 'train')]
+    assert notes == [
+        'vheat-t-plain, vheat-t-pub-fold: inference forms, not timed in '
+        'training'
+    ]
+    train = {r['model']: r for r in rows if r['mode'] == 'train'}
+    assert train['vheat-t']['speedup_vs_published'] == (
+        train['vheat-t-pub']['median_ms'] / train['vheat-t']['median_ms'])
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('vheat-b-pub-fold', ('vheat-b', '-pub-fold')),
+    ('vheat-s-plain', ('vheat-s', '-plain')),
+    ('vheat-t-pub', ('vheat-t', '-pub')),
+    ('swin-t', ('swin-t', '')),
+])
+def test_split_model_name(name, expected):
+    assert benchmark.split_model_name(name) == expected
+    assert name in benchmark.MODEL_NAMES
+
+
+def test_unknown_model_fails_before_any_work():
+    with pytest.raises(ValueError, match="unknown model 'swin-t-pub'"):
+        benchmark.benchmark_models(
+            torch.device('cpu'), ['vheat-t', 'swin-t-pub'], resolutions=[32])
+
+
+def _same_weights(forms):
+    """The forms' classifiers, all with the weights of the first."""
     torch.manual_seed(0)
-    model = benchmark.build_classifier('vheat-t', 64).eval()
-    published = benchmark.build_classifier('vheat-t-pub', 64).eval()
-    published.load_state_dict({
-        k.replace('backbone.', 'backbone.vheat.', 1): v
-        for k, v in model.state_dict().items()
-    })
-    x = torch.randn(2, 3, 64, 64)
+    models = {name: benchmark.build_classifier(name, 64) for name in forms}
+    state = models[forms[0]].state_dict()
+    for name, model in models.items():
+        prefix = 'backbone.vheat.' if '-pub' in name else 'backbone.'
+        model.load_state_dict({
+            k.replace('backbone.', prefix, 1): v
+            for k, v in state.items()
+        })
+        model.eval()
+    benchmark.switch_to_deploy(models['vheat-t'])
+    return models
+
+
+@pytest.mark.parametrize('size', [64, 96])
+def test_every_form_computes_the_same_function(size):
+    """What the benchmark times computes one function: our model plain and
+    deployed, the published dataflow and its inference mode, at the
+    pretraining size (64, where the inference mode folds) and another (96,
+    where it resamples the embeddings as the published dense backbone
+    does)."""
+    models = _same_weights(VHEAT_T_FORMS)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        reference = published(x, mode='tensor')
-        benchmark.switch_to_deploy(model)
-        torch.testing.assert_close(
-            model(x, mode='tensor'), reference, atol=1e-4, rtol=1e-4)
+        reference = models['vheat-t-pub'](x)
+        for name in ('vheat-t', 'vheat-t-plain', 'vheat-t-pub-fold'):
+            # float32 round-off of two dataflows (1e-6 relative) through 12
+            # blocks; a wrong filter or a missing block changes the logits
+            # by 1e-2 and more.
+            torch.testing.assert_close(
+                models[name](x), reference, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def _count_to_k_calls(model):
+    calls = []
+    for module in model.modules():
+        if module.__class__.__name__ == 'HeatConduction2d':
+            module.to_k.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_published_infer_mode_folds_only_at_the_pretraining_size():
+    """``decay ** k`` (``to_k`` of the embeddings) is predicted once per
+    block in the published inference mode at the pretraining size, and at
+    every forward elsewhere and without it."""
+    blocks = sum(benchmark.VHEAT_T_DEPTHS)
+    models = _same_weights(['vheat-t', 'vheat-t-pub', 'vheat-t-pub-fold'])
+    folded = _count_to_k_calls(models['vheat-t-pub-fold'])
+    recomputed = _count_to_k_calls(models['vheat-t-pub'])
+    with torch.no_grad():
+        for _ in range(3):
+            models['vheat-t-pub-fold'](torch.randn(1, 3, 64, 64))
+            models['vheat-t-pub'](torch.randn(1, 3, 64, 64))
+        assert len(folded) == blocks  # folded at the first forward
+        assert len(recomputed) == 3 * blocks
+        models['vheat-t-pub-fold'](torch.randn(1, 3, 96, 96))
+        assert len(folded) == 2 * blocks
 
 
 def test_benchmark_ops_cpu_tiny():
@@ -163,3 +269,59 @@ def test_fit_exponent():
     ns = [100, 400, 1600]
     assert benchmark.fit_exponent(ns, [n**1.5 for n in ns]) == \
         pytest.approx(1.5)
+
+
+def _tool(name):
+    path = osp.join(ROOT, 'tools', 'analysis_tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cli_progress_on_stderr_only(tmp_path, capsys):
+    """One progress line per measured configuration on stderr; the tables
+    on stdout; nothing but data in the CSV files."""
+    out = tmp_path / 'bench'
+    status = _tool('benchmark').main([
+        '--device', 'cpu', '--models', 'vheat-t', 'vheat-t-pub',
+        '--resolutions', '32', '64', '--batch-size', '1', '--mode', 'infer',
+        '--repeats', '1', '--warmup', '0', '--op-resolutions', '64',
+        '--op-stages', '2', '3', '--no-flops', '--out-dir',
+        str(out)
+    ])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    progress = [
+        line for line in captured.err.splitlines() if line.startswith('[')
+    ]
+    assert [line.split(':')[0] for line in progress] == [
+        '[1/2] op 64 stage 2 infer', '[2/2] op 64 stage 3 infer',
+        '[1/2] models 32 infer', '[2/2] models 64 infer'
+    ]
+    assert not any(line.startswith('[') for line in captured.out.splitlines())
+    assert 'models (batch 1' in captured.out
+    # header + 2 configurations x (2 models | reference, published and a
+    # skipped triton row)
+    for name, columns, count in (('benchmark_models', benchmark.MODEL_COLUMNS,
+                                  5), ('benchmark_ops', benchmark.OP_COLUMNS,
+                                       7)):
+        with open(out / f'{name}.csv') as f:
+            lines = f.read().splitlines()
+        assert lines[0] == ','.join(columns)
+        assert len(lines) == count
+        assert all(len(line.split(',')) == len(columns) for line in lines[1:])
+
+
+def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    status = _tool('benchmark').main([
+        '--device', 'cpu', '--models', 'vheat-t', '--resolutions', '32',
+        '--batch-size', '1', '--mode', 'infer', '--repeats', '1',
+        '--model-only', '--no-flops', '--out-dir',
+        str(blocker / 'out')
+    ])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert err[-1].startswith('error: cannot write ') and 'file' in err[-1]

@@ -3,26 +3,34 @@
 
 What is measured and how: :mod:`mmvheat.analysis.benchmark`. Candidates run
 side by side (interleaved, median of ``--repeats``), so the ratios are the
-result; absolute times on a CPU are informative only.
+result; absolute times on a CPU are informative only. One progress line per
+measured configuration goes to stderr.
 
 Outputs: ``OUT/benchmark_models.csv``, ``OUT/benchmark_ops.csv``,
 ``OUT/benchmark_op_exponents.csv``, ``OUT/benchmark.png`` (throughput, peak
 memory and FLOPs against resolution, one line per model and mode, in the
 style of the paper's Figure 1) and a printed table.
 
+Models: ``vheat-t`` (deployed for inference), ``vheat-t-plain`` (plain eval
+mode), ``vheat-t-pub`` (the published dataflow, ``decay ** k`` recomputed at
+every forward), ``vheat-t-pub-fold`` (the published inference mode, folded
+at the pretraining size ``--img-size``), the same for ``-s``/``-b``;
+``swin-t/s/b`` (needs mmpretrain), ``mpvit-t/xs/s/b``.
+
 GPU (defaults)::
 
     python tools/analysis_tools/benchmark.py --out-dir work_dirs/benchmark
 
-CPU (small settings)::
+CPU, like with like against the published formulation::
 
-    python tools/analysis_tools/benchmark.py --device cpu \\
-        --models vheat-t swin-t mpvit-t --resolutions 224 384 \\
-        --batch-size 4 --mode infer --repeats 3 --op-batch-size 1
+    python tools/analysis_tools/benchmark.py --device cpu --model-only \\
+        --models vheat-t vheat-t-plain vheat-t-pub vheat-t-pub-fold \\
+        --resolutions 224 512 --batch-size 8 --mode infer --no-flops
 """
 import argparse
-import os
 import os.path as osp
+import sys
+from functools import partial
 
 import torch
 
@@ -30,6 +38,7 @@ from mmvheat.analysis.benchmark import (EXP_COLUMNS, MODEL_COLUMNS,
                                         MODEL_NAMES, OP_COLUMNS,
                                         benchmark_models, benchmark_ops,
                                         format_table, plot, write_csv)
+from mmvheat.utils.io import run_tool
 
 
 def parse_args(argv=None):
@@ -45,12 +54,18 @@ def parse_args(argv=None):
             'mpvit-s'
         ],
         choices=MODEL_NAMES,
+        metavar='MODEL',
         help='the first one is the baseline of the ratios')
     p.add_argument(
         '--resolutions',
         type=int,
         nargs='+',
         default=[224, 384, 512, 768, 1024])
+    p.add_argument(
+        '--img-size',
+        type=int,
+        default=None,
+        help="vHeat's pretraining size (default: each resolution)")
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument(
         '--mode', choices=['infer', 'train', 'both'], default='both')
@@ -86,27 +101,34 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def _progress(line: str):
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(args):
+    """Measure, write the files; returns the lines to print."""
     device = torch.device(
         args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
     where = (
         torch.cuda.get_device_name(device) if device.type == 'cuda' else
         f'cpu, {torch.get_num_threads()} threads')
-    print(f'device: {where}; dtype {args.dtype}; repeats {args.repeats} '
-          '(round-robin, median)')
+    lines = [
+        f'device: {where}; dtype {args.dtype}; repeats {args.repeats} '
+        '(round-robin, median)'
+    ]
     if device.type != 'cuda':
-        print('note: peak memory is n/a on CPU (RSS high-water mark is '
-              'per process, not per model); absolute CPU times are '
-              'informative only, compare the ratios')
+        lines.append('note: peak memory is n/a on CPU (RSS high-water mark '
+                     'is per process, not per model); absolute CPU times are '
+                     'informative only, compare the ratios')
+    _progress(lines[0])
     timing = dict(
         mode=args.mode,
         dtype=args.dtype,
         repeats=args.repeats,
-        warmup=args.warmup)
+        warmup=args.warmup,
+        progress=_progress)
     if not args.model_only:
         op_rows, exps, notes = benchmark_ops(
             device,
@@ -114,8 +136,7 @@ def main(argv=None):
             stages=args.op_stages,
             batch_size=args.op_batch_size,
             **timing)
-        for note in notes:
-            print(f'note: {note}')
+        lines += [f'note: {note}' for note in notes]
         write_csv(
             osp.join(args.out_dir, 'benchmark_ops.csv'), op_rows, OP_COLUMNS)
         write_csv(
@@ -125,12 +146,12 @@ def main(argv=None):
                  'time / time; max_rel_err = max |y - y_fp32| / max '
                  '|y_fp32| against float32 arithmetic on the unrounded '
                  'input)')
-        print(
+        lines.append(
             format_table(op_rows, [
                 'impl', 'input_res', 'stage', 'H', 'C', 'mode', 'median_ms',
                 'speedup_vs_reference', 'gmacs_per_s', 'max_rel_err', 'status'
             ], title))
-        print(
+        lines.append(
             format_table(
                 exps, EXP_COLUMNS,
                 'fitted exponent p of time ~ N^p (N = H*W; MACs ~ N^1.5)'))
@@ -141,24 +162,32 @@ def main(argv=None):
             resolutions=args.resolutions,
             batch_size=args.batch_size,
             flops=not args.no_flops,
+            img_size=args.img_size,
             **timing)
-        for note in notes:
-            print(f'warning: {note}')
+        lines += [f'note: {note}' for note in notes]
         write_csv(
             osp.join(args.out_dir, 'benchmark_models.csv'), rows,
             MODEL_COLUMNS)
         plot(rows, osp.join(args.out_dir, 'benchmark.png'),
              f'{where}, batch {args.batch_size}, {args.dtype}')
-        print(
+        lines.append(
             format_table(
                 rows, [
                     'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
-                    'speedup_vs_baseline', 'peak_mem_mb', 'mem_vs_baseline',
-                    'gflops_per_image', 'params_m', 'status'
+                    'speedup_vs_baseline', 'speedup_vs_published',
+                    'peak_mem_mb', 'mem_vs_baseline', 'gflops_per_image',
+                    'params_m', 'status'
                 ], f'models (batch {args.batch_size}; speedup = baseline '
-                f'{args.models[0]} time / time)'))
-    print(f'\nwritten to {args.out_dir}')
+                f'{args.models[0]} time / time; vs_published: like with '
+                'like, deployed / -pub-fold, plain / -pub)'))
+    lines.append(f'\nwritten to {args.out_dir}')
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return run_tool(partial(run, args))
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
