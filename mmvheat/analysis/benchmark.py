@@ -53,7 +53,7 @@ import csv
 import math
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,33 +61,34 @@ from torch import nn
 
 from mmvheat.models import switch_to_deploy
 from mmvheat.ops import dct_basis, spectral_filter_reference
-from mmvheat.utils.io import atomic_write
+from mmvheat.utils.io import atomic_write, first_line
 from .flops import hco_macs, model_complexity
 from .published import PublishedVHeat, conv1d_spectral_filter
 
 __all__ = [
     'MODEL_NAMES', 'VHEAT_VARIANTS', 'INFER_ONLY_VARIANTS', 'MODEL_COLUMNS',
-    'OP_COLUMNS', 'EXP_COLUMNS', 'run_round_robin', 'fit_exponent',
-    'benchmark_ops', 'benchmark_models', 'split_model_name',
-    'published_counterpart', 'Classifier', 'build_classifier', 'format_table',
-    'write_csv', 'plot'
+    'OP_COLUMNS', 'EXP_COLUMNS', 'Candidate', 'failure_status',
+    'run_round_robin', 'fit_exponent', 'benchmark_ops', 'benchmark_models',
+    'split_model_name', 'family_of', 'published_counterpart', 'Classifier',
+    'build_classifier', 'format_table', 'csv_row', 'write_csv', 'PLOT_PANELS',
+    'plot'
 ]
 
 VHEAT_T_DIMS = (96, 192, 384, 768)
 VHEAT_T_DEPTHS = (2, 2, 6, 2)
 
-# model name -> (backbone family, arch, channels of the last stage)
+# model name -> (backbone family, arch)
 _ARCHS = {
-    'vheat-t': ('vheat', 'tiny', 768),
-    'vheat-s': ('vheat', 'small', 768),
-    'vheat-b': ('vheat', 'base', 1024),
-    'swin-t': ('swin', 'tiny', 768),
-    'swin-s': ('swin', 'small', 768),
-    'swin-b': ('swin', 'base', 1024),
-    'mpvit-t': ('mpvit', 'tiny', 216),
-    'mpvit-xs': ('mpvit', 'xsmall', 256),
-    'mpvit-s': ('mpvit', 'small', 288),
-    'mpvit-b': ('mpvit', 'base', 480),
+    'vheat-t': ('vheat', 'tiny'),
+    'vheat-s': ('vheat', 'small'),
+    'vheat-b': ('vheat', 'base'),
+    'swin-t': ('swin', 'tiny'),
+    'swin-s': ('swin', 'small'),
+    'swin-b': ('swin', 'base'),
+    'mpvit-t': ('mpvit', 'tiny'),
+    'mpvit-xs': ('mpvit', 'xsmall'),
+    'mpvit-s': ('mpvit', 'small'),
+    'mpvit-b': ('mpvit', 'base'),
 }
 #: The forms of each vHeat model (see the module doc): ours (deployed for
 #: inference), ours in plain eval mode, the published dataflow, and the
@@ -135,8 +136,23 @@ def _is_oom(err: BaseException) -> bool:
                                                        in str(err).lower())
 
 
-class _Candidate:
-    """A callable timed round-robin with the others of its group."""
+def failure_status(err: BaseException) -> str:
+    """A row's ``status`` for a failed measurement: ``'OOM'`` or one line
+    naming the error."""
+    if _is_oom(err):
+        return 'OOM'
+    return f'error: {type(err).__name__}: {first_line(err)}'[:200]
+
+
+class Candidate:
+    """A callable timed round-robin with the others of its group.
+
+    Args:
+        name (str): What it runs.
+        fn (callable): One call.
+        extra_bytes (int): Memory it holds outside the call (its weights),
+            added to the peak. Defaults to 0.
+    """
 
     def __init__(self,
                  name: str,
@@ -145,24 +161,76 @@ class _Candidate:
         self.name = name
         self.fn = fn
         self.extra_bytes = extra_bytes
+        #: Seconds per call, one entry per timed sample.
         self.times: List[float] = []
+        #: Calls in a row per timed sample.
+        self.inner = 1
         self.peak: Optional[int] = None
         self.status = 'ok'
 
+    def fail(self, err: BaseException, device: torch.device):
+        """Record ``err`` (in one line) and free what the failure held."""
+        self.status = failure_status(err)
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
 
-def run_round_robin(cands: List[_Candidate], repeats: int, warmup: int,
-                    device: torch.device):
-    """Warm each candidate up, then time ``repeats`` calls interleaved."""
+
+def _time_calls(fn: Callable[[], None], calls: int,
+                device: torch.device) -> float:
+    """Seconds per call of ``calls`` calls in a row: CUDA events on a GPU,
+    the wall clock around synchronisation elsewhere."""
+    if device.type == 'cuda':
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / calls
+
+
+def run_round_robin(cands: List[Candidate],
+                    repeats: int,
+                    warmup: int,
+                    device: torch.device,
+                    min_sample_s: float = 0.,
+                    deadline: Optional[float] = None):
+    """Warm each candidate up, then time ``repeats`` rounds interleaved.
+
+    A failing candidate is marked (``status``) and the others go on.
+
+    Args:
+        cands (list[Candidate]): Timed in turn; their ``times``, ``peak``
+            and ``status`` are filled in.
+        repeats (int): Timed rounds.
+        warmup (int): Untimed calls per candidate first.
+        device (torch.device): Where they run (CUDA: events and peaks).
+        min_sample_s (float): A sample is as many calls in a row (at most
+            100) as make it last this long, so that short calls are not
+            timed by the launch of one. Defaults to 0: one call.
+        deadline (float, optional): A ``time.monotonic()`` after which no
+            round starts once each candidate has a sample. Defaults to
+            None.
+    """
     for c in cands:
         try:
             for _ in range(warmup):
                 c.fn()
             _sync(device)
+            if min_sample_s > 0:
+                once = _time_calls(c.fn, 1, device)
+                c.inner = max(1, min(100, math.ceil(min_sample_s / once)))
         except Exception as e:  # noqa: BLE001 -- keep the others running
-            c.status = 'OOM' if _is_oom(e) else f'error: {e}'[:200]
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
-    for _ in range(repeats):
+            c.fail(e, device)
+    for round_ in range(repeats):
+        if round_ and deadline is not None and time.monotonic() > deadline:
+            break
         for c in cands:
             if c.status != 'ok':
                 continue
@@ -171,17 +239,12 @@ def run_round_robin(cands: List[_Candidate], repeats: int, warmup: int,
                     _sync(device)
                     base = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                t0 = time.perf_counter()
-                c.fn()
-                _sync(device)
-                c.times.append(time.perf_counter() - t0)
+                c.times.append(_time_calls(c.fn, c.inner, device))
                 if device.type == 'cuda':
                     peak = torch.cuda.max_memory_allocated(device) - base
                     c.peak = max(c.peak or 0, peak + c.extra_bytes)
             except Exception as e:  # noqa: BLE001
-                c.status = 'OOM' if _is_oom(e) else f'error: {e}'[:200]
-                if device.type == 'cuda':
-                    torch.cuda.empty_cache()
+                c.fail(e, device)
 
 
 def _median(xs: List[float]) -> float:
@@ -224,19 +287,23 @@ def format_table(rows: List[dict], columns: List[str], title: str) -> str:
     return '\n'.join(lines)
 
 
+def csv_row(row: dict, columns: Sequence[str]) -> dict:
+    """``row`` restricted to ``columns``, missing and NaN values empty."""
+    return {
+        c: ('' if row.get(c) is None or
+            (isinstance(row.get(c), float) and math.isnan(row[c])) else row[c])
+        for c in columns
+    }
+
+
 def write_csv(path: str, rows: List[dict], columns: List[str]):
-    """``rows`` as CSV with a header of ``columns`` (missing and NaN
-    values empty), written atomically."""
+    """``rows`` as CSV with a header of ``columns`` (:func:`csv_row`),
+    written atomically."""
     with atomic_write(path, 'w') as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for r in rows:
-            writer.writerow({
-                c:
-                ('' if r.get(c) is None or
-                 (isinstance(r.get(c), float) and math.isnan(r[c])) else r[c])
-                for c in columns
-            })
+            writer.writerow(csv_row(r, columns))
 
 
 # ---------------------------------------------------------------- op level
@@ -345,7 +412,7 @@ def benchmark_ops(
                     with torch.no_grad():
                         call()
 
-            cands.append(_Candidate(name, step))
+            cands.append(Candidate(name, step))
         run_round_robin(cands, repeats, warmup, device)
         if progress is not None:
             progress(f'[{done}/{len(shapes)}] op {res} stage {stage} '
@@ -430,6 +497,11 @@ def split_model_name(name: str) -> Tuple[str, str]:
     return name, ''
 
 
+def family_of(name: str) -> str:
+    """``'vheat'``, ``'swin'`` or ``'mpvit'``."""
+    return _ARCHS[split_model_name(name)[0]][0]
+
+
 def published_counterpart(name: str, mode: str) -> Optional[str]:
     """The published formulation to compare ``name`` with, like with like:
     deployed with folded, plain with recomputed (training: ours with
@@ -470,32 +542,38 @@ class Classifier(nn.Module):
 
 def build_classifier(name: str,
                      res: int,
-                     img_size: Optional[int] = None) -> nn.Module:
+                     img_size: Optional[int] = None,
+                     arch: Optional[Union[str, dict]] = None) -> nn.Module:
     """``name`` (see :data:`MODEL_NAMES`) as a :class:`Classifier`.
+
+    Swin needs mmpretrain (imported here); vHeat and MPViT need nothing
+    beyond mmvheat.
 
     Args:
         name (str): The model.
         res (int): Input resolution (Swin's ``img_size``).
         img_size (int, optional): vHeat's pretraining size (the size of its
             frequency embeddings). Defaults to None: ``res``.
-
-    Swin needs mmpretrain (imported here); vHeat and MPViT need nothing
-    beyond mmvheat.
+        arch (str | dict, optional): The backbone's ``arch`` instead of the
+            one ``name`` says (a small custom one for quick checks).
+            Defaults to None.
     """
     from mmvheat.models import MPViT, VHeat
     base, variant = split_model_name(name)
-    family, arch, channels = _ARCHS[base]
-    if family == 'vheat':
-        backbone = VHeat(arch=arch, img_size=img_size or res, init_cfg=None)
-        if variant.startswith('-pub'):
-            backbone = PublishedVHeat(
-                backbone, infer_mode=variant == '-pub-fold')
-    elif family == 'swin':
+    family, named_arch = _ARCHS[base][:2]
+    arch = arch or named_arch
+    if family == 'swin':
         from mmpretrain.models import SwinTransformer
         backbone = SwinTransformer(
             arch=arch, img_size=res, pad_small_map=True, init_cfg=None)
-    else:
+        return Classifier(backbone, backbone.num_features[-1])
+    if family == 'mpvit':
         backbone = MPViT(arch=arch, out_indices=(3, ), init_cfg=None)
+        return Classifier(backbone, backbone.stage_channels[-1])
+    backbone = VHeat(arch=arch, img_size=img_size or res, init_cfg=None)
+    channels = backbone.stage_channels[-1]
+    if variant.startswith('-pub'):
+        backbone = PublishedVHeat(backbone, infer_mode=variant == '-pub-fold')
     return Classifier(backbone, channels)
 
 
@@ -503,10 +581,11 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _flops(name: str, res: int, img_size: Optional[int], cache: dict):
+def _flops(name: str, res: int, img_size: Optional[int],
+           arch: Optional[Union[str, dict]], cache: dict):
     key = (split_model_name(name)[0], res, img_size)
     if key not in cache:
-        model = build_classifier(key[0], res, img_size)
+        model = build_classifier(key[0], res, img_size, arch)
         info = model_complexity(
             model, torch.randn(1, 3, res, res), split_batch=True)
         cache[key] = (info['flops_per_image'] / 1e9,
@@ -539,7 +618,9 @@ def benchmark_models(
     warmup: int = 2,
     flops: bool = True,
     img_size: Optional[int] = None,
-    progress: Optional[Callable[[str], None]] = None
+    progress: Optional[Callable[[str], None]] = None,
+    deadline: Optional[float] = None,
+    archs: Optional[Dict[str, Union[str, dict]]] = None
 ) -> Tuple[List[dict], List[str]]:
     """Time ImageNet classifiers side by side; see the module doc.
 
@@ -560,6 +641,12 @@ def benchmark_models(
             at every resolution).
         progress (callable, optional): Called with one line per measured
             configuration. Defaults to None.
+        deadline (float, optional): A ``time.monotonic()`` after which each
+            configuration stops at its first complete round of samples.
+            Defaults to None.
+        archs (dict, optional): ``family -> arch`` (``'vheat'``,
+            ``'swin'``, ``'mpvit'``) in place of the ones the names say,
+            e.g. small custom archs for quick checks. Defaults to None.
 
     Returns:
         tuple: the rows (:data:`MODEL_COLUMNS`) and notes for the reader.
@@ -568,6 +655,7 @@ def benchmark_models(
     notes: List[str] = []
     rows = []
     flop_cache: dict = {}
+    archs = archs or {}
     modes = _modes(mode)
     for name in models:
         split_model_name(name)  # unknown names fail before any work
@@ -586,9 +674,13 @@ def benchmark_models(
                 continue
             torch.manual_seed(0)
             try:
-                model = build_classifier(name, res, img_size).to(device)
+                model = build_classifier(name, res, img_size,
+                                         archs.get(family_of(name))).to(device)
             except Exception as e:  # noqa: BLE001
-                notes.append(f'cannot build {name} at {res}: {e}')
+                notes.append(f'cannot build {name} at {res}: '
+                             f'{type(e).__name__}: {first_line(e)}')
+                if device.type == 'cuda':
+                    torch.cuda.empty_cache()
                 continue
             built[name] = model
             x = torch.randn(batch_size, 3, res, res, device=device)
@@ -616,8 +708,8 @@ def benchmark_models(
                     loss.backward()
                     opt.step()
 
-            cands.append(_Candidate(name, step, extra_bytes=extra))
-        run_round_robin(cands, repeats, warmup, device)
+            cands.append(Candidate(name, step, extra_bytes=extra))
+        run_round_robin(cands, repeats, warmup, device, deadline=deadline)
         if progress is not None:
             progress(f'[{done}/{len(groups)}] models {res} {mode}: '
                      f'{_fmt_times(cands)}')
@@ -627,8 +719,9 @@ def benchmark_models(
         for cand in cands:
             t = times[cand.name]
             if flops:
-                gflops, shared, params = _flops(cand.name, res, img_size,
-                                                flop_cache)
+                gflops, shared, params = _flops(
+                    cand.name, res, img_size, archs.get(family_of(cand.name)),
+                    flop_cache)
                 if mode == 'infer' and _folds_at(cand.name, res, img_size):
                     shared = 0.
             else:
@@ -658,6 +751,7 @@ def benchmark_models(
                     gflops_per_image=gflops,
                     gflops_shared=shared,
                     params_m=params,
+                    samples=len(cand.times),
                     status=cand.status))
         del cands, built
         if device.type == 'cuda':

@@ -1,0 +1,936 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""A GPU report of the Heat Conduction Operator and of vHeat-T, in one run.
+
+The report measures what the paper's Figure 1 draws (throughput and peak
+memory of vHeat and Swin against the input resolution, batch 64), times each
+implementation of the operator on the device it runs on as cuDNN's benchmark
+mode does, and puts the operator's time beside a device-to-device copy of
+the same tensor (a memory-bound operator can at best read its input and
+write its output once). It needs torch, mmengine and mmvheat; Triton for the
+kernels, matplotlib for the figure and mmpretrain for Swin-T are used when
+they can be imported.
+
+The work runs in this order, so that a run stopped by its time budget has
+the most important numbers first: the operator at the target shape
+(bfloat16, :attr:`ReportPlan.target_op`); whole-model inference; the
+operator at every stage shape in bfloat16; whole-model training steps; the
+operator at every stage shape in float32.
+
+Operator rows (:data:`OP_COLUMNS`), per stage shape of vHeat-T/S (their
+widths are the same) and vHeat-B, dtype and mode (``infer``: forward without
+gradients; ``train``: forward and backward to ``x`` and the filter):
+
+* ``impl``: ``reference`` (four float32 matmuls), each Triton kernel path
+  that takes the shape (``fused``, ``tiled``; run directly, without the
+  dispatcher's fallbacks, so that each is timed and checked for itself),
+  ``published`` (cosine matrices through ``F.conv1d``, ``decay ** k``
+  recomputed from ``k`` inside the call -- an ``(H, W, C)`` map, 1/B of the
+  activations -- under autocast for bfloat16, as published) and ``copy``
+  (``dst.copy_(x)``).
+* ``err_out``, ``err_grad_x``, ``err_grad_t``: ``max |y - y64| / max |y64|``
+  against the reference computed in float64 on the same (rounded) inputs.
+* ``gb_per_s``: the bytes an ideal implementation moves (infer: read ``x``
+  and the filter, write ``y``; train: also read ``x`` and the output
+  gradient, write ``x``'s gradient, read the filter and write its
+  gradient) over the time; for ``copy`` the bytes it moves. ``vs_copy``:
+  the time over the time of those bytes at the copy's bandwidth (1: as fast
+  as reading and writing once).
+* ``autotuned``: the choice of :data:`~mmvheat.ops.hco_dispatcher` for the
+  shape's bucket (:meth:`~mmvheat.ops.dispatch.HCODispatcher.tune`), and
+  ``tuner_ms`` its own time of that implementation.
+
+Model rows (:data:`MODEL_COLUMNS`): the classifiers of
+:func:`mmvheat.analysis.benchmark.benchmark_models` in bfloat16 autocast:
+vHeat-T deployed (inference) and training, the published formulation of the
+same weights (its inference mode, folded, for inference; recomputed for
+training), our plain eval model, and Swin-T.
+
+:data:`TARGETS` are then judged PASS or FAIL with the measured ratio.
+
+Without CUDA, ``device='cpu'`` with ``quick=True`` runs all of it on tiny
+shapes (:data:`QUICK_PLAN`): wall-clock timers instead of CUDA events, the
+kernels in Triton's interpreter (``TRITON_INTERPRET=1``), and the tuning of
+a private dispatcher timed by the wall clock. Its numbers check the report's
+logic, not a device.
+"""
+import contextlib
+import csv
+import math
+import os
+import os.path as osp
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from mmvheat.ops import dispatch as hco_dispatch
+from mmvheat.ops import hco_dispatcher, spectral_filter_reference
+from mmvheat.utils.io import first_line
+from .benchmark import (Candidate, benchmark_models, csv_row, failure_status,
+                        format_table, plot, run_round_robin)
+from .published import conv1d_spectral_filter, published_transfer
+
+__all__ = [
+    'OP_COLUMNS', 'MODEL_COLUMNS', 'TARGET_COLUMNS', 'TARGETS', 'ReportPlan',
+    'FULL_PLAN', 'QUICK_PLAN', 'stage_grid', 'measure_hco', 'measure_models',
+    'swin_unavailable', 'evaluate_targets', 'write_figure', 'run_report'
+]
+
+OP_COLUMNS = [
+    'arch', 'input', 'stage', 'batch_size', 'H', 'W', 'C', 'dtype', 'mode',
+    'impl', 'median_ms', 'gb_per_s', 'vs_copy', 'speedup_vs_published',
+    'speedup_vs_reference', 'err_out', 'err_grad_x', 'err_grad_t', 'autotuned',
+    'tuner_ms', 'tuner_source', 'samples', 'device', 'status'
+]
+MODEL_COLUMNS = [
+    'model', 'resolution', 'batch_size', 'mode', 'dtype', 'device',
+    'median_ms', 'images_per_s', 'speedup_vs_published', 'speedup_vs_swin',
+    'peak_mem_mb', 'mem_vs_swin', 'params_m', 'samples', 'status'
+]
+TARGET_COLUMNS = ['target', 'ratio', 'threshold', 'result', 'detail']
+
+#: The targets: (name, the measured ratio must be >= or <=, threshold).
+TARGETS = (
+    ('HCO kernel vs published formulation, target shape', '>=', 5.0),
+    ('HCO kernel time vs read+write once at copy bandwidth', '<=', 2.0),
+    ('vHeat-T vs published formulation', '>=', 1.3),
+    ('vHeat-T vs Swin-T throughput, smallest resolution', '>=', 1.5),
+    ('vHeat-T vs Swin-T throughput, largest resolution', '>=', 3.0),
+    ('vHeat-T vs Swin-T peak inference memory, largest resolution', '<=', 0.3),
+    ('autotuned choice vs reference time, worst shape', '<=', 1.1),
+)
+# The report times the autotuned choice and the reference again, apart
+# from the tuner: 10% covers run-to-run noise of two such timings.
+
+KERNEL_PATHS = ('fused', 'tiled')
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+_PLOT_PANELS = (('images_per_s', 'throughput (images/s)'),
+                ('peak_mem_mb', 'peak memory (MiB)'))
+
+
+@dataclass(frozen=True, eq=False)
+class ReportPlan:
+    """What a report measures.
+
+    Attributes:
+        op_archs (tuple): ``(name, first-stage width)`` of the models whose
+            stage shapes are measured (widths double per stage).
+        op_inputs (tuple): Input sizes ``(H, W)``.
+        op_stages (tuple): Stages measured.
+        op_batch_size (int): Images per operator call.
+        dtypes (tuple): ``'bf16'`` and/or ``'fp32'``; the first goes first.
+        target_op (tuple): ``(arch, input, stage)`` of the target shape.
+        model_arch (str | dict): vHeat's arch for the whole-model rows.
+        model_resolutions (tuple): Square inputs of the whole models,
+            ascending.
+        model_batch_size (int): Images per model call.
+        model_archs (dict): ``family -> arch`` in place of vHeat-T's and
+            Swin-T's (see :func:`benchmark_models`); empty for the real
+            ones.
+        repeats (int): Timed rounds per configuration.
+        warmup (int): Untimed calls per candidate first.
+        min_sample_s (float): Operator samples repeat the call to last
+            this long.
+    """
+    op_archs: Tuple[Tuple[str, int], ...]
+    op_inputs: Tuple[Tuple[int, int], ...]
+    op_stages: Tuple[int, ...]
+    op_batch_size: int
+    dtypes: Tuple[str, ...]
+    target_op: Tuple[str, Tuple[int, int], int]
+    model_resolutions: Tuple[int, ...]
+    model_batch_size: int
+    model_archs: Dict[str, dict]
+    repeats: int
+    warmup: int
+    min_sample_s: float
+
+
+#: The report as specified: vHeat-T/S/B stage shapes at 224, 512 and
+#: 800 x 1333; vHeat-T at 224, 512 and 1024; batch 64.
+FULL_PLAN = ReportPlan(
+    op_archs=(('vheat-t/s', 96), ('vheat-b', 128)),
+    op_inputs=((224, 224), (512, 512), (800, 1333)),
+    op_stages=(0, 1, 2, 3),
+    op_batch_size=64,
+    dtypes=('bf16', 'fp32'),
+    target_op=('vheat-t/s', (512, 512), 0),
+    model_resolutions=(224, 512, 1024),
+    model_batch_size=64,
+    model_archs={},
+    repeats=10,
+    warmup=2,
+    min_sample_s=1e-3)
+#: Tiny shapes that reach every code path (both kernel paths at 8 x 8, only
+#: the tiled one at 10 x 36) and small stand-ins of vHeat-T and Swin-T (the
+#: same code with fewer, narrower blocks), for a CPU.
+QUICK_PLAN = ReportPlan(
+    op_archs=(('tiny', 4), ),
+    op_inputs=((32, 32), (40, 144)),
+    op_stages=(0, ),
+    op_batch_size=2,
+    dtypes=('bf16', 'fp32'),
+    target_op=('tiny', (32, 32), 0),
+    model_resolutions=(32, 64),
+    model_batch_size=2,
+    model_archs=dict(
+        vheat=dict(
+            depths=[1, 1, 2, 1],
+            dims=8,
+            post_norm=False,
+            layer_scale=None,
+            mlp_ratio=2.),
+        swin=dict(embed_dims=8, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 4])),
+    repeats=2,
+    warmup=0,
+    min_sample_s=0.)
+
+
+def stage_grid(size: Tuple[int, int], stage: int) -> Tuple[int, int]:
+    """``(H, W)`` of stage ``stage``'s map for an input of ``size``: the stem
+    halves twice, each later stage once more (3x3 convolutions of stride 2
+    and padding 1 give ``ceil(n / 2)``)."""
+    h, w = size
+    for _ in range(2 + stage):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+def _input_name(size: Tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f'{size[0]}x{size[1]}'
+
+
+# ------------------------------------------------------------- operator
+def _free(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def _relative_error(actual: Tensor, exact: Tensor) -> float:
+    """``max |actual - exact| / max |exact|``."""
+    exact = exact.detach()
+    return ((actual.detach().double() - exact).abs().max() /
+            exact.abs().max()).item()
+
+
+def _ideal_bytes(x: Tensor, transfer: Tensor, mode: str) -> int:
+    xb = x.numel() * x.element_size()
+    tb = transfer.numel() * transfer.element_size()
+    return 2 * xb + tb if mode == 'infer' else 5 * xb + 3 * tb
+
+
+def _filters(names: Sequence[str], device: torch.device,
+             half: Optional[torch.dtype]) -> Dict[str, Callable]:
+    """``name -> f(x, transfer)`` for each implementation in ``names`` and
+    the published formulation."""
+
+    def kernel(path):
+        from mmvheat.ops.triton_hco import spectral_filter_triton
+        return lambda x, t: spectral_filter_triton(x, t, path)
+
+    def published(x, t):
+        with torch.autocast(
+                device.type, dtype=half or torch.float32, enabled=half
+                is not None):
+            return conv1d_spectral_filter(x, t)
+
+    fns = {name: kernel(name) for name in names if name in KERNEL_PATHS}
+    fns['reference'] = spectral_filter_reference
+    fns['published'] = published
+    return {name: fns[name] for name in list(names) + ['published']}
+
+
+def _exact(x: Tensor, transfer: Tensor, grad: Optional[Tensor]):
+    """The float64 reference: output, and with ``grad`` the gradients."""
+    x64 = x.detach().double().requires_grad_(grad is not None)
+    t64 = transfer.detach().double().requires_grad_(grad is not None)
+    with torch.set_grad_enabled(grad is not None):
+        y64 = spectral_filter_reference(x64, t64)
+    if grad is None:
+        return y64, None, None
+    gx, gt = torch.autograd.grad(y64, (x64, t64), grad.double())
+    return y64.detach(), gx, gt
+
+
+def _errors(fn: Callable, x: Tensor, transfer: Tensor, grad: Optional[Tensor],
+            exact) -> Dict[str, float]:
+    """One call of ``fn`` compared with the float64 ``exact`` results."""
+    y64, gx64, gt64 = exact
+    if grad is None:
+        with torch.no_grad():
+            return dict(err_out=_relative_error(fn(x, transfer), y64))
+    xg = x.detach().requires_grad_()
+    tg = transfer.detach().requires_grad_()
+    y = fn(xg, tg)
+    gx, gt = torch.autograd.grad(y, (xg, tg), grad)
+    return dict(
+        err_out=_relative_error(y, y64),
+        err_grad_x=_relative_error(gx, gx64),
+        err_grad_t=_relative_error(gt, gt64))
+
+
+def _step(name: str, fn: Callable, x: Tensor, transfer: Tensor, k: Tensor,
+          grad: Optional[Tensor]) -> Callable[[], None]:
+    """One timed call: forward (and backward with ``grad``). The published
+    formulation computes its filter ``decay ** k`` in the call."""
+    if name == 'published':
+        if grad is None:
+
+            def step():
+                with torch.no_grad():
+                    fn(x, published_transfer(k))
+        else:
+            xg, kg = x.detach().requires_grad_(), k.detach().requires_grad_()
+
+            def step():
+                y = fn(xg, published_transfer(kg))
+                torch.autograd.grad(y, (xg, kg), grad)
+    elif grad is None:
+
+        def step():
+            with torch.no_grad():
+                fn(x, transfer)
+    else:
+        xg = x.detach().requires_grad_()
+        tg = transfer.detach().requires_grad_()
+
+        def step():
+            torch.autograd.grad(fn(xg, tg), (xg, tg), grad)
+
+    return step
+
+
+def _wall_clock_timer(candidate: str, step: Callable[[], None],
+                      repeats: int) -> float:
+    """:func:`mmvheat.ops.dispatch.time_candidate` by the wall clock."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+@contextlib.contextmanager
+def _tuning_dispatcher(device: torch.device):
+    """The dispatcher whose autotuned choices the report shows: the
+    process's own on CUDA; off CUDA (where the real one always takes the
+    reference), a private one whose tuning is timed by the wall clock."""
+    if device.type == 'cuda':
+        yield hco_dispatcher
+        return
+    cuda_timer = hco_dispatch.time_candidate
+    hco_dispatch.time_candidate = _wall_clock_timer
+    try:
+        yield hco_dispatch.HCODispatcher()
+    finally:
+        hco_dispatch.time_candidate = cuda_timer
+
+
+def measure_hco(shape: Tuple[int, int, int, int],
+                dtype: str,
+                mode: str,
+                device: torch.device,
+                dispatcher,
+                repeats: int = 10,
+                warmup: int = 2,
+                min_sample_s: float = 0.,
+                deadline: Optional[float] = None) -> List[dict]:
+    """Time and check every implementation of the operator on one map.
+
+    Args:
+        shape (tuple): ``(B, H, W, C)``.
+        dtype (str): ``'fp32'`` or ``'bf16'``.
+        mode (str): ``'infer'`` (forward without gradients) or ``'train'``
+            (forward and backward to ``x`` and the filter).
+        device (torch.device): Where to run.
+        dispatcher (HCODispatcher): Whose autotuned choice to report.
+        repeats (int): Timed rounds. Defaults to 10.
+        warmup (int): Untimed calls first. Defaults to 2.
+        min_sample_s (float): See :func:`run_round_robin`. Defaults to 0.
+        deadline (float, optional): See :func:`run_round_robin`. Defaults
+            to None.
+
+    Returns:
+        list[dict]: One row per implementation (:data:`OP_COLUMNS`, without
+        the shape's description), ``copy`` last.
+    """
+    torch.manual_seed(0)
+    b, h, w, c = shape
+    half = None if dtype == 'fp32' else _DTYPES[dtype]
+    x = torch.randn(shape, device=device).to(_DTYPES[dtype])
+    # Exponents as the ReLU of a linear layer gives them; every
+    # implementation filters with the same float32 decay ** k.
+    k = 2 * torch.rand(h, w, c, device=device)
+    transfer = published_transfer(k)
+    grad = (
+        torch.randn(shape, device=device).to(x.dtype)
+        if mode == 'train' else None)
+    exact = _exact(x, transfer, grad)
+    names = dispatcher.candidates(x)
+    rows, cands = {}, []
+    for name, fn in _filters(names, device, half).items():
+        rows[name] = dict(impl=name)
+        try:
+            rows[name].update(_errors(fn, x, transfer, grad, exact))
+        except Exception as e:  # noqa: BLE001 -- the others go on
+            rows[name]['status'] = failure_status(e)
+            _free(device)
+            continue
+        cands.append(Candidate(name, _step(name, fn, x, transfer, k, grad)))
+    del exact
+    dst = torch.empty_like(x)
+    cands.append(Candidate('copy', lambda: dst.copy_(x)))
+    rows['copy'] = dict(impl='copy')
+    run_round_robin(cands, repeats, warmup, device, min_sample_s, deadline)
+    times = {}
+    for cand in cands:
+        times[cand.name] = statistics.median(
+            cand.times) if cand.times else float('nan')
+        rows[cand.name].update(
+            median_ms=times[cand.name] * 1e3,
+            samples=len(cand.times),
+            status=cand.status)
+    x_bytes = x.numel() * x.element_size()
+    copy_bandwidth = 2 * x_bytes / times['copy']
+    ideal = _ideal_bytes(x, transfer, mode)
+    for name, row in rows.items():
+        t = times.get(name, float('nan'))
+        moved = 2 * x_bytes if name == 'copy' else ideal
+        row['gb_per_s'] = moved / t / 1e9
+        if name != 'copy':
+            row['vs_copy'] = t / (ideal / copy_bandwidth)
+            row['speedup_vs_published'] = times['published'] / t
+            row['speedup_vs_reference'] = times['reference'] / t
+    try:
+        if grad is not None:
+            x, transfer = x.requires_grad_(), transfer.requires_grad_()
+        decision = dispatcher.tune(x, transfer, needs_grad=grad is not None)
+    except Exception as e:  # noqa: BLE001 -- reported, never fatal
+        decision = None
+        for row in rows.values():
+            row['autotuned'] = f'error: {first_line(e)}'
+    if decision is not None:
+        for name, row in rows.items():
+            row.update(
+                autotuned=decision.choice,
+                tuner_ms=decision.times_ms.get(name),
+                tuner_source=decision.source)
+    return list(rows.values())
+
+
+# ------------------------------------------------------------- models
+def swin_unavailable() -> Optional[str]:
+    """Why Swin-T cannot be built here (mmpretrain cannot be imported), or
+    None."""
+    try:
+        import mmpretrain.models  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- any failure: no Swin baseline
+        return (f'Swin-T skipped: mmpretrain cannot be imported '
+                f'({type(e).__name__}: {first_line(e)})')
+    return None
+
+
+def measure_models(
+        res: int,
+        mode: str,
+        device: torch.device,
+        plan: ReportPlan,
+        with_swin: bool,
+        deadline: Optional[float] = None) -> Tuple[List[dict], List[str]]:
+    """Whole vHeat-T (deployed for inference), its published formulation,
+    our plain eval model and Swin-T, side by side at one resolution.
+
+    Returns:
+        tuple: rows (:data:`MODEL_COLUMNS`) and notes.
+    """
+    models = ['vheat-t', 'vheat-t-pub-fold', 'vheat-t-pub', 'vheat-t-plain']
+    if with_swin:
+        models.append('swin-t')
+    rows, notes = benchmark_models(
+        device,
+        models,
+        resolutions=[res],
+        batch_size=plan.model_batch_size,
+        mode=mode,
+        dtype='bf16',
+        repeats=plan.repeats,
+        warmup=plan.warmup,
+        flops=False,
+        deadline=deadline,
+        archs=plan.model_archs)
+    swin = next((r for r in rows if r['model'] == 'swin-t'), None)
+    for row in rows:
+        if swin is not None:
+            row['speedup_vs_swin'] = swin['median_ms'] / row['median_ms']
+            row['mem_vs_swin'] = row['peak_mem_mb'] / swin['peak_mem_mb']
+    return rows, notes
+
+
+# ------------------------------------------------------------- targets
+def _target(index: int, qualifier: str, ratio: Optional[float],
+            detail: str) -> dict:
+    name, op, threshold = TARGETS[index]
+    if ratio is None or math.isnan(ratio):
+        result = 'n/a'
+    else:
+        passed = ratio >= threshold if op == '>=' else ratio <= threshold
+        result = 'PASS' if passed else 'FAIL'
+    return dict(
+        target=f'{name} ({qualifier})' if qualifier else name,
+        ratio=ratio,
+        threshold=f'{op} {threshold:g}',
+        result=result,
+        detail=detail)
+
+
+def _ok(row: Optional[dict]) -> bool:
+    return row is not None and row.get('status') == 'ok'
+
+
+def _op_configs(op_rows: List[dict]) -> Dict[tuple, Dict[str, dict]]:
+    """``(arch, input, stage, dtype, mode) -> impl -> row``."""
+    configs: Dict[tuple, Dict[str, dict]] = {}
+    for row in op_rows:
+        key = tuple(row[k]
+                    for k in ('arch', 'input', 'stage', 'dtype', 'mode'))
+        configs.setdefault(key, {})[row['impl']] = row
+    return configs
+
+
+def _value(row: Optional[dict], column: str, unit: str) -> str:
+    if not _ok(row) or row.get(column) is None:
+        return 'not measured'
+    if math.isnan(row[column]):
+        return 'n/a'
+    return f'{row[column]:.4g} {unit}'
+
+
+def _ratio(numerator: Optional[dict], denominator: Optional[dict],
+           column: str) -> Optional[float]:
+    if not (_ok(numerator) and _ok(denominator)):
+        return None
+    return numerator[column] / denominator[column]
+
+
+def _best_kernel(impls: Dict[str, dict]) -> Optional[dict]:
+    kernels = [impls[p] for p in KERNEL_PATHS if _ok(impls.get(p))]
+    return min(kernels, key=lambda r: r['median_ms']) if kernels else None
+
+
+def evaluate_targets(op_rows: List[dict], model_rows: List[dict],
+                     plan: ReportPlan) -> List[dict]:
+    """Judge :data:`TARGETS` on the measured rows (``n/a`` where a
+    measurement is missing).
+
+    Returns:
+        list[dict]: Rows of :data:`TARGET_COLUMNS`.
+    """
+    configs = _op_configs(op_rows)
+    arch, size, stage = plan.target_op
+    targets = []
+    for mode in ('infer', 'train'):
+        impls = configs.get(
+            (arch, _input_name(size), stage, plan.dtypes[0], mode), {})
+        best, pub = _best_kernel(impls), impls.get('published')
+        shape = f'{plan.dtypes[0]}, {mode}, {arch} {_input_name(size)} ' \
+            f'stage {stage}'
+        if best is None:
+            why = 'no kernel measured (Triton missing, failed or skipped)'
+            targets += [
+                _target(0, shape, None, why),
+                _target(1, shape, None, why)
+            ]
+            continue
+        copy = impls.get('copy')
+        targets += [
+            _target(
+                0, shape, _ratio(pub, best, 'median_ms'),
+                f'{best["impl"]} {_value(best, "median_ms", "ms")}, '
+                f'published {_value(pub, "median_ms", "ms")}'),
+            _target(
+                1, shape,
+                best.get('vs_copy') if _ok(copy) else None,
+                f'{best["impl"]} {_value(best, "gb_per_s", "GB/s")}, copy '
+                f'{_value(copy, "gb_per_s", "GB/s")}')
+        ]
+    models = {(r['model'], r['resolution'], r['mode']): r for r in model_rows}
+    res = plan.model_resolutions
+    for mode in ('infer', 'train'):
+        counterpart = 'vheat-t-pub-fold' if mode == 'infer' else 'vheat-t-pub'
+        for r in res:
+            ours = models.get(('vheat-t', r, mode))
+            theirs = models.get((counterpart, r, mode))
+            targets.append(
+                _target(
+                    2, f'{mode}, {r}, vs {counterpart}',
+                    _ratio(theirs, ours, 'median_ms'),
+                    f'{_value(ours, "images_per_s", "images/s")} vs '
+                    f'{_value(theirs, "images_per_s", "images/s")}'))
+    for index, r, column, unit in ((3, res[0], 'images_per_s', 'images/s'),
+                                   (4, res[-1], 'images_per_s', 'images/s'),
+                                   (5, res[-1], 'peak_mem_mb', 'MiB')):
+        ours = models.get(('vheat-t', r, 'infer'))
+        swin = models.get(('swin-t', r, 'infer'))
+        ratio = (
+            _ratio(swin, ours, 'median_ms')
+            if column == 'images_per_s' else _ratio(ours, swin, 'peak_mem_mb'))
+        targets.append(
+            _target(
+                index, f'infer, {r}', ratio, f'{_value(ours, column, unit)} '
+                f'vs {_value(swin, column, unit)}'))
+    worst, where, tuner_worst = None, 'no autotuned choice measured', None
+    for key, impls in configs.items():
+        reference = impls.get('reference')
+        choice = impls.get(reference.get('autotuned')) if reference else None
+        if not (_ok(reference) and _ok(choice)):
+            continue
+        ratio = choice['median_ms'] / reference['median_ms']
+        if worst is None or ratio > worst:
+            worst = ratio
+            where = (f'{" ".join(map(str, key))}: {choice["impl"]} '
+                     f'{choice["median_ms"]:.4g} ms, reference '
+                     f'{reference["median_ms"]:.4g} ms')
+        tuned = [choice.get('tuner_ms'), reference.get('tuner_ms')]
+        if None not in tuned:
+            tuner_worst = max(tuner_worst or 0., tuned[0] / tuned[1])
+    if tuner_worst is not None:
+        where += f'; by the tuner\'s own times at worst {tuner_worst:.3g}x'
+    targets.append(_target(6, 'all measured shapes', worst, where))
+    return targets
+
+
+def write_figure(model_rows: List[dict], path: str,
+                 title: str) -> Optional[str]:
+    """Throughput and peak memory against resolution (the paper's Figure
+    1) as ``path``; without matplotlib, a note that says so instead."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        return f'figure skipped: matplotlib cannot be imported ({e})'
+    plot(model_rows, path, title, panels=_PLOT_PANELS)
+    return None
+
+
+# ------------------------------------------------------------- the run
+class _CsvLog:
+    """A CSV file written row by row and flushed, so that a stopped run
+    leaves what it measured."""
+
+    def __init__(self, path: str, columns: Sequence[str]):
+        self.path = path
+        self.columns = list(columns)
+        self._file = open(path, 'w', newline='', encoding='utf-8')
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, rows: Sequence[dict]):
+        for row in rows:
+            self._writer.writerow(csv_row(row, self.columns))
+        self._file.flush()
+
+    def __enter__(self) -> '_CsvLog':
+        return self
+
+    def __exit__(self, *exc_info):
+        self._file.close()
+
+
+class _Budget:
+    """The time left, and whether the next piece of work of a kind fits in
+    it (by the longest one of that kind so far)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+        self._longest: Dict[str, float] = {}
+
+    def allows(self, kind: str) -> bool:
+        return time.monotonic() + self._longest.get(kind, 0.) < self.deadline
+
+    def record(self, kind: str, seconds: float):
+        self._longest[kind] = max(self._longest.get(kind, 0.), seconds)
+
+
+def _work(plan: ReportPlan) -> List[Tuple[str, tuple]]:
+    """The measurements, most important first (see the module doc)."""
+    resolutions = list(plan.model_resolutions)
+    order = list(
+        dict.fromkeys([resolutions[0], resolutions[-1]] + resolutions[1:-1]))
+
+    def sweep(dtype):
+        return [('op', (arch, size, stage, dtype, mode))
+                for arch, _ in plan.op_archs for size in plan.op_inputs
+                for stage in plan.op_stages for mode in ('infer', 'train')]
+
+    arch, size, stage = plan.target_op
+    first = [('op', (arch, size, stage, plan.dtypes[0], mode))
+             for mode in ('infer', 'train')]
+    items = first + [('models', (r, 'infer')) for r in order]
+    items += [i for i in sweep(plan.dtypes[0]) if i not in first]
+    items += [('models', (r, 'train')) for r in order]
+    for dtype in plan.dtypes[1:]:
+        items += sweep(dtype)
+    return items
+
+
+def _environment(device: torch.device, plan_name: str,
+                 max_minutes: float) -> List[str]:
+    from mmvheat import __version__
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = 'not importable (kernel rows skipped)'
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        where = (f'{props.name}, {props.total_memory / 2**30:.0f} GiB, '
+                 f'compute capability {props.major}.{props.minor}, CUDA '
+                 f'{torch.version.cuda}')
+    else:
+        where = (f'cpu, {torch.get_num_threads()} threads (a logic check: '
+                 'interpreted kernels, wall-clock timers)')
+    return [
+        f'device: {where}',
+        f'torch {torch.__version__}, triton {triton_version}, mmvheat '
+        f'{__version__}; float32 matmul precision '
+        f'{torch.get_float32_matmul_precision()}',
+        f'plan: {plan_name}; time budget {max_minutes:g} min'
+    ]
+
+
+def _op_item(args: tuple, plan: ReportPlan, device: torch.device, dispatcher,
+             deadline: float) -> Tuple[List[dict], str]:
+    """The operator rows of one shape (one ``'all'`` row with the failure
+    if it could not be measured, e.g. for lack of memory) and its line."""
+    arch, size, stage, dtype, mode = args
+    h, w = stage_grid(size, stage)
+    shape = (plan.op_batch_size, h, w, dict(plan.op_archs)[arch] * 2**stage)
+    key = (arch, _input_name(size), stage, dtype, mode)
+    try:
+        rows = measure_hco(shape, dtype, mode, device, dispatcher,
+                           plan.repeats, plan.warmup, plan.min_sample_s,
+                           deadline)
+    except Exception as e:  # noqa: BLE001 -- e.g. OOM: the others go on
+        rows = [dict(impl='all', status=failure_status(e))]
+        _free(device)
+    for row in rows:
+        row.update(
+            zip(('arch', 'input', 'stage', 'dtype', 'mode'), key),
+            batch_size=shape[0],
+            H=h,
+            W=w,
+            C=shape[3],
+            device=device.type)
+    return rows, _op_line(key, shape, rows)
+
+
+def _op_line(key: tuple, shape: tuple, rows: List[dict]) -> str:
+    times = ' | '.join(
+        f'{r["impl"]} {r["median_ms"]:.4g} ms' if r.get('status') ==
+        'ok' else f'{r["impl"]} {r.get("status")}' for r in rows)
+    arch, size, stage, dtype, mode = key
+    return (f'HCO {arch} {size} stage {stage} '
+            f'{"x".join(map(str, shape))} {dtype} {mode}: {times}; '
+            f'autotuned {rows[0].get("autotuned")}')
+
+
+def _model_line(res: int, mode: str, rows: List[dict]) -> str:
+    times = ' | '.join(
+        f'{r["model"]} {r["images_per_s"]:.4g} img/s' if r['status'] ==
+        'ok' else f'{r["model"]} {r["status"]}' for r in rows)
+    return f'whole model {res} {mode}: {times}'
+
+
+def _op_summary(op_rows: List[dict]) -> List[dict]:
+    """One row per measured shape: the best kernel beside the others."""
+    summary = []
+    for key, impls in _op_configs(op_rows).items():
+        best = _best_kernel(impls) or {}
+
+        def ms(name):
+            row = impls.get(name)
+            return row['median_ms'] if _ok(row) else None
+
+        summary.append(
+            dict(
+                zip(('arch', 'input', 'stage', 'dtype', 'mode'), key),
+                kernel=best.get('impl'),
+                kernel_ms=best.get('median_ms'),
+                reference_ms=ms('reference'),
+                published_ms=ms('published'),
+                copy_ms=ms('copy'),
+                vs_copy=best.get('vs_copy'),
+                vs_published=best.get('speedup_vs_published'),
+                kernel_err=best.get('err_out'),
+                reference_err=impls.get('reference', {}).get('err_out'),
+                published_err=impls.get('published', {}).get('err_out'),
+                autotuned=impls.get('reference', {}).get('autotuned')))
+    return summary
+
+
+_SUMMARY_COLUMNS = [
+    'arch', 'input', 'stage', 'dtype', 'mode', 'kernel', 'kernel_ms',
+    'reference_ms', 'published_ms', 'copy_ms', 'vs_copy', 'vs_published',
+    'kernel_err', 'reference_err', 'published_err', 'autotuned'
+]
+_MODEL_TABLE_COLUMNS = [
+    'model', 'resolution', 'mode', 'median_ms', 'images_per_s',
+    'speedup_vs_published', 'speedup_vs_swin', 'peak_mem_mb', 'mem_vs_swin',
+    'samples', 'status'
+]
+
+
+@contextlib.contextmanager
+def _interpreted_kernels(device: torch.device):
+    """Triton's interpreter for the kernels of a run on the CPU."""
+    if device.type == 'cuda':
+        yield
+        return
+    previous = os.environ.get('TRITON_INTERPRET')
+    os.environ['TRITON_INTERPRET'] = '1'
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['TRITON_INTERPRET']
+        else:
+            os.environ['TRITON_INTERPRET'] = previous
+
+
+def run_report(out_dir: str,
+               device: Optional[torch.device] = None,
+               quick: bool = False,
+               max_minutes: float = 8.,
+               progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Measure everything (see the module doc) and write the files.
+
+    ``OUT/gpu_report_ops.csv``, ``gpu_report_models.csv`` and
+    ``gpu_report.txt`` grow as the work goes on; ``gpu_report_targets.csv``
+    and ``gpu_report.png`` (throughput and peak memory against resolution,
+    as the paper's Figure 1; skipped with a note without matplotlib) are
+    written at the end.
+
+    Args:
+        out_dir (str): Where the files go (created).
+        device (torch.device, optional): Defaults to None: CUDA.
+        quick (bool): Tiny shapes (:data:`QUICK_PLAN`). Defaults to False.
+        max_minutes (float): Time budget; work that would not fit is
+            skipped with a note. Defaults to 8.
+        progress (callable, optional): Called with each line of the
+            report as it is measured. Defaults to None.
+
+    Returns:
+        dict: ``lines`` (the printed report: tables, targets, notes),
+        ``op_rows``, ``model_rows``, ``targets``, ``notes`` and ``files``.
+    """
+    device = torch.device(device or 'cuda')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('no CUDA device here; --device cpu --quick runs '
+                           "the report's logic on tiny shapes")
+    plan = QUICK_PLAN if quick else FULL_PLAN
+    budget = _Budget(max_minutes * 60.)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {
+        name: osp.join(out_dir, f'gpu_report{suffix}')
+        for name, suffix in (('ops', '_ops.csv'), ('models', '_models.csv'),
+                             ('targets', '_targets.csv'), ('text', '.txt'),
+                             ('figure', '.png'))
+    }
+    with open(files['text'], 'w', encoding='utf-8') as text, \
+            _CsvLog(files['ops'], OP_COLUMNS) as op_log, \
+            _CsvLog(files['models'], MODEL_COLUMNS) as model_log:
+        return _run(plan, device, quick, max_minutes, budget, files, text,
+                    op_log, model_log, progress)
+
+
+def _run(plan, device, quick, max_minutes, budget, files, text, op_log,
+         model_log, progress):
+    """:func:`run_report` once its files are open."""
+
+    def say(line: str):
+        text.write(line + '\n')
+        text.flush()
+        if progress is not None:
+            progress(line)
+
+    header = _environment(device, 'quick' if quick else 'full', max_minutes)
+    for line in header:
+        say(line)
+    notes: List[str] = []
+    swin_note = swin_unavailable()
+    if swin_note:
+        notes.append(swin_note)
+        say(f'note: {swin_note}')
+    op_rows: List[dict] = []
+    model_rows: List[dict] = []
+    skipped: Dict[str, int] = {}
+    items = _work(plan)
+    with _interpreted_kernels(device), \
+            _tuning_dispatcher(device) as dispatcher:
+        for done, (kind, args) in enumerate(items, 1):
+            if not budget.allows(kind):
+                skipped[kind] = skipped.get(kind, 0) + 1
+                continue
+            start = time.monotonic()
+            if kind == 'op':
+                rows, line = _op_item(args, plan, device, dispatcher,
+                                      budget.deadline)
+                op_rows += rows
+                op_log.write(rows)
+            else:
+                res, mode = args
+                rows, group_notes = measure_models(res, mode, device, plan,
+                                                   swin_note is None,
+                                                   budget.deadline)
+                notes += [n for n in group_notes if n not in notes]
+                model_rows += rows
+                model_log.write(rows)
+                line = _model_line(res, mode, rows)
+            budget.record(kind, time.monotonic() - start)
+            say(f'[{done}/{len(items)}] {line}')
+    for kind, count in skipped.items():
+        notes.append(f'time budget ({max_minutes:g} min): {count} '
+                     f'{"operator shapes" if kind == "op" else "model runs"}'
+                     ' skipped')
+    targets = evaluate_targets(op_rows, model_rows, plan)
+    with open(files['targets'], 'w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=TARGET_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_row(t, TARGET_COLUMNS) for t in targets)
+    note = write_figure(
+        model_rows, files['figure'], f'{header[0][8:]}; vHeat-T vs '
+        f'baselines, batch {plan.model_batch_size}, bf16')
+    if note:
+        files.pop('figure')
+        notes.append(note)
+    lines = [
+        format_table(
+            _op_summary(op_rows), _SUMMARY_COLUMNS, 'HCO per shape (batch '
+            f'{plan.op_batch_size}; kernel = fastest Triton path; vs_copy = '
+            'time / time of reading and writing once at the copy\'s '
+            'bandwidth; errors = max |y - y64| / max |y64|)'),
+        format_table(
+            model_rows, _MODEL_TABLE_COLUMNS,
+            f'whole model (batch {plan.model_batch_size}, bf16; vs_published:'
+            ' deployed / published inference mode, plain and training / '
+            'published; peak memory n/a off CUDA)'), '\ntargets:'
+    ]
+    for t in targets:
+        ratio = 'n/a' if t['result'] == 'n/a' else f'{t["ratio"]:.3g}'
+        lines.append(f'{t["result"]:4}  {t["target"]}: {ratio} '
+                     f'(target {t["threshold"]}); {t["detail"]}')
+    lines += [f'note: {note}' for note in notes]
+    lines.append(f'written: {", ".join(files.values())}')
+    for line in lines:
+        text.write(line + '\n')
+    return dict(
+        lines=header + lines,
+        op_rows=op_rows,
+        model_rows=model_rows,
+        targets=targets,
+        notes=notes,
+        files=files)

@@ -1,0 +1,412 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""The GPU report (``mmvheat.analysis.gpu_report``) run end to end on the
+CPU with ``quick=True``: tiny shapes, kernels in Triton's interpreter,
+wall-clock timers. The numbers it times here mean nothing; what is checked is
+what it computes (errors against float64, bytes, ratios), what it writes and
+when, and how it copes with missing packages, lack of memory and its time
+budget."""
+import csv
+import importlib.util
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmvheat  # noqa: F401
+from mmvheat.analysis import gpu_report
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+CPU = torch.device('cpu')
+
+# Errors against the float64 reference, relative to its largest value:
+# * float32 outputs and every filter gradient of our implementations
+#   (float32 whatever x's dtype): 1e-5, a 30x margin over the float32
+#   round-off of four transforms of length <= 36 (~3e-7 measured), while a
+#   wrong basis row, index or filter entry gives 1e-2 and more.
+FP32_TOL = 1e-5
+# * bfloat16 outputs: the float32 result rounded once to bfloat16. The
+#   reference rounds to nearest (half an ulp, 2^-9 of a value); Triton's
+#   interpreter truncates (a whole ulp, 2^-8... 2^-7 relative). Bounded by
+#   2^-7 plus the float32 error; above 2^-12, since the rounding is there.
+BF16_ROUNDING = (2.0**-12, 2.0**-7 + FP32_TOL)
+# * the published formulation in bfloat16 runs each of its four conv1d
+#   passes (and the basis) in bfloat16: four roundings of 2^-9 each and
+#   their propagation through the orthonormal transforms stay below 2^-5.
+PUBLISHED_BF16 = (2.0**-12, 2.0**-5)
+
+_OOM_SHAPE = (2, 10, 36, 4)  # bf16 training of the 40 x 144 input
+
+
+def _read(path):
+    with open(path, newline='') as f:
+        return list(csv.reader(f))
+
+
+def _data(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def quick_report(tmp_path_factory):
+    """The quick report, with one configuration failing for lack of memory
+    and the CSV files read at every progress line."""
+    out = tmp_path_factory.mktemp('gpu_report')
+    real_measure = gpu_report.measure_hco
+    seen = []
+
+    def measure_hco(shape, dtype, mode, *args, **kwargs):
+        if (shape, dtype, mode) == (_OOM_SHAPE, 'bf16', 'train'):
+            raise torch.cuda.OutOfMemoryError(
+                'CUDA out of memory. Tried to allocate 2.00 GiB')
+        return real_measure(shape, dtype, mode, *args, **kwargs)
+
+    def progress(line):
+        # What the files hold when each line is printed.
+        seen.append((line, len(_read(out / 'gpu_report_ops.csv')),
+                     len(_read(out / 'gpu_report_models.csv'))))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu_report, 'measure_hco', measure_hco)
+        result = gpu_report.run_report(
+            str(out), CPU, quick=True, progress=progress)
+    return out, result, seen
+
+
+def test_quick_report_writes_every_file(quick_report):
+    out, result, _ = quick_report
+    assert set(
+        result['files']) == {'ops', 'models', 'targets', 'text', 'figure'}
+    for name, columns in (('ops', gpu_report.OP_COLUMNS),
+                          ('models', gpu_report.MODEL_COLUMNS),
+                          ('targets', gpu_report.TARGET_COLUMNS)):
+        assert _read(result['files'][name])[0] == columns, name
+    assert (out / 'gpu_report.png').stat().st_size > 1000
+    text = (out / 'gpu_report.txt').read_text()
+    for line in result['lines']:
+        assert line in text
+
+
+def test_quick_report_writes_as_it_goes(quick_report):
+    """Each progress line comes after its rows are in the CSV files, so a
+    run stopped at any point leaves what it had measured."""
+    _, result, seen = quick_report
+    work = [s for s in seen if s[0].startswith('[')]
+    assert len(work) == len(gpu_report._work(gpu_report.QUICK_PLAN))
+    op_rows = model_rows = 1  # the headers
+    for line, ops, models in work:
+        if ' HCO ' in line:
+            assert ops > op_rows and models == model_rows, line
+        else:
+            assert models > model_rows and ops == op_rows, line
+        op_rows, model_rows = ops, models
+    assert op_rows - 1 == len(result['op_rows'])
+    assert model_rows - 1 == len(result['model_rows'])
+
+
+def test_quick_report_operator_rows(quick_report):
+    out, _, _ = quick_report
+    rows = _data(out / 'gpu_report_ops.csv')
+    configs = {}
+    for row in rows:
+        key = (row['input'], row['dtype'], row['mode'])
+        configs.setdefault(key, []).append(row)
+    # 2 inputs x 2 dtypes x 2 modes; the fused path only where the grid
+    # fits it (8 x 8, not 10 x 36).
+    assert len(configs) == 8
+    for (size, dtype, mode), impls in configs.items():
+        if (size, dtype, mode) == ('40x144', 'bf16', 'train'):
+            assert [(r['impl'], r['status'])
+                    for r in impls] == [('all', 'OOM')]
+            continue
+        names = [r['impl'] for r in impls]
+        kernels = ['fused', 'tiled'] if size == '32' else ['tiled']
+        assert names == ['reference'] + kernels + ['published', 'copy']
+        assert all(r['status'] == 'ok' for r in impls), impls
+        assert {r['autotuned'] for r in impls} <= {'reference'} | set(kernels)
+        by_name = {r['impl']: r for r in impls}
+        b, h, w, c = (int(impls[0][k]) for k in ('batch_size', 'H', 'W', 'C'))
+        x_bytes = b * h * w * c * (2 if dtype == 'bf16' else 4)
+        copy = by_name['copy']
+        copy_s = float(copy['median_ms']) / 1e3
+        assert float(copy['gb_per_s']) == pytest.approx(
+            2 * x_bytes / copy_s / 1e9, rel=1e-9)
+        for name in ['reference', 'published'] + kernels:
+            row = by_name[name]
+            t = float(row['median_ms']) / 1e3
+            if mode == 'infer':
+                # Read x and the float32 filter, write y, at the copy's
+                # bandwidth (it reads and writes x once).
+                ideal_s = (2 * x_bytes + 4 * h * w * c) / (2 * x_bytes /
+                                                           copy_s)
+                assert float(row['vs_copy']) == pytest.approx(
+                    t / ideal_s, rel=1e-9)
+            assert float(row['speedup_vs_published']) == pytest.approx(
+                float(by_name['published']['median_ms']) / (t * 1e3), rel=1e-9)
+        _check_errors(by_name, dtype, mode, kernels)
+
+
+def _check_errors(by_name, dtype, mode, kernels):
+    columns = ['err_out'
+               ] + (['err_grad_x', 'err_grad_t'] if mode == 'train' else [])
+    for name in ['reference', 'published'] + kernels:
+        row = by_name[name]
+        for column in columns:
+            err = float(row[column])
+            if dtype == 'fp32' or (column == 'err_grad_t'
+                                   and name != 'published'):
+                low, high = 0., FP32_TOL
+            elif name == 'published':
+                low, high = PUBLISHED_BF16
+            else:
+                low, high = BF16_ROUNDING
+            assert low < err < high or (low == 0 and 0 <= err < high), (name,
+                                                                        dtype,
+                                                                        mode,
+                                                                        column,
+                                                                        err)
+    if mode == 'infer':
+        for name in ['err_grad_x', 'err_grad_t']:
+            assert by_name['reference'][name] == ''
+
+
+def test_quick_report_model_rows(quick_report):
+    out, _, _ = quick_report
+    rows = _data(out / 'gpu_report_models.csv')
+    groups = {}
+    for row in rows:
+        groups.setdefault((row['resolution'], row['mode']), []).append(row)
+    assert list(groups) == [('32', 'infer'), ('64', 'infer'), ('32', 'train'),
+                            ('64', 'train')]
+    for (res, mode), group in groups.items():
+        names = [r['model'] for r in group]
+        assert names == ([
+            'vheat-t', 'vheat-t-pub-fold', 'vheat-t-pub', 'vheat-t-plain',
+            'swin-t'
+        ] if mode == 'infer' else ['vheat-t', 'vheat-t-pub', 'swin-t'])
+        assert all(r['status'] == 'ok' for r in group)
+        assert all(r['peak_mem_mb'] == '' for r in group)  # CUDA only
+        swin_ms = float(group[-1]['median_ms'])
+        for row in group:
+            assert float(row['speedup_vs_swin']) == pytest.approx(
+                swin_ms / float(row['median_ms']), rel=1e-9)
+            assert float(row['images_per_s']) == pytest.approx(
+                2 / float(row['median_ms']) * 1e3, rel=1e-9)
+
+
+def test_quick_report_targets(quick_report):
+    out, result, _ = quick_report
+    rows = _data(out / 'gpu_report_targets.csv')
+    assert len(rows) == 12
+    names = {name for name, _, _ in gpu_report.TARGETS}
+    assert {r['target'].split(' (')[0] for r in rows} == names
+    results = {r['target']: r['result'] for r in rows}
+    memory = [t for t in results if 'memory' in t]
+    assert [results[t] for t in memory] == ['n/a']  # measured on CUDA only
+    assert all(results[t] in ('PASS', 'FAIL') for t in results
+               if t not in memory)
+    for row in rows:
+        if row['result'] == 'n/a':
+            continue
+        op, threshold = row['threshold'].split()
+        ratio = float(row['ratio'])
+        passed = ratio >= float(threshold) if op == '>=' else \
+            ratio <= float(threshold)
+        assert row['result'] == ('PASS' if passed else 'FAIL')
+    printed = [
+        line for line in result['lines']
+        if line.startswith(('PASS', 'FAIL', 'n/a'))
+    ]
+    assert len(printed) == 12
+
+
+def test_stage_grid_is_the_models_own():
+    """The stage shapes the report measures are those the stem and the
+    downsampling convolutions of vHeat produce."""
+    from mmvheat.models import VHeat
+    model = VHeat(
+        arch=dict(
+            depths=[1, 1, 1, 1],
+            dims=4,
+            post_norm=False,
+            layer_scale=None,
+            mlp_ratio=1.),
+        out_indices=(0, 1, 2, 3)).eval()
+    for size in ((224, 224), (512, 512), (800, 1333), (40, 144)):
+        with torch.no_grad():
+            outs = model(torch.zeros(1, 3, *size))
+        assert [tuple(o.shape[2:]) for o in outs
+                ] == [gpu_report.stage_grid(size, i) for i in range(4)], size
+    assert gpu_report.stage_grid((800, 1333), 0) == (200, 334)
+
+
+def _ok(impl, ms, **kw):
+    return dict(impl=impl, median_ms=ms, status='ok', **kw)
+
+
+def _op(impls, mode='infer', dtype='bf16'):
+    arch, size, stage = gpu_report.FULL_PLAN.target_op
+    rows = []
+    for row in impls:
+        row.update(
+            arch=arch, input=f'{size[0]}', stage=stage, dtype=dtype, mode=mode)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize('published_ms, result', [(5.0, 'PASS'),
+                                                  (4.9, 'FAIL')])
+def test_targets_judge_the_measured_ratio(published_ms, result):
+    rows = _op([
+        _ok('reference', 2., autotuned='tiled'),
+        _ok('tiled', 1., vs_copy=2.5, gb_per_s=100., autotuned='tiled'),
+        _ok('published', published_ms),
+        _ok('copy', .4, gb_per_s=250.)
+    ])
+    targets = gpu_report.evaluate_targets(rows, [], gpu_report.FULL_PLAN)
+    by_name = {t['target']: t for t in targets}
+    kernel = by_name['HCO kernel vs published formulation, target shape '
+                     '(bf16, infer, vheat-t/s 512 stage 0)']
+    assert (kernel['ratio'], kernel['result']) == (published_ms, result)
+    copy = by_name['HCO kernel time vs read+write once at copy bandwidth '
+                   '(bf16, infer, vheat-t/s 512 stage 0)']
+    assert (copy['ratio'], copy['result']) == (2.5, 'FAIL')
+    # Training was not measured; nor were the models.
+    assert {t['result'] for t in targets[2:]} - {'PASS'} == {'n/a'}
+
+
+@pytest.mark.parametrize('choice_ms, result', [(1.05, 'PASS'), (1.2, 'FAIL')])
+def test_targets_catch_a_slow_autotuned_choice(choice_ms, result):
+    rows = _op([
+        _ok('reference', 1., autotuned='tiled', tuner_ms=1.),
+        _ok('tiled', choice_ms, autotuned='tiled', tuner_ms=0.9),
+        _ok('published', 3.),
+    ])
+    target = gpu_report.evaluate_targets(rows, [], gpu_report.FULL_PLAN)[-1]
+    assert target['target'].startswith('autotuned choice vs reference')
+    assert (target['ratio'], target['result']) == (choice_ms, result)
+    assert "tuner's own times at worst 0.9x" in target['detail']
+
+
+def test_time_budget_stops_cleanly(tmp_path):
+    """With no time left, every measurement is skipped with a note, and the
+    files are still written (headers, targets n/a)."""
+    result = gpu_report.run_report(
+        str(tmp_path), CPU, quick=True, max_minutes=1e-6)
+    assert result['op_rows'] == [] and result['model_rows'] == []
+    assert [n for n in result['notes'] if n.startswith('time budget')] == [
+        'time budget (1e-06 min): 8 operator shapes skipped',
+        'time budget (1e-06 min): 4 model runs skipped'
+    ]
+    assert {t['result'] for t in result['targets']} == {'n/a'}
+    assert len(_read(tmp_path / 'gpu_report_ops.csv')) == 1
+
+
+def test_report_without_mmpretrain_or_matplotlib(tmp_path, monkeypatch):
+    """Without mmpretrain the models run without Swin-T (its targets n/a,
+    a note says why); without matplotlib the figure is skipped with a note.
+    The operator is replaced by a canned row here: the quick report above
+    runs it."""
+    for name in ('mmpretrain', 'mmpretrain.models', 'matplotlib'):
+        monkeypatch.setitem(sys.modules, name, None)
+
+    def measure_hco(shape, dtype, mode, *args, **kwargs):
+        return [dict(impl='reference', median_ms=1., status='ok')]
+
+    monkeypatch.setattr(gpu_report, 'measure_hco', measure_hco)
+    result = gpu_report.run_report(str(tmp_path), CPU, quick=True)
+    notes = result['notes']
+    assert any(
+        n.startswith('Swin-T skipped: mmpretrain cannot be imported')
+        for n in notes), notes
+    assert any(
+        n.startswith('figure skipped: matplotlib cannot be imported')
+        for n in notes), notes
+    assert 'figure' not in result['files']
+    assert not (tmp_path / 'gpu_report.png').exists()
+    models = {r['model'] for r in result['model_rows']}
+    assert models == {
+        'vheat-t', 'vheat-t-pub', 'vheat-t-pub-fold', 'vheat-t-plain'
+    }
+    assert all(r['status'] == 'ok' for r in result['model_rows'])
+    swin = [t for t in result['targets'] if 'Swin-T' in t['target']]
+    assert len(swin) == 3
+    assert all(t['result'] == 'n/a' and t['detail'].endswith(
+        ' vs not measured') for t in swin), swin
+    published = [
+        t for t in result['targets']
+        if t['target'].startswith('vHeat-T vs published')
+    ]
+    assert len(published) == 4 and all(t['result'] in ('PASS', 'FAIL')
+                                       for t in published)
+
+
+_BARE = '''
+import importlib.abc, runpy, sys
+BLOCKED = ('mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'matplotlib')
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ImportError(f'{name} is blocked')
+
+sys.meta_path.insert(0, Block())
+from mmvheat.analysis import gpu_report
+print(gpu_report.swin_unavailable())
+print(gpu_report.write_figure([], 'unused.png', ''))
+sys.argv = ['gpu_report.py', '--help']
+try:
+    runpy.run_path(TOOL, run_name='__main__')
+except SystemExit as e:
+    assert e.code == 0, e.code
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)
+print('loaded:', loaded)
+'''
+
+
+def test_report_imports_on_a_bare_gpu_box():
+    """The report and its command line import with only torch, mmengine,
+    triton and mmvheat: mmcv, mmdet, mmseg, mmpretrain and matplotlib are
+    blocked."""
+    tool = osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_report.py')
+    proc = subprocess.run([sys.executable, '-c', f'TOOL = {tool!r}\n' + _BARE],
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('Swin-T skipped: mmpretrain cannot be '
+                               'imported (ImportError: mmpretrain')
+    assert lines[1].startswith('figure skipped: matplotlib cannot be '
+                               'imported')
+    assert '--max-minutes' in proc.stdout
+    assert lines[-1] == 'loaded: []'
+
+
+def _tool():
+    path = osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_report.py')
+    spec = importlib.util.spec_from_file_location('tool_gpu_report', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('argv, status, message', [
+    (['--device', 'cpu'], 2, '--device cpu needs --quick'),
+    (['--device', 'cpu', '--quick', '--max-minutes', '0'
+      ], 2, '--max-minutes must be positive'),
+])
+def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, status,
+                                             message):
+    assert _tool().main(argv + ['--out-dir', str(tmp_path)]) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and message in err[0]
+
+
+def test_cli_without_cuda_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert _tool().main(['--out-dir', str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '--device cpu --quick' in err
