@@ -333,8 +333,9 @@ def test_report_without_mmpretrain_or_matplotlib(tmp_path, monkeypatch):
     assert all(r['status'] == 'ok' for r in result['model_rows'])
     swin = [t for t in result['targets'] if 'Swin-T' in t['target']]
     assert len(swin) == 3
-    assert all(t['result'] == 'n/a' and t['detail'].endswith(
-        ' vs not measured') for t in swin), swin
+    assert all(
+        t['result'] == 'n/a' and t['detail'].endswith(' vs not measured')
+        for t in swin), swin
     published = [
         t for t in result['targets']
         if t['target'].startswith('vHeat-T vs published')
