@@ -7,6 +7,7 @@ when, and how it copes with missing packages, lack of memory and its time
 budget."""
 import csv
 import importlib.util
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -411,3 +412,37 @@ def test_cli_without_cuda_says_what_to_run(tmp_path, capsys, monkeypatch):
     assert _tool().main(['--out-dir', str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and '--device cpu --quick' in err
+
+
+def test_device_script_passes_its_arguments_to_the_report(tmp_path):
+    """``gpu_report.sh run OUT ARGS`` runs the report's command line with
+    ARGS, from the repository root, with python3 (here a stand-in for the
+    GPU machine's, and no wheels to install); the command line's own
+    refusal shows the arguments arrived."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    python3 = bin_dir / 'python3'
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f'{bin_dir}:{os.environ["PATH"]}',
+        WHEEL_DIR=str(tmp_path / 'no_wheels'))
+    script = osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_report.sh')
+    proc = subprocess.run(
+        ['bash', script, 'run',
+         str(tmp_path / 'out'), '--device', 'cpu'],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert 'no wheels in' in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'error: --device cpu needs --quick')
+    usage = subprocess.run(['bash', script],
+                           capture_output=True,
+                           text=True,
+                           timeout=60)
+    assert usage.returncode == 2 and 'gpu_report.sh fetch' in usage.stderr
