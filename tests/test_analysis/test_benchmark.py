@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import math
 import os.path as osp
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from mmvheat.analysis.flops import get_flops, hco_macs, model_complexity
 from mmvheat.ops import spectral_filter
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+CPU = torch.device('cpu')
 
 
 class _HCO(nn.Module):
@@ -325,3 +327,40 @@ def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1
     assert err[-1].startswith('error: cannot write ') and 'file' in err[-1]
+
+
+def test_round_robin_samples_deadline_and_failures(monkeypatch):
+    """A sample is as many calls as last ``min_sample_s`` (by the timer),
+    no round starts after the deadline once every candidate has a sample,
+    and a candidate that runs out of memory stops alone."""
+    calls = {'short': 0, 'long': 0}
+    per_call = {'short': 4e-4, 'long': 2e-3}
+
+    def fake_time_calls(fn, count, device):
+        name = fn()
+        calls[name] += count
+        return per_call[name]
+
+    monkeypatch.setattr(benchmark, '_time_calls', fake_time_calls)
+
+    def oom():
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to '
+                                          'allocate 20.00 GiB')
+
+    def candidates():
+        return [
+            benchmark.Candidate('short', lambda: 'short'),
+            benchmark.Candidate('long', lambda: 'long'),
+            benchmark.Candidate('oom', oom)
+        ]
+
+    cands = candidates()
+    benchmark.run_round_robin(cands, 4, 0, CPU, min_sample_s=1e-3)
+    assert [c.inner for c in cands] == [3, 1, 1]  # ceil(1e-3 / 4e-4) = 3
+    assert [len(c.times) for c in cands] == [4, 4, 0]
+    assert calls == {'short': 1 + 4 * 3, 'long': 1 + 4 * 1}
+    assert [c.status for c in cands] == ['ok', 'ok', 'OOM']
+    cands = candidates()
+    benchmark.run_round_robin(
+        cands, 4, 0, CPU, deadline=time.monotonic() - 1)
+    assert [len(c.times) for c in cands] == [1, 1, 0]
