@@ -25,8 +25,9 @@ gradients; ``train``: forward and backward to ``x`` and the filter):
   dispatcher's fallbacks, so that each is timed and checked for itself),
   ``published`` (cosine matrices through ``F.conv1d``, ``decay ** k``
   recomputed from ``k`` inside the call -- an ``(H, W, C)`` map, 1/B of the
-  activations -- under autocast for bfloat16, as published) and ``copy``
-  (``dst.copy_(x)``).
+  activations -- under autocast for bfloat16, as published; in float32 its
+  convolutions take PyTorch's default, TF32 in cuDNN on recent GPUs, which
+  the header line names) and ``copy`` (``dst.copy_(x)``).
 * ``err_out``, ``err_grad_x``, ``err_grad_t``: ``max |y - y64| / max |y64|``
   against the reference computed in float64 on the same (rounded) inputs.
 * ``gb_per_s``: the bytes an ideal implementation moves (infer: read ``x``
@@ -43,7 +44,9 @@ Model rows (:data:`MODEL_COLUMNS`): the classifiers of
 :func:`mmvheat.analysis.benchmark.benchmark_models` in bfloat16 autocast:
 vHeat-T deployed (inference) and training, the published formulation of the
 same weights (its inference mode, folded, for inference; recomputed for
-training), our plain eval model, and Swin-T.
+training), our plain eval model, and Swin-T. Each model is built at the
+resolution it runs at, so the published inference mode folds at every one
+(as the published throughput numbers were measured).
 
 :data:`TARGETS` are then judged PASS or FAIL with the measured ratio.
 
@@ -397,14 +400,15 @@ def measure_hco(shape: Tuple[int, int, int, int],
     x_bytes = x.numel() * x.element_size()
     copy_bandwidth = 2 * x_bytes / times['copy']
     ideal = _ideal_bytes(x, transfer, mode)
+    nan = float('nan')
     for name, row in rows.items():
-        t = times.get(name, float('nan'))
+        t = times.get(name, nan)
         moved = 2 * x_bytes if name == 'copy' else ideal
         row['gb_per_s'] = moved / t / 1e9
         if name != 'copy':
             row['vs_copy'] = t / (ideal / copy_bandwidth)
-            row['speedup_vs_published'] = times['published'] / t
-            row['speedup_vs_reference'] = times['reference'] / t
+            row['speedup_vs_published'] = times.get('published', nan) / t
+            row['speedup_vs_reference'] = times.get('reference', nan) / t
     try:
         if grad is not None:
             x, transfer = x.requires_grad_(), transfer.requires_grad_()
@@ -697,7 +701,8 @@ def _environment(device: torch.device, plan_name: str,
         f'device: {where}',
         f'torch {torch.__version__}, triton {triton_version}, mmvheat '
         f'{__version__}; float32 matmul precision '
-        f'{torch.get_float32_matmul_precision()}',
+        f'{torch.get_float32_matmul_precision()}, cuDNN TF32 '
+        f'{torch.backends.cudnn.allow_tf32}',
         f'plan: {plan_name}; time budget {max_minutes:g} min'
     ]
 
