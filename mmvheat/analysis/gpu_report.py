@@ -625,7 +625,6 @@ class _CsvLog:
     leaves what it measured."""
 
     def __init__(self, path: str, columns: Sequence[str]):
-        self.path = path
         self.columns = list(columns)
         self._file = open(path, 'w', newline='', encoding='utf-8')
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
