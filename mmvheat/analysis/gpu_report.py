@@ -17,8 +17,9 @@ operator at every stage shape in bfloat16; whole-model training steps; the
 operator at every stage shape in float32.
 
 Operator rows (:data:`OP_COLUMNS`), per stage shape of vHeat-T/S (their
-widths are the same) and vHeat-B, dtype and mode (``infer``: forward without
-gradients; ``train``: forward and backward to ``x`` and the filter):
+widths are the same: one ``vheat-t/s`` row serves both) and vHeat-B, dtype
+and mode (``infer``: forward without gradients; ``train``: forward and
+backward to ``x`` and the filter):
 
 * ``impl``: ``reference`` (four float32 matmuls), each Triton kernel path
   that takes the shape (``fused``, ``tiled``; run directly, without the
@@ -69,17 +70,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mmvheat.models import VHeat
 from mmvheat.ops import dispatch as hco_dispatch
 from mmvheat.ops import hco_dispatcher, spectral_filter_reference
-from mmvheat.utils.io import first_line
+from mmvheat.utils.io import ToolError, ensure_directory, first_line
 from .benchmark import (Candidate, benchmark_models, csv_row, failure_status,
                         format_table, plot, run_round_robin)
 from .published import conv1d_spectral_filter, published_transfer
 
 __all__ = [
     'OP_COLUMNS', 'MODEL_COLUMNS', 'TARGET_COLUMNS', 'TARGETS', 'ReportPlan',
-    'FULL_PLAN', 'QUICK_PLAN', 'stage_grid', 'measure_hco', 'measure_models',
-    'swin_unavailable', 'evaluate_targets', 'write_figure', 'run_report'
+    'FULL_PLAN', 'QUICK_PLAN', 'vheat_stage_widths', 'stage_grid', 'op_shape',
+    'measure_hco', 'measure_models', 'swin_unavailable', 'evaluate_targets',
+    'write_figure', 'run_report'
 ]
 
 OP_COLUMNS = [
@@ -113,14 +116,17 @@ _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 _PLOT_PANELS = (('images_per_s', 'throughput (images/s)'),
                 ('peak_mem_mb', 'peak memory (MiB)'))
 
+#: ``(name, width of each stage)`` of the models whose shapes are measured.
+StageWidths = Tuple[Tuple[str, Tuple[int, ...]], ...]
+
 
 @dataclass(frozen=True, eq=False)
 class ReportPlan:
     """What a report measures.
 
     Attributes:
-        op_archs (tuple): ``(name, first-stage width)`` of the models whose
-            stage shapes are measured (widths double per stage).
+        op_archs (tuple): ``(name, width of each stage)`` of the models
+            whose stage shapes are measured.
         op_inputs (tuple): Input sizes ``(H, W)``.
         op_stages (tuple): Stages measured.
         op_batch_size (int): Images per operator call.
@@ -138,7 +144,7 @@ class ReportPlan:
         min_sample_s (float): Operator samples repeat the call to last
             this long.
     """
-    op_archs: Tuple[Tuple[str, int], ...]
+    op_archs: StageWidths
     op_inputs: Tuple[Tuple[int, int], ...]
     op_stages: Tuple[int, ...]
     op_batch_size: int
@@ -152,10 +158,22 @@ class ReportPlan:
     min_sample_s: float
 
 
+def vheat_stage_widths(archs: Sequence[str] = ('t', 's', 'b')) -> StageWidths:
+    """``(name, width of each stage)`` of vHeat's ``archs``, one entry per
+    distinct set of widths (``'vheat-t/s'`` where T and S share them), as
+    :meth:`~mmvheat.models.VHeat.parse_arch` gives them."""
+    by_widths: Dict[Tuple[int, ...], List[str]] = {}
+    for arch in archs:
+        widths = tuple(VHeat.parse_arch(arch)['dims'])
+        by_widths.setdefault(widths, []).append(arch)
+    return tuple((f'vheat-{"/".join(names)}', widths)
+                 for widths, names in by_widths.items())
+
+
 #: The report as specified: vHeat-T/S/B stage shapes at 224, 512 and
 #: 800 x 1333; vHeat-T at 224, 512 and 1024; batch 64.
 FULL_PLAN = ReportPlan(
-    op_archs=(('vheat-t/s', 96), ('vheat-b', 128)),
+    op_archs=vheat_stage_widths(),
     op_inputs=((224, 224), (512, 512), (800, 1333)),
     op_stages=(0, 1, 2, 3),
     op_batch_size=64,
@@ -171,7 +189,7 @@ FULL_PLAN = ReportPlan(
 #: the tiled one at 10 x 36) and small stand-ins of vHeat-T and Swin-T (the
 #: same code with fewer, narrower blocks), for a CPU.
 QUICK_PLAN = ReportPlan(
-    op_archs=(('tiny', 4), ),
+    op_archs=(('tiny', (4, 8, 16, 32)), ),
     op_inputs=((32, 32), (40, 144)),
     op_stages=(0, ),
     op_batch_size=2,
@@ -200,6 +218,14 @@ def stage_grid(size: Tuple[int, int], stage: int) -> Tuple[int, int]:
     for _ in range(2 + stage):
         h, w = (h + 1) // 2, (w + 1) // 2
     return h, w
+
+
+def op_shape(plan: ReportPlan, arch: str, size: Tuple[int, int],
+             stage: int) -> Tuple[int, int, int, int]:
+    """``(B, H, W, C)`` of the operator's input in stage ``stage`` of
+    ``arch`` (a name of ``plan.op_archs``) for an input of ``size``."""
+    h, w = stage_grid(size, stage)
+    return plan.op_batch_size, h, w, dict(plan.op_archs)[arch][stage]
 
 
 def _input_name(size: Tuple[int, int]) -> str:
@@ -711,8 +737,8 @@ def _op_item(args: tuple, plan: ReportPlan, device: torch.device, dispatcher,
     """The operator rows of one shape (one ``'all'`` row with the failure
     if it could not be measured, e.g. for lack of memory) and its line."""
     arch, size, stage, dtype, mode = args
-    h, w = stage_grid(size, stage)
-    shape = (plan.op_batch_size, h, w, dict(plan.op_archs)[arch] * 2**stage)
+    shape = op_shape(plan, arch, size, stage)
+    h, w = shape[1:3]
     key = (arch, _input_name(size), stage, dtype, mode)
     try:
         rows = measure_hco(shape, dtype, mode, device, dispatcher,
@@ -830,14 +856,18 @@ def run_report(out_dir: str,
     Returns:
         dict: ``lines`` (the printed report: tables, targets, notes),
         ``op_rows``, ``model_rows``, ``targets``, ``notes`` and ``files``.
+
+    Raises:
+        ToolError: without CUDA for a CUDA device, or when ``out_dir``
+            cannot be written.
     """
     device = torch.device(device or 'cuda')
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('no CUDA device here; --device cpu --quick runs '
-                           "the report's logic on tiny shapes")
+        raise ToolError('no CUDA device here; --device cpu --quick runs '
+                        "the report's logic on tiny shapes")
     plan = QUICK_PLAN if quick else FULL_PLAN
     budget = _Budget(max_minutes * 60.)
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_directory(out_dir)
     files = {
         name: osp.join(out_dir, f'gpu_report{suffix}')
         for name, suffix in (('ops', '_ops.csv'), ('models', '_models.csv'),

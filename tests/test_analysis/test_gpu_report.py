@@ -243,6 +243,46 @@ def test_stage_grid_is_the_models_own():
     assert gpu_report.stage_grid((800, 1333), 0) == (200, 334)
 
 
+def test_full_plan_covers_the_issue_s_shapes():
+    """vHeat-T/S/B (stage widths 96-768 for T and S, 128-1024 for B, as
+    published) at 224, 512 and 800 x 1333, every stage, batch 64, both
+    dtypes and modes; the target shape is the 512 input's stage 1 map
+    (C = 96, 128 x 128)."""
+    plan = gpu_report.FULL_PLAN
+    assert plan.op_archs == (('vheat-t/s', (96, 192, 384, 768)),
+                             ('vheat-b', (128, 256, 512, 1024)))
+    work = gpu_report._work(plan)
+    ops = {args for kind, args in work if kind == 'op'}
+    assert len(ops) == len(work) - 6 == 2 * 3 * 4 * 2 * 2
+    shapes = {
+        gpu_report.op_shape(plan, arch, size, stage)
+        for arch, size, stage, _, _ in ops
+    }
+    # 800 x 1333: 200 x 334, 100 x 167, 50 x 84, 25 x 42.
+    grids = {
+        224: [56, 28, 14, 7],
+        512: [128, 64, 32, 16],
+        800: [(200, 334), (100, 167), (50, 84), (25, 42)]
+    }
+    expected = set()
+    for c0 in (96, 128):
+        for size, per_stage in grids.items():
+            for stage, grid in enumerate(per_stage):
+                h, w = grid if isinstance(grid, tuple) else (grid, grid)
+                expected.add((64, h, w, c0 * 2**stage))
+    assert shapes == expected
+    arch, size, stage = plan.target_op
+    assert gpu_report.op_shape(plan, arch, size, stage) == (64, 128, 128, 96)
+    assert work[:2] == [('op', (arch, size, stage, 'bf16', mode))
+                        for mode in ('infer', 'train')]
+    assert {args
+            for kind, args in work
+            if kind == 'models'} == {(r, m)
+                                     for r in (224, 512, 1024)
+                                     for m in ('infer', 'train')}
+    assert (plan.model_batch_size, plan.op_batch_size) == (64, 64)
+
+
 def _ok(impl, ms, **kw):
     return dict(impl=impl, median_ms=ms, status='ok', **kw)
 
@@ -405,6 +445,21 @@ def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, status,
     assert _tool().main(argv + ['--out-dir', str(tmp_path)]) == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and message in err[0]
+
+
+def test_cli_refuses_an_unwritable_out_dir_before_any_work(
+        tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    monkeypatch.setattr(gpu_report, 'run_report', None)  # never reached
+    assert _tool().main(
+        ['--device', 'cpu', '--quick', '--out-dir',
+         str(blocker / 'out')]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f'error: cannot write --out-dir {blocker}/out: {blocker} is not a '
+        'directory'
+    ]
 
 
 def test_cli_without_cuda_says_what_to_run(tmp_path, capsys, monkeypatch):

@@ -27,7 +27,7 @@ from functools import partial
 import torch
 
 from mmvheat.analysis.gpu_report import run_report
-from mmvheat.utils.io import UsageError, run_tool
+from mmvheat.utils.io import UsageError, ensure_directory, run_tool
 
 
 def parse_args(argv=None):
@@ -65,6 +65,7 @@ def report(args):
                          'sizes its work for a GPU')
     if args.max_minutes <= 0:
         raise UsageError('--max-minutes must be positive')
+    ensure_directory(args.out_dir, '--out-dir')
     return run_report(
         args.out_dir,
         device,
