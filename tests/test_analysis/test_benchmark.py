@@ -315,18 +315,33 @@ def test_benchmark_cli_progress_on_stderr_only(tmp_path, capsys):
         assert all(len(line.split(',')) == len(columns) for line in lines[1:])
 
 
-def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys):
+def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys,
+                                                  monkeypatch):
+    """Bad input ends in one line before any measurement."""
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    status = _tool('benchmark').main([
-        '--device', 'cpu', '--models', 'vheat-t', '--resolutions', '32',
-        '--batch-size', '1', '--mode', 'infer', '--repeats', '1',
-        '--model-only', '--no-flops', '--out-dir',
-        str(blocker / 'out')
-    ])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 1
-    assert err[-1].startswith('error: cannot write ') and 'file' in err[-1]
+    for name in ('benchmark_models', 'benchmark_ops'):
+        monkeypatch.setattr(benchmark, name, None)  # never reached
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    tool = _tool('benchmark')
+    cases = [
+        (['--out-dir', str(blocker / 'out')], 1,
+         f'error: cannot write --out-dir {blocker}/out: {blocker} is not a '
+         'directory'),
+        (['--device', 'cuda'], 1, 'error: --device cuda: no CUDA device '
+         'here'),
+    ]
+    for argv, status, message in cases:
+        assert tool.main(
+            ['--device', 'cpu', '--out-dir',
+             str(tmp_path / 'out')] + argv) == status
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [message], argv
+    for option in ('--batch-size', '--repeats', '--resolutions'):
+        with pytest.raises(SystemExit) as exit_:
+            tool.main([option, '0'])
+        assert exit_.value.code == 2
+        assert 'must be at least 1, got 0' in capsys.readouterr().err
 
 
 def test_round_robin_samples_deadline_and_failures(monkeypatch):
@@ -361,6 +376,5 @@ def test_round_robin_samples_deadline_and_failures(monkeypatch):
     assert calls == {'short': 1 + 4 * 3, 'long': 1 + 4 * 1}
     assert [c.status for c in cands] == ['ok', 'ok', 'OOM']
     cands = candidates()
-    benchmark.run_round_robin(
-        cands, 4, 0, CPU, deadline=time.monotonic() - 1)
+    benchmark.run_round_robin(cands, 4, 0, CPU, deadline=time.monotonic() - 1)
     assert [len(c.times) for c in cands] == [1, 1, 0]

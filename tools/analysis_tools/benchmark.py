@@ -38,7 +38,8 @@ from mmvheat.analysis.benchmark import (EXP_COLUMNS, MODEL_COLUMNS,
                                         MODEL_NAMES, OP_COLUMNS,
                                         benchmark_models, benchmark_ops,
                                         format_table, plot, write_csv)
-from mmvheat.utils.io import run_tool
+from mmvheat.utils.io import (ToolError, ensure_directory, int_at_least,
+                              positive_int, run_tool)
 
 
 def parse_args(argv=None):
@@ -58,15 +59,15 @@ def parse_args(argv=None):
         help='the first one is the baseline of the ratios')
     p.add_argument(
         '--resolutions',
-        type=int,
+        type=positive_int,
         nargs='+',
         default=[224, 384, 512, 768, 1024])
     p.add_argument(
         '--img-size',
-        type=int,
+        type=positive_int,
         default=None,
         help="vHeat's pretraining size (default: each resolution)")
-    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--batch-size', type=positive_int, default=64)
     p.add_argument(
         '--mode', choices=['infer', 'train', 'both'], default='both')
     p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
@@ -74,15 +75,23 @@ def parse_args(argv=None):
     g.add_argument('--op-only', action='store_true')
     g.add_argument('--model-only', action='store_true')
     p.add_argument(
-        '--op-resolutions', type=int, nargs='+', default=[224, 512, 1024])
-    p.add_argument('--op-stages', type=int, nargs='+', default=[0, 1, 2, 3])
+        '--op-resolutions',
+        type=positive_int,
+        nargs='+',
+        default=[224, 512, 1024])
+    p.add_argument(
+        '--op-stages',
+        type=int,
+        nargs='+',
+        choices=[0, 1, 2, 3],
+        default=[0, 1, 2, 3])
     p.add_argument(
         '--op-batch-size',
-        type=int,
+        type=positive_int,
         default=None,
         help='default: --batch-size')
-    p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--repeats', type=positive_int, default=10)
+    p.add_argument('--warmup', type=int_at_least(0), default=2)
     p.add_argument(
         '--no-flops',
         action='store_true',
@@ -91,7 +100,7 @@ def parse_args(argv=None):
         '--device', default=None, help='cuda (default when available) or cpu')
     p.add_argument(
         '--threads',
-        type=int,
+        type=positive_int,
         default=None,
         help='torch.set_num_threads on CPU')
     p.add_argument('--out-dir', default='work_dirs/benchmark')
@@ -109,6 +118,9 @@ def run(args):
     """Measure, write the files; returns the lines to print."""
     device = torch.device(
         args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ToolError(f'--device {args.device}: no CUDA device here')
+    ensure_directory(args.out_dir, '--out-dir')
     if args.threads:
         torch.set_num_threads(args.threads)
     where = (
