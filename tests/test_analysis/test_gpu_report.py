@@ -137,13 +137,20 @@ def test_quick_report_operator_rows(quick_report):
         for name in ['reference', 'published'] + kernels:
             row = by_name[name]
             t = float(row['median_ms']) / 1e3
+            filter_bytes = 4 * h * w * c  # float32
             if mode == 'infer':
-                # Read x and the float32 filter, write y, at the copy's
-                # bandwidth (it reads and writes x once).
-                ideal_s = (2 * x_bytes + 4 * h * w * c) / (2 * x_bytes /
-                                                           copy_s)
-                assert float(row['vs_copy']) == pytest.approx(
-                    t / ideal_s, rel=1e-9)
+                # Read x and the filter, write y.
+                ideal = 2 * x_bytes + filter_bytes
+            else:
+                # Also read x and the output gradient, write x's gradient;
+                # read the filter again and write its gradient.
+                ideal = 5 * x_bytes + 3 * filter_bytes
+            assert float(row['gb_per_s']) == pytest.approx(
+                ideal / t / 1e9, rel=1e-9)
+            # Against those bytes at the copy's bandwidth (it reads and
+            # writes x once).
+            assert float(row['vs_copy']) == pytest.approx(
+                t / (ideal / (2 * x_bytes / copy_s)), rel=1e-9)
             assert float(row['speedup_vs_published']) == pytest.approx(
                 float(by_name['published']['median_ms']) / (t * 1e3), rel=1e-9)
         _check_errors(by_name, dtype, mode, kernels)
@@ -221,6 +228,35 @@ def test_quick_report_targets(quick_report):
         if line.startswith(('PASS', 'FAIL', 'n/a'))
     ]
     assert len(printed) == 12
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_errors_are_measured_against_float64(dtype):
+    """The report's exact results are scipy's float64 DCT of the same
+    (rounded) inputs, and an error is ``max |y - y64| / max |y64|``: an
+    implementation 0.1% too large in every value is 1e-3 off."""
+    from test_ops.exact_reference import exact_spectral_filter, random_inputs
+
+    from mmvheat.ops import spectral_filter_reference
+    x, transfer, grad = random_inputs((2, 5, 7, 3), dtype)
+    exact = gpu_report._exact(x, transfer, grad)
+    for ours, theirs in zip(exact, exact_spectral_filter(x, transfer, grad)):
+        # float64 round-off of two ways of computing a 5 x 7 DCT.
+        assert ours.dtype == torch.float64
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+    def too_large(x, t):
+        # Scaled in float32: 1.001 is 1 in bfloat16.
+        return (spectral_filter_reference(x.float(), t) * 1.001).to(x.dtype)
+
+    errors = gpu_report._errors(too_large, x, transfer, grad, exact)
+    # The relative scale error 1e-3, rounded once to x's dtype (the
+    # output and x's gradient; 2^-8 relative at most for bfloat16) or to
+    # float32 (the filter's gradient).
+    rounding = 2.**-8 if dtype == torch.bfloat16 else 1e-5
+    assert errors['err_out'] == pytest.approx(1e-3, abs=rounding)
+    assert errors['err_grad_x'] == pytest.approx(1e-3, abs=rounding)
+    assert errors['err_grad_t'] == pytest.approx(1e-3, abs=1e-5)
 
 
 def test_stage_grid_is_the_models_own():
