@@ -367,6 +367,53 @@ def test_targets_catch_a_slow_autotuned_choice(choice_ms, result):
     assert "tuner's own times at worst 0.9x" in target['detail']
 
 
+def _model(name, res, mode, ms, peak_mb=None):
+    return dict(
+        model=name,
+        resolution=res,
+        mode=mode,
+        median_ms=ms,
+        images_per_s=64e3 / ms,
+        peak_mem_mb=peak_mb,
+        status='ok')
+
+
+def test_model_targets_compare_like_with_like():
+    """Inference against the published inference mode (folded), training
+    against the published training forward; Swin-T's throughput at the
+    smallest and largest resolution, its peak memory at the largest."""
+    rows = [
+        _model('vheat-t', 224, 'infer', 10., 100.),
+        _model('vheat-t-pub-fold', 224, 'infer', 12.),
+        _model('vheat-t-pub', 224, 'infer', 20.),
+        _model('swin-t', 224, 'infer', 16., 300.),
+        _model('vheat-t', 1024, 'infer', 100., 1000.),
+        _model('vheat-t-pub-fold', 1024, 'infer', 140.),
+        _model('swin-t', 1024, 'infer', 290., 3500.),
+        _model('vheat-t', 224, 'train', 30.),
+        _model('vheat-t-pub', 224, 'train', 45.),
+    ]
+    targets = gpu_report.evaluate_targets([], rows, gpu_report.FULL_PLAN)
+    got = {
+        t['target']: (t['ratio'], t['result'])
+        for t in targets if t['result'] != 'n/a'
+    }
+    assert got == {
+        'vHeat-T vs published formulation (infer, 224, vs '
+        'vheat-t-pub-fold)': (pytest.approx(1.2), 'FAIL'),
+        'vHeat-T vs published formulation (infer, 1024, vs '
+        'vheat-t-pub-fold)': (pytest.approx(1.4), 'PASS'),
+        'vHeat-T vs published formulation (train, 224, vs vheat-t-pub)':
+        (pytest.approx(1.5), 'PASS'),
+        'vHeat-T vs Swin-T throughput, smallest resolution (infer, 224)':
+        (pytest.approx(1.6), 'PASS'),
+        'vHeat-T vs Swin-T throughput, largest resolution (infer, 1024)':
+        (pytest.approx(2.9), 'FAIL'),
+        'vHeat-T vs Swin-T peak inference memory, largest resolution '
+        '(infer, 1024)': (pytest.approx(1000 / 3500), 'PASS'),
+    }
+
+
 def test_time_budget_stops_cleanly(tmp_path):
     """With no time left, every measurement is skipped with a note, and the
     files are still written (headers, targets n/a)."""
