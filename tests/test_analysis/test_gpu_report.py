@@ -356,11 +356,18 @@ def test_targets_judge_the_measured_ratio(published_ms, result):
 
 @pytest.mark.parametrize('choice_ms, result', [(1.05, 'PASS'), (1.2, 'FAIL')])
 def test_targets_catch_a_slow_autotuned_choice(choice_ms, result):
+    """The worst shape decides, here the inference one (in training the
+    choice is twice as fast as the reference)."""
     rows = _op([
         _ok('reference', 1., autotuned='tiled', tuner_ms=1.),
         _ok('tiled', choice_ms, autotuned='tiled', tuner_ms=0.9),
         _ok('published', 3.),
     ])
+    train = [
+        _ok('reference', 2., autotuned='fused', tuner_ms=2.),
+        _ok('fused', 1., autotuned='fused', tuner_ms=1.),
+    ]
+    rows += _op(train, mode='train')
     target = gpu_report.evaluate_targets(rows, [], gpu_report.FULL_PLAN)[-1]
     assert target['target'].startswith('autotuned choice vs reference')
     assert (target['ratio'], target['result']) == (choice_ms, result)
