@@ -259,6 +259,31 @@ def test_errors_are_measured_against_float64(dtype):
     assert errors['err_grad_t'] == pytest.approx(1e-3, abs=1e-5)
 
 
+@pytest.mark.parametrize('mode', ['infer', 'train'])
+def test_published_step_recomputes_its_filter(mode, monkeypatch):
+    """The published formulation is timed with ``decay ** k`` computed in
+    every call (in training, differentiated to ``k``); the other
+    implementations get the filter made once."""
+    from mmvheat.analysis.published import published_transfer
+    calls = []
+
+    def counting_transfer(k):
+        calls.append(k.requires_grad)
+        return published_transfer(k)
+
+    monkeypatch.setattr(gpu_report, 'published_transfer', counting_transfer)
+    x = torch.randn(2, 4, 6, 3)
+    k = 2 * torch.rand(4, 6, 3)
+    transfer = published_transfer(k)
+    grad = torch.randn_like(x) if mode == 'train' else None
+    fns = gpu_report._filters(['reference'], CPU, None)
+    for name, fn in fns.items():
+        step = gpu_report._step(name, fn, x, transfer, k, grad)
+        for _ in range(3):
+            step()
+    assert calls == [mode == 'train'] * 3
+
+
 def test_stage_grid_is_the_models_own():
     """The stage shapes the report measures are those the stem and the
     downsampling convolutions of vHeat produce."""
