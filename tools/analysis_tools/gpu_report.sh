@@ -5,7 +5,7 @@
 #
 #   bash tools/analysis_tools/gpu_report.sh fetch [DIR]
 #       Here, where pip reaches PyPI: download the wheels into DIR (default
-#       .whl in the repository root, added to .git/info/exclude). Set
+#       .whl in the repository root, added to git's info/exclude). Set
 #       PYTHON_VERSION (default 3.12) to the GPU machine's python3 version.
 #   bash tools/analysis_tools/gpu_report.sh run OUT_DIR [REPORT ARGS...]
 #       There, from the repository root: install the wheels of .whl (or
@@ -36,9 +36,14 @@ fetch() {
     local dir=${1:-$ROOT/.whl}
     local python=${PYTHON:-python3}
     mkdir -p "$dir"
-    if [ "$dir" = "$ROOT/.whl" ] && [ -d "$ROOT/.git" ] &&
-        ! grep -qx '/.whl/' "$ROOT/.git/info/exclude" 2>/dev/null; then
-        echo '/.whl/' >>"$ROOT/.git/info/exclude"
+    local exclude
+    # A worktree's .git is a file: ask git where its exclude file is.
+    exclude=$(git -C "$ROOT" rev-parse --path-format=absolute \
+        --git-path info/exclude 2>/dev/null) || exclude=
+    if [ "$dir" = "$ROOT/.whl" ] && [ -n "$exclude" ] &&
+        ! grep -qx '/.whl/' "$exclude" 2>/dev/null; then
+        mkdir -p "$(dirname "$exclude")"
+        echo '/.whl/' >>"$exclude"
     fi
     "$python" -m pip download --no-deps --only-binary=:all: \
         --python-version "${PYTHON_VERSION:-3.12}" --implementation cp \
