@@ -25,7 +25,8 @@ CPU, like with like against the published formulation::
 
     python tools/analysis_tools/benchmark.py --device cpu --model-only \\
         --models vheat-t vheat-t-plain vheat-t-pub vheat-t-pub-fold \\
-        --resolutions 224 512 --batch-size 8 --mode infer --no-flops
+        --resolutions 224 512 --batch-size 8 --mode infer --no-flops \\
+        --repeats 7
 """
 import argparse
 import os.path as osp
