@@ -31,7 +31,10 @@ exactly the layouts that OpenMMLab's loaders read:
 Every picture is a textured background (colour gradient + stripes + noise)
 with 1..``max_instances`` non-overlapping shapes (one, large, for
 classification) of random size, position, rotation and colour; the colour
-says nothing about the class, the outline does.
+says nothing about the class, the outline does. Every split is balanced:
+each class has as many shapes as the others, to one or two
+(:class:`BalancedLabels`; classification: picture ``i`` has class
+``i % K``).
 
 Each picture has its own random stream seeded by ``(seed, task, split,
 index)``: the same seed gives byte-identical files, and a smaller dataset
@@ -53,7 +56,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -62,14 +65,15 @@ __all__ = [
     'GENERATOR_VERSION', 'MARKER_NAME', 'DEMO_SHAPES', 'DEMO_DET_CLASSES',
     'DEMO_DET_PALETTE', 'DEMO_DET_METAINFO', 'DEMO_SEG_CLASSES',
     'DEMO_SEG_PALETTE', 'DEMO_SEG_METAINFO', 'DEMO_CLS_CLASSES',
-    'DEMO_CLS_METAINFO', 'DEFAULTS', 'TASK_DIRS', 'render_scene',
+    'DEMO_CLS_METAINFO', 'DEFAULTS', 'TASK_DIRS', 'BalancedLabels',
+    'render_scene',
     'make_coco_instances', 'make_ade20k_like', 'make_imagenet_like',
     'make_demo_data'
 ]
 
 #: Bump whenever the pictures or the layout change: older datasets on disk
 #: are then regenerated instead of reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = '.mmvheat_demo.json'
 JPEG_QUALITY = 92
 
@@ -104,6 +108,7 @@ CLS_SIZE = (0.2, 0.3)
 
 _SPLIT_SALT = dict(train=1, val=2)
 _TASK_SALT = dict(det=11, seg=12, cls=13)
+_LABELS_SALT = 21
 _CIRCLE_VERTICES = 32
 _NUM_VERTICES = dict(circle=_CIRCLE_VERTICES, square=4, triangle=3)
 # circumradius / radius of the circle of the same area, per class
@@ -122,6 +127,30 @@ def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(
         [int(seed), _TASK_SALT[task], _SPLIT_SALT[split],
          int(index)])
+
+
+def _labels_rng(seed: int, task: str, split: str) -> np.random.Generator:
+    """The split's stream of classes (a seed of another length than the
+    pictures' streams)."""
+    return np.random.default_rng(
+        [int(seed), _TASK_SALT[task], _SPLIT_SALT[split], 0, _LABELS_SALT])
+
+
+def _render_balanced(seed: int, task: str, split: str, index: int,
+                     labels: 'BalancedLabels', image_size, max_instances: int,
+                     **kwargs) -> dict:
+    """Picture ``index`` of a det/seg split: 1..``max_instances`` shapes
+    whose classes ``labels`` deals."""
+    rng = _rng(seed, task, split, index)
+    count = int(rng.integers(1, max_instances + 1))
+    scene = render_scene(
+        rng,
+        image_size,
+        labels=labels.peek(count),
+        radius_frac=DET_SEG_SIZE,
+        **kwargs)
+    labels.take([inst['label'] for inst in scene['instances']])
+    return scene
 
 
 def _shape_polygon(label: int, cx: float, cy: float, radius: float,
@@ -195,13 +224,51 @@ def _shape_colour(rng: np.random.Generator,
     return best
 
 
+class BalancedLabels:
+    """The classes of a split's shapes, dealt in turn so that every class
+    is drawn as often as the others.
+
+    Independent draws leave small datasets unbalanced by chance (300
+    pictures of 1-4 shapes: one class often has a fifth fewer shapes than
+    another), and a model that cannot tell the shapes apart yet then
+    favours the commoner ones. Here the classes come in blocks, each a
+    random order of all of them, from the split's own random stream; a
+    shape that finds no room gives its class back to the next picture. The
+    counts of placed shapes therefore differ by at most one or two, and a
+    smaller dataset is still a prefix of a larger one.
+
+    Args:
+        rng: The split's random stream (not a picture's).
+        num_classes: Defaults to ``len(DEMO_SHAPES)``.
+    """
+
+    def __init__(self, rng: np.random.Generator,
+                 num_classes: int = len(DEMO_SHAPES)):
+        self.rng = rng
+        self.num_classes = num_classes
+        self._queue = []
+
+    def peek(self, count: int) -> List[int]:
+        """The next ``count`` classes (dealt by :meth:`take`)."""
+        while len(self._queue) < count:
+            self._queue += self.rng.permutation(self.num_classes).tolist()
+        return self._queue[:count]
+
+    def take(self, placed: Sequence[int]) -> None:
+        """Deal the classes of the shapes that were placed; the others
+        stay first in line."""
+        for label in placed:
+            self._queue.remove(label)
+
+
 def render_scene(rng: np.random.Generator,
                  image_size: Tuple[int, int],
                  num_instances: Union[int, Tuple[int, int]] = (1, 4),
                  radius_frac: Tuple[float, float] = DET_SEG_SIZE,
                  label: Optional[int] = None,
                  centred: bool = False,
-                 with_label_map: bool = False) -> dict:
+                 with_label_map: bool = False,
+                 labels: Optional[Sequence[int]] = None) -> dict:
     """Draw one picture.
 
     Args:
@@ -216,6 +283,10 @@ def render_scene(rng: np.random.Generator,
         label: Force the class of every shape (classification).
         centred: Keep the shape near the centre (classification).
         with_label_map: Also return the ADE-style label map.
+        labels: The classes of the shapes, in the order they are placed
+            (their number replaces ``num_instances``; see
+            :class:`BalancedLabels`). Defaults to None: each drawn at
+            random.
 
     Returns:
         dict: ``img`` (H, W, 3) uint8 RGB; ``instances``: list of dicts with
@@ -224,7 +295,9 @@ def render_scene(rng: np.random.Generator,
         (1 = background, 2.. = shapes).
     """
     h, w = int(image_size[0]), int(image_size[1])
-    if isinstance(num_instances, int):
+    if labels is not None:
+        n = len(labels)
+    elif isinstance(num_instances, int):
         n = num_instances
     else:
         n = int(rng.integers(num_instances[0], num_instances[1] + 1))
@@ -235,8 +308,13 @@ def render_scene(rng: np.random.Generator,
     # pixels taken by earlier shapes, grown by 2 px: shapes never touch
     taken = np.zeros((h, w), bool)
     instances = []
-    for _k in range(n):
-        cls = int(rng.integers(len(DEMO_SHAPES))) if label is None else label
+    for k in range(n):
+        if labels is not None:
+            cls = int(labels[k])
+        elif label is not None:
+            cls = label
+        else:
+            cls = int(rng.integers(len(DEMO_SHAPES)))
         lo, hi = radius_frac
         for attempt in range(64):
             # equal-area radius -> circumradius, so that all classes cover
@@ -483,11 +561,10 @@ def make_coco_instances(root: str,
             images, annotations = [], []
             per_image = Counter()
             per_class = Counter()
+            labels = BalancedLabels(_labels_rng(seed, 'det', split))
             for i in range(n):
-                scene = render_scene(
-                    _rng(seed, 'det', split, i),
-                    image_size, (1, max_instances),
-                    radius_frac=DET_SEG_SIZE)
+                scene = _render_balanced(seed, 'det', split, i, labels,
+                                         image_size, max_instances)
                 img_id = id_base + i + 1
                 file_name = f'{img_id:012d}.jpg'
                 _write_jpeg(osp.join(img_dir, file_name), scene['img'])
@@ -595,11 +672,17 @@ def make_ade20k_like(root: str,
             os.makedirs(img_dir)
             os.makedirs(ann_dir)
             pixels = np.zeros(len(DEMO_SEG_CLASSES) + 1, np.int64)
+            per_class = Counter()
+            labels = BalancedLabels(_labels_rng(seed, 'seg', split))
             for i in range(n):
-                scene = render_scene(
-                    _rng(seed, 'seg', split, i),
-                    image_size, (1, max_instances),
-                    radius_frac=DET_SEG_SIZE,
+                scene = _render_balanced(
+                    seed,
+                    'seg',
+                    split,
+                    i,
+                    labels,
+                    image_size,
+                    max_instances,
                     with_label_map=True)
                 stem = f'ADE_{split}_{i + 1:08d}'
                 _write_jpeg(osp.join(img_dir, stem + '.jpg'), scene['img'])
@@ -608,11 +691,15 @@ def make_ade20k_like(root: str,
                 pixels += np.bincount(
                     scene['label_map'].reshape(-1),
                     minlength=len(pixels))[:len(pixels)]
+                per_class.update(DEMO_SHAPES[inst['label']]
+                                 for inst in scene['instances'])
                 if report:
                     report(i + 1, n, f'ade {sub}')
             total = max(int(pixels.sum()), 1)
             stats[split] = dict(
                 images=n,
+                instances_per_class={c: per_class[c]
+                                     for c in DEMO_SHAPES},
                 pixel_fraction={
                     c: round(int(pixels[k + 1]) / total, 4)
                     for k, c in enumerate(DEMO_SEG_CLASSES)

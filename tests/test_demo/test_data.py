@@ -428,3 +428,50 @@ def test_cli(project_root, tmp_path):
     img = cv2.imread(osp.join(out, 'coco', 'val2017', '000001000001.jpg'))
     assert img.shape == (48, 64, 3)
     assert 'up to date' in again
+
+
+# ---------------------------------------------------------------------------
+# Class balance
+# ---------------------------------------------------------------------------
+def test_classes_balanced(tmp_path):
+    """Every class has as many shapes as the others, to two, counted from
+    the files (COCO categories; connected regions of the label maps)."""
+    num = 60
+    coco = make_coco_instances(
+        str(tmp_path / 'coco'), num_train=num, num_val=0,
+        image_size=(64, 64))['root']
+    with open(osp.join(coco, 'annotations', 'instances_train2017.json')) as f:
+        annotations = json.load(f)['annotations']
+    counts = np.bincount([a['category_id'] - 1 for a in annotations],
+                         minlength=len(DEMO_DET_CLASSES))
+    assert counts.sum() > 2 * num and counts.max() - counts.min() <= 2, counts
+
+    ade = make_ade20k_like(
+        str(tmp_path / 'ade'), num_train=num, num_val=0,
+        image_size=(64, 64))['root']
+    counts = np.zeros(len(DEMO_SEG_CLASSES) - 1, int)
+    labels = osp.join(ade, 'annotations', 'training')
+    for name in os.listdir(labels):
+        label = cv2.imread(osp.join(labels, name), cv2.IMREAD_UNCHANGED)
+        for k in range(len(counts)):
+            # shapes never touch, so each is a region of its own
+            counts[k] += cv2.connectedComponents(
+                (label == k + 2).astype(np.uint8))[0] - 1
+    assert counts.sum() > 2 * num and counts.max() - counts.min() <= 2, counts
+
+
+def test_balanced_labels_defer_unplaced_shapes():
+    from mmvheat.demo.data import BalancedLabels
+    labels = BalancedLabels(np.random.default_rng(0), num_classes=3)
+    first = labels.peek(4)
+    # each block of three is one of each class
+    assert sorted(first[:3]) == [0, 1, 2] and labels.peek(4) == first
+    labels.take([first[0], first[2]])  # the second shape found no room
+    assert labels.peek(2) == [first[1], first[3]]
+    dealt = [first[0], first[2]]
+    for _ in range(100):
+        batch = labels.peek(3)
+        labels.take(batch[:2])
+        dealt += batch[:2]
+    counts = np.bincount(dealt, minlength=3)
+    assert counts.max() - counts.min() <= 2, counts

@@ -1,7 +1,8 @@
 # MPViT-T UperNet trained from scratch on the generated ADE20K-format shapes
 # dataset (tools/dataset_converters/make_demo_data.py): the vHeat-T demo
-# (narrow heads, BN, 250 iterations) with the backbone swapped. BN instead
-# of SyncBN so that it also runs as one or several CPU processes.
+# (narrow heads, BN, 500 iterations of 4 images, a pipeline that keeps the
+# shapes whole) with the backbone swapped. BN instead of SyncBN so that it
+# also runs as one or several CPU processes.
 _base_ = ['../../vheat/demo/vheat-tiny_upernet_demo-shapes-128.py']
 
 model = dict(

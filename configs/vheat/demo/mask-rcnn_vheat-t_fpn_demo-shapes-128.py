@@ -4,7 +4,7 @@
 # proposal budget cut to fit a few minutes of CPU training.
 _base_ = ['../mask-rcnn_vheat-t_fpn_1x_coco.py']
 
-# Names must agree with mmvheat.datasets.DEMO_DET_CLASSES.
+# Names as mmvheat.demo.DEMO_DET_CLASSES.
 classes = ('circle', 'square', 'triangle')
 data_root = 'data/demo/coco/'
 image_size = (128, 128)
@@ -66,7 +66,9 @@ val_dataloader = dict(
         data_prefix=dict(img='val2017/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+# classwise: the per-class AP tables in the log (the demo reports them)
+val_evaluator = dict(
+    ann_file=data_root + 'annotations/instances_val2017.json', classwise=True)
 test_evaluator = val_evaluator
 
 # Test-time augmentation at the demo's scale: three sizes, with and
@@ -117,7 +119,7 @@ param_scheduler = [
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.))
 default_hooks = dict(
-    logger=dict(interval=25),
+    logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -1,0 +1,296 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""``tools/demo.py`` end to end on a handful of images, and its console.
+
+A tiny run (2 iterations on 4 training images, 3 validation images) of both
+models checks what a person sees: a handful of lines (one per phase, the
+table, the picture), the whole logs in the work directory, summary.png,
+and per-class metrics that agree with the predictions the tests dumped
+(recomputed here with numpy and pycocotools). A phase that fails ends the
+demo with its log's path and last lines, and exit status 1.
+"""
+import importlib.util
+import io
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from mmvheat.demo import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
+from mmvheat.demo.phases import IterProgress
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(ROOT, 'tools', 'demo.py')
+PHASES = ['generate data', 'evaluate untrained', 'train', 'test', 'test --tta']
+TINY = [
+    '--max-iters', '2', '--num-train', '4', '--num-val', '3', '--num-images',
+    '2', '--cfg-options', 'train_dataloader.batch_size=2',
+    'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers='
+    'False', 'test_dataloader.num_workers=0',
+    'test_dataloader.persistent_workers=False', 'default_hooks.logger.'
+    'interval=1'
+]
+PHASE_LINE = re.compile(r'^\[(det|seg)\] (\S.*?)\s{2,}.*\d+ s$')
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location('demo_tool', DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(args, tmp):
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+    return subprocess.run([sys.executable, DEMO, *args],
+                          cwd=str(tmp),
+                          env=env,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('demo_tool')
+    data, work = str(tmp / 'data'), str(tmp / 'work')
+    result = _run(['--data-root', data, '--work-dir', work, *TINY], tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(result=result, data=data, work=work, tmp=tmp)
+
+
+@pytest.mark.slow
+def test_a_handful_of_lines(tiny_run):
+    result = tiny_run['result']
+    assert result.stderr == ''
+    lines = result.stdout.splitlines()
+    phases = [PHASE_LINE.match(line) for line in lines]
+    done = [(m[1], m[2]) for m in phases if m]
+    for task in ('det', 'seg'):
+        # each phase once, in order (the two models run side by side)
+        assert [p for t, p in done if t == task] == PHASES
+    # the rest: the header, quarter-way progress lines of training, the
+    # table (a title and a row per metric and class) and the closing lines
+    progress = [line for line in lines if re.search(r'\[[#.]{20}\]', line)]
+    table_rows = 2 + 2 * (1 + len(DEMO_DET_CLASSES)) + 2 + len(
+        DEMO_SEG_CLASSES) + 2
+    assert len(lines) <= 1 + len(done) + len(progress) + table_rows + 6
+    assert len(done) == 2 * len(PHASES)
+    assert len(progress) <= 2 * 3
+    assert lines[-2] == ('Predictions beside the ground truth: ' +
+                         osp.join(tiny_run['work'], 'summary.png'))
+    assert re.fullmatch(r'Total: \d+ min \d\d s|Total: \d+ s', lines[-1])
+    table = lines[lines.index('Validation metrics, % (COCO AP; IoU):') + 1:]
+    assert table[0].split() == ['untrained', 'trained', 'trained', '+', 'TTA']
+    assert table[1] == 'vHeat-T Mask R-CNN'
+    assert [row.split()[0] for row in table[2:10]
+            ] == ['bbox', *DEMO_DET_CLASSES, 'segm', *DEMO_DET_CLASSES]
+    assert table[10] == 'vHeat-T UperNet'
+    assert [row.split()[0]
+            for row in table[11:17]] == ['mIoU', *DEMO_SEG_CLASSES, 'aAcc']
+
+
+@pytest.mark.slow
+def test_logs_in_the_work_dir(tiny_run):
+    work = tiny_run['work']
+    for task in ('det', 'seg'):
+        text = open(osp.join(work, task, 'generate.log')).read()
+        assert text.startswith('$ ') and 'make_demo_data.py' in text
+        logs = {
+            name: open(osp.join(work, task, f'{name}.log')).read()
+            for name in ('untrained', 'train', 'test', 'test_tta')
+        }
+        commands = [
+            line for line in logs['untrained'].splitlines()
+            if line.startswith('$ ')
+        ]
+        assert 'mmvheat.demo.initial_weights' in commands[0]
+        assert 'tools/test.py' in commands[1]
+        # the whole output: the config dump and mmengine's lines
+        assert "type='mmvheat.VHeat'" in logs['train']
+        assert re.search(r'Iter\(train\) \[2/2\]', logs['train'])
+        assert '--tta' in logs['test_tta'].splitlines()[0]
+        assert 'TestTimeAug' in logs['test_tta']
+        assert osp.isfile(osp.join(work, task, 'train', 'iter_2.pth'))
+    summary = json.load(open(osp.join(work, 'summary.json')))
+    assert set(summary['results']) == {'det', 'seg'}
+
+
+@pytest.mark.slow
+def test_per_class_metrics_match_the_predictions(tiny_run):
+    """The table's 'trained' column is what the dumped predictions score,
+    computed without mmseg and mmdet."""
+    import mmengine
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    work, data = tiny_run['work'], tiny_run['data']
+    results = json.load(open(osp.join(work, 'summary.json')))['results']
+
+    seg = results['seg']['trained']
+    labels = osp.join(data, 'ade', 'annotations', 'validation')
+    inter = np.zeros(len(DEMO_SEG_CLASSES))
+    union = np.zeros(len(DEMO_SEG_CLASSES))
+    for name in sorted(os.listdir(labels)):
+        truth = cv2.imread(osp.join(labels, name), cv2.IMREAD_UNCHANGED)
+        predicted = cv2.imread(
+            osp.join(work, 'seg', 'test', 'predictions', name),
+            cv2.IMREAD_UNCHANGED)
+        for k in range(len(DEMO_SEG_CLASSES)):
+            inter[k] += ((truth == k + 1) & (predicted == k + 1)).sum()
+            union[k] += ((truth == k + 1) | (predicted == k + 1)).sum()
+    for k, name in enumerate(DEMO_SEG_CLASSES):
+        if union[k]:
+            # the IoU table holds 2 decimals
+            assert seg[f'mIoU | {name}'] == pytest.approx(
+                100 * inter[k] / union[k], abs=0.006), name
+
+    det = results['det']['trained']
+    ann_file = osp.join(data, 'coco', 'annotations', 'instances_val2017.json')
+    truth = COCO(ann_file)
+    found = []
+    for sample in mmengine.load(
+            osp.join(work, 'det', 'test', 'predictions.pkl')):
+        inst = sample['pred_instances']
+        for box, score, label in zip(inst['bboxes'].tolist(),
+                                     inst['scores'].tolist(),
+                                     inst['labels'].tolist()):
+            found.append(
+                dict(
+                    image_id=sample['img_id'],
+                    category_id=label + 1,
+                    score=score,
+                    bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]]))
+    for cat in truth.getCatIds():
+        name = truth.loadCats(cat)[0]['name']
+        if not truth.getAnnIds(catIds=[cat]):
+            assert det[f'bbox AP | {name}'] is None  # null: no ground truth
+            continue
+        if not found:
+            assert det[f'bbox AP | {name}'] == 0
+            continue
+        coco_eval = COCOeval(truth, truth.loadRes(found), 'bbox')
+        coco_eval.params.catIds = [cat]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+        # mmdet's table rounds AP to 3 decimals
+        assert det[f'bbox AP | {name}'] == pytest.approx(
+            100 * max(coco_eval.stats[0], 0), abs=0.051), name
+
+
+@pytest.mark.slow
+def test_summary_png(tiny_run):
+    picture = cv2.imread(osp.join(tiny_run['work'], 'summary.png'))
+    module = _demo_module()
+    from mmvheat.demo.summary import DPI, PANEL_INCHES
+    assert module.TITLE
+    # two images wide, five rows of panels
+    assert picture.shape[1] > 2 * PANEL_INCHES * DPI
+    assert picture.shape[0] > 5 * PANEL_INCHES * DPI
+    assert picture.shape[1] < picture.shape[0] < 2 * picture.shape[0]
+
+
+@pytest.mark.slow
+def test_a_failing_phase(tiny_run):
+    """The phase, its log and its last lines on stderr; exit status 1."""
+    result = _run([
+        '--data-root', tiny_run['data'], '--work-dir',
+        str(tiny_run['tmp'] / 'fail'), '--tasks', 'seg', *TINY,
+        'model.backbone.arch=no-such-arch'
+    ], tiny_run['tmp'])
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert PHASE_LINE.match(lines[1])[1:] == ('seg', 'generate data')
+    assert len(lines) == 2
+    errors = result.stderr.splitlines()
+    assert errors[0] == ('FAILED: [seg] evaluate untrained: '
+                         'mmvheat.demo.initial_weights exited with status 1')
+    log = osp.join(str(tiny_run['tmp'] / 'fail'), 'seg', 'untrained.log')
+    assert errors[1] == f'log: {log}'
+    assert errors[2] == 'last lines of the log:'
+    assert 'no-such-arch' in '\n'.join(errors[3:])
+    assert errors[3:] == [
+        '    ' + line for line in open(log).read().splitlines()[-20:]
+    ]
+
+
+class _Terminal(io.StringIO):
+
+    def isatty(self):
+        return True
+
+
+def _screen(text):
+    """What a terminal shows after ``text``: lines, carriage returns and
+    the escapes the console uses (ESC[nF: n lines up, to their start;
+    ESC[J: clear to the end of the screen)."""
+    lines, row, col = [''], 0, 0
+    for token in re.findall(r'\x1b\[(\d*)([FJ])|(\r)|(\n)|([^\x1b\r\n]+)',
+                            text):
+        count, code, cr, nl, chars = token
+        if code == 'F':
+            row, col = row - int(count or 1), 0
+        elif code == 'J':
+            lines[row] = lines[row][:col]
+            del lines[row + 1:]
+        elif cr:
+            col = 0
+        elif nl:
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append('')
+        else:
+            line = lines[row]
+            lines[row] = line[:col] + chars + line[col + len(chars):]
+            col += len(chars)
+    assert row >= 0
+    return lines
+
+
+def test_console_on_a_terminal_redraws_one_line_per_task():
+    module = _demo_module()
+    stream = _Terminal()
+    console = module.Console(stream)
+    console.line('header')
+    for done in range(1, 41):
+        console.progress('det', 'train',
+                         IterProgress('train', done, 40, 1.0, '0:00:10'))
+        if done == 20:
+            console.status('seg', '[seg] test ...')
+            console.line('[seg] train  done')
+    assert _screen(stream.getvalue()) == [
+        'header', '[seg] train  done',
+        '[det] train [####################] 40/40 loss 1.000 ETA 0:00:10',
+        '[seg] test ...'
+    ]
+    console.status('det', None)
+    console.status('seg', None)
+    console.line('[det] test  done')
+    assert _screen(stream.getvalue()) == [
+        'header', '[seg] train  done', '[det] test  done', ''
+    ]
+
+
+def test_console_elsewhere_prints_sparse_lines():
+    module = _demo_module()
+    stream = io.StringIO()
+    console = module.Console(stream)
+    for done in range(1, 41):
+        console.progress('det', 'train',
+                         IterProgress('train', done, 40, 1.0, '0:00:10'))
+    console.status('det', '[det] test ...')  # nothing off a terminal
+    console.line('[det] train  done')
+    lines = stream.getvalue().splitlines()
+    assert '\r' not in stream.getvalue() and '\x1b' not in stream.getvalue()
+    # a line at each quarter (10, 20, 30), then the phase's line
+    assert [line.split('] ')[-1].split()[0]
+            for line in lines[:-1]] == ['10/40', '20/40', '30/40']
+    assert lines[-1] == '[det] train  done'

@@ -1,0 +1,151 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""The demo's plan: its commands, its config overrides, its schedule."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmvheat.demo.workflow import (DEMO_TASKS, PROJECT_ROOT, TaskPlan,
+                                   child_env, schedule_options,
+                                   task_cfg_options, trained_checkpoint)
+
+
+def _merged(config, options):
+    """``config`` with ``--cfg-options`` merged, as tools/train.py does."""
+    from mmvheat.apis import load_config, train_parser
+    argv = [osp.join(PROJECT_ROOT, config)]
+    if options:
+        argv += ['--cfg-options', *options]
+    return load_config(train_parser().parse_args(argv))
+
+
+def _learning_rates(cfg, iters):
+    """The learning rate of each iteration, from the config's schedulers
+    built by mmengine on a one-parameter optimizer."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                lr=cfg.optim_wrapper.optimizer.lr)
+    schedulers = []
+    for scheduler in cfg.param_scheduler:
+        scheduler = dict(scheduler)
+        scheduler.pop('_scope_', None)
+        schedulers.append(
+            PARAM_SCHEDULERS.build(dict(scheduler, optimizer=optimizer)))
+    rates = []
+    for _ in range(iters):
+        rates.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize('task', ['det', 'seg'])
+@pytest.mark.parametrize('factor', [0.5, 2])
+def test_schedule_scales_with_max_iters(task, factor):
+    config = DEMO_TASKS[task].config
+    original = _merged(config, [])
+    iters = int(original.train_cfg.max_iters * factor)
+    cfg = _merged(config, schedule_options(
+        osp.join(PROJECT_ROOT, config), iters))
+    assert cfg.train_cfg.max_iters == iters == cfg.train_cfg.val_interval
+    assert cfg.default_hooks.checkpoint.interval == iters
+    before = _learning_rates(original, original.train_cfg.max_iters)
+    after = _learning_rates(cfg, iters)
+    # the same curve, stretched: the peak where the warm-up ends (to the
+    # iteration: begin/end are rounded), halfway down at half of training
+    # (within 5%: the rounding, again), and the decay (cosine to eta_min,
+    # poly to 0) done when training ends
+    peak = max(range(len(before)), key=before.__getitem__)
+    assert max(range(iters), key=after.__getitem__) == pytest.approx(
+        peak * factor, abs=1)
+    assert after[iters // 2] == pytest.approx(
+        before[len(before) // 2], rel=0.05)
+    for rates in (before, after):
+        assert rates[-1] < 0.02 * max(rates)
+
+
+def test_schedule_of_a_few_iterations_stays_valid():
+    for task in DEMO_TASKS.values():
+        config = osp.join(PROJECT_ROOT, task.config)
+        for iters in (1, 2, 3):
+            cfg = _merged(task.config, schedule_options(config, iters))
+            for scheduler in cfg.param_scheduler:
+                assert 0 <= scheduler.begin < scheduler.end <= iters
+            assert len(_learning_rates(cfg, iters)) == iters
+
+
+def test_cfg_options_point_at_the_demo_data(tmp_path):
+    root = str(tmp_path / 'data')
+    det = _merged(DEMO_TASKS['det'].config,
+                  task_cfg_options(DEMO_TASKS['det'], root, None, ['a=1']))
+    for split in ('train', 'val', 'test'):
+        assert det[f'{split}_dataloader'].dataset.data_root == \
+            osp.join(root, 'coco') + '/'
+    ann = osp.join(root, 'coco', 'annotations', 'instances_val2017.json')
+    assert det.val_evaluator.ann_file == det.test_evaluator.ann_file == ann
+    assert det.val_evaluator.classwise  # the per-class tables of the log
+    assert det.a == 1
+    seg = _merged(DEMO_TASKS['seg'].config,
+                  task_cfg_options(DEMO_TASKS['seg'], root))
+    assert seg.test_dataloader.dataset.data_root == osp.join(root,
+                                                             'ade') + '/'
+    assert seg.train_cfg.max_iters == Config.fromfile(
+        osp.join(PROJECT_ROOT,
+                 DEMO_TASKS['seg'].config)).train_cfg.max_iters
+
+
+def test_plan_commands(tmp_path):
+    work = str(tmp_path / 'work')
+    plan = TaskPlan(DEMO_TASKS['det'], 'data', work, max_iters=4,
+                    cfg_options=['x=1'], num_train=5, num_val=2)
+    generate = plan.generate()
+    assert generate.commands == [[
+        sys.executable,
+        osp.join(PROJECT_ROOT, 'tools', 'dataset_converters',
+                 'make_demo_data.py'), '--out', 'data', '--tasks', 'det',
+        '--num-train', '5', '--num-val', '2'
+    ]]
+    assert generate.log_path == osp.join(work, 'det', 'generate.log')
+    untrained = plan.untrained()
+    weights = osp.join(work, 'det', 'untrained', 'initial_weights.pth')
+    make, test = untrained.commands
+    assert make[1:4] == ['-m', 'mmvheat.demo.initial_weights', plan.config]
+    assert make[4] == weights and test[2:4] == [plan.config, weights]
+    for command in untrained.commands:
+        options = command[command.index('--cfg-options') + 1:]
+        assert 'train_cfg.max_iters=4' in options and options[-1] == 'x=1'
+    train = plan.train().commands[0]
+    assert train[1].endswith(osp.join('tools', 'train.py'))
+    assert '--no-validate' in train
+    test = plan.test('ckpt.pth')
+    assert test.commands[0][2:4] == [plan.config, 'ckpt.pth']
+    assert test.outputs['predictions'] == osp.join(work, 'det', 'test',
+                                                   'predictions.pkl')
+    assert '--out' in test.commands[0] and '--tta' not in test.commands[0]
+    tta = plan.test('ckpt.pth', tta=True)
+    assert '--tta' in tta.commands[0] and '--out' not in tta.commands[0]
+    assert tta.log_path == osp.join(work, 'det', 'test_tta.log')
+    seg = TaskPlan(DEMO_TASKS['seg'], 'data', work).test('ckpt.pth')
+    assert seg.outputs['predictions'] == osp.join(work, 'seg', 'test',
+                                                  'predictions')
+
+
+def test_trained_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match='last_checkpoint'):
+        trained_checkpoint(str(tmp_path))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_3.pth'))
+    with pytest.raises(FileNotFoundError, match='missing'):
+        trained_checkpoint(str(tmp_path))
+    (tmp_path / 'iter_3.pth').write_bytes(b'')
+    assert trained_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_3.pth')
+
+
+def test_child_env(monkeypatch):
+    monkeypatch.setenv('PYTHONPATH', '/elsewhere')
+    env = child_env(threads=1)
+    assert env['PYTHONPATH'].split(':') == [PROJECT_ROOT, '/elsewhere']
+    assert env['OMP_NUM_THREADS'] == env['MKL_NUM_THREADS'] == '1'
+    assert env['PYTHONUNBUFFERED'] == '1'
