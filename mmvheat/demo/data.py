@@ -66,9 +66,8 @@ __all__ = [
     'DEMO_DET_PALETTE', 'DEMO_DET_METAINFO', 'DEMO_SEG_CLASSES',
     'DEMO_SEG_PALETTE', 'DEMO_SEG_METAINFO', 'DEMO_CLS_CLASSES',
     'DEMO_CLS_METAINFO', 'DEFAULTS', 'TASK_DIRS', 'BalancedLabels',
-    'render_scene',
-    'make_coco_instances', 'make_ade20k_like', 'make_imagenet_like',
-    'make_demo_data'
+    'render_scene', 'make_coco_instances', 'make_ade20k_like',
+    'make_imagenet_like', 'make_demo_data'
 ]
 
 #: Bump whenever the pictures or the layout change: older datasets on disk
@@ -242,7 +241,8 @@ class BalancedLabels:
         num_classes: Defaults to ``len(DEMO_SHAPES)``.
     """
 
-    def __init__(self, rng: np.random.Generator,
+    def __init__(self,
+                 rng: np.random.Generator,
                  num_classes: int = len(DEMO_SHAPES)):
         self.rng = rng
         self.num_classes = num_classes

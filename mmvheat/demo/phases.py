@@ -15,6 +15,7 @@ import os
 import os.path as osp
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 
 __all__ = [
     'IterProgress', 'PhaseError', 'parse_progress', 'run_logged',
-    'python_command'
+    'python_command', 'stop_process'
 ]
 
 _ITER = re.compile(r'Iter\((?P<mode>train|val|test)\)\s*'
@@ -106,6 +107,21 @@ def python_command(*args: str) -> List[str]:
     return [sys.executable, *map(str, args)]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Kill a command of :func:`run_logged` and every process it started.
+
+    Each command runs in a process group of its own, so its helpers (a
+    data loader's workers, say) go with it: a helper left alive would keep
+    the output pipe open, and the phase would wait for it for ever.
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
 def run_logged(
         commands: Sequence[Sequence[str]],
         log_path: str,
@@ -134,8 +150,9 @@ def run_logged(
         tail_lines (int): Lines of the log :class:`PhaseError` carries.
             Defaults to 20.
         on_process (Callable, optional): Called with each command's
-            ``Popen`` once started (to stop it from another thread: kill
-            it, and this raises :class:`PhaseError`). Defaults to None.
+            ``Popen`` once started (to stop it from another thread:
+            :func:`stop_process`, and this raises :class:`PhaseError`).
+            Defaults to None.
 
     Returns:
         float: The seconds the commands took.
@@ -164,7 +181,8 @@ def run_logged(
                     stderr=subprocess.STDOUT,
                     text=True,
                     errors='replace',
-                    bufsize=1)
+                    bufsize=1,
+                    start_new_session=True)
             except OSError as exc:
                 log.write(f'{exc}\n')
                 raise PhaseError(command, 127, log_path,
@@ -182,7 +200,7 @@ def run_logged(
                 returncode = proc.wait()
             finally:
                 if proc.poll() is None:  # interrupted: no orphans
-                    proc.kill()
+                    stop_process(proc)
                     proc.wait()
                 proc.stdout.close()
             log.flush()

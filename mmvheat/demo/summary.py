@@ -195,8 +195,7 @@ def _seg_samples(panels: SegPanels, num_images: int) -> List[dict]:
     return samples
 
 
-def _label_spot(box: Tuple[float, float, float, float], size: Tuple[float,
-                                                                 float],
+def _label_spot(box: Tuple[float, ...], size: Tuple[float, ...],
                 image_size: Tuple[int, int], taken: List[tuple]) -> tuple:
     """Where a box's label goes: above the box, else just inside its top,
     else below it, whichever first stays in the image and clear of the
@@ -262,9 +261,7 @@ def _draw_instances(ax, image: np.ndarray, instances: Sequence[dict],
             va=va,
             clip_on=True,
             bbox=dict(
-                facecolor=colour,
-                edgecolor='none',
-                pad=_LABEL_PAD,
+                facecolor=colour, edgecolor='none', pad=_LABEL_PAD,
                 alpha=0.85))
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)

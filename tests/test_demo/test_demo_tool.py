@@ -8,7 +8,6 @@ and per-class metrics that agree with the predictions the tests dumped
 (recomputed here with numpy and pycocotools). A phase that fails ends the
 demo with its log's path and last lines, and exit status 1.
 """
-import importlib.util
 import io
 import json
 import os
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from mmvheat.demo import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
+from mmvheat.demo.console import Console
 from mmvheat.demo.phases import IterProgress
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -36,13 +36,6 @@ TINY = [
     'interval=1'
 ]
 PHASE_LINE = re.compile(r'^\[(det|seg)\] (\S.*?)\s{2,}.*\d+ s$')
-
-
-def _demo_module():
-    spec = importlib.util.spec_from_file_location('demo_tool', DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args, tmp):
@@ -122,6 +115,13 @@ def test_logs_in_the_work_dir(tiny_run):
         assert osp.isfile(osp.join(work, task, 'train', 'iter_2.pth'))
     summary = json.load(open(osp.join(work, 'summary.json')))
     assert set(summary['results']) == {'det', 'seg'}
+    # the same numbers as a Markdown table, one row per metric and class
+    markdown = open(osp.join(work, 'summary.md')).read().splitlines()
+    assert markdown[0] == '| | untrained | trained | trained + TTA |'
+    row = '| mIoU | ' + ' | '.join(
+        f'{summary["results"]["seg"][run]["mIoU"]:.1f}'
+        for run in ('untrained', 'trained', 'trained + TTA')) + ' |'
+    assert row in markdown
 
 
 @pytest.mark.slow
@@ -189,9 +189,8 @@ def test_per_class_metrics_match_the_predictions(tiny_run):
 @pytest.mark.slow
 def test_summary_png(tiny_run):
     picture = cv2.imread(osp.join(tiny_run['work'], 'summary.png'))
-    module = _demo_module()
     from mmvheat.demo.summary import DPI, PANEL_INCHES
-    assert module.TITLE
+
     # two images wide, five rows of panels
     assert picture.shape[1] > 2 * PANEL_INCHES * DPI
     assert picture.shape[0] > 5 * PANEL_INCHES * DPI
@@ -208,8 +207,9 @@ def test_a_failing_phase(tiny_run):
     ], tiny_run['tmp'])
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert PHASE_LINE.match(lines[1])[1:] == ('seg', 'generate data')
-    assert len(lines) == 2
+    # the header, the one phase that finished, a blank line
+    assert PHASE_LINE.match(lines[1]).groups() == ('seg', 'generate data')
+    assert lines[2:] == ['']
     errors = result.stderr.splitlines()
     assert errors[0] == ('FAILED: [seg] evaluate untrained: '
                          'mmvheat.demo.initial_weights exited with status 1')
@@ -256,9 +256,8 @@ def _screen(text):
 
 
 def test_console_on_a_terminal_redraws_one_line_per_task():
-    module = _demo_module()
     stream = _Terminal()
-    console = module.Console(stream)
+    console = Console(stream)
     console.line('header')
     for done in range(1, 41):
         console.progress('det', 'train',
@@ -280,9 +279,8 @@ def test_console_on_a_terminal_redraws_one_line_per_task():
 
 
 def test_console_elsewhere_prints_sparse_lines():
-    module = _demo_module()
     stream = io.StringIO()
-    console = module.Console(stream)
+    console = Console(stream)
     for done in range(1, 41):
         console.progress('det', 'train',
                          IterProgress('train', done, 40, 1.0, '0:00:10'))

@@ -12,8 +12,8 @@ CONFIG = osp.join(PROJECT_ROOT, DEMO_TASKS['seg'].config)
 
 
 def test_initial_checkpoint(tmp_path):
-    first, second, other = (str(tmp_path / f'{n}.pth')
-                            for n in ('a', 'b', 'c'))
+    first, second, other = (
+        str(tmp_path / f'{n}.pth') for n in ('a', 'b', 'c'))
     assert main([CONFIG, first]) == first
     main([CONFIG, second])
     main([CONFIG, other, '--cfg-options', 'randomness.seed=1'])

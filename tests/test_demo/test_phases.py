@@ -3,11 +3,12 @@
 import shlex
 import sys
 import threading
+import time
 
 import pytest
 
 from mmvheat.demo.phases import (IterProgress, PhaseError, parse_progress,
-                                 run_logged)
+                                 run_logged, stop_process)
 
 # Lines as mmengine 0.10's LoggerHook prints them (copied from a demo log).
 TRAIN_LINE = (
@@ -100,7 +101,7 @@ def test_run_logged_process_can_be_stopped(tmp_path):
 
     def kill_when_started():
         started.wait(30)
-        procs[0].kill()
+        stop_process(procs[0])
 
     killer = threading.Thread(target=kill_when_started)
     killer.start()
@@ -114,3 +115,30 @@ def test_run_logged_process_can_be_stopped(tmp_path):
     killer.join()
     assert info.value.returncode < 0  # killed by a signal
     assert procs[0].poll() is not None
+
+
+def test_stopping_a_phase_stops_what_its_command_started(tmp_path):
+    """A command whose helper process holds the output pipe (as a data
+    loader's workers do): stopping the command stops the helper too, and
+    the phase ends instead of waiting for the pipe to close."""
+    started = threading.Event()
+    procs = []
+
+    def on_process(proc):
+        procs.append(proc)
+        started.set()
+
+    helper = ('import subprocess, sys, time; '
+              'subprocess.Popen([sys.executable, "-c", '
+              '"import time; time.sleep(60)"]); '
+              'print("up", flush=True); time.sleep(60)')
+    killer = threading.Thread(target=lambda: started.wait(30) and time.sleep(1)
+                              or stop_process(procs[0]))
+    killer.start()
+    start = time.perf_counter()
+    with pytest.raises(PhaseError):
+        run_logged([_python(helper)],
+                   str(tmp_path / 'phase.log'),
+                   on_process=on_process)
+    killer.join()
+    assert time.perf_counter() - start < 30

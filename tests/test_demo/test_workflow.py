@@ -48,8 +48,8 @@ def test_schedule_scales_with_max_iters(task, factor):
     config = DEMO_TASKS[task].config
     original = _merged(config, [])
     iters = int(original.train_cfg.max_iters * factor)
-    cfg = _merged(config, schedule_options(
-        osp.join(PROJECT_ROOT, config), iters))
+    cfg = _merged(config,
+                  schedule_options(osp.join(PROJECT_ROOT, config), iters))
     assert cfg.train_cfg.max_iters == iters == cfg.train_cfg.val_interval
     assert cfg.default_hooks.checkpoint.interval == iters
     before = _learning_rates(original, original.train_cfg.max_iters)
@@ -59,8 +59,9 @@ def test_schedule_scales_with_max_iters(task, factor):
     # (within 5%: the rounding, again), and the decay (cosine to eta_min,
     # poly to 0) done when training ends
     peak = max(range(len(before)), key=before.__getitem__)
-    assert max(range(iters), key=after.__getitem__) == pytest.approx(
-        peak * factor, abs=1)
+    assert max(
+        range(iters), key=after.__getitem__) == pytest.approx(
+            peak * factor, abs=1)
     assert after[iters // 2] == pytest.approx(
         before[len(before) // 2], rel=0.05)
     for rates in (before, after):
@@ -90,17 +91,21 @@ def test_cfg_options_point_at_the_demo_data(tmp_path):
     assert det.a == 1
     seg = _merged(DEMO_TASKS['seg'].config,
                   task_cfg_options(DEMO_TASKS['seg'], root))
-    assert seg.test_dataloader.dataset.data_root == osp.join(root,
-                                                             'ade') + '/'
+    assert seg.test_dataloader.dataset.data_root == osp.join(root, 'ade') + '/'
     assert seg.train_cfg.max_iters == Config.fromfile(
-        osp.join(PROJECT_ROOT,
-                 DEMO_TASKS['seg'].config)).train_cfg.max_iters
+        osp.join(PROJECT_ROOT, DEMO_TASKS['seg'].config)).train_cfg.max_iters
 
 
 def test_plan_commands(tmp_path):
     work = str(tmp_path / 'work')
-    plan = TaskPlan(DEMO_TASKS['det'], 'data', work, max_iters=4,
-                    cfg_options=['x=1'], num_train=5, num_val=2)
+    plan = TaskPlan(
+        DEMO_TASKS['det'],
+        'data',
+        work,
+        max_iters=4,
+        cfg_options=['x=1'],
+        num_train=5,
+        num_val=2)
     generate = plan.generate()
     assert generate.commands == [[
         sys.executable,

@@ -8,7 +8,7 @@ _base_ = ['../mask-rcnn_vheat-t_fpn_1x_coco.py']
 classes = ('circle', 'square', 'triangle')
 data_root = 'data/demo/coco/'
 image_size = (128, 128)
-max_iters = 360
+max_iters = 480
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
