@@ -46,6 +46,7 @@ from mmvheat.demo.results import format_markdown_table  # noqa: E402
 from mmvheat.demo.workflow import DEMO_TASKS, RUN_PHASES  # noqa: E402
 from mmvheat.demo.workflow import PROJECT_ROOT, TaskPlan  # noqa: E402
 from mmvheat.demo.workflow import child_env  # noqa: E402
+from mmvheat.utils.io import positive_int  # noqa: E402
 # isort: on
 
 TITLE = 'Trained from scratch on generated shapes: validation images'
@@ -73,20 +74,20 @@ def parse_args(argv=None):
         help='logs, checkpoints, summary.png (default: %(default)s)')
     parser.add_argument(
         '--max-iters',
-        type=int,
+        type=positive_int,
         help="training iterations in place of the configs' (the "
         'learning-rate schedule is scaled to match)')
     parser.add_argument(
         '--num-train',
-        type=int,
+        type=positive_int,
         help='training images per dataset (default: 300)')
     parser.add_argument(
         '--num-val',
-        type=int,
+        type=positive_int,
         help='validation images per dataset (default: 50)')
     parser.add_argument(
         '--num-images',
-        type=int,
+        type=positive_int,
         default=4,
         help='validation images in summary.png (default: %(default)s)')
     parser.add_argument(
@@ -96,10 +97,6 @@ def parse_args(argv=None):
         metavar='KEY=VALUE',
         help='more --cfg-options for every train and test command')
     args = parser.parse_args(argv)
-    for name in ('max_iters', 'num_train', 'num_val', 'num_images'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     args.tasks = list(dict.fromkeys(args.tasks))
     return args
 

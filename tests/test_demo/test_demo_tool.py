@@ -292,3 +292,14 @@ def test_console_elsewhere_prints_sparse_lines():
     assert [line.split('] ')[-1].split()[0]
             for line in lines[:-1]] == ['10/40', '20/40', '30/40']
     assert lines[-1] == '[det] train  done'
+
+
+@pytest.mark.parametrize(
+    'args', [['--max-iters', '0'], ['--num-val', '-2'], ['--tasks', 'cls']])
+def test_bad_arguments_are_one_line(args, tmp_path):
+    """argparse's usage and one error line, status 2, before any work."""
+    result = _run(['--work-dir', str(tmp_path / 'work'), *args], tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ''
+    assert result.stderr.splitlines()[-1].startswith('demo.py: error: ')
+    assert not (tmp_path / 'work').exists()
