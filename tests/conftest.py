@@ -45,6 +45,25 @@ class OneDNNSpy:
         return self.ops.binary(x, other, weight, bias, attr)
 
 
+@pytest.fixture(autouse=True)
+def default_scope_of_its_own():
+    """Each test leaves mmengine's default scope as it found it.
+
+    Building through a library (``register_library``, ``build_model``,
+    ``init_default_scope``) makes that library the default scope for the
+    rest of the process; a test that follows and builds an mmpretrain model
+    in mmseg's scope would fail for a reason of order alone. The scopes a
+    test created are dropped when it ends, which is how mmengine's own
+    ``DefaultScope.overwrite_default_scope`` undoes its scope.
+    """
+    from mmengine.registry import DefaultScope
+    instances = DefaultScope._instance_dict
+    before = set(instances)
+    yield
+    for name in [name for name in instances if name not in before]:
+        instances.pop(name)
+
+
 @pytest.fixture
 def onednn_spy(monkeypatch):
     """Record the calls that reach oneDNN's fused linear (skip without it)."""

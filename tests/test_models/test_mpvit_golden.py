@@ -102,17 +102,21 @@ def test_backbone_golden(golden, converted, out_indices):
 
 
 def test_image_classifier_golden(golden, converted):
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    classifier = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='mmvheat.MPViT', arch=golden['arch'], out_indices=(3, )),
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(
-                type='LinearClsHead',
-                num_classes=golden['num_classes'],
-                in_channels=golden['arch']['embed_dims'][-1])))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        classifier = MODELS.build(
+            dict(
+                type='ImageClassifier',
+                backbone=dict(
+                    type='mmvheat.MPViT',
+                    arch=golden['arch'],
+                    out_indices=(3, )),
+                neck=dict(type='GlobalAveragePooling'),
+                head=dict(
+                    type='LinearClsHead',
+                    num_classes=golden['num_classes'],
+                    in_channels=golden['arch']['embed_dims'][-1])))
     assert isinstance(classifier.backbone, MPViT)
     classifier.load_state_dict(converted, strict=True)
     classifier.eval()

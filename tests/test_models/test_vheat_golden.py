@@ -98,20 +98,22 @@ def test_classification_golden(golden, name):
             features.pop(0), case['features'], f'{name} features, {mode}')
 
     # The same weights through mmpretrain's ImageClassifier.
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    classifier = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='mmvheat.VHeat',
-                arch=_arch(case),
-                img_size=case['img_size'],
-                out_indices=(3, )),
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(
-                type='LinearClsHead',
-                num_classes=case['logits'].shape[1],
-                in_channels=case['features'].shape[1])))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        classifier = MODELS.build(
+            dict(
+                type='ImageClassifier',
+                backbone=dict(
+                    type='mmvheat.VHeat',
+                    arch=_arch(case),
+                    img_size=case['img_size'],
+                    out_indices=(3, )),
+                neck=dict(type='GlobalAveragePooling'),
+                head=dict(
+                    type='LinearClsHead',
+                    num_classes=case['logits'].shape[1],
+                    in_channels=case['features'].shape[1])))
     assert isinstance(classifier.backbone, VHeat)
     classifier.load_state_dict(converted, strict=True)
     classifier.eval()
