@@ -14,6 +14,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,16 +72,20 @@ for rank in range(ntasks):
                SLURM_CPUS_PER_TASK=options.get('cpus-per-task', '1'),
                SLURM_TASKS_PER_NODE=str(ntasks))
     tasks.append(subprocess.Popen(args, env=env))
-# --kill-on-bad-exit=1: one task failing ends the others.
+# --kill-on-bad-exit=1: one task failing ends the others. The exit status
+# is the first failed task's, not that of one killed for it.
+killed = set()
 while any(t.poll() is None for t in tasks):
     if options.get('kill-on-bad-exit') == '1' and any(
             t.poll() not in (None, 0) for t in tasks):
-        for t in tasks:
+        for rank, t in enumerate(tasks):
             if t.poll() is None:
                 t.kill()
+                killed.add(rank)
     time.sleep(0.2)
 codes = [t.wait() for t in tasks]
-sys.exit(next((c for c in codes if c), 0))
+failed = [c for rank, c in enumerate(codes) if c and rank not in killed]
+sys.exit(failed[0] if failed else next((c for c in codes if c), 0))
 '''
 
 _SCONTROL = r'''
@@ -269,3 +274,22 @@ def test_slurm_train_then_test_two_cpu_tasks(slurm, tmp_path):
     assert 'TestTimeAug' not in outs[0] and 'TestTimeAug' in outs[1]
     assert sorted('--tta' in c['command'] for c in calls('srun')[-2:]) == \
         [False, True]
+
+
+def test_stand_in_srun_reports_the_task_that_failed(slurm, tmp_path):
+    """With --kill-on-bad-exit=1 a failing task ends the others, and the
+    exit status is the failed task's (3), not a killed one's."""
+    env, _ = slurm
+    task = ('import os, sys, time\n'
+            'if os.environ["SLURM_PROCID"] == "1":\n'
+            '    sys.exit(3)\n'
+            'time.sleep(60)\n')
+    start = time.monotonic()
+    _launch([
+        'srun', '-p', 'cpu', '--job-name=fail', '--ntasks=2',
+        '--kill-on-bad-exit=1', sys.executable, '-c', task
+    ],
+            tmp_path,
+            env,
+            expect_rc=3)
+    assert time.monotonic() - start < 30
