@@ -128,6 +128,20 @@ loaded = sorted(m for m in sys.modules if m.split('.')[0] in (
 print('loaded:', loaded)
 '''
 
+_USE_GPU_REPORT = '''
+import runpy, sys
+from mmvheat.analysis import gpu_report
+print(gpu_report.swin_unavailable())
+print(gpu_report.write_figure([], 'unused.png', ''))
+sys.argv = ['gpu_report.py', '--help']
+try:
+    runpy.run_path(TOOL, run_name='__main__')
+except SystemExit as e:
+    assert e.code == 0, e.code
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)
+print('loaded:', loaded)
+'''
+
 _MMCV_2_2 = '''
 import importlib.metadata as metadata
 real = metadata.version
@@ -151,6 +165,27 @@ def test_vheat_runs_with_torch_and_mmengine_alone_or_any_mmcv():
     for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out[-3000:]
     assert 'loaded: []' in outs[0]
+
+
+def test_gpu_report_imports_on_a_bare_gpu_box(project_root):
+    """The GPU report and its command line import with only torch,
+    mmengine, triton and mmvheat: mmcv, mmdet, mmseg, mmpretrain and
+    matplotlib are blocked."""
+    tool = osp.join(project_root, 'tools', 'analysis_tools', 'gpu_report.py')
+    proc = subprocess.run(
+        [sys.executable, '-c', _BARE + f'TOOL = {tool!r}\n' + _USE_GPU_REPORT],
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    lines = out.splitlines()
+    assert lines[0].startswith('Swin-T skipped: mmpretrain cannot be '
+                               'imported (ImportError: mmpretrain')
+    assert lines[1].startswith('figure skipped: matplotlib cannot be '
+                               'imported')
+    assert '--max-minutes' in out
+    assert lines[-1] == 'loaded: []'
 
 
 def test_tools_refuse_mmcv_2_2_for_detection(project_root, tmp_path):
