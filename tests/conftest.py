@@ -28,6 +28,24 @@ def project_root():
     return PROJECT_ROOT
 
 
+@pytest.fixture(scope='session')
+def tiny_vheat_config():
+    """The text of a small mmpretrain config: a vHeat classifier of one
+    block per stage, 16 channels at first, for 64 x 64 images."""
+    return """
+default_scope = 'mmpretrain'
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='mmvheat.VHeat',
+        arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
+                  layer_scale=None, mlp_ratio=2.),
+        img_size=64),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(type='LinearClsHead', num_classes=3, in_channels=128))
+"""
+
+
 class OneDNNSpy:
     """Stands in for the fused oneDNN linear op and records each call's
     post-op: ``'none'``, ``'gelu'``, ``'swish'`` or ``'add'``."""

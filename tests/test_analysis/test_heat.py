@@ -10,19 +10,6 @@ import mmvheat  # noqa: F401
 from mmvheat.analysis import heat as vh
 from mmvheat.apis import build_model
 
-VHEAT_CFG = """
-default_scope = 'mmpretrain'
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(
-        type='mmvheat.VHeat',
-        arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
-                  layer_scale=None, mlp_ratio=2.),
-        img_size=64),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=3, in_channels=128))
-"""
-
 SWIN_CFG = """
 default_scope = 'mmpretrain'
 model = dict(
@@ -37,10 +24,10 @@ model = dict(
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_vheat_config):
     tmp = tmp_path_factory.mktemp('visualize_heat')
     cfg = tmp / 'vheat_tiny.py'
-    cfg.write_text(VHEAT_CFG)
+    cfg.write_text(tiny_vheat_config)
     swin = tmp / 'swin_tiny.py'
     swin.write_text(SWIN_CFG)
     from PIL import Image

@@ -13,26 +13,14 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
 GET_FLOPS = 'tools/analysis_tools/get_flops.py'
 VISUALIZE_HEAT = 'tools/analysis_tools/visualize_heat.py'
-VHEAT_CFG = """
-default_scope = 'mmpretrain'
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(
-        type='mmvheat.VHeat',
-        arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,
-                  layer_scale=None, mlp_ratio=2.),
-        img_size=64),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=3, in_channels=128))
-"""
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_vheat_config):
     """Every command, started together (each pays for its imports)."""
     tmp = tmp_path_factory.mktemp('analysis_tools')
     config = tmp / 'vheat.py'
-    config.write_text(VHEAT_CFG)
+    config.write_text(tiny_vheat_config)
     commands = dict(
         benchmark=[
             'benchmark.py', '--device', 'cpu', '--models', 'vheat-t',
@@ -107,11 +95,11 @@ def test_get_flops_prints_the_stage_table(runs):
 
 
 @pytest.fixture(scope='module')
-def bad_files(tmp_path_factory):
+def bad_files(tmp_path_factory, tiny_vheat_config):
     import torch
     from mmengine.runner import save_checkpoint
     tmp = tmp_path_factory.mktemp('bad_files')
-    (tmp / 'vheat.py').write_text(VHEAT_CFG)
+    (tmp / 'vheat.py').write_text(tiny_vheat_config)
     (tmp / 'corrupt.pth').write_bytes(b'not a checkpoint')
     (tmp / 'a_file').write_text('')
     (tmp / 'syntax.py').write_text('model = dict(\n')
@@ -122,7 +110,7 @@ def bad_files(tmp_path_factory):
             'backbone.conv1.weight': torch.zeros(8, 3, 7, 7)
         }}, str(tmp / 'other.pth'))
     (tmp / 'mpvit.py').write_text(
-        VHEAT_CFG.replace(
+        tiny_vheat_config.replace(
             "type='mmvheat.VHeat'", "type='mmvheat.MPViT'").replace(
                 "arch=dict(depths=[1, 1, 1, 1], dims=16, post_norm=False,\n"
                 "                  layer_scale=None, mlp_ratio=2.),\n"
