@@ -112,14 +112,15 @@ def stop_process(proc: subprocess.Popen) -> None:
 
     Each command runs in a process group of its own, so its helpers (a
     data loader's workers, say) go with it: a helper left alive would keep
-    the output pipe open, and the phase would wait for it for ever.
+    the output pipe open, and the phase would wait for it for ever. The
+    group is killed even when the command itself has ended: its helpers
+    may not have.
     """
-    if proc.poll() is not None:
-        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
 
 
 def run_logged(

@@ -117,10 +117,13 @@ def test_run_logged_process_can_be_stopped(tmp_path):
     assert procs[0].poll() is not None
 
 
-def test_stopping_a_phase_stops_what_its_command_started(tmp_path):
+@pytest.mark.parametrize('command_end', ['time.sleep(60)', 'sys.exit(1)'])
+def test_stopping_a_phase_stops_what_its_command_started(
+        command_end, tmp_path):
     """A command whose helper process holds the output pipe (as a data
     loader's workers do): stopping the command stops the helper too, and
-    the phase ends instead of waiting for the pipe to close."""
+    the phase ends instead of waiting for the pipe to close; also when the
+    command itself has already ended."""
     started = threading.Event()
     procs = []
 
@@ -128,16 +131,20 @@ def test_stopping_a_phase_stops_what_its_command_started(tmp_path):
         procs.append(proc)
         started.set()
 
-    helper = ('import subprocess, sys, time; '
-              'subprocess.Popen([sys.executable, "-c", '
-              '"import time; time.sleep(60)"]); '
-              'print("up", flush=True); time.sleep(60)')
-    killer = threading.Thread(target=lambda: started.wait(30) and time.sleep(1)
-                              or stop_process(procs[0]))
+    def stop_when_started():
+        started.wait(30)
+        time.sleep(1)
+        stop_process(procs[0])
+
+    command = ('import subprocess, sys, time; '
+               'subprocess.Popen([sys.executable, "-c", '
+               '"import time; time.sleep(60)"]); '
+               f'print("up", flush=True); {command_end}')
+    killer = threading.Thread(target=stop_when_started)
     killer.start()
     start = time.perf_counter()
     with pytest.raises(PhaseError):
-        run_logged([_python(helper)],
+        run_logged([_python(command)],
                    str(tmp_path / 'phase.log'),
                    on_process=on_process)
     killer.join()
