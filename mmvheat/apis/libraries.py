@@ -30,18 +30,26 @@ def detect_library(cfg: Config) -> str:
     return scope
 
 
-def register_library(library: str) -> None:
+def register_library(library: str, default_scope: bool = True) -> None:
     """Register the library's modules and make it the default scope.
 
     mmdet and mmseg need mmcv with its compiled ops, in the range
     :func:`mmvheat.utils.versions.check_mmcv_version` checks first.
+
+    Args:
+        library (str): ``'mmpretrain'``, ``'mmdet'`` or ``'mmseg'``.
+        default_scope (bool): Make it the process's default scope, as a
+            tool that runs it does. False for a caller that builds inside
+            ``DefaultScope.overwrite_default_scope`` and leaves the
+            process's scope alone. Defaults to True.
     """
     from mmengine.registry import init_default_scope
     if library in ('mmdet', 'mmseg'):
         check_mmcv_version()
     import_module(f'{library}.utils').register_all_modules(
         init_default_scope=False)
-    init_default_scope(library)
+    if default_scope:
+        init_default_scope(library)
     if library == 'mmdet':
         # As mmdet's tools: fewer torch.compile recompilations.
         from mmdet.utils import setup_cache_size_limit_of_dynamo

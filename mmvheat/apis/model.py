@@ -193,7 +193,7 @@ def build_model(config: Union[str, Config],
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     library = detect_library(cfg)
-    register_library(library)
+    register_library(library, default_scope=False)
     if checkpoint is None:
         if cfg.model.get('backbone') is not None:
             cfg.model.backbone.init_cfg = None

@@ -44,7 +44,7 @@ def save_initial_checkpoint(config: str,
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     library = detect_library(cfg)
-    register_library(library)
+    register_library(library, default_scope=False)
     seed = (cfg.get('randomness', None) or {}).get('seed', None)
     if seed is not None:
         set_random_seed(seed)

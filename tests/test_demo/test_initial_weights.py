@@ -28,3 +28,18 @@ def test_initial_checkpoint(tmp_path):
                            loaded[2]['backbone.stages.0.freq_embed'])
     # every weight of the config's model, and nothing else
     load_weights(build_model(CONFIG), first, strict=True)
+
+
+def test_building_leaves_the_default_scope_alone(tmp_path):
+    """``save_initial_checkpoint`` and ``build_model`` build an mmseg model
+    in mmseg's scope and leave the process's default scope as it was."""
+    from mmengine.registry import DefaultScope
+
+    def current():
+        scope = DefaultScope.get_current_instance()
+        return None if scope is None else scope.scope_name
+
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        main([CONFIG, str(tmp_path / 'a.pth')])
+        build_model(CONFIG)
+        assert current() == 'mmpretrain'
