@@ -30,8 +30,8 @@ from mmvheat.apis.inference import (InferenceError, collect_images, inference,
 from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
                                               CheckpointRefusedError)
 from mmvheat.utils.io import OutputWriteError, ToolError
-from .test_train_test import (SHAPES, _env, _write, cls_config, det_config,
-                              seg_config)
+from .tiny_runs import (SHAPES, cls_config, det_config, seg_config, tool_env,
+                        write_file)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'inference.py')
@@ -63,8 +63,8 @@ def models(tmp_path_factory):
     def make(library):
         if library not in made:
             tmp = tmp_path_factory.mktemp(f'{library}_model')
-            config = _write(tmp / f'vheat_{library}.py',
-                            CONFIGS[library]('/nonexistent'))
+            config = write_file(tmp / f'vheat_{library}.py',
+                                CONFIGS[library]('/nonexistent'))
             cfg = Config.fromfile(config)
             from importlib import import_module
             import_module(f'{library}.utils').register_all_modules(
@@ -197,7 +197,7 @@ def test_folders_names_and_progress(models, photo, tmp_path):
         str(out_dir), '--device', 'cpu', '--batch-size', '2'
     ],
                             cwd=str(tmp_path),
-                            env=_env(),
+                            env=tool_env(),
                             capture_output=True,
                             text=True,
                             timeout=300)
@@ -239,7 +239,7 @@ def test_live_progress_bar_in_a_terminal(models, photo, tmp_path):
         str(tmp_path / 'out'), '--device', 'cpu'
     ],
                             cwd=str(tmp_path),
-                            env=_env(COLUMNS='100'),
+                            env=tool_env(COLUMNS='100'),
                             stdin=subprocess.DEVNULL,
                             stdout=terminal,
                             stderr=terminal)
@@ -326,7 +326,7 @@ def test_bad_arguments_fail_in_one_line(models, photo, tmp_path):
         str(tmp_path / 'never')
     ],
                             cwd=str(tmp_path),
-                            env=_env(),
+                            env=tool_env(),
                             capture_output=True,
                             text=True,
                             timeout=300)

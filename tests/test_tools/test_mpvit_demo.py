@@ -11,10 +11,11 @@ are used as written.
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
+
+from .tiny_runs import run_cmds, tool_env
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
@@ -25,44 +26,17 @@ CONFIGS = dict(
     mmseg=osp.join(DEMO, 'mpvit-tiny_upernet_demo-shapes-128.py'))
 METRICS = dict(mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)', mmseg=r'mIoU: (\d+\.\d+)')
 MAX_ITERS = 2
-TIMEOUT = 300
 
 
 def _env():
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS='1',
-        MKL_NUM_THREADS='1',
-        PYTHONPATH=os.pathsep.join([ROOT] +
-                                   [p for p in [env.get('PYTHONPATH')] if p]))
+    env = tool_env()
     env.pop('LOCAL_RANK', None)
     return env
 
 
 def _run_many(cmds, cwd):
     """Run commands side by side (two cores); their outputs, rc 0 each."""
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=str(cwd),
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True) for cmd in cmds
-    ]
-    outs = []
-    try:
-        for cmd, proc in zip(cmds, procs):
-            out = proc.communicate(timeout=TIMEOUT)[0]
-            assert proc.returncode == 0, \
-                f'{" ".join(cmd)} -> {proc.returncode}\n{out[-6000:]}'
-            outs.append(out)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outs
+    return run_cmds(cmds, cwd, env=_env())
 
 
 def _options(library, data_root):

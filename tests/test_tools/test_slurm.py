@@ -19,7 +19,8 @@ import time
 import pytest
 
 from mmvheat.demo import data as demo_data
-from .test_train_test import _env, _free_port, _metric, _write, cls_config
+from .test_train_test import _free_port, _metric
+from .tiny_runs import cls_config, tool_env, write_file
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SLURM_TRAIN = osp.join(ROOT, 'tools', 'slurm_train.sh')
@@ -111,7 +112,7 @@ def slurm(tmp_path):
         script.write_text(f'#!{sys.executable}\nNODE = {NODE!r}\n' + body)
         script.chmod(0o755)
     log = tmp_path / 'slurm_calls.jsonl'
-    env = _env(
+    env = tool_env(
         PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
         PYTHON=sys.executable,
         STAND_IN_SLURM_LOG=str(log),
@@ -220,7 +221,7 @@ def test_slurm_train_then_test_two_cpu_tasks(slurm, tmp_path):
     data = str(tmp_path / 'data')
     demo_data.make_imagenet_like(
         osp.join(data, 'imagenet'), 8, 4, image_size=(64, 64))
-    config = _write(
+    config = write_file(
         tmp_path / 'vheat_cls_slurm.py',
         cls_config(data, max_iters=2, val_interval=2, ckpt_interval=2))
     work_dir = str(tmp_path / 'work_dir')
