@@ -7,9 +7,11 @@ from .version import __version__, version_info
 
 check_mmengine_version()
 # After the version check: it imports mmengine's HistoryBuffer.
-from .utils.checkpoint_loading import allow_mmengine_checkpoints  # noqa: E402
+from .utils.checkpoint_loading import (  # noqa: E402
+    allow_mmengine_checkpoints, guard_mmengine_checkpoint_loading)
 
 allow_mmengine_checkpoints()
+guard_mmengine_checkpoint_loading()
 allow_torchvision_without_ops()
 register_config_prefix()  # _base_ = 'mmvheat::...'
 

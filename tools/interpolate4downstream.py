@@ -43,9 +43,8 @@ from mmvheat.converters import (MODES, check_sizes, enlarge_freq_embeds,
                                 vheat_weights)
 from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import UsageError  # noqa: E402
-from mmvheat.utils.io import (ByteProgress, add_trust_option,
-                              check_output_is_not_input, run_tool,
-                              save_checkpoint_atomic)
+from mmvheat.utils.io import (ByteProgress, add_trust_option, check_outputs,
+                              run_tool, save_checkpoint_atomic)
 
 
 def interpolate(args):
@@ -55,7 +54,7 @@ def interpolate(args):
         check_sizes(args.pt_size, args.tg_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    check_output_is_not_input(args.tg_pth, args.pt_pth)
+    check_outputs({'--tg_pth': args.tg_pth}, [args.pt_pth])
     with ByteProgress(f'reading {args.pt_pth}') as progress:
         checkpoint = load_checkpoint_file(
             args.pt_pth, trust=args.trust_checkpoint, progress=progress)

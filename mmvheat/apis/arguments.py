@@ -11,10 +11,12 @@ from typing import Optional, Sequence
 from mmengine.config import DictAction
 
 from mmvheat.utils.io import UsageError, add_trust_option
+from mmvheat.utils.weights import ALLOW_NONFINITE_OPTION
 
 __all__ = [
     'train_parser', 'test_parser', 'parse_train_args', 'parse_test_args',
-    'add_model_args', 'add_non_strict_option', 'checkpoint_arg'
+    'add_model_args', 'add_non_strict_option', 'add_allow_nonfinite_option',
+    'checkpoint_arg', 'metrics_format'
 ]
 
 _CFG_OPTIONS_HELP = (
@@ -41,6 +43,7 @@ def _add_common_args(parser: argparse.ArgumentParser) -> None:
     # --local_rank; torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     add_trust_option(parser)
+    add_allow_nonfinite_option(parser)
 
 
 def add_non_strict_option(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +54,30 @@ def add_non_strict_option(parser: argparse.ArgumentParser) -> None:
         help='accept a checkpoint that leaves weights of the model unset, '
         'holds weights the model lacks or of another shape (they are listed '
         'as warnings)')
+
+
+def add_allow_nonfinite_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-nonfinite``: load weights with NaN or Inf values."""
+    parser.add_argument(
+        ALLOW_NONFINITE_OPTION,
+        action='store_true',
+        help='load a checkpoint whose weights hold NaN or Inf values (to '
+        'inspect it); refused otherwise')
+
+
+#: How ``--out`` files of metrics are written, by suffix.
+_METRICS_FORMATS = {
+    '.json': 'json',
+    '.yaml': 'yaml',
+    '.yml': 'yaml',
+    '.pkl': 'pkl',
+    '.pickle': 'pkl'
+}
+
+
+def metrics_format(path: str) -> Optional[str]:
+    """mmengine's file format for metrics written to ``path``, or None."""
+    return _METRICS_FORMATS.get(os.path.splitext(path)[1].lower())
 
 
 def _parser(what: str, work_dir_help: str) -> argparse.ArgumentParser:
@@ -161,6 +188,11 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
     args = _parse(test_parser(), argv)
     if args.out is None and args.out_item is not None:
         raise UsageError('--out-item needs --out (the file to write)')
+    if args.out_item == 'metrics' and metrics_format(args.out) is None:
+        raise UsageError(
+            f'--out {args.out}: metrics are written as '
+            f'{", ".join(sorted(_METRICS_FORMATS))}; choose one of these '
+            'suffixes')
     return args
 
 
@@ -193,6 +225,7 @@ def add_model_args(parser: argparse.ArgumentParser,
         '--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
     add_non_strict_option(parser)
     add_trust_option(parser)
+    add_allow_nonfinite_option(parser)
 
 
 def checkpoint_arg(value: Optional[str]) -> Optional[str]:

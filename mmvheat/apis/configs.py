@@ -15,19 +15,22 @@ import os
 import os.path as osp
 import re
 import warnings
-from typing import Iterator, Union
+from typing import Dict, Iterator, Union
 
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
-from mmvheat.engine import mmcv_ops_in_float32_under_cpu_autocast
+from mmvheat.engine import (ATOMIC_BACKEND,
+                            mmcv_ops_in_float32_under_cpu_autocast)
 from mmvheat.utils.io import ToolError, UsageError, first_line
+from .resume import find_resumable_checkpoint
 
 __all__ = [
     'MASK_TTA', 'DEPLOY_HOOK', 'ConfigError', 'config_name', 'read_config',
     'registry_errors_explained', 'load_config', 'merge_common_args',
-    'setup_train_cfg', 'setup_test_cfg', 'add_dump_metric'
+    'setup_train_cfg', 'setup_test_cfg', 'add_dump_metric',
+    'check_config_values', 'run_outputs'
 ]
 
 MASK_TTA = 'mmvheat.MaskDetTTAModel'
@@ -116,7 +119,11 @@ def load_config(args) -> Config:
 def merge_common_args(cfg: Config, args) -> Config:
     """``--cfg-options``, ``--launcher`` and ``--work-dir``."""
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ConfigError(f'{config_name(cfg)}: --cfg-options cannot be '
+                              f'merged: {first_line(exc)}') from exc
     cfg.launcher = args.launcher
     # work_dir: CLI > config > ./work_dirs/<config stem>
     if args.work_dir is not None:
@@ -136,8 +143,11 @@ def _set_dataloader_defaults(cfg,
     for field in fields:
         if cfg.get(field, None) is None:
             continue
+        # Pinned memory speeds up copies to an accelerator; without one,
+        # torch warns that it is unused.
         loader = ConfigDict(
-            pin_memory=True, collate_fn=dict(type='default_collate'))
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=dict(type='default_collate'))
         # torch refuses persistent workers without workers.
         if persistent_workers and cfg[field].get('num_workers', 0) > 0:
             loader.persistent_workers = True
@@ -216,13 +226,18 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
                 'the config; it has none.')
         cfg.auto_scale_lr.enable = True
 
-    # An explicit checkpoint, or 'auto': the latest one in work_dir.
+    # An explicit checkpoint, or 'auto': the newest complete one in work_dir
+    # (also for a config that sets resume=True without a file).
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    if cfg.get('resume', False) and cfg.get('load_from', None) is None:
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None
+    _checkpoints_atomic(cfg)
 
     if library == 'mmpretrain' or args.no_pin_memory or \
             args.no_persistent_workers:
@@ -232,6 +247,18 @@ def setup_train_cfg(cfg: Config, args, library: str) -> Config:
             no_pin_memory=args.no_pin_memory,
             no_persistent_workers=args.no_persistent_workers)
     return cfg
+
+
+def _checkpoints_atomic(cfg: Config) -> None:
+    """Let ``CheckpointHook`` write each checkpoint all at once
+    (:class:`mmvheat.engine.AtomicLocalBackend`), unless the config
+    chooses where and how it writes."""
+    hook = (cfg.get('default_hooks', None) or {}).get('checkpoint', None)
+    if (hook is None or hook.get('backend_args', None) is not None
+            or hook.get('file_client_args', None) is not None
+            or '://' in str(hook.get('out_dir', None) or '')):
+        return
+    hook['backend_args'] = dict(backend=ATOMIC_BACKEND)
 
 
 def _innermost_dataset(dataset_cfg):
@@ -400,3 +427,72 @@ def add_dump_metric(runner, args, library: str) -> None:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
+
+
+# -- values a config may hold -------------------------------------------------
+_TRAIN_LOADERS = ('train_dataloader', 'val_dataloader')
+_TEST_LOADERS = ('test_dataloader', )
+_LOOP_COUNTS = ('max_iters', 'max_epochs', 'val_interval', 'val_begin')
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config_values(cfg: Config, training: bool) -> None:
+    """Refuse, in one line, values torch or mmengine would fail on only
+    later, in a traceback: a dataloader's ``batch_size`` (a positive
+    integer), ``num_workers`` (an integer of at least 0) and
+    ``persistent_workers`` (needs workers); for training, the loop's counts
+    (positive integers, ``val_begin`` at least 0) and the optimizer's
+    ``lr`` (a number of at least 0).
+
+    Raises:
+        ConfigError: naming the config and the value.
+    """
+    name = config_name(cfg)
+
+    def refuse(what: str):
+        raise ConfigError(f'{name}: {what}')
+
+    for field in _TRAIN_LOADERS if training else _TEST_LOADERS:
+        loader = cfg.get(field, None)
+        if not loader:
+            continue
+        batch_size = loader.get('batch_size', 1)
+        if not _is_int(batch_size) or batch_size < 1:
+            refuse(f'{field}.batch_size must be a positive integer, got '
+                   f'{batch_size!r}')
+        workers = loader.get('num_workers', 0)
+        if not _is_int(workers) or workers < 0:
+            refuse(f'{field}.num_workers must be an integer of at least 0, '
+                   f'got {workers!r}')
+        if loader.get('persistent_workers', False) and workers == 0:
+            refuse(f'{field}.persistent_workers=True needs num_workers > 0 '
+                   '(torch keeps no workers alive when there are none)')
+    if not training:
+        return
+    loop = cfg.get('train_cfg', None) or {}
+    for count in _LOOP_COUNTS:
+        value = loop.get(count, None)
+        least = 0 if count == 'val_begin' else 1
+        if value is not None and (not _is_int(value) or value < least):
+            refuse(f'train_cfg.{count} must be an integer of at least '
+                   f'{least}, got {value!r}')
+    optimizer = (cfg.get('optim_wrapper', None) or {}).get('optimizer', None)
+    lr = (optimizer or {}).get('lr', 0)
+    if isinstance(lr, bool) or not isinstance(lr,
+                                              (int, float)) or not (lr >= 0):
+        refuse(f'optim_wrapper.optimizer.lr must be a number of at least 0, '
+               f'got {lr!r}')
+
+
+def run_outputs(cfg: Config, args) -> Dict[str, str]:
+    """What a run of ``tools/train.py`` or ``tools/test.py`` writes, by the
+    option that names it."""
+    outputs = {'--work-dir': cfg.work_dir}
+    for option in ('out', 'show_dir'):
+        path = getattr(args, option, None)
+        if path:
+            outputs[f'--{option.replace("_", "-")}'] = path
+    return outputs

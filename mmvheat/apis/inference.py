@@ -39,7 +39,8 @@ from mmengine.logging import MMLogger, print_log
 import mmvheat  # noqa: F401  (first: torch.load and torchvision)
 from mmvheat.utils.checkpoint_loading import (load_checkpoint_file,
                                               mmengine_checkpoint_loading)
-from mmvheat.utils.io import ToolError, add_trust_option, ensure_directory
+from mmvheat.utils.io import (ToolError, add_trust_option, check_outputs,
+                              ensure_directory, parse_device)
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'InferenceError', 'collect_images', 'read_checkpoint',
@@ -128,19 +129,11 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     Raises:
         CheckpointLoadError, CheckpointRefusedError: see
             :func:`mmvheat.utils.checkpoint_loading.load_checkpoint_file`.
-        InferenceError: it holds no weights.
+        CheckpointContentError: it holds no weights.
     """
-    checkpoint = load_checkpoint_file(path, 'cpu', trust)
-    if not isinstance(checkpoint, dict):
-        raise InferenceError(f'{path} holds a {type(checkpoint).__name__}, '
-                             'not a checkpoint dict')
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise InferenceError(f'{path} holds no weights')
-    return {
-        (key[len('module.'):] if key.startswith('module.') else key): value
-        for key, value in state_dict.items()
-    }
+    from .model import checkpoint_state_dict
+    return checkpoint_state_dict(
+        load_checkpoint_file(path, 'cpu', trust), path)
 
 
 # -- the inferencers ----------------------------------------------------------
@@ -161,6 +154,8 @@ class ImageInferencer:
             :func:`mmvheat.apis.fit_state_dict`). Defaults to True.
         trust (bool): Unpickle objects other than tensors in the
             checkpoint, here and in the inferencer. Defaults to False.
+        allow_nonfinite (bool): Accept NaN and Inf weights. Defaults to
+            False.
     """
 
     def __init__(self,
@@ -170,9 +165,8 @@ class ImageInferencer:
                  score_thr: float = 0.3,
                  state_dict: Optional[dict] = None,
                  strict: bool = True,
-                 trust: bool = False):
-        import torch
-
+                 trust: bool = False,
+                 allow_nonfinite: bool = False):
         from mmvheat.apis import detect_library, register_library
         from .configs import read_config
         from .model import fit_state_dict
@@ -182,8 +176,7 @@ class ImageInferencer:
         self.library = detect_library(config)
         if state_dict is None:
             state_dict = read_checkpoint(checkpoint, trust)
-        if device is None:
-            device = 'cuda:0' if torch.cuda.is_available() else 'cpu'
+        device = str(parse_device(device))
         self.score_thr = score_thr
         register_library(self.library)
         # The inferencers load non-strictly and print what does not fit;
@@ -196,7 +189,8 @@ class ImageInferencer:
                 contextlib.redirect_stdout(said if strict else sys.stdout):
             self.inferencer = self._inferencer(config, checkpoint, device)
         self.model = self.inferencer.model
-        fit_state_dict(self.model, state_dict, checkpoint, strict)
+        fit_state_dict(self.model, state_dict, checkpoint, strict,
+                       allow_nonfinite)
         sys.stdout.write(said.getvalue())
         meta = getattr(self.model, 'dataset_meta', None) or getattr(
             self.model, '_dataset_meta', None) or {}
@@ -363,7 +357,8 @@ def run_inference(config,
                   batch_size: int = 1,
                   progress: bool = True,
                   strict: bool = True,
-                  trust: bool = False) -> Dict[str, list]:
+                  trust: bool = False,
+                  allow_nonfinite: bool = False) -> Dict[str, list]:
     """Predict every image in ``inputs``; write drawings and JSON.
 
     Args:
@@ -380,6 +375,8 @@ def run_inference(config,
             Defaults to True.
         trust (bool): Unpickle objects other than tensors in the
             checkpoint. Defaults to False.
+        allow_nonfinite (bool): Accept NaN and Inf weights. Defaults to
+            False.
 
     Returns:
         dict: ``library``, ``images`` (the paths read), ``preds`` (the JSON
@@ -397,7 +394,12 @@ def run_inference(config,
     if isinstance(config, str):
         config = read_config(config)
     library = detect_library(config)
+    parse_device(device)
     images = collect_images(inputs)
+    check_outputs({'--out-dir': out_dir}, [
+        getattr(config, 'filename', None), checkpoint, *inputs,
+        *(path for path, _ in images)
+    ])
     state_dict = read_checkpoint(checkpoint, trust)
     ensure_directory(out_dir, '--out-dir')
 
@@ -411,7 +413,8 @@ def run_inference(config,
             score_thr=score_thr,
             state_dict=state_dict,
             strict=strict,
-            trust=trust)
+            trust=trust,
+            allow_nonfinite=allow_nonfinite)
         written = []
         for batch in _batches(images, batch_size, progress):
             paths = [path for path, _ in batch]
@@ -430,7 +433,7 @@ def run_inference(config,
 def inference_parser():
     import argparse
 
-    from .arguments import add_non_strict_option
+    from .arguments import add_allow_nonfinite_option, add_non_strict_option
     parser = argparse.ArgumentParser(
         description='Predict image files with an mmpretrain, mmdet or mmseg '
         "config (the library is the config's default_scope): drawings in "
@@ -456,6 +459,7 @@ def inference_parser():
         '--batch-size', type=int, default=1, help='images per forward pass')
     add_non_strict_option(parser)
     add_trust_option(parser)
+    add_allow_nonfinite_option(parser)
     return parser
 
 
@@ -472,4 +476,5 @@ def inference(argv: Optional[List[str]] = None) -> Dict[str, list]:
         score_thr=args.score_thr,
         batch_size=args.batch_size,
         strict=not args.non_strict,
-        trust=args.trust_checkpoint)
+        trust=args.trust_checkpoint,
+        allow_nonfinite=args.allow_nonfinite)

@@ -14,35 +14,25 @@ import copy
 import re
 import sys
 from importlib import import_module
-from typing import List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from torch import nn
 
-from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
-                                              load_checkpoint_file,
+from mmvheat.utils.checkpoint_loading import (load_checkpoint_file,
                                               mmengine_checkpoint_loading)
+from mmvheat.utils.weights import (CheckpointContentError,
+                                   CheckpointMismatchError,
+                                   load_state_dict_strictly)
 from .configs import config_name, read_config, registry_errors_explained
 from .libraries import detect_library, register_library
 
 __all__ = [
-    'CheckpointMismatchError', 'SHOWN_NAMES', 'unwrap_model', 'fit_state_dict',
-    'build_model', 'load_weights', 'TensorModeWrapper', 'flat_tensors'
+    'CheckpointMismatchError', 'CheckpointContentError', 'unwrap_model',
+    'fit_state_dict', 'checkpoint_state_dict', 'build_model', 'load_weights',
+    'TensorModeWrapper', 'flat_tensors'
 ]
-
-#: How many names of each kind a mismatch message shows.
-SHOWN_NAMES = 10
-# torch's words for a weight whose shape differs from the model's.
-_SIZE_MISMATCH = re.compile(r'size mismatch for ([^:\s]+):')
-
-
-def _named(kind: str, names: List[str]) -> str:
-    shown = names[:SHOWN_NAMES]
-    if len(names) > SHOWN_NAMES:
-        shown.append(f'... {len(names) - SHOWN_NAMES} more')
-    return f'{len(names)} {kind} [{", ".join(shown)}]'
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -58,68 +48,68 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def fit_state_dict(model: nn.Module,
                    state_dict: Mapping[str, torch.Tensor],
                    source: str,
-                   strict: bool = True) -> nn.Module:
-    """Load ``state_dict`` into ``model``, refusing one that does not fit.
-
-    The weights are loaded as ``load_state_dict(strict=False)`` does (the
-    models' own load hooks, such as vHeat's ``freq_embed`` resizing, run
-    first); then a weight of the model left unset (BN's
-    ``num_batches_tracked`` counters aside, as mmengine does), a weight the
-    model lacks or one of another shape is an error listing them.
+                   strict: bool = True,
+                   allow_nonfinite: bool = False) -> nn.Module:
+    """Load ``state_dict`` into ``model``, refusing one that does not fit
+    (:func:`mmvheat.utils.weights.load_state_dict_strictly`).
 
     Args:
-        model (nn.Module): The model (see :func:`unwrap_model`).
+        model (nn.Module): The model, inside data-parallel or test-time
+            augmentation wrappers or not (see :func:`unwrap_model`).
         state_dict (Mapping[str, Tensor]): Its weights, keys without a
             ``module.`` prefix.
         source (str): The checkpoint, named in the message.
         strict (bool): Raise on a mismatch; else log it as a warning.
             Defaults to True.
+        allow_nonfinite (bool): Accept NaN and Inf values. Defaults to
+            False.
 
     Returns:
         nn.Module: ``model``.
 
     Raises:
+        CheckpointContentError: the weights are not weights (see
+            :func:`mmvheat.utils.weights.check_state_dict`).
         CheckpointMismatchError: with ``strict``, one line naming the
-            mismatched weights (the first :data:`SHOWN_NAMES` of each kind).
+            mismatched weights.
     """
-    model = unwrap_model(model)
-    reshaped = []
-    try:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as exc:
-        reshaped = _SIZE_MISMATCH.findall(str(exc))
-        if not reshaped:
-            raise
-        # torch copies every other weight before it reports these; what is
-        # left to know is which weights it left unset or did not use.
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
-    if not (missing or unexpected or reshaped):
-        return model
-    problems = [
-        _named(kind, names)
-        for kind, names in (('weights unset', missing),
-                            ('unexpected', unexpected), ('of another shape',
-                                                         reshaped)) if names
-    ]
-    message = (f'{source} does not fit the {type(model).__name__}: '
-               f'{"; ".join(problems)}')
-    if strict:
-        raise CheckpointMismatchError(
-            f'{message}; load it anyway with --non-strict (strict=False in '
-            'Python)')
-    MMLogger.get_current_instance().warning(
-        f'{source} does not fit the {type(model).__name__}: weights unset '
-        f'{missing}, unexpected {unexpected}, of another shape {reshaped}')
+    load_state_dict_strictly(
+        unwrap_model(model),
+        state_dict,
+        source,
+        strict=strict,
+        allow_nonfinite=allow_nonfinite,
+        hint='load it anyway with --non-strict (strict=False in Python)')
     return model
+
+
+def checkpoint_state_dict(checkpoint, source: str) -> Dict[str, Any]:
+    """The weights of a loaded mmengine or plain checkpoint: its
+    ``state_dict`` (or the whole dict), ``module.`` prefixes removed as
+    mmengine does.
+
+    Raises:
+        CheckpointContentError: it holds no dict of weights.
+    """
+    state_dict = checkpoint
+    if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
+        state_dict = checkpoint['state_dict']
+    if not isinstance(state_dict, dict):
+        raise CheckpointContentError(
+            f'{source} holds no state dict (a {type(state_dict).__name__})')
+    if not state_dict:
+        raise CheckpointContentError(f'{source} holds no weights')
+    return {
+        re.sub(r'^module\.', '', k) if isinstance(k, str) else k: v
+        for k, v in state_dict.items()
+    }
 
 
 def load_weights(model: nn.Module,
                  checkpoint: str,
                  strict: bool = True,
-                 trust: bool = False) -> nn.Module:
+                 trust: bool = False,
+                 allow_nonfinite: bool = False) -> nn.Module:
     """Load the weights of an mmengine or plain checkpoint into ``model``.
 
     Args:
@@ -130,10 +120,13 @@ def load_weights(model: nn.Module,
         trust (bool): Unpickle objects other than tensors (see
             :func:`mmvheat.utils.checkpoint_loading.load_checkpoint_file`).
             Defaults to False.
+        allow_nonfinite (bool): Accept NaN and Inf values. Defaults to
+            False.
 
     Raises:
         CheckpointLoadError: the file is missing, unreadable or corrupt.
         CheckpointRefusedError: it holds objects refused without ``trust``.
+        CheckpointContentError: its weights are not weights.
         CheckpointMismatchError: with ``strict``, naming every weight unset,
             unexpected or of another shape.
     """
@@ -143,16 +136,8 @@ def load_weights(model: nn.Module,
             loaded = _load_checkpoint(checkpoint, map_location='cpu')
     else:
         loaded = load_checkpoint_file(checkpoint, 'cpu', trust)
-    state_dict = loaded.get('state_dict', loaded) if isinstance(loaded,
-                                                                dict) else None
-    if not isinstance(state_dict, dict):
-        raise CheckpointMismatchError(
-            f'{checkpoint} holds no state dict (a {type(loaded).__name__})')
-    state_dict = {
-        re.sub(r'^module\.', '', k): v
-        for k, v in state_dict.items()
-    }
-    return fit_state_dict(model, state_dict, checkpoint, strict)
+    return fit_state_dict(model, checkpoint_state_dict(loaded, checkpoint),
+                          checkpoint, strict, allow_nonfinite)
 
 
 def build_model(config: Union[str, Config],
@@ -160,7 +145,8 @@ def build_model(config: Union[str, Config],
                 cfg_options: Optional[dict] = None,
                 device: Union[str, torch.device] = 'cpu',
                 strict: bool = True,
-                trust: bool = False) -> nn.Module:
+                trust: bool = False,
+                allow_nonfinite: bool = False) -> nn.Module:
     """Build a config's model, load its weights, and put it in eval mode.
 
     Args:
@@ -175,6 +161,8 @@ def build_model(config: Union[str, Config],
         device (str | torch.device): Defaults to ``'cpu'``.
         strict (bool): See :func:`fit_state_dict`. Defaults to True.
         trust (bool): See :func:`load_weights`. Defaults to False.
+        allow_nonfinite (bool): See :func:`load_weights`. Defaults to
+            False.
 
     Returns:
         nn.Module: The model in eval mode on ``device``, SyncBN layers
@@ -182,7 +170,7 @@ def build_model(config: Union[str, Config],
 
     Raises:
         ConfigError: the config cannot be read, or names an unknown type.
-        CheckpointLoadError, CheckpointRefusedError,
+        CheckpointLoadError, CheckpointRefusedError, CheckpointContentError,
         CheckpointMismatchError: see :func:`load_weights`.
     """
     from mmengine.model import revert_sync_batchnorm
@@ -203,7 +191,7 @@ def build_model(config: Union[str, Config],
         model = import_module(f'{library}.registry').MODELS.build(cfg.model)
     model = revert_sync_batchnorm(model)
     if checkpoint is not None:
-        load_weights(model, checkpoint, strict, trust)
+        load_weights(model, checkpoint, strict, trust, allow_nonfinite)
     model.cfg = cfg
     return model.to(device).eval()
 

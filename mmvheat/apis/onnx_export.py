@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from mmvheat.models import switch_to_deploy
-from mmvheat.utils.io import (ToolError, atomic_write,
-                              check_output_is_not_input, first_line)
+from mmvheat.utils.io import ToolError, atomic_write, check_outputs, first_line
 from .libraries import detect_library
 from .model import TensorModeWrapper, build_model, flat_tensors
 
@@ -191,7 +190,8 @@ def export_onnx(config: str,
                 seed: int = 0,
                 cfg_options: Optional[dict] = None,
                 strict: bool = True,
-                trust: bool = False):
+                trust: bool = False,
+                allow_nonfinite: bool = False):
     """Build a config's model, switch it to deploy mode and :func:`export`
     it for a random ``1 x 3 x H x W`` input.
 
@@ -211,14 +211,20 @@ def export_onnx(config: str,
             Defaults to True.
         trust (bool): Unpickle objects other than tensors in the
             checkpoint. Defaults to False.
+        allow_nonfinite (bool): Accept NaN and Inf weights. Defaults to
+            False.
 
     Returns:
         tuple: the model and :func:`export`'s report.
     """
-    check_output_is_not_input(out, config,
-                              *([checkpoint] if checkpoint else []))
+    check_outputs({'--out': out}, [config, checkpoint])
     model = build_model(
-        config, checkpoint, cfg_options, strict=strict, trust=trust)
+        config,
+        checkpoint,
+        cfg_options,
+        strict=strict,
+        trust=trust,
+        allow_nonfinite=allow_nonfinite)
     check_shape(model, shape)
     switch_to_deploy(model)
     module = export_module(model, full).eval()

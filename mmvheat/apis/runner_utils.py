@@ -50,76 +50,102 @@ checkpoints with ``weights_only=True`` and torchvision import on CPU-only
 torch.
 """
 import os.path as osp
-import re
 from typing import Callable, List, Optional
 
+import mmengine
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from mmvheat.utils.checkpoint_loading import mmengine_checkpoint_loading
-from mmvheat.utils.io import ensure_directory, run_tool
+from mmvheat.utils.io import (atomic_write, check_outputs, ensure_directory,
+                              run_tool)
 from mmvheat.utils.versions import IncompatibleVersionError
-from .arguments import parse_test_args, parse_train_args
-from .configs import (add_dump_metric, config_name, load_config,
-                      registry_errors_explained, setup_test_cfg,
-                      setup_train_cfg)
+from mmvheat.utils.weights import check_state_dict
+from .arguments import metrics_format, parse_test_args, parse_train_args
+from .configs import (add_dump_metric, check_config_values, config_name,
+                      load_config, registry_errors_explained, run_outputs,
+                      setup_test_cfg, setup_train_cfg)
 from .distributed import setup_cpu_distributed, shutdown_distributed
 from .libraries import build_runner, detect_library, register_library
-from .model import CheckpointMismatchError, fit_state_dict
+from .model import checkpoint_state_dict, fit_state_dict, unwrap_model
+from .resume import check_resume_state, resume_errors_explained
 
-__all__ = ['StrictCheckpointHook', 'train', 'test', 'run_cli']
+__all__ = ['CheckedCheckpointHook', 'train', 'test', 'run_cli']
 
 
-class StrictCheckpointHook(Hook):
-    """Refuse a checkpoint that does not fit the model, before the runner
-    loads it (``Runner.load_checkpoint`` loads non-strictly and only warns).
+class CheckedCheckpointHook(Hook):
+    """Check a checkpoint before the runner uses it.
 
-    The checkpoint's weights are compared as the runner loads them: a
-    ``module.`` prefix removed, into the model inside data-parallel and
-    test-time-augmentation wrappers (see :func:`mmvheat.apis.fit_state_dict`).
+    ``Runner.load_checkpoint`` loads non-strictly and only warns, keeps a
+    weight that is no tensor at its random initialisation, and
+    ``Runner.resume`` resumes whatever iteration, seed and states the file
+    gives. The checkpoint's weights are compared as the runner loads them:
+    a ``module.`` prefix removed, into the model inside data-parallel and
+    test-time-augmentation wrappers.
 
     Args:
-        source (str): The checkpoint, named in the error.
+        source (str): The checkpoint, named in the errors.
+        strict (bool, optional): Load the weights strictly, refusing a
+            checkpoint that does not fit (:func:`mmvheat.apis.
+            fit_state_dict`) or log what does not fit. None: check only that
+            the weights are weights and leave the loading to mmengine (what
+            training's ``load_from`` does, where a head of another size is
+            usual). Defaults to None.
+        allow_nonfinite (bool): Accept NaN and Inf weights. Defaults to
+            False.
+        resume (bool): The runner resumes from it: check its training
+            state (:func:`mmvheat.apis.resume.check_resume_state`).
+            Defaults to False.
     """
     priority = 'VERY_HIGH'
 
-    def __init__(self, source: str):
+    def __init__(self,
+                 source: str,
+                 strict: Optional[bool] = None,
+                 allow_nonfinite: bool = False,
+                 resume: bool = False):
         self.source = source
+        self.strict = strict
+        self.allow_nonfinite = allow_nonfinite
+        self.resume = resume
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        state_dict = checkpoint.get('state_dict', checkpoint)
-        if not isinstance(state_dict, dict):
-            raise CheckpointMismatchError(
-                f'{self.source} holds no state dict (a '
-                f'{type(state_dict).__name__})')
-        state_dict = {
-            re.sub(r'^module\.', '', key): value
-            for key, value in state_dict.items()
-        }
-        fit_state_dict(runner.model, state_dict, self.source)
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        state_dict = checkpoint_state_dict(checkpoint, self.source)
+        model = unwrap_model(runner.model)
+        if self.strict is None:
+            check_state_dict(state_dict, self.source, model.state_dict(),
+                             self.allow_nonfinite)
+        else:
+            fit_state_dict(model, state_dict, self.source, self.strict,
+                           self.allow_nonfinite)
+        if self.resume:
+            check_resume_state(checkpoint, runner, self.source)
 
 
-def _build_runner(args, setup_cfg):
-    """The runner of the config ``args`` name, set up by ``setup_cfg``."""
+def _build_runner(args, setup_cfg, inputs):
+    """The runner of the config ``args`` name, set up by ``setup_cfg``.
+
+    ``inputs(args, cfg)`` lists the files the run reads, which no output
+    may be.
+    """
     cfg: Config = load_config(args)
     library = detect_library(cfg)
     register_library(library)
     cfg = setup_cfg(cfg, args, library)
+    check_config_values(cfg, training=setup_cfg is setup_train_cfg)
+    check_outputs(run_outputs(cfg, args), inputs(args, cfg))
     ensure_directory(cfg.work_dir, 'the work dir')
     setup_cpu_distributed(cfg)
     with registry_errors_explained(config_name(cfg)):
-        return build_runner(cfg, library), library
+        return build_runner(cfg, library), library, cfg
 
 
-def train(argv: Optional[List[str]] = None):
-    """``tools/train.py``; returns the runner after training."""
-    args = parse_train_args(argv)
-    with mmengine_checkpoint_loading(args.trust_checkpoint):
-        runner, _ = _build_runner(args, setup_train_cfg)
-        with registry_errors_explained(args.config):
-            runner.train()
-    shutdown_distributed()
-    return runner
+def _train_inputs(args, cfg) -> List[str]:
+    return [args.config] + ([cfg.load_from] if cfg.get('load_from') else [])
+
+
+def _test_inputs(args, cfg) -> List[str]:
+    return [args.config, args.checkpoint]
 
 
 def _check_out(args, library: str) -> None:
@@ -132,20 +158,43 @@ def _check_out(args, library: str) -> None:
         ensure_directory(osp.dirname(osp.abspath(args.out)), '--out')
 
 
+def train(argv: Optional[List[str]] = None):
+    """``tools/train.py``; returns the runner after training."""
+    args = parse_train_args(argv)
+    with mmengine_checkpoint_loading(args.trust_checkpoint):
+        runner, _, cfg = _build_runner(args, setup_train_cfg, _train_inputs)
+        if cfg.get('load_from'):
+            runner.register_hook(
+                CheckedCheckpointHook(
+                    cfg.load_from,
+                    allow_nonfinite=args.allow_nonfinite,
+                    resume=bool(cfg.get('resume'))))
+            resume_errors_explained(runner)
+        with registry_errors_explained(args.config):
+            runner.train()
+    shutdown_distributed()
+    return runner
+
+
 def test(argv: Optional[List[str]] = None):
     """``tools/test.py``; returns the metrics."""
     args = parse_test_args(argv)
     with mmengine_checkpoint_loading(args.trust_checkpoint):
-        runner, library = _build_runner(args, setup_test_cfg)
+        runner, library, _ = _build_runner(args, setup_test_cfg, _test_inputs)
         _check_out(args, library)
-        if not args.non_strict:
-            runner.register_hook(StrictCheckpointHook(args.checkpoint))
+        runner.register_hook(
+            CheckedCheckpointHook(
+                args.checkpoint,
+                strict=not args.non_strict,
+                allow_nonfinite=args.allow_nonfinite))
         add_dump_metric(runner, args, library)
         with registry_errors_explained(args.config):
             metrics = runner.test()
     if args.out and library == 'mmpretrain' and args.out_item == 'metrics':
-        import mmengine
-        mmengine.dump(metrics, args.out)
+        file_format = metrics_format(args.out)
+        mode = 'wb' if file_format == 'pkl' else 'w'
+        with atomic_write(args.out, mode) as file:
+            mmengine.dump(metrics, file, file_format=file_format)
     shutdown_distributed()
     return metrics
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mmvheat.models.backbones.mpvit import MPViT, crpe_head_groups
 from mmvheat.models.backbones.vheat import VHeat
+from .freq_embed import check_freq_embed
 
 __all__ = ['infer_vheat_arch', 'infer_mpvit_arch', 'describe_arch']
 
@@ -60,6 +61,7 @@ def infer_vheat_arch(state_dict: Mapping[str, Tensor]) -> Optional[Dict]:
             continue
         stage = int(match[1])
         if match[2] is None:  # freq_embed: (H, W, C)
+            check_freq_embed(key, value)
             dims[stage] = int(value.shape[-1])
             if stage == 0:
                 embed_size = int(value.shape[0])

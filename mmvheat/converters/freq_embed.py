@@ -15,11 +15,12 @@ from torch import Tensor
 
 from mmvheat.models.backbones.vheat import VHeat
 from mmvheat.models.layers import pad_freq_embed, resize_freq_embed
+from mmvheat.utils.io import MAX_IMAGE_SIDE
 from .checkpoint import CheckpointError
 
 __all__ = [
-    'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side', 'check_size',
-    'check_sizes', 'enlarge_freq_embeds'
+    'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side', 'check_freq_embed',
+    'check_size', 'check_sizes', 'enlarge_freq_embeds'
 ]
 
 MODES = ('pad', 'bicubic')
@@ -47,10 +48,15 @@ def embed_side(img_size: int, stage: int) -> int:
 
 
 def check_size(name: str, size: int) -> None:
-    """Raise ValueError unless ``size`` is an image size vHeat can take."""
+    """Raise ValueError unless ``size`` is an image size vHeat can take:
+    a positive multiple of :data:`SIZE_MULTIPLE`, at most
+    :data:`mmvheat.utils.io.MAX_IMAGE_SIDE`."""
     if size <= 0 or size % SIZE_MULTIPLE:
         raise ValueError(f'{name} must be a positive multiple of '
                          f'{SIZE_MULTIPLE}, got {size}')
+    if size > MAX_IMAGE_SIDE:
+        raise ValueError(f'{name} must be at most {MAX_IMAGE_SIDE}, got '
+                         f'{size}')
 
 
 def check_sizes(pt_size: int,
@@ -70,6 +76,15 @@ def check_sizes(pt_size: int,
         raise ValueError(f'{names[1]} ({tg_size}) must not be smaller than '
                          f'{names[0]} ({pt_size}): embeddings are only '
                          'enlarged')
+
+
+def check_freq_embed(key: str, value: Tensor) -> None:
+    """Raise CheckpointError unless ``value`` can be a frequency embedding:
+    ``(H, W, C)`` with at least one value."""
+    if value.dim() != 3 or not value.numel():
+        raise CheckpointError(
+            f'{key} has shape {tuple(value.shape)}, not a frequency '
+            'embedding (H, W, C) of at least one value')
 
 
 def enlarge_freq_embeds(
@@ -112,10 +127,7 @@ def enlarge_freq_embeds(
     embeds = [state_dict[_KEY.format(i)] for i in stages]
     for i, embed in enumerate(embeds):
         expected = embed_side(pt_size, i)
-        if embed.dim() != 3:
-            raise CheckpointError(
-                f'{_KEY.format(i)} has shape {tuple(embed.shape)}, expected '
-                '(H, W, C)')
+        check_freq_embed(_KEY.format(i), embed)
         if tuple(embed.shape[:2]) != (expected, expected):
             h, w = embed.shape[:2]
             hint = ''

@@ -1,4 +1,5 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+from .file_backend import ATOMIC_BACKEND, AtomicLocalBackend
 from .hooks import SwitchToDeployHook
 from .loops import AmpTestLoop, predictions_to_float32
 from .mmcv_autocast import mmcv_ops_in_float32_under_cpu_autocast
@@ -6,7 +7,8 @@ from .model_wrappers import CPU_DDP, CPUDistributedDataParallel
 from .optim_wrappers import CPUAmpOptimWrapper
 
 __all__ = [
-    'AmpTestLoop', 'CPUAmpOptimWrapper', 'CPUDistributedDataParallel',
-    'CPU_DDP', 'SwitchToDeployHook', 'mmcv_ops_in_float32_under_cpu_autocast',
+    'ATOMIC_BACKEND', 'AtomicLocalBackend', 'AmpTestLoop',
+    'CPUAmpOptimWrapper', 'CPUDistributedDataParallel', 'CPU_DDP',
+    'SwitchToDeployHook', 'mmcv_ops_in_float32_under_cpu_autocast',
     'predictions_to_float32'
 ]

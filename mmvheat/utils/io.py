@@ -7,9 +7,13 @@
   never a part. The new file gets the permissions a plain ``open`` would
   give it (the kernel applies the umask; the process-wide umask is never
   changed), an existing file keeps its own, and a symlink keeps pointing
-  where it pointed: its target is written.
-* :func:`check_output_is_not_input` refuses an output that is one of the
-  inputs, however it is spelled (symlink, ``..``, hard link).
+  where it pointed: its target is written. A write removes the temporary
+  files that earlier writes of the same file left when they were killed
+  (a live writer holds a lock on its own).
+* :func:`check_outputs`, before a tool does any work, refuses an output
+  that is one of the inputs, however it is spelled (symlink, ``..``, hard
+  link), or that exists and is neither a regular file nor a directory (a
+  device, a named pipe); :func:`atomic_write` refuses the latter too.
 * :func:`ensure_directory` makes a directory a tool writes to, or says in
   one line why it cannot.
 * :func:`run_tool` turns a tool's work into printed lines and an exit
@@ -25,20 +29,27 @@ import argparse
 import io
 import os
 import os.path as osp
+import re
 import secrets
 import stat
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Optional,
-                    Tuple, Type)
+from typing import (IO, BinaryIO, Callable, Iterable, Iterator, Mapping,
+                    Optional, Tuple, Type)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: stale temporaries are left for the user
+    fcntl = None
 
 __all__ = [
     'ToolError', 'UsageError', 'OutputWriteError', 'atomic_write',
-    'save_checkpoint_atomic', 'check_output_is_not_input', 'ensure_directory',
-    'first_line', 'run_tool', 'add_trust_option', 'int_at_least',
-    'positive_int', 'ByteProgress'
+    'save_checkpoint_atomic', 'check_output_is_not_input', 'check_output_path',
+    'check_outputs', 'ensure_directory', 'first_line', 'run_tool',
+    'add_trust_option', 'parse_device', 'int_at_least', 'positive_int',
+    'MAX_IMAGE_SIDE', 'image_side', 'ByteProgress'
 ]
 
 
@@ -111,14 +122,59 @@ def ensure_directory(directory: str, what: Optional[str] = None) -> str:
     return directory
 
 
+def _temporary_name(target: str) -> str:
+    directory, name = osp.split(target)
+    return osp.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
+
+
+def _holds_lock(fd: int) -> bool:
+    """Take the lock that marks a temporary file as being written."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stale_temporaries(target: str) -> None:
+    """Remove the temporaries earlier writes of ``target`` left behind
+    when they were killed: those whose writer no longer holds their lock
+    (the kernel drops it when a process ends)."""
+    directory, name = osp.split(target)
+    if fcntl is None:
+        return
+    pattern = re.compile(rf'\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp\Z')
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.match(entry):
+            continue
+        path = osp.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and _holds_lock(fd):
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def _create_temporary(target: str) -> Tuple[int, str]:
-    """A new file beside ``target``, opened for writing.
+    """A new file beside ``target``, opened for writing and locked for as
+    long as this process writes it.
 
     Created with mode 0o666, which the kernel narrows by the umask exactly
     as for any new file; when ``target`` exists, its permission bits are
     copied instead.
     """
-    directory, name = osp.split(target)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
@@ -126,19 +182,20 @@ def _create_temporary(target: str) -> Tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(
         os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0)
     while True:
-        temporary = osp.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
+        temporary = _temporary_name(target)
         try:
             fd = os.open(temporary, flags, 0o666)
             break
         except FileExistsError:
             continue
-    if mode is not None:
-        try:
+    try:
+        _holds_lock(fd)
+        if mode is not None:
             os.fchmod(fd, mode)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temporary)
-            raise
+    except BaseException:
+        os.close(fd)
+        os.unlink(temporary)
+        raise
     return fd, temporary
 
 
@@ -183,8 +240,10 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO]:
     target = _write_target(path)
     if osp.isdir(target):
         raise OutputWriteError(f'cannot write {path}: it is a directory')
+    check_output_path(path)
     directory = osp.dirname(target)
     _make_directory(directory, path)
+    _remove_stale_temporaries(target)
     try:
         fd, temporary = _create_temporary(target)
     except OSError as exc:
@@ -229,7 +288,16 @@ def save_checkpoint_atomic(checkpoint,
     import torch
     with ByteProgress(f'writing {path}') as progress, \
             atomic_write(path) as file:
-        torch.save(checkpoint, progress.wrap(file) if show_progress else file)
+        progress.enabled &= show_progress
+        stream = progress.wrap(file)
+        try:
+            torch.save(checkpoint, stream)
+        except RuntimeError as exc:
+            # torch's writer reports a failed write in its own words, if
+            # at all; the file system's error is the one to show.
+            if stream.write_error is None:
+                raise
+            raise stream.write_error from exc
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -252,6 +320,84 @@ def check_output_is_not_input(output: str, *inputs: str) -> None:
             raise ToolError(
                 f'the output {output} is the input {path}: writing it '
                 'would replace the input; choose another output file')
+
+
+def _special_kind(mode: int) -> Optional[str]:
+    for test, kind in ((stat.S_ISCHR, 'character device'), (stat.S_ISBLK,
+                                                            'block device'),
+                       (stat.S_ISFIFO, 'named pipe'), (stat.S_ISSOCK,
+                                                       'socket')):
+        if test(mode):
+            return kind
+    return None
+
+
+def check_output_path(path: str, what: Optional[str] = None) -> None:
+    """Refuse an output that exists and is neither a regular file nor a
+    directory (a device, a named pipe, a socket, also behind a symlink):
+    writing it would replace the node, or feed a reader.
+
+    Raises:
+        OutputWriteError: naming the path and what it is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a new file, or one the write itself will report
+    kind = _special_kind(mode)
+    if kind is not None:
+        name = f'{what} {path}' if what else path
+        raise OutputWriteError(
+            f'cannot write {name}: it is a {kind}, not a regular file or '
+            'directory')
+
+
+def check_outputs(outputs: Mapping[str, str], inputs: Iterable[str]) -> None:
+    """Refuse, before any work, outputs that would destroy an input or a
+    device: :func:`check_output_path` and :func:`check_output_is_not_input`
+    for each.
+
+    Args:
+        outputs (Mapping[str, str]): The option naming each output (e.g.
+            ``'--out'``) and its path.
+        inputs (Iterable[str]): The files and folders the run reads.
+    """
+    inputs = [path for path in inputs if path]
+    for what, path in outputs.items():
+        check_output_path(path, what)
+        check_output_is_not_input(path, *inputs)
+
+
+def parse_device(text: Optional[str], option: str = '--device'):
+    """The ``torch.device`` a tool was given, checked before any work.
+
+    Args:
+        text (str, optional): ``cpu``, ``cuda``, ``cuda:1``...; None for
+            CUDA when there is one, else the CPU.
+        option (str): The option, named in the messages. Defaults to
+            ``'--device'``.
+
+    Raises:
+        UsageError: ``text`` is no device.
+        ToolError: the device is not on this machine.
+    """
+    import torch
+    if text is None:
+        text = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f'{option} {text!r}: not a device (cpu, cuda, '
+                         'cuda:1, ...)') from None
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ToolError(f'{option} {text}: no CUDA device here; use '
+                            f'{option} cpu')
+        if device.index is not None and device.index >= count:
+            raise ToolError(f'{option} {text}: this machine has {count} CUDA '
+                            f'device{"s" if count > 1 else ""}')
+    return device
 
 
 def first_line(exc: BaseException) -> str:
@@ -310,8 +456,10 @@ def add_trust_option(parser: argparse.ArgumentParser) -> None:
         'only for files from a source you trust: unpickling can run code')
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An ``argparse`` type: an integer of at least ``minimum``.
+def int_at_least(minimum: int,
+                 maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An ``argparse`` type: an integer of at least ``minimum`` (and at
+    most ``maximum``, if given).
 
     Example::
 
@@ -327,6 +475,9 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(
                 f'must be at least {minimum}, got {value}')
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(
+                f'must be at most {maximum}, got {value}')
         return value
 
     parse.__name__ = 'int'  # what argparse names in other errors
@@ -335,6 +486,14 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 #: The ``argparse`` type of options that count or measure.
 positive_int = int_at_least(1)
+
+#: The largest image side the tools take. A vHeat-B stage-0 map of an
+#: image this size is 2048 x 2048 x 128 float32 values, 2 GiB per tensor;
+#: beyond it a single activation outgrows the largest accelerators.
+MAX_IMAGE_SIDE = 8192
+
+#: The ``argparse`` type of an image side.
+image_side = int_at_least(1, MAX_IMAGE_SIDE)
 
 
 class _CountingStream(io.RawIOBase):
@@ -348,6 +507,8 @@ class _CountingStream(io.RawIOBase):
         self._file = file
         self._progress = progress
         self._count = 0
+        #: The first error of a write, which a caller's reader may hide.
+        self.write_error: Optional[OSError] = None
 
     def _advance(self, size: Optional[int]) -> None:
         if size:
@@ -369,7 +530,11 @@ class _CountingStream(io.RawIOBase):
         return size
 
     def write(self, data) -> int:
-        size = self._file.write(data)
+        try:
+            size = self._file.write(data)
+        except OSError as exc:
+            self.write_error = self.write_error or exc
+            raise
         self._advance(size)
         return size
 

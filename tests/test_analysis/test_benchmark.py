@@ -329,7 +329,9 @@ def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys,
          f'error: cannot write --out-dir {blocker}/out: {blocker} is not a '
          'directory'),
         (['--device', 'cuda'], 1, 'error: --device cuda: no CUDA device '
-         'here'),
+         'here; use --device cpu'),
+        (['--device', 'cuda:x'], 2, "error: --device 'cuda:x': not a device "
+         '(cpu, cuda, cuda:1, ...)'),
     ]
     for argv, status, message in cases:
         assert tool.main(

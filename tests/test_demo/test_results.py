@@ -35,7 +35,9 @@ def _final_line(metrics):
 def log_file(tmp_path):
     """An MMLogger writing to a file; the evaluators log to it."""
     path = tmp_path / 'test.log'
-    MMLogger.get_instance(f'demo_results_{id(path)}', log_file=str(path))
+    # Named by the path: an id() can come back once its object is gone, and
+    # an existing instance would keep its own file.
+    MMLogger.get_instance(f'demo_results_{path}', log_file=str(path))
     return path
 
 

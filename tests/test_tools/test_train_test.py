@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -26,22 +25,10 @@ from mmengine.config import Config
 import mmvheat  # noqa: F401  (before mmpretrain and torch.load)
 from mmvheat import apis
 from mmvheat.apis.configs import MASK_TTA, ConfigError
-from mmvheat.demo import data as demo_data
 from mmvheat.engine import CPU_DDP
 from mmvheat.utils.io import UsageError
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TRAIN = osp.join(ROOT, 'tools', 'train.py')
-TEST = osp.join(ROOT, 'tools', 'test.py')
-ARCH = dict(
-    depths=[1, 1, 1, 1],
-    dims=16,
-    post_norm=False,
-    layer_scale=None,
-    mlp_ratio=2.)
-SHAPES = ('circle', 'square', 'triangle')
-TIMEOUT = 300
-CLS_RUN = dict(max_iters=6, val_interval=3)  # shared with the resume test
+from .tiny_runs import (CONFIGS, METRICS, ROOT, TEST, TIMEOUT, TRAIN,
+                        cls_config, run_cmd, run_cmds, tool_env, write_file)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -56,240 +43,6 @@ def _one_thread():
 def _keep_local_rank(monkeypatch):
     # The tools' argument parsing sets LOCAL_RANK, as the libraries' do.
     monkeypatch.delenv('LOCAL_RANK', raising=False)
-
-
-# -- datasets -----------------------------------------------------------------
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('data'))
-    n_train, n_val = 8, 4
-    demo_data.make_coco_instances(
-        osp.join(root, 'coco'),
-        n_train,
-        n_val,
-        image_size=(128, 128),
-        max_instances=2)
-    demo_data.make_ade20k_like(
-        osp.join(root, 'ade'),
-        n_train,
-        n_val,
-        image_size=(128, 128),
-        max_instances=2)
-    demo_data.make_imagenet_like(
-        osp.join(root, 'imagenet'), n_train, n_val, image_size=(64, 64))
-    return root
-
-
-# -- configs ------------------------------------------------------------------
-def _schedule(max_iters, val_interval, ckpt_interval):
-    return f"""
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
-                 max_iters={max_iters}, val_interval={val_interval})
-param_scheduler = [dict(type='MultiStepLR', by_epoch=False,
-                        milestones=[3], gamma=0.5)]
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False,
-                    interval={ckpt_interval}))
-log_processor = dict(by_epoch=False, window_size=1)
-randomness = dict(seed=0, deterministic=True)
-env_cfg = dict(cudnn_benchmark=False)
-"""
-
-
-def cls_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
-    root = osp.join(data, 'imagenet')
-    # No random transforms: resumed and uninterrupted runs see the same data.
-    return f"""
-_base_ = [
-    'mmpretrain::_base_/models/resnet18.py',
-    'mmpretrain::_base_/datasets/imagenet_bs32.py',
-    'mmpretrain::_base_/schedules/imagenet_bs256.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
-model = dict(
-    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
-                  img_size=64, out_indices=(3, ), init_cfg=None),
-    head=dict(num_classes=3, in_channels=128, topk=(1, )))
-data_preprocessor = dict(num_classes=3)
-metainfo = dict(classes={SHAPES!r})
-pipeline = [dict(type='LoadImageFromFile'),
-            dict(type='Resize', scale=(64, 64)),
-            dict(type='PackInputs')]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(data_root={root!r}, split='train', metainfo=metainfo,
-                 pipeline=pipeline))
-val_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root={root!r}, split='val', metainfo=metainfo,
-                 pipeline=pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(lr=0.01))
-""" + _schedule(max_iters, val_interval, ckpt_interval)
-
-
-def det_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
-    root = osp.join(data, 'coco') + '/'
-    return f"""
-_base_ = [
-    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
-    'mmdet::_base_/schedules/schedule_1x.py',
-    'mmdet::_base_/default_runtime.py',
-]
-model = dict(
-    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
-                  img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None),
-    neck=dict(in_channels=[16, 32, 64, 128], out_channels=16),
-    rpn_head=dict(in_channels=16, feat_channels=16),
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=16),
-        bbox_head=dict(in_channels=16, fc_out_channels=32, num_classes=3),
-        mask_roi_extractor=dict(out_channels=16),
-        mask_head=dict(in_channels=16, conv_out_channels=16, num_classes=3)))
-metainfo = dict(classes={SHAPES!r})
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor'))]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root={root!r}, metainfo=metainfo,
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root={root!r}, metainfo=metainfo,
-                 pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file={root!r} + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(lr=0.01))
-""" + _schedule(max_iters, val_interval, ckpt_interval)
-
-
-def seg_config(data, max_iters=4, val_interval=4, ckpt_interval=2):
-    root = osp.join(data, 'ade')
-    # ADE20KDataset accepts only ADE20K's class names: BaseSegDataset with
-    # what ADE20KDataset fixes (suffixes, reduce_zero_label).
-    return f"""
-_base_ = [
-    'mmseg::_base_/models/upernet_r50.py',
-    'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_80k.py',
-]
-norm_cfg = dict(type='BN', requires_grad=True)
-model = dict(
-    pretrained=None,
-    data_preprocessor=dict(size=(128, 128)),
-    backbone=dict(_delete_=True, type='mmvheat.VHeat', arch={ARCH!r},
-                  img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None),
-    decode_head=dict(in_channels=[16, 32, 64, 128], channels=16,
-                     num_classes=4, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=64, channels=16, num_classes=4,
-                        norm_cfg=norm_cfg))
-seg_dataset = dict(type='BaseSegDataset', data_root={root!r},
-                   img_suffix='.jpg', seg_map_suffix='.png',
-                   reduce_zero_label=True,
-                   metainfo=dict(classes=('background', ) + {SHAPES!r}))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.75, 1.25),
-         keep_ratio=True),
-    dict(type='RandomCrop', crop_size=(128, 128), cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')]
-tta_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='TestTimeAug', transforms=[
-        [dict(type='Resize', scale_factor=r, keep_ratio=True)
-         for r in (0.75, 1.0)],
-        [dict(type='RandomFlip', prob=0., direction='horizontal'),
-         dict(type='RandomFlip', prob=1., direction='horizontal')],
-        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(seg_dataset, pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(seg_dataset, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-optim_wrapper = dict(optimizer=dict(lr=0.01))
-""" + _schedule(max_iters, val_interval, ckpt_interval)
-
-
-CONFIGS = dict(mmpretrain=cls_config, mmdet=det_config, mmseg=seg_config)
-METRICS = dict(
-    mmpretrain=r'accuracy/top1: (\d+\.\d+)',
-    mmdet=r'coco/bbox_mAP: (-?\d+\.\d+)',
-    mmseg=r'mIoU: (\d+\.\d+)')
-
-
-def _write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS='1',
-        MKL_NUM_THREADS='1',
-        PYTHONPATH=os.pathsep.join([ROOT] +
-                                   [p for p in [env.get('PYTHONPATH')] if p]))
-    env.update(extra)
-    return env
-
-
-def _run(cmd, cwd, env=None, expect_rc=0):
-    return _run_many([cmd], cwd, env, expect_rc)[0]
-
-
-def _run_many(cmds, cwd, env=None, expect_rc=0):
-    """Run commands side by side (the machine has two cores); outputs."""
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=str(cwd),
-            env=env or _env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True) for cmd in cmds
-    ]
-    outs = []
-    try:
-        for cmd, proc in zip(cmds, procs):
-            out = proc.communicate(timeout=TIMEOUT)[0]
-            if expect_rc is not None:
-                assert proc.returncode == expect_rc, \
-                    f'{" ".join(cmd)} -> {proc.returncode}\n{out[-6000:]}'
-            outs.append(out)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outs
 
 
 def _metric(library, output):
@@ -309,31 +62,9 @@ def _state_dict(path):
 
 
 # -- train, then test with and without --tta ----------------------------------
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_root):
-    """``train(library)``: train its tiny model once, return (config,
-    work_dir, output)."""
-    runs = {}
-
-    def train(library, **kwargs):
-        if library not in runs:
-            tmp = tmp_path_factory.mktemp(library)
-            config = _write(tmp / f'vheat_{library}.py',
-                            CONFIGS[library](data_root, **kwargs))
-            work_dir = str(tmp / 'work_dir')
-            out = _run([sys.executable, TRAIN, config, '--work-dir', work_dir],
-                       cwd=tmp)
-            runs[library] = (config, work_dir, out)
-        return runs[library]
-
-    return train
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize('library', ['mmpretrain', 'mmdet', 'mmseg'])
 def test_train_then_test(trained, library, tmp_path):
-    kwargs = CLS_RUN if library == 'mmpretrain' else {}
-    config, work_dir, out = trained(library, **kwargs)
+    config, work_dir, out = trained(library)
     last = 6 if library == 'mmpretrain' else 4
     assert re.search(rf'Iter\(train\) \[\s*{last}/{last}\]', out), out[-3000:]
     assert 'loss:' in out
@@ -350,7 +81,7 @@ def test_train_then_test(trained, library, tmp_path):
     plain_args = ['--work-dir', str(tmp_path / 'test'), '--out', out_path]
     if library != 'mmseg':  # mmseg's hook draws every 50th image only
         plain_args += ['--show-dir', show_dir]
-    out, tta = _run_many([
+    out, tta = run_cmds([
         test + plain_args, test +
         ['--tta', '--work-dir', str(tmp_path / 'tta')]
     ], tmp_path)
@@ -359,7 +90,7 @@ def test_train_then_test(trained, library, tmp_path):
     assert re.search(r'Iter\(test\) \[\s*\d+/\d+\]', out)  # progress
     # Tested in deploy mode, validated during training without.
     assert 'switch_to_deploy(): backbone' in out
-    assert 'switch_to_deploy()' not in trained(library, **kwargs)[2]
+    assert 'switch_to_deploy()' not in trained(library)[2]
     if library == 'mmseg':
         assert len(os.listdir(out_path)) == 4  # predicted label maps
     else:
@@ -387,11 +118,11 @@ def test_amp_train_and_test_in_both_half_dtypes(data_root, library, tmp_path):
     """``--amp`` trains in bfloat16 and float16 with finite losses, and
     ``test.py --amp`` evaluates the result; on the CPU the detector's mmcv
     ops (NMS, RoIAlign) run in float32 inside the autocast region."""
-    config = _write(
+    config = write_file(
         tmp_path / f'vheat_{library}.py', CONFIGS[library](
             data_root, max_iters=3, val_interval=3, ckpt_interval=3))
     runs = {dtype: str(tmp_path / dtype) for dtype in ('bfloat16', 'float16')}
-    outs = _run_many([[
+    outs = run_cmds([[
         sys.executable, TRAIN, config, '--amp', '--amp-dtype', dtype,
         '--work-dir', work_dir, '--cfg-options',
         'default_hooks.logger.interval=1'
@@ -403,7 +134,7 @@ def test_amp_train_and_test_in_both_half_dtypes(data_root, library, tmp_path):
         assert len(losses) == 3, out[-3000:]
         assert all(np.isfinite(losses)), losses
         _metric(library, out)
-    out = _run([
+    out = run_cmd([
         sys.executable, TEST, config,
         osp.join(runs['bfloat16'], 'iter_3.pth'), '--amp', '--work-dir',
         str(tmp_path / 'test')
@@ -415,18 +146,18 @@ def test_amp_train_and_test_in_both_half_dtypes(data_root, library, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(trained, data_root, tmp_path):
     # The uninterrupted 6-iteration run of test_train_then_test.
-    config, reference_dir, _ = trained('mmpretrain', **CLS_RUN)
+    config, reference_dir, _ = trained('mmpretrain')
     work_dir = str(tmp_path / 'work_dir')
     # "Interrupted" after iteration 4: the same config, stopped early.
-    out = _run([
+    out = run_cmd([
         sys.executable, TRAIN, config, '--work-dir', work_dir, '--cfg-options',
         'train_cfg.max_iters=4'
     ],
-               cwd=tmp_path)
+                  cwd=tmp_path)
     assert 'Saving checkpoint at 4 iterations' in out
     assert not osp.exists(osp.join(work_dir, 'iter_6.pth'))
 
-    out = _run(
+    out = run_cmd(
         [sys.executable, TRAIN, config, '--work-dir', work_dir, '--resume'],
         cwd=tmp_path)
     assert re.search(r'resumed epoch: \d+, iter: 4', out), out[-3000:]
@@ -475,8 +206,8 @@ def test_dist_train_and_test_two_cpu_processes(data_root, tmp_path):
     ranks, equal to one process with batches of 4: the gradients are
     averaged across the processes."""
     hook_dir = tmp_path / 'hook'
-    _write(hook_dir / 'dump_weights_hook.py', _DUMP_WEIGHTS_HOOK)
-    config = _write(
+    write_file(hook_dir / 'dump_weights_hook.py', _DUMP_WEIGHTS_HOOK)
+    config = write_file(
         tmp_path / 'vheat_cls_dist.py',
         cls_config(data_root, max_iters=2, val_interval=2, ckpt_interval=2) +
         f"""
@@ -486,21 +217,20 @@ custom_hooks = [dict(type='DumpWeightsHook', out_dir={str(tmp_path)!r})]
 """)
     work_dir = str(tmp_path / 'work_dir')
     one_dir = str(tmp_path / 'one_process')
-    env = _env(PORT=_free_port(), PYTHON=sys.executable)
+    env = tool_env(PORT=_free_port(), PYTHON=sys.executable)
     env['PYTHONPATH'] += os.pathsep + str(hook_dir)
-    out, one = _run_many(
-        [[
-            'bash',
-            osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2',
-            '--work-dir', work_dir
-        ],
-         [
-             sys.executable, TRAIN, config, '--work-dir', one_dir,
-             '--cfg-options', 'train_dataloader.batch_size=4',
-             'custom_hooks=[]'
-         ]],
-        tmp_path,
-        env=env)
+    out, one = run_cmds([[
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2', '--work-dir',
+        work_dir
+    ],
+                         [
+                             sys.executable, TRAIN, config, '--work-dir',
+                             one_dir, '--cfg-options',
+                             'train_dataloader.batch_size=4', 'custom_hooks=[]'
+                         ]],
+                        tmp_path,
+                        env=env)
     assert 'replaced by gloo' in out
     assert 'Distributed training: True' in out
     assert re.search(r'Iter\(train\) \[\s*2/2\]', out)
@@ -528,14 +258,14 @@ custom_hooks = [dict(type='DumpWeightsHook', out_dir={str(tmp_path)!r})]
             ranks[0][key], single[key], rtol=1e-5, atol=1e-6, msg=key)
 
     env['PORT'] = _free_port()
-    out = _run([
+    out = run_cmd([
         'bash',
         osp.join(ROOT, 'tools', 'dist_test.sh'), config, ckpt, '2',
         '--work-dir',
         str(tmp_path / 'test')
     ],
-               cwd=tmp_path,
-               env=env)
+                  cwd=tmp_path,
+                  env=env)
     _metric('mmpretrain', out)
     # 4 images, 2 a batch: one batch for each of the two processes.
     assert re.search(r'Iter\(test\) \[\s*1/1\]', out), out[-3000:]
@@ -548,7 +278,7 @@ def configs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('configs')
     cfgs = {}
     for library, make in CONFIGS.items():
-        path = _write(tmp / f'vheat_{library}.py', make('/nonexistent'))
+        path = write_file(tmp / f'vheat_{library}.py', make('/nonexistent'))
         cfgs[library] = Config.fromfile(path)
     return cfgs
 
@@ -579,10 +309,10 @@ def test_detect_library_errors():
 
 def test_tool_without_default_scope_fails_clearly(tmp_path, check_cli_error):
     """End to end, as a person runs it: one line, no traceback."""
-    config = _write(tmp_path / 'noscope.py', 'model = dict()\n')
+    config = write_file(tmp_path / 'noscope.py', 'model = dict()\n')
     result = subprocess.run([sys.executable, TRAIN, config],
                             cwd=str(tmp_path),
-                            env=_env(),
+                            env=tool_env(),
                             capture_output=True,
                             text=True,
                             timeout=TIMEOUT)
@@ -596,9 +326,9 @@ def bad_inputs(tmp_path_factory, data_root):
     argparse.Namespace besides, a ResNet-18 classifier's, a text file."""
     from mmengine.runner import save_checkpoint
     tmp = tmp_path_factory.mktemp('bad_inputs')
-    config = _write(tmp / 'vheat_cls.py',
-                    cls_config(data_root, max_iters=1, val_interval=1))
-    resnet_config = _write(
+    config = write_file(tmp / 'vheat_cls.py',
+                        cls_config(data_root, max_iters=1, val_interval=1))
+    resnet_config = write_file(
         tmp / 'resnet18.py', """
         _base_ = ['mmpretrain::_base_/models/resnet18.py']
         default_scope = 'mmpretrain'
@@ -614,9 +344,9 @@ def bad_inputs(tmp_path_factory, data_root):
         dict(
             state_dict=torch.load(paths['vheat'])['state_dict'],
             meta=dict(args=argparse.Namespace(lr=0.1))), paths['namespace'])
-    paths['text'] = _write(tmp / 'text.pth', 'not a checkpoint\n')
-    paths['syntax'] = _write(tmp / 'syntax.py', 'model = dict(\n')
-    paths['a_file'] = _write(tmp / 'a_file', '')
+    paths['text'] = write_file(tmp / 'text.pth', 'not a checkpoint\n')
+    paths['syntax'] = write_file(tmp / 'syntax.py', 'model = dict(\n')
+    paths['a_file'] = write_file(tmp / 'a_file', '')
     return paths
 
 
@@ -716,7 +446,7 @@ def test_test_bad_inputs(bad_inputs, tmp_path, capsys):
 
 
 def test_load_config(tmp_path):
-    config = _write(tmp_path / 'vheat_cls.py', cls_config('/nonexistent'))
+    config = write_file(tmp_path / 'vheat_cls.py', cls_config('/nonexistent'))
     args = apis.parse_train_args(
         [config, '--cfg-options', 'train_cfg.max_iters=7'])
     cfg = apis.load_config(args)
@@ -801,8 +531,10 @@ def test_train_flags(configs):
 
     cfg = setup()
     assert not cfg.resume and cfg.load_from is None
+    # Nothing to resume in the work dir: from the start, as mmengine's
+    # auto-resume does when it finds no checkpoint.
     cfg = setup('--resume')
-    assert cfg.resume is True and cfg.load_from is None
+    assert cfg.resume is False and cfg.load_from is None
     cfg = setup('--resume', 'a/iter_2.pth', '--work-dir', 'w')
     assert cfg.resume is True and cfg.load_from == 'a/iter_2.pth'
     assert cfg.work_dir == 'w'

@@ -17,6 +17,7 @@ import json
 import os
 import os.path as osp
 import pty
+import re
 from collections import OrderedDict
 
 import pytest
@@ -272,12 +273,21 @@ def test_dense_backbone_loads_classification_checkpoint(
 
 
 def test_wrong_arch_is_refused(tiny_checkpoint):
-    _, path = tiny_checkpoint
+    converted, path = tiny_checkpoint
     model = _pretrained(path, arch='small', out_indices=(0, 1, 2, 3))
+    # vHeat-S is deeper (27 blocks in stage 2, not 6) and post-norm with
+    # layer scale: every weight it has that vHeat-T lacks is unset.
+    unset = sorted(
+        key for key in model.state_dict()
+        if f'backbone.{key}' not in converted and not key.startswith('norm'))
+    assert any(k.startswith('stages.2.blocks.6.') for k in unset)
     with pytest.raises(RuntimeError, match='weights unset') as info:
         model.init_weights()
     message = str(info.value)
-    assert 'stages.2.blocks.6.' in message
+    shown = re.search(r'(\d+) weights unset \[([^\]]*), \.\.\. \d+ more\]',
+                      message)
+    assert int(shown[1]) == len(unset)
+    assert set(shown[2].split(', ')) <= set(unset)
     assert 'stages.0.blocks.0.gamma1' in message
 
 

@@ -9,7 +9,7 @@ opcodes in torch's zip layout); those that could corrupt memory are loaded in
 a child interpreter, so that a crash fails a test instead of killing pytest.
 """
 import argparse
-import copyreg
+import contextlib
 import io
 import json
 import os
@@ -22,6 +22,7 @@ import sys
 import zipfile
 from collections import OrderedDict
 
+import crafted
 import numpy as np
 import pytest
 import torch
@@ -478,19 +479,10 @@ def test_no_real_numpy_or_history_buffer_class_admitted():
 
 
 # -- crafted files ------------------------------------------------------------
-class _Reduce:
-    """Pickles as ``func(*args)``, followed by ``BUILD state`` if given."""
-
-    def __init__(self, func, *args, state=None):
-        self.func, self.args, self.state = func, args, state
-
-    def __reduce__(self):
-        if self.state is None:
-            return self.func, self.args
-        return self.func, self.args, self.state
-
-    def __call__(self, *args):
-        pass  # pickle wants a callable ``func``; never called here
+# The primitives of :mod:`crafted`, under this module's names.
+_Reduce, _NewObj = crafted.Reduce, crafted.NewObj
+_RECONSTRUCT = crafted.RECONSTRUCT
+_opcode_unicode, _pickled = crafted.opcode_unicode, crafted.pickled
 
 
 def _save(tmp_path, obj, name='crafted.pth'):
@@ -501,38 +493,15 @@ def _save(tmp_path, obj, name='crafted.pth'):
 
 def _torch_archive(tmp_path, pickle_bytes, name='crafted.pth'):
     """A file in torch's zip layout whose ``data.pkl`` is ``pickle_bytes``."""
-    template = str(tmp_path / 'template.pth')
-    torch.save({}, template)
-    path = str(tmp_path / name)
-    with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, 'w') as dst:
-        for entry in src.namelist():
-            data = src.read(entry)
-            dst.writestr(entry,
-                         pickle_bytes if entry.endswith('/data.pkl') else data)
-    return path
+    return crafted.torch_archive(tmp_path / name, pickle_bytes)
 
 
-_RECONSTRUCT = (
-    np._core.multiarray._reconstruct
-    if hasattr(np, '_core') else np.core.multiarray._reconstruct)
 _SCALAR = (
     np._core.multiarray.scalar
     if hasattr(np, '_core') else np.core.multiarray.scalar)
 
 
-def _opcode_unicode(text):
-    data = text.encode()
-    return b'X' + struct.pack('<I', len(data)) + data
-
-
 _HISTORY_BUFFER_GLOBAL = b'cmmengine.logging.history_buffer\nHistoryBuffer\n'
-
-
-def _pickled(obj):
-    """``obj``'s pickle opcodes without the protocol header and STOP."""
-    data = pickle.dumps(obj, protocol=2)
-    assert data[:2] == b'\x80\x02' and data[-1:] == b'.'
-    return data[2:-1]
 
 
 def _buffer_state(**changes):
@@ -546,21 +515,6 @@ def _buffer_state(**changes):
         })
     state.update(changes)
     return {k: v for k, v in state.items() if v is not None}
-
-
-class _NewObj:
-    """Pickles as ``cls.__new__(cls, *args)`` (NEWOBJ) then ``BUILD``."""
-
-    def __init__(self, cls, *args, state=None):
-        self.cls, self.args, self.state = cls, args, state
-
-    @property
-    def __class__(self):
-        # pickle writes NEWOBJ only for an object of the class it names.
-        return self.cls
-
-    def __reduce__(self):
-        return copyreg.__newobj__, (self.cls, ) + self.args, self.state
 
 
 def _history_buffer(**changes):
@@ -942,24 +896,25 @@ def namespace_checkpoint(trained, tmp_path):
 
 
 def test_mmengine_loader_refuses_and_trusts(namespace_checkpoint):
+    """``import mmvheat`` guards mmengine's loader for the whole process:
+    refused outside the context too; trusted only inside it."""
     model = ToyModel()
-    original = CheckpointLoader.__dict__['load_checkpoint']
-    with pytest.raises(pickle.UnpicklingError):  # mmengine, as it is
-        load_checkpoint(model, namespace_checkpoint, map_location='cpu')
-    with mmengine_checkpoint_loading():
-        with pytest.raises(CheckpointRefusedError) as info:
+    guard = CheckpointLoader.__dict__['load_checkpoint']
+    assert guard.__func__.guarded
+    for context in (contextlib.nullcontext(), mmengine_checkpoint_loading()):
+        with context, pytest.raises(CheckpointRefusedError) as info:
             load_checkpoint(model, namespace_checkpoint, map_location='cpu')
-    assert 'argparse.Namespace' in str(info.value)
-    assert '--trust-checkpoint' in str(info.value)
-    assert '\n' not in str(info.value)
+        assert 'argparse.Namespace' in str(info.value)
+        assert '--trust-checkpoint' in str(info.value)
+        assert '\n' not in str(info.value)
     with mmengine_checkpoint_loading(trust=True):
         checkpoint = load_checkpoint(
             model, namespace_checkpoint, map_location='cpu')
     assert checkpoint['meta']['args'] == argparse.Namespace(lr=0.1, amp=False)
-    assert CheckpointLoader.__dict__['load_checkpoint'] is original
+    assert CheckpointLoader.__dict__['load_checkpoint'] is guard
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     # Trust does not outlive the context.
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointRefusedError):
         load_checkpoint(model, namespace_checkpoint, map_location='cpu')
 
 

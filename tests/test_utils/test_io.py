@@ -17,9 +17,9 @@ import torch
 
 from mmvheat.utils.io import (ByteProgress, OutputWriteError, ToolError,
                               UsageError, atomic_write,
-                              check_output_is_not_input, ensure_directory,
-                              int_at_least, positive_int, run_tool,
-                              save_checkpoint_atomic)
+                              check_output_is_not_input, check_outputs,
+                              ensure_directory, int_at_least, positive_int,
+                              run_tool, save_checkpoint_atomic)
 
 
 @pytest.fixture
@@ -298,3 +298,68 @@ def test_int_at_least():
 def test_positive_int_refuses(text, words):
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(words)):
         positive_int(text)
+
+
+# -- temporaries a killed write left ------------------------------------------
+def _left_by_a_killed_write(path):
+    """A temporary named as the writer names them, unlocked: what a write
+    killed with SIGKILL leaves (the kernel drops the dead writer's lock)."""
+    stale = path.parent / f'.{path.name}.0badc0de.tmp'
+    stale.write_bytes(b'half a checkpoint')
+    return stale
+
+
+def test_next_write_removes_stale_temporaries(tmp_path):
+    dst = tmp_path / 'iter_4.pth'
+    stale = _left_by_a_killed_write(dst)
+    other = tmp_path / '.iter_6.pth.0badc0de.tmp'  # another file's
+    other.write_bytes(b'x')
+    with atomic_write(str(dst)) as f:
+        f.write(b'new')
+    assert sorted(
+        os.listdir(tmp_path)) == ['.iter_6.pth.0badc0de.tmp', 'iter_4.pth']
+    assert not stale.exists() and dst.read_bytes() == b'new'
+
+
+def test_a_live_writers_temporary_is_kept(tmp_path):
+    """Two writers of one file: the second leaves the first one's
+    temporary alone while the first holds it (and its lock)."""
+    dst = tmp_path / 'iter_4.pth'
+    with atomic_write(str(dst)) as first:
+        first.write(b'first')
+        (temporary, ) = [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+        with atomic_write(str(dst)) as second:
+            second.write(b'second')
+        assert temporary in os.listdir(tmp_path)
+    assert dst.read_bytes() == b'first'
+    assert os.listdir(tmp_path) == ['iter_4.pth']
+
+
+@pytest.mark.parametrize('through_symlink', [False, True])
+def test_named_pipe_is_never_replaced(tmp_path, through_symlink):
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    dst = fifo
+    if through_symlink:
+        dst = tmp_path / 'link'
+        os.symlink(fifo, dst)
+    with pytest.raises(OutputWriteError) as info:
+        check_outputs({'--out': str(dst)}, [])
+    assert str(info.value) == (f'cannot write --out {dst}: it is a named '
+                               'pipe, not a regular file or directory')
+    with pytest.raises(OutputWriteError, match='it is a named pipe'):
+        with atomic_write(str(dst)) as f:
+            f.write(b'replaces the pipe')
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_check_outputs_refuses_an_input_under_any_name(tmp_path):
+    source = tmp_path / 'ckpt.pth'
+    source.write_bytes(b'weights')
+    os.link(source, tmp_path / 'hard.pth')
+    for output in (source, tmp_path / 'hard.pth',
+                   tmp_path / 'x' / '..' / 'ckpt.pth'):
+        with pytest.raises(ToolError, match='would replace the input'):
+            check_outputs({'--out': str(output)}, [None, str(source)])
+    check_outputs({'--out': str(tmp_path / 'new.pth')}, [str(source)])
+    assert source.read_bytes() == b'weights'

@@ -39,7 +39,7 @@ from mmvheat.analysis.benchmark import (EXP_COLUMNS, MODEL_COLUMNS,
                                         MODEL_NAMES, OP_COLUMNS,
                                         benchmark_models, benchmark_ops,
                                         format_table, plot, write_csv)
-from mmvheat.utils.io import (ToolError, ensure_directory, int_at_least,
+from mmvheat.utils.io import (ensure_directory, int_at_least, parse_device,
                               positive_int, run_tool)
 
 
@@ -117,10 +117,7 @@ def _progress(line: str):
 
 def run(args):
     """Measure, write the files; returns the lines to print."""
-    device = torch.device(
-        args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ToolError(f'--device {args.device}: no CUDA device here')
+    device = parse_device(args.device)
     ensure_directory(args.out_dir, '--out-dir')
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ import sys
 
 from mmvheat.apis import add_model_args
 from mmvheat.apis.onnx_export import DEFAULT_OPSET, export_onnx
-from mmvheat.utils.io import ToolError, UsageError, positive_int, run_tool
+from mmvheat.utils.io import ToolError, UsageError, image_side, run_tool
 
 
 def parse_args(argv=None):
@@ -37,7 +37,7 @@ def parse_args(argv=None):
         'test the export)')
     parser.add_argument(
         '--shape',
-        type=positive_int,
+        type=image_side,
         nargs=2,
         required=True,
         metavar=('H', 'W'),
@@ -96,7 +96,8 @@ def export(args):
         seed=args.seed,
         cfg_options=args.cfg_options,
         strict=not args.non_strict,
-        trust=args.trust_checkpoint)
+        trust=args.trust_checkpoint,
+        allow_nonfinite=args.allow_nonfinite)
     what = 'full model' if args.full else 'backbone'
     weights = 'random weights' if checkpoint is None else checkpoint
     lines = [

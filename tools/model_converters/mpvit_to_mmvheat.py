@@ -31,13 +31,13 @@ from mmvheat.converters import (convert_mpvit_checkpoint, describe_arch,
                                 infer_mpvit_arch)
 from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import add_trust_option  # noqa: E402
-from mmvheat.utils.io import (ByteProgress, check_output_is_not_input,
-                              run_tool, save_checkpoint_atomic)
+from mmvheat.utils.io import (ByteProgress, check_outputs, run_tool,
+                              save_checkpoint_atomic)
 
 
 def convert(args):
     """Convert ``args.src`` to ``args.dst``; returns the summary lines."""
-    check_output_is_not_input(args.dst, args.src)
+    check_outputs({'DST': args.dst}, [args.src])
     with ByteProgress(f'reading {args.src}') as progress:
         checkpoint = load_checkpoint_file(
             args.src, trust=args.trust_checkpoint, progress=progress)

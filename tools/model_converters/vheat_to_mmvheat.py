@@ -37,14 +37,13 @@ from mmvheat.converters import (MODES, check_size, check_sizes,
                                 enlarge_freq_embeds, infer_vheat_arch)
 from mmvheat.utils.checkpoint_loading import load_checkpoint_file  # noqa: E402
 from mmvheat.utils.io import UsageError  # noqa: E402
-from mmvheat.utils.io import (ByteProgress, add_trust_option,
-                              check_output_is_not_input, run_tool,
-                              save_checkpoint_atomic)
+from mmvheat.utils.io import (ByteProgress, add_trust_option, check_outputs,
+                              run_tool, save_checkpoint_atomic)
 
 
 def convert(args):
     """Convert ``args.src`` to ``args.dst``; returns the summary lines."""
-    check_output_is_not_input(args.dst, args.src)
+    check_outputs({'DST': args.dst}, [args.src])
     if args.tg_size is not None:
         try:
             check_size('--tg-size', args.tg_size)

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.ops.cpu import is_capturing_graph
-from mmvheat.utils.checkpoint_loading import (CheckpointMismatchError,
-                                              CheckpointNotFoundError)
+from mmvheat.utils.checkpoint_loading import CheckpointNotFoundError
+from mmvheat.utils.weights import (SHOWN_NAMES, CheckpointContentError,
+                                   CheckpointMismatchError,
+                                   load_state_dict_strictly)
 
 __all__ = [
     'BaseBackbone', 'DEFAULT_INIT_CFG', 'parse_out_indices', 'switch_to_deploy'
@@ -222,59 +224,70 @@ class BaseBackbone(BaseModule):
                 'set model.backbone.init_cfg=None to train from scratch.')
 
     def _load_pretrained(self, init_cfg: dict):
-        from mmengine.runner.checkpoint import (_load_checkpoint,
-                                                _load_checkpoint_with_prefix)
+        from mmengine.runner.checkpoint import _load_checkpoint
         logger = MMLogger.get_current_instance()
         name = type(self).__name__
         filename = init_cfg['checkpoint']
         prefix = init_cfg.get('prefix')
-        map_location = init_cfg.get('map_location', 'cpu')
         if '://' not in filename and not osp.isfile(filename):
             raise CheckpointNotFoundError(
                 f'Pretrained {name} checkpoint not found: {filename}. '
                 f'{self._missing_checkpoint_hint()}')
         logger.info(f'Load {name} weights from {filename}' +
                     (f' (prefix {prefix!r})' if prefix else ''))
-        if prefix:
-            state_dict = _load_checkpoint_with_prefix(prefix, filename,
-                                                      map_location)
-        else:
-            checkpoint = _load_checkpoint(filename, map_location)
+        checkpoint = _load_checkpoint(filename,
+                                      init_cfg.get('map_location', 'cpu'))
+        state_dict = checkpoint
+        if isinstance(checkpoint, dict):
             state_dict = checkpoint.get('state_dict', checkpoint)
-            if isinstance(state_dict.get('model'), dict):
+            if isinstance(state_dict, dict) and isinstance(
+                    state_dict.get('model'), dict):
                 state_dict = state_dict['model']
-        try:
-            missing, unexpected = self.load_state_dict(
-                state_dict, strict=False)
-        except RuntimeError as exc:
-            if 'size mismatch' not in str(exc):
-                raise
-            raise CheckpointMismatchError(
-                f'The checkpoint {filename} does not fit this {name} '
-                f'({self.arch_settings}): '
-                f'{" ".join(str(exc).split())}') from exc
-        optional = re.compile(self.optional_weights or r'(?!)')
-        fresh = [k for k in missing if optional.match(k)]
-        unused = [k for k in unexpected if optional.match(k)]
-        missing = [k for k in missing if not optional.match(k)]
-        unexpected = [k for k in unexpected if not optional.match(k)]
-        if missing or unexpected:
-            if any(k.startswith(self.published_prefixes) for k in unexpected):
-                hint = (f'It is a published {name} checkpoint: convert it '
-                        f'with {self.converter}.')
-            else:
-                hint = (f'Is it a {name} checkpoint of this arch in mmvheat '
-                        f'layout (see {self.converter}), with the right '
-                        'prefix?')
-            raise CheckpointMismatchError(
-                f'The checkpoint {filename} does not fit this {name} '
-                f'({self.arch_settings}): {len(missing)} weights unset '
-                f'{missing}, {len(unexpected)} unexpected {unexpected}. '
-                f'{hint}')
+        if not isinstance(state_dict, dict):
+            raise CheckpointContentError(f'{filename} holds no state dict (a '
+                                         f'{type(state_dict).__name__})')
+        if prefix:
+            state_dict = self._weights_under(state_dict, prefix, filename)
+        unexpected_published = any(
+            isinstance(k, str) and k.startswith(self.published_prefixes)
+            for k in state_dict)
+        if unexpected_published:
+            hint = (f'it is a published {name} checkpoint: convert it '
+                    f'with {self.converter}')
+        else:
+            hint = (f'is it a {name} checkpoint of this arch '
+                    f'({self.arch_settings}) in mmvheat layout (see '
+                    f'{self.converter}), with the right prefix?')
+        fresh, unused = load_state_dict_strictly(
+            self,
+            state_dict,
+            f'The checkpoint {filename}',
+            optional=self.optional_weights,
+            allow_nonfinite=init_cfg.get('allow_nonfinite', False),
+            hint=hint)
         if fresh:
             logger.info(f'Initialised afresh: {fresh}')
         if unused:
             logger.info(f'Unused weights of the checkpoint: {unused}')
+
+    @staticmethod
+    def _weights_under(state_dict: dict, prefix: str, filename: str) -> dict:
+        """The weights whose names start with ``prefix``, without it."""
+        if not prefix.endswith('.'):
+            prefix += '.'
+        selected = {
+            k[len(prefix):]: v
+            for k, v in state_dict.items()
+            if isinstance(k, str) and k.startswith(prefix)
+        }
+        if not selected:
+            firsts = sorted(
+                {str(k).split('.', 1)[0] + '.'
+                 for k in state_dict})
+            raise CheckpointMismatchError(
+                f'{filename} holds no weights under the prefix {prefix!r} '
+                f'(its names begin with {firsts[:SHOWN_NAMES]})')
+        return selected
 
     # -- train/eval behaviour -----------------------------------------------
     def _freeze_stages(self):
