@@ -1121,3 +1121,23 @@ def test_crafted_file_refused_while_counting_bytes(payload, words, tmp_path,
     assert '\n' not in message
     assert progress.total == os.path.getsize(path)  # the counted read
     assert not (tmp_path / 'crafted.txt').exists()
+
+
+@pytest.mark.parametrize(
+    'shape, data', [((4, ), bytes(16)), ((1, ), bytes(16)),
+                    ((2, 0, 3), bytes(8))],
+    ids=['short', 'long', 'empty-shape'])
+def test_array_data_of_the_wrong_length_refused(shape, data, tmp_path):
+    """An array's bytes must be exactly its shape's worth of items.
+
+    numpy rejects a short or long buffer too, with a ``ValueError`` of its
+    own and before reading it (so these files load in this process); the
+    loader's refusal comes first and names the shape, the dtype and the
+    byte count.
+    """
+    path = _save(tmp_path, _array(_FLOAT64, shape, data))
+    with pytest.raises(CheckpointRefusedError) as info:
+        load_checkpoint_file(path)
+    assert str(info.value) == (
+        f'{path}: refused numpy array of shape {shape} and dtype float64 '
+        f'from {len(data)} bytes {_REFUSAL_ADVICE}')
