@@ -34,6 +34,14 @@ CONFIGS = sorted(
     osp.relpath(path, CONFIG_DIR)
     for path in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
 LIBRARIES = ('mmdet', 'mmseg', 'mmpretrain')
+#: The detection and segmentation configs: test_tta.py merges their
+#: test-time augmentation end to end (test_config fails any other config
+#: that has a ``tta_pipeline``).
+TTA_CONFIGS = [
+    name for name in CONFIGS
+    if (osp.basename(name).startswith('mask-rcnn_') or '_upernet_' in name)
+    and name != 'vheat/mask-rcnn_tta.py'
+]
 
 VHEAT_DIMS = dict(
     tiny=[96, 192, 384, 768],
@@ -420,6 +428,9 @@ def test_config(name):
                 errors[library] = f'{type(exc).__name__}: {exc}'
         pytest.fail(f'{name}: pipelines build in no library scope: {errors}')
 
+    if 'tta_pipeline' in cfg:
+        assert name in TTA_CONFIGS, \
+            f'{name} has a tta_pipeline that test_tta.py does not run'
     # The scope a ``mmdet::`` (etc.) base leaves on the model, failing that.
     library = cfg.get('default_scope') or cfg.model.get('_scope_')
     assert library in LIBRARIES, f'{name}: default_scope {library!r}'

@@ -332,12 +332,21 @@ def marked_tiny_224():
 def cli(tmp_path_factory, run_tools):
     """``{name: (tmp dir, dst, CompletedProcess)}``, run together.
 
-    ``src.pth`` is vHeat-T at 224 in the mmvheat layout, with a ``meta``;
-    a failing run's DST already exists (``previous``).
+    ``src.pth`` is vHeat-T at 224 in the mmvheat layout, with a ``meta``
+    (for ``ema``: a published small arch at PT_SIZE whose ``model`` and
+    ``model_ema`` differ); a failing run's DST already exists
+    (``previous``).
     """
     source = {'state_dict': marked_tiny_224(), 'meta': {'arch': 'kept'}}
+    sources = {
+        'ema': {
+            'model': to_published(project_state_dict(seed=0)),
+            'model_ema': to_published(project_state_dict(seed=1))
+        }
+    }
     flags = {
         'tiny': [],
+        'ema': ['--ema', '--pt_size', PT_SIZE, '--tg_size', TG_SIZE],
         'text': [],
         'same-path': [],
         'wrong-pt-size': ['--pt_size', 256],
@@ -351,10 +360,10 @@ def cli(tmp_path_factory, run_tools):
         if name == 'text':
             src.write_text('not a checkpoint\n')
         else:
-            torch.save(source, src)
+            torch.save(sources.get(name, source), src)
         if name == 'same-path':
             dst = tmp / '.' / 'out' / '..' / 'src.pth'
-        if name != 'tiny':
+        if name not in ('tiny', 'ema'):
             os.makedirs(tmp / 'out')
             if name != 'same-path':
                 dst.write_bytes(b'previous')
@@ -414,6 +423,24 @@ def test_cli_tiny_224_to_512(cli):
     model.init_weights()
     assert torch.equal(model.stages[0].freq_embed,
                        converted['backbone.stages.0.freq_embed'])
+
+
+def test_cli_ema(cli):
+    """``--ema`` on a published checkpoint whose ``model`` and
+    ``model_ema`` differ in every tensor: the output is the EMA weights,
+    converted and padded, with nothing of the model's."""
+    tmp, dst, result = cli['ema']
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f'Read {tmp / "src.pth"} (published layout, EMA weights)')
+    checkpoint = torch.load(dst, map_location='cpu', weights_only=True)
+    assert checkpoint['meta']['interpolate4downstream']['ema'] is True
+    # The same weights the file was made from, padded here independently.
+    model = padded(project_state_dict(seed=0))
+    ema = padded(project_state_dict(seed=1))
+    assert_state_dicts_equal(checkpoint['state_dict'], ema)
+    for key, value in checkpoint['state_dict'].items():
+        assert not torch.equal(value, model[key]), key
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,12 @@ def marked_state_dict(key_shapes, start=0., sign=1.):
                        for i, (key, shape) in enumerate(key_shapes.items()))
 
 
+def marked_ema(key_shapes):
+    """The EMA twin of ``marked_state_dict(key_shapes)``: every value
+    negative, so that none equals a value of the model's."""
+    return marked_state_dict(key_shapes, start=1., sign=-1.)
+
+
 def marker(tensor):
     """The one value a marked tensor holds (after any reshape).
 
@@ -137,7 +143,7 @@ def test_published_classifier_converts(arch, shapes):
 def test_input_formats(shapes):
     key_shapes = shapes['tiny']['state_dict']
     model = marked_state_dict(key_shapes)
-    ema = marked_state_dict(key_shapes, start=1., sign=-1.)
+    ema = marked_ema(key_shapes)
     both = {'model': model, 'model_ema': ema, 'epoch': 300}
     for checkpoint, use_ema, expected in [(both, True, ema),
                                           (both, False, model),
@@ -313,6 +319,10 @@ def cli(shapes, tmp_path_factory, run_tools):
         'tiny': published,
         'tiny-512': published,
         'terminal': published,
+        'ema': {
+            'model': source,
+            'model_ema': marked_ema(shapes['tiny']['state_dict'])
+        },
         'dense': {
             'state_dict': marked_state_dict(dense_key_shapes(shapes))
         },
@@ -353,7 +363,8 @@ def cli(shapes, tmp_path_factory, run_tools):
         src = tmp / 'vHeat_tiny.pth'
         torch.save(checkpoint, src)
         dst = tmp / 'out' / 'dst.pth'
-        if name not in ('tiny', 'tiny-512', 'terminal', 'dense', 'trusted'):
+        if name not in ('tiny', 'tiny-512', 'terminal', 'ema', 'dense',
+                        'trusted'):
             if name.endswith('-fresh'):
                 dst = tmp / 'new' / 'dst.pth'
             else:
@@ -365,6 +376,7 @@ def cli(shapes, tmp_path_factory, run_tools):
     os.remove(dst)
     os.symlink(tmp / 'vHeat_tiny.pth', dst)
     runs['tiny-512'][2].extend(['--tg-size', 512])
+    runs['ema'][2].append('--ema')
     runs['trusted'][2].append('--trust-checkpoint')
     runs['tg-size-500'][2].extend(['--tg-size', 500])
     runs['tg-size-192'][2].extend(['--tg-size', 192])
@@ -424,6 +436,32 @@ def test_cli_converts_a_classifier(cli, shapes):
         img_size=224,
         num_classes=1000,
         out_indices=[3])
+
+
+def test_cli_ema_converts_the_ema_weights(cli, shapes):
+    """``--ema`` on a checkpoint whose ``model`` and ``model_ema`` differ
+    in every value: the output holds the EMA values, key for key, and none
+    of the model's."""
+    tmp, dst, result = cli['ema']
+    assert result.returncode == 0, result.stderr
+    source = torch.load(tmp / 'vHeat_tiny.pth', weights_only=True)
+    model, ema = source['model'], source['model_ema']
+    assert result.stdout.splitlines()[0] == (
+        f'Converted {len(ema)} keys (classification, EMA weights) from '
+        f'{tmp / "vHeat_tiny.pth"}')
+    checkpoint = torch.load(dst, weights_only=True)
+    assert checkpoint['meta']['ema'] is True
+    converted = checkpoint['state_dict']
+    assert_values_preserved(ema, converted)
+    model_values = {marker(v) for v in model.values()}
+    assert not any(marker(v) in model_values for v in converted.values())
+    # A few keys traced through the renaming (and the fc1 reshape).
+    for new, old in [('backbone.stages.0.freq_embed', 'freq_embed.0'),
+                     ('backbone.stages.2.blocks.1.mlp.fc1.weight',
+                      'layers.2.1.mlp.fc1.weight'),
+                     ('head.fc.bias', 'classifier.3.bias')]:
+        assert marker(converted[new]) == marker(ema[old]), new
+        assert marker(converted[new]) != marker(model[old]), new
 
 
 def test_cli_dense_checkpoint(cli, shapes):

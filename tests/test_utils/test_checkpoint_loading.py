@@ -1045,3 +1045,54 @@ def test_error_types_are_distinct():
     assert not issubclass(CheckpointLoadError, CheckpointRefusedError)
     # Refusals raised inside torch's unpickler pass through it unchanged.
     assert not issubclass(CheckpointRefusedError, pickle.UnpicklingError)
+
+
+# -- refusals through the progress path, and their words ----------------------
+# How every refusal ends.
+_REFUSAL_ADVICE = (
+    '(weights_only=True builds only tensors, containers, numbers and the '
+    'objects mmengine writes); pass --trust-checkpoint only if you trust the '
+    'file')
+
+
+@pytest.mark.parametrize(
+    'payload,words', [case[1:] for case in REFUSED],
+    ids=[case[0] for case in REFUSED])
+def test_crafted_file_refused_while_counting_bytes(payload, words, tmp_path,
+                                                   monkeypatch,
+                                                   unchanged_process):
+    """The tools read through a :class:`ByteProgress`: that path loads
+    with the same safe unpickler, so it refuses the same files (and runs
+    none of their code) with the same one-line message."""
+    path = _crafted_file(tmp_path, payload)
+    monkeypatch.chdir(tmp_path)
+    progress = ByteProgress('reading', stream=io.StringIO())
+    with pytest.raises(CheckpointRefusedError) as info:
+        load_checkpoint_file(path, progress=progress)
+    message = str(info.value)
+    assert words in message
+    assert message.startswith(f'{path}: ')
+    assert message.endswith(_REFUSAL_ADVICE)
+    assert '\n' not in message
+    assert progress.total == os.path.getsize(path)  # the counted read
+    assert not (tmp_path / 'crafted.txt').exists()
+
+
+@pytest.mark.parametrize(
+    'shape, data', [((4, ), bytes(16)), ((1, ), bytes(16)),
+                    ((2, 0, 3), bytes(8))],
+    ids=['short', 'long', 'empty-shape'])
+def test_array_data_of_the_wrong_length_refused(shape, data, tmp_path):
+    """An array's bytes must be exactly its shape's worth of items.
+
+    numpy rejects a short or long buffer too, with a ``ValueError`` of its
+    own and before reading it (so these files load in this process); the
+    loader's refusal comes first and names the shape, the dtype and the
+    byte count.
+    """
+    path = _save(tmp_path, _array(_FLOAT64, shape, data))
+    with pytest.raises(CheckpointRefusedError) as info:
+        load_checkpoint_file(path)
+    assert str(info.value) == (
+        f'{path}: refused numpy array of shape {shape} and dtype float64 '
+        f'from {len(data)} bytes {_REFUSAL_ADVICE}')
