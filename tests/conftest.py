@@ -87,7 +87,7 @@ def onednn_spy(monkeypatch):
     """Record the calls that reach oneDNN's fused linear (skip without it)."""
     import torch
 
-    import mmvheat.ops.cpu as fusion
+    import mmvheat.models.layers.cpu_fast_paths as fusion
     if fusion._ONEDNN_OPS is None or not torch.backends.mkldnn.is_available():
         pytest.skip('this torch has no oneDNN linear fusion')
     spy = OneDNNSpy(fusion._ONEDNN_OPS)

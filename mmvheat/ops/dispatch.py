@@ -56,8 +56,8 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
+from mmvheat.utils.torch_modes import is_capturing_graph
 from .autotune_cache import AutotuneCache
-from .cpu import is_capturing_graph
 from .spectral import spectral_filter_reference
 
 __all__ = [

@@ -19,7 +19,7 @@ import mmvheat.ops
 OPS_DIR = osp.dirname(mmvheat.ops.__file__)
 PACKAGE = 'mmvheat.ops'
 # Each module may import only modules of earlier layers.
-LAYERS = [{'spectral', 'cpu', 'autotune_cache'}, {'triton_hco'},
+LAYERS = [{'spectral', 'autotune_cache'}, {'triton_hco'},
           {'dispatch', 'kernel_resources'}, {'heat_conduction'}, {'__init__'}]
 
 
