@@ -1,10 +1,19 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+import os
 import os.path as osp
 
 import pytest
+import torch
+
+# Triton decides when mmvheat.ops.triton_hco is imported whether the HCO
+# kernels are compiled or run in its CPU interpreter. Without CUDA, the
+# tests run them on CPU tensors in the interpreter; with CUDA, compiled (the
+# interpreter-only tests skip). Set before anything imports the kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 # Imported first: it prepares torch.load and torchvision for the libraries.
-import mmvheat  # noqa: F401
+import mmvheat  # noqa: F401,E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: Fixtures computed with the published implementations (see its README).

@@ -17,14 +17,14 @@ an inference tensor cannot be saved for a later backward pass.
 """
 import math
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
-    'idct2d', 'spectral_filter_reference'
+    'idct2d', 'spectral_filter_reference', 'spectral_filter_reference_grads'
 ]
 
 # The transforms accumulate in float32 whatever the activation dtype.
@@ -205,3 +205,38 @@ def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
         spectrum = spectrum * transfer.to(x.dtype)
         y = _separable_transform(spectrum, basis_h.t(), basis_w.t())
     return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
+
+
+def spectral_filter_reference_grads(
+        x: Tensor,
+        transfer: Tensor,
+        grad: Tensor,
+        need_x: bool = True,
+        need_transfer: bool = True
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of :func:`spectral_filter_reference` in closed form.
+
+    The filter is ``A^T diag(T) A`` with ``A = Dh (x) Dw`` orthonormal, a
+    symmetric map, so ``grad_x`` is the same filter applied to ``grad`` and
+    ``grad_transfer = sum_b DCT2D(x[b]) * DCT2D(grad[b])``. Plain tensor
+    algebra: the results are differentiable again (double backward) when
+    autograd records them.
+
+    Args:
+        x (Tensor): The filter's input ``(..., H, W, C)``.
+        transfer (Tensor): The filter ``(H, W, C)``.
+        grad (Tensor): The gradient of the output, ``x``'s shape.
+        need_x (bool): Compute ``grad_x``. Defaults to True.
+        need_transfer (bool): Compute ``grad_transfer``. Defaults to True.
+
+    Returns:
+        tuple: ``grad_x`` in ``grad``'s dtype (or None), ``grad_transfer``
+        in the arithmetic dtype, float32 or float64 (or None).
+    """
+    grad_x = spectral_filter_reference(grad, transfer) if need_x else None
+    grad_transfer = None
+    if need_transfer:
+        xs, _ = _as_batched_float(x)
+        gs, _ = _as_batched_float(grad)
+        grad_transfer = (dct2d(xs) * dct2d(gs.to(xs.dtype))).sum(0)
+    return grad_x, grad_transfer

@@ -1,15 +1,17 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """Triton kernels for the Heat Conduction Operator's spectral filter.
 
-``spectral_filter_triton(x, transfer)`` computes the same function as
+:func:`launch_forward` computes the same function as
 :func:`mmvheat.ops.spectral.spectral_filter_reference`::
 
     y[b, :, :, c] = Dh^T ((Dh x[b, :, :, c] Dw^T) * transfer[:, :, c]) Dw
 
-on a channels-last map ``x`` of shape ``(B, H, W, C)`` (leading dims are
-flattened into ``B``) for any ``H, W >= 1``, float32, bfloat16 and float16
-``x`` with float32 arithmetic; ``transfer`` is used in float32. Gradients for
-``x`` and ``transfer`` come from a ``torch.autograd.Function``.
+on a contiguous channels-last map ``x`` of shape ``(B, H, W, C)`` for any
+``H, W >= 1``, float32, bfloat16 and float16 ``x`` with float32 arithmetic;
+``transfer`` is float32. :func:`launch_backward` computes its gradients.
+Both are plain functions over kernel launches, without autograd: the
+operator registered by :mod:`mmvheat.ops.dispatch` carries the autograd
+formula, the self-check and the choice of path.
 
 Design
 ------
@@ -29,7 +31,7 @@ count:
   ``grad_T``, accumulated over a chunk of the batch and written as one
   float32 partial per chunk.
 * **tiled**, for any grid: the separable transform as batched GEMMs with the
-  DCT matrix, one kernel (:func:`_hco_gemm_kernel`, ``out[g] = A' @ in[g]``
+  DCT matrix, one kernel (:func:`hco_gemm_kernel`, ``out[g] = A' @ in[g]``
   on ``(N, R)`` matrices). Along H a matrix is an image, ``(H, W * C)``;
   along W it is an image row, ``(W, C)`` -- the same contiguous memory seen
   as ``(B * H, W, C)``, so one kernel serves both axes. The forward is
@@ -47,39 +49,41 @@ tiled path the unmultiplied spectrum ``A grad_out`` serves both (this is why
 ``T`` enters as a prologue of the inverse rather than an epilogue of the
 forward GEMM), and the product with ``A x`` is reduced over the batch in
 torch. The spectrum of ``x`` is recomputed in the backward pass (nothing but
-``x`` and ``transfer`` is saved). Double backward is not supported.
+``x`` and ``transfer`` is needed).
 
 Every launch goes through :func:`_launch` with a configuration from a fixed
 set (:func:`kernel_configurations` lists them all), so an offline compile of
-that set for each GPU architecture covers every kernel this module can run.
+that set for each GPU architecture covers every kernel this module can run;
+:func:`kernel_variant` says how Triton specialises a launch's integer
+arguments (equal to 1, multiple of 16), which the offline check compiles
+too.
 
-Interpreter: the kernels are wrapped by ``triton.jit`` lazily, once per value
-of Triton's interpreter switch (``TRITON_INTERPRET``) seen at launch time, so
-the switch can be flipped while the process runs (tests do), and CPU tensors
-run under the interpreter next to compiled kernels for CUDA tensors. For that
-the kernels use only builtins of ``triton.language``, none of its
-``@triton.jit`` library functions (``tl.zeros``, ``tl.sum``, ``tl.cdiv``...):
-those are wrapped once, when ``triton`` is imported, and an interpreted
-kernel cannot call a compiled-mode one (``tl.full`` replaces ``tl.zeros``).
+Interpreter: the kernels are module-level ``@triton.jit`` functions, so
+Triton decides when this module is imported whether they are compiled or
+run in its CPU interpreter (``TRITON_INTERPRET=1`` at that moment);
+:func:`triton_interpret_enabled` says which. The kernels use only builtins
+of ``triton.language``, none of its ``@triton.jit`` library functions
+(``tl.zeros``, ``tl.sum``, ``tl.cdiv``...): those are wrapped when
+``triton`` itself is imported, which may be before the interpreter was
+switched on, and an interpreted kernel cannot call a compiled-mode one
+(``tl.full`` replaces ``tl.zeros``).
 """
 import contextlib
-import functools
-import os
-import types
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .spectral import dct_basis
 
 __all__ = [
-    'spectral_filter_triton', 'triton_supports', 'triton_interpret_enabled',
-    'kernel_paths', 'default_path', 'kernel_configurations', 'KernelConfig',
-    'KERNEL_PATHS', 'SUPPORTED_DTYPES'
+    'launch_forward', 'launch_backward', 'triton_supports',
+    'triton_interpret_enabled', 'kernel_paths', 'default_path',
+    'kernel_configurations', 'kernel_variant', 'recorded_launches',
+    'KernelConfig', 'KernelVariant', 'KERNELS', 'KERNEL_PATHS',
+    'SUPPORTED_DTYPES'
 ]
 
 #: Activation dtypes the kernels accept (arithmetic is float32 throughout).
@@ -97,6 +101,9 @@ _GEMM_TILES = ((16, 16), (32, 32), (64, 32))
 _GEMM_BN = 64
 # Fused backward: aim for about this many programs when splitting the batch.
 _TARGET_PROGRAMS = 512
+# Pointers are passed 16-byte aligned, as Triton's specialisation (and the
+# offline compile check) assumes.
+_ALIGNMENT = 16
 
 _TRITON_DTYPES = {
     torch.float32: 'fp32',
@@ -121,19 +128,19 @@ def _dot_precision(device: torch.device) -> str:
 
 
 def triton_interpret_enabled() -> bool:
-    """Whether Triton would run kernels in its CPU interpreter right now."""
-    knobs = getattr(triton, 'knobs', None)
-    if knobs is not None:
-        try:
-            return bool(knobs.runtime.interpret)
-        except AttributeError:
-            pass
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+    """Whether this module's kernels run in Triton's CPU interpreter.
+
+    Decided when the module was imported, by ``TRITON_INTERPRET``: set it
+    before importing (a test session, a subprocess) to run the kernels on
+    CPU tensors.
+    """
+    return _INTERPRETED
 
 
 # ---------------------------------------------------------------------------
-# Kernel sources. Plain functions: ``_kernels`` wraps them with triton.jit.
+# Kernels
 # ---------------------------------------------------------------------------
+@triton.jit
 def _load_basis(ptr, N, NP: tl.constexpr, TRANS: tl.constexpr):
     """The ``N x N`` basis (or its transpose) zero-padded to ``NP x NP``."""
     i = tl.arange(0, NP)[:, None]
@@ -145,6 +152,7 @@ def _load_basis(ptr, N, NP: tl.constexpr, TRANS: tl.constexpr):
     return tl.load(ptr + offs, mask=(i < N) & (j < N), other=0.0)
 
 
+@triton.jit
 def _slab_offsets(R_N, R_STRIDE, Q_N, Q_STRIDE, c0, C, RP: tl.constexpr,
                   QP: tl.constexpr, BC: tl.constexpr):
     """Offsets and mask of an ``[RP, QP * BC]`` tile, column ``q * BC + c``."""
@@ -157,6 +165,7 @@ def _slab_offsets(R_N, R_STRIDE, Q_N, Q_STRIDE, c0, C, RP: tl.constexpr,
     return offs, mask
 
 
+@triton.jit
 def _dct2_tile(t, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
                BC: tl.constexpr, PREC: tl.constexpr):
     """``[HP, WP*BC]`` (h, w, c) tile -> spectrum ``[WP, HP*BC]`` (m, n, c).
@@ -173,6 +182,7 @@ def _dct2_tile(t, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
     return tl.dot(dw, z, input_precision=PREC)
 
 
+@triton.jit
 def _idct2_tile(s, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
                 BC: tl.constexpr, PREC: tl.constexpr):
     """Inverse of :func:`_dct2_tile`: (m, n, c) spectrum -> (h, w, c) tile."""
@@ -185,11 +195,11 @@ def _idct2_tile(s, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
     return tl.dot(dht, q, input_precision=PREC)
 
 
-def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
-                      B, H, W, C, B_PER_PROG, C_BLOCKS,
-                      STORE_OUT: tl.constexpr, NEED_GT: tl.constexpr,
-                      HP: tl.constexpr, WP: tl.constexpr, BC: tl.constexpr,
-                      PREC: tl.constexpr):
+@triton.jit
+def hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr, B,
+                     H, W, C, B_PER_PROG, C_BLOCKS, STORE_OUT: tl.constexpr,
+                     NEED_GT: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                     BC: tl.constexpr, PREC: tl.constexpr):
     """Per (batch chunk, channel block): for each image ``b`` of the chunk,
     ``S = A src[b]``; if STORE_OUT, ``out[b] = A^T (T * S)``; if NEED_GT,
     ``acc += (A x[b]) * S`` and the chunk's ``acc`` goes to ``gt[chunk]``."""
@@ -225,10 +235,11 @@ def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
         tl.store(gt_ptr + pid_b.to(tl.int64) * hwc + s_offs, acc, mask=s_mask)
 
 
-def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
-                     TILES_M, TRANS: tl.constexpr, MUL: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                     PREC: tl.constexpr):
+@triton.jit
+def hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
+                    TILES_M, TRANS: tl.constexpr, MUL: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    PREC: tl.constexpr):
     """Batched GEMM ``out[q] = A' @ (in[q] * T[q % T_BATCH])`` on ``(N, R)``
     matrices ``q``, where ``A' = A`` or ``A^T`` (TRANS) for the ``N x N``
     matrix ``A`` and the product with ``T`` is taken only if MUL.
@@ -275,9 +286,14 @@ def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
         mask=(rows < N)[:, None] & col_ok[None, :])
 
 
-_KERNEL_SOURCES = (_load_basis, _slab_offsets, _dct2_tile, _idct2_tile,
-                   _hco_fused_kernel, _hco_gemm_kernel)
-# The launchable kernels and the names and types of their runtime arguments
+#: The launchable kernels by name.
+KERNELS = {
+    'hco_fused_kernel': hco_fused_kernel,
+    'hco_gemm_kernel': hco_gemm_kernel,
+}
+_INTERPRETED = not isinstance(hco_gemm_kernel, triton.runtime.JITFunction)
+
+# The names and types of the launchable kernels' runtime arguments
 # (pointers: '*' and the dtype, filled in per configuration).
 _KERNEL_ARGS = {
     'hco_fused_kernel':
@@ -292,41 +308,13 @@ _KERNEL_ARGS = {
 }
 
 
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool) -> types.SimpleNamespace:
-    """The kernels wrapped by ``triton.jit`` for one interpreter setting.
-
-    ``triton.jit`` decides between a compiled and an interpreted function
-    when it is applied, from ``TRITON_INTERPRET``. Each setting gets its own
-    copies of the functions, with a private globals dict in which the helper
-    names resolve to the helpers wrapped the same way.
-    """
-    assert interpret == triton_interpret_enabled()
-    ns = {
-        'tl': tl,
-        'triton': triton,
-        '__name__': __name__,
-        '__builtins__': __builtins__
-    }
-    for fn in _KERNEL_SOURCES:
-        clone = types.FunctionType(fn.__code__, ns, fn.__name__,
-                                   fn.__defaults__, fn.__closure__)
-        clone.__annotations__ = dict(fn.__annotations__)
-        clone.__kwdefaults__ = fn.__kwdefaults__
-        clone.__module__ = fn.__module__
-        clone.__qualname__ = fn.__qualname__
-        clone.__doc__ = fn.__doc__
-        ns[fn.__name__] = triton.jit(clone)
-    return types.SimpleNamespace(
-        **{fn.__name__.lstrip('_'): ns[fn.__name__]
-           for fn in _KERNEL_SOURCES})
-
-
 # ---------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------
 class KernelConfig(NamedTuple):
-    """One compiled variant of a kernel: what :func:`_launch` runs.
+    """A kernel with its constexprs, pointer dtypes and warps: what
+    :func:`_launch` runs (Triton compiles one binary per
+    :class:`KernelVariant` of it).
 
     Attributes:
         kernel (str): ``'hco_fused_kernel'`` or ``'hco_gemm_kernel'``.
@@ -349,6 +337,23 @@ class KernelConfig(NamedTuple):
         }
         sig.update({name: 'constexpr' for name, _ in self.constexprs})
         return sig
+
+
+class KernelVariant(NamedTuple):
+    """A configuration as Triton compiles it for one launch.
+
+    Triton specialises integer arguments at run time: one equal to 1 is
+    compiled in as a constant, one that is a multiple of 16 is compiled as
+    divisible by 16 (it allows wider loads, ``cp.async``). Each combination
+    is a binary of its own, with its own registers and shared memory.
+
+    Attributes:
+        config (KernelConfig): The configuration.
+        integers (tuple): ``(argument name, 1 | 'D' | '')`` for each integer
+            argument: equal to 1, a multiple of 16, neither.
+    """
+    config: KernelConfig
+    integers: Tuple[Tuple[str, object], ...]
 
 
 def _next_pow2(n: int) -> int:
@@ -431,19 +436,65 @@ def default_path(h: int, w: int) -> str:
 # ---------------------------------------------------------------------------
 # Launchers on contiguous (B, H, W, C) tensors
 # ---------------------------------------------------------------------------
+_recording: Optional[set] = None
+
+
+def _integer_class(value: int):
+    """How Triton specialises an integer argument: 1, 'D' or ''."""
+    if value == 1:
+        return 1
+    return 'D' if value % 16 == 0 else ''
+
+
+def kernel_variant(config: KernelConfig, args) -> KernelVariant:
+    """The variant Triton compiles for a launch of ``config`` with the
+    runtime arguments ``args`` (in :data:`_KERNEL_ARGS` order)."""
+    integers = tuple(
+        (name, _integer_class(int(value)))
+        for (name, kind), value in zip(_KERNEL_ARGS[config.kernel], args)
+        if kind == 'i32')
+    return KernelVariant(config, integers)
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """Collect the :class:`KernelVariant` of every launch in the block,
+    launching nothing: the launchers run on tensors of the ``meta`` device
+    (shapes without data), so the variants of any map size are listed in
+    no time."""
+    global _recording
+    previous, _recording = _recording, set()
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
 def _launch(config: KernelConfig, n_programs: int, *args):
     """Run one kernel configuration on a one-dimensional grid."""
-    kernel = getattr(_kernels(triton_interpret_enabled()), config.kernel)
-    kernel[(n_programs, )](
+    if _recording is not None:
+        _recording.add(kernel_variant(config, args))
+        return
+    KERNELS[config.kernel][(n_programs, )](
         *args, **dict(config.constexprs), num_warps=config.num_warps)
 
 
 def _check_launchable(x: Tensor):
-    if x.device.type != 'cuda' and not triton_interpret_enabled():
+    if x.device.type not in ('cuda', 'meta') and not _INTERPRETED:
         raise RuntimeError(
             f'the Triton HCO kernel got a tensor on {x.device}; Triton runs '
-            'on CPU tensors only in its interpreter: set TRITON_INTERPRET=1, '
-            'or MMVHEAT_HCO_BACKEND=torch for the reference path')
+            'on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 '
+            'before importing mmvheat.ops.triton_hco, or '
+            'MMVHEAT_HCO_BACKEND=torch for the reference path')
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """``t`` contiguous, its data 16-byte aligned (a copy if a view starts
+    elsewhere)."""
+    t = t.contiguous()
+    if t.device.type != 'meta' and t.data_ptr() % _ALIGNMENT:
+        t = t.clone()
+    return t
 
 
 def _fused_run(src, transfer, x, store_out, need_gt):
@@ -513,113 +564,70 @@ def _tiled_inverse(spectrum: Tensor, transfer: Tensor,
     return _gemm(q, True, True, out_dtype)
 
 
-def _forward(x: Tensor, transfer: Tensor, path: str) -> Tensor:
-    if path == 'fused':
-        return _fused_run(x, transfer, x, True, False)[0]
-    return _tiled_inverse(_tiled_spectrum(x), transfer, x.dtype)
+def _prepare(x: Tensor, transfer: Tensor, path: str):
+    h, w = x.shape[1:3]
+    if path not in kernel_paths(h, w):
+        raise ValueError(f'path must be one of {kernel_paths(h, w)} for a '
+                         f'{h} x {w} grid, got {path!r}')
+    _check_launchable(x)
+    return _aligned(x), _aligned(transfer.to(torch.float32))
 
 
-def _backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
-              need_gt: bool, path: str):
-    """``(grad_x or None, grad_T or None)`` by the kernels of ``path``."""
-    if path == 'fused':
-        # grad_x comes out in x's dtype (the kernel stores in out's dtype).
-        return _fused_run(grad, transfer, x, need_gx, need_gt)
-    grad_spectrum = _tiled_spectrum(grad)
-    gx = _tiled_inverse(grad_spectrum, transfer, x.dtype) if need_gx \
-        else None
-    gt = (_tiled_spectrum(x) * grad_spectrum).sum(0) if need_gt else None
-    return gx, gt
+def _on_device(x: Tensor):
+    """Triton launches on the current device. (Autograd runs the backward
+    on a thread already set to the tensors' device.)"""
+    return torch.cuda.device(x.device) if x.is_cuda else \
+        contextlib.nullcontext()
 
 
-#: ``hook(run_kernel, x, transfer, grad, need_gx, need_gt, path)`` ->
-#: ``(grad_x, grad_T)``: what the backward pass calls instead of
-#: ``run_kernel()`` (the kernels' gradients) when given; the dispatcher
-#: checks the kernels' gradients with it.
-BackwardHook = Callable[..., Tuple[Optional[Tensor], Optional[Tensor]]]
+def launch_forward(x: Tensor, transfer: Tensor, path: str) -> Tensor:
+    """``IDCT2D(DCT2D(x) * transfer)`` by the kernels of ``path``.
+
+    Args:
+        x (Tensor): ``(B, H, W, C)``, a dtype of :data:`SUPPORTED_DTYPES`,
+            on CUDA (on CPU when :func:`triton_interpret_enabled`).
+        transfer (Tensor): ``(H, W, C)``, used in float32.
+        path (str): A path of :func:`kernel_paths` for the grid.
+
+    Returns:
+        Tensor: The filtered map, in ``x``'s dtype.
+    """
+    x, transfer = _prepare(x, transfer, path)
+    with _on_device(x):
+        if path == 'fused':
+            return _fused_run(x, transfer, x, True, False)[0]
+        return _tiled_inverse(_tiled_spectrum(x), transfer, x.dtype)
 
 
-class _SpectralFilterTriton(torch.autograd.Function):
+def launch_backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
+                    need_gt: bool, path: str):
+    """The gradients of :func:`launch_forward` by the kernels of ``path``.
 
-    @staticmethod
-    def forward(ctx, x, transfer, path, backward_hook):
-        ctx.save_for_backward(x, transfer)
-        ctx.path = path
-        ctx.backward_hook = backward_hook
-        return _forward(x, transfer, path)
+    Args:
+        x, transfer (Tensor): The forward's inputs.
+        grad (Tensor): The gradient of its output, ``x``'s shape.
+        need_gx, need_gt (bool): Which gradients to compute.
+        path (str): A path of :func:`kernel_paths` for the grid.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, transfer = ctx.saved_tensors
-        need_gx, need_gt = ctx.needs_input_grad[:2]
-        if not (need_gx or need_gt):
-            return None, None, None, None
-        grad = grad.contiguous()
-
-        def run_kernel():
-            return _backward(x, transfer, grad, need_gx, need_gt, ctx.path)
-
-        if ctx.backward_hook is None:
-            gx, gt = run_kernel()
-        else:
-            gx, gt = ctx.backward_hook(run_kernel, x, transfer, grad, need_gx,
-                                       need_gt, ctx.path)
-        return gx, gt, None, None
+    Returns:
+        tuple: ``grad_x`` (``x``'s dtype) or None, ``grad_transfer``
+        (float32) or None.
+    """
+    x, transfer = _prepare(x, transfer, path)
+    grad = _aligned(grad.to(x.dtype))
+    with _on_device(x):
+        if path == 'fused':
+            # grad_x comes out in x's dtype (the kernel stores in out's
+            # dtype).
+            return _fused_run(grad, transfer, x, need_gx, need_gt)
+        grad_spectrum = _tiled_spectrum(grad)
+        gx = _tiled_inverse(grad_spectrum, transfer, x.dtype) if need_gx \
+            else None
+        gt = (_tiled_spectrum(x) * grad_spectrum).sum(0) if need_gt else None
+        return gx, gt
 
 
 def triton_supports(x: Tensor) -> bool:
     """Whether the kernels take ``x``: a non-empty channels-last map of a
     dtype in :data:`SUPPORTED_DTYPES` (any ``H`` and ``W``)."""
     return x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
-
-
-def spectral_filter_triton(
-        x: Tensor,
-        transfer: Tensor,
-        path: Optional[str] = None,
-        backward_hook: Optional[BackwardHook] = None) -> Tensor:
-    """``IDCT2D(DCT2D(x) * transfer)`` by the Triton kernels (see module doc).
-
-    Args:
-        x (Tensor): A channels-last map ``(..., H, W, C)``, float32, float16
-            or bfloat16, on CUDA (or on CPU with ``TRITON_INTERPRET=1``).
-        transfer (Tensor): The filter ``(H, W, C)``, used in float32.
-        path (str, optional): ``'fused'`` or ``'tiled'``. Defaults to None:
-            :func:`default_path`.
-        backward_hook (callable, optional): Called by the backward pass
-            instead of the kernels (see :data:`BackwardHook`). Defaults to
-            None.
-
-    Returns:
-        Tensor: The filtered map, shape and dtype of ``x``.
-    """
-    if x.dim() < 3:
-        raise ValueError('expected a channels-last map (..., H, W, C), got '
-                         f'shape {tuple(x.shape)}')
-    if transfer.shape != x.shape[-3:]:
-        raise ValueError(f'transfer of shape {tuple(transfer.shape)} does not '
-                         f'match the map {tuple(x.shape[-3:])}')
-    if not triton_supports(x):
-        raise ValueError(
-            f'the Triton HCO kernel takes non-empty '
-            f'{[str(d) for d in SUPPORTED_DTYPES]} maps, got {x.dtype} '
-            f'{tuple(x.shape)}')
-    if transfer.device != x.device:
-        raise ValueError(f'transfer is on {transfer.device}, x on {x.device}')
-    h, w = x.shape[-3:-1]
-    if path is None:
-        path = default_path(h, w)
-    elif path not in kernel_paths(h, w):
-        raise ValueError(f'path must be one of {kernel_paths(h, w)} for a '
-                         f'{h} x {w} grid, got {path!r}')
-    _check_launchable(x)
-    lead = x.shape[:-3]
-    x4 = x.reshape(-1, *x.shape[-3:]).contiguous()
-    t = transfer.to(torch.float32).contiguous()
-    # Triton launches on the current device. (Autograd runs the backward on
-    # a thread already set to the tensors' device.)
-    with (torch.cuda.device(x.device)
-          if x.is_cuda else contextlib.nullcontext()):
-        y = _SpectralFilterTriton.apply(x4, t, path, backward_hook)
-    return y.reshape(*lead, *y.shape[1:])

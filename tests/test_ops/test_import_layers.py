@@ -134,7 +134,11 @@ def test_bottom_layer_imports_alone(module):
         '        if name in blocked:\n'
         '            raise ImportError(f"blocked: {name}")\n'
         'sys.meta_path.insert(0, Block())\n'
-        # An empty package object: the real __init__ imports everything.
+        # Empty package objects: the real __init__ files import everything
+        # (mmvheat's its models, which import the operator).
+        f'root = types.ModuleType("mmvheat")\n'
+        f'root.__path__ = [{osp.dirname(OPS_DIR)!r}]\n'
+        f'sys.modules["mmvheat"] = root\n'
         f'package = types.ModuleType("{PACKAGE}")\n'
         f'package.__path__ = [{OPS_DIR!r}]\n'
         f'sys.modules["{PACKAGE}"] = package\n'
