@@ -10,10 +10,13 @@ physics is in :mod:`mmvheat.ops.heat_conduction`; the Triton kernels
 (:mod:`mmvheat.ops.triton_hco`) and the dispatcher
 (:mod:`mmvheat.ops.dispatch`) build on this module, which imports neither.
 
-Analytic tensors are built in float64, cast once and cached per
-``(size, device, dtype)``. They are built outside ``torch.inference_mode``
-even when first asked for inside it: a cached tensor outlives the call, and
-an inference tensor cannot be saved for a later backward pass.
+Analytic tensors are built in float64 on the device they are asked for (no
+host-to-device copy; on a device without float64, such as Apple's MPS, on
+the CPU), cast once and cached per ``(size, device, dtype)``, in caches
+sized for a detection epoch (:data:`BASES_CACHED`, :data:`MAPS_CACHED`).
+They are built outside ``torch.inference_mode`` even when first asked for
+inside it: a cached tensor outlives the call, and an inference tensor
+cannot be saved for a later backward pass.
 """
 import math
 from functools import lru_cache
@@ -30,6 +33,20 @@ __all__ = [
 # The transforms accumulate in float32 whatever the activation dtype.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+# Cache sizes. A COCO epoch at mmdet's keep-ratio resize to 1333 x 800,
+# padded to 32 per batch of two images (every image has 640 pixels on its
+# longer side), meets at most 372 padded input sizes: 372 maps per stage,
+# 1488 over vHeat's four stages (126 MiB of float32 energy maps if all are
+# met), built from 105 transform lengths. A cache smaller than an epoch's
+# sizes rebuilds a tensor at every stage of every batch once it is full.
+#: Entries of the DCT basis cache: the 105 lengths in float32 (the model),
+#: float64 (the self-check) and bfloat16 (the published formulation), with
+#: room to spare.
+BASES_CACHED = 512
+#: Entries of the frequency-energy cache: the 1488 maps of a COCO epoch,
+#: with room to spare.
+MAPS_CACHED = 2048
+
 
 def _canonical_device(device) -> torch.device:
     device = torch.device('cpu' if device is None else device)
@@ -38,12 +55,19 @@ def _canonical_device(device) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=128)
+def _float64_device(device: torch.device) -> torch.device:
+    """Where a float64 tensor for ``device`` is built: there, unless it has
+    no float64 arithmetic."""
+    return torch.device('cpu') if device.type == 'mps' else device
+
+
+@lru_cache(maxsize=BASES_CACHED)
 @torch.inference_mode(False)
 def _cached_dct_basis(n: int, device: torch.device,
                       dtype: torch.dtype) -> Tensor:
-    x = torch.arange(n, dtype=torch.float64)
-    freq = torch.arange(n, dtype=torch.float64)[:, None]
+    build = _float64_device(device)
+    x = torch.arange(n, dtype=torch.float64, device=build)
+    freq = torch.arange(n, dtype=torch.float64, device=build)[:, None]
     basis = torch.cos(math.pi * freq * (x + 0.5) / n) * math.sqrt(2.0 / n)
     basis[0] = math.sqrt(1.0 / n)
     return basis.to(device=device, dtype=dtype)
@@ -71,12 +95,15 @@ def dct_basis(n: int,
     return _cached_dct_basis(int(n), _canonical_device(device), dtype)
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=MAPS_CACHED)
 @torch.inference_mode(False)
 def _cached_frequency_energy(h: int, w: int, device: torch.device,
                              dtype: torch.dtype) -> Tensor:
-    a = torch.linspace(0, math.pi, h + 1, dtype=torch.float64)[:h]
-    b = torch.linspace(0, math.pi, w + 1, dtype=torch.float64)[:w]
+    build = _float64_device(device)
+    a = torch.linspace(
+        0, math.pi, h + 1, dtype=torch.float64, device=build)[:h]
+    b = torch.linspace(
+        0, math.pi, w + 1, dtype=torch.float64, device=build)[:w]
     energy = a[:, None]**2 + b[None, :]**2
     return energy.to(device=device, dtype=dtype)
 
