@@ -15,13 +15,16 @@ import copy
 import json
 import logging
 import os
+import weakref
 
 import pytest
 import torch
 import torch.utils.checkpoint as checkpoint
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from mmvheat.models.backbones.vheat import HeatBlock
-from mmvheat.ops import dispatch, spectral_filter
+from mmvheat.ops import dct_basis, dispatch, spectral_filter
 from .conftest import GPU, FakeTimer
 from .exact_reference import (assert_close, exact_spectral_filter,
                               output_and_grads, random_inputs)
@@ -338,6 +341,68 @@ def test_tuning_runs_on_a_bounded_slice(on_cuda, monkeypatch):
     output_and_grads(spectral_filter, x, transfer, grad)
     assert [c for c, _ in timed] == ['reference', 'fused', 'tiled'] * 2
     assert all(sizes == [3] for c, sizes in timed if c != 'reference')
+
+
+class LiveBytes(TorchDispatchMode):
+    """The peak of the bytes held by the storages that ops create inside
+    the mode (views of existing storages are not new memory)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._held = set()
+
+    def _freed(self, key, nbytes):
+        self.live -= nbytes
+        self._held.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes and key not in inputs and key not in self._held:
+                self._held.add(key)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, key, nbytes)
+        return out
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('direction', ['forward', BOTH])
+def test_tuner_memory_does_not_grow_with_the_batch(on_cuda, monkeypatch, dtype,
+                                                   direction):
+    """Timing the candidates of a bucket holds at most 6 float32 copies of
+    the ``TUNING_MAX_BYTES`` slice at once (5.5 measured, bfloat16
+    backward), for a batch of 8 as for one of 32. Measured on every
+    storage the ops create (``LiveBytes``); the kernels' launchers run with
+    their launches left out (``recorded_launches``), so what is counted is
+    what they allocate on a GPU; the checks are taken as passed."""
+    h, w, c = 40, 40, 16
+    image = 4 * h * w * c
+    monkeypatch.setattr(dispatch, 'TUNING_MAX_BYTES', 4 * image)
+    dct_basis(h), dct_basis(w)  # cached before: not the tuner's memory
+    peaks = []
+    for batch in (8, 32):
+        x, transfer, grad = random_inputs((batch, h, w, c), dtype)
+        dispatcher = dispatch.HCODispatcher()
+        for path in ('fused', 'tiled'):
+            dispatcher._checks[(x.device, dtype, path, direction)] = 'passed'
+        live = LiveBytes()
+        with triton_hco.recorded_launches(), live:
+            dispatcher.measure(x, transfer, direction,
+                               None if direction == 'forward' else grad)
+        peaks.append(live.peak)
+    assert peaks[0] == peaks[1] <= 6 * dispatch.TUNING_MAX_BYTES, \
+        [p / dispatch.TUNING_MAX_BYTES for p in peaks]
 
 
 # ---------------------------------------------------------------------------
