@@ -39,12 +39,14 @@ CONFIGS = triton_hco.kernel_configurations('tf32x3')
 def _name(config):
     params = dict(config.constexprs)
     dtype = dict(config.pointer_dtypes)
-    if config.kernel == 'hco_fused_kernel':
+    if config.kernel in ('hco_fused_kernel', 'hco_row_kernel'):
         role = {
             (True, False): 'forward',
             (False, True): 'grad-T',
             (True, True): 'grad-x-T'
         }[params['STORE_OUT'], params['NEED_GT']]
+        if config.kernel == 'hco_row_kernel':
+            return f'row-{params["WP"]}-{role}'
         return f'fused-{dtype["x_ptr"]}-{params["HP"]}x{params["WP"]}-{role}'
     role = ('inverse' if params['TRANS'] else 'forward') + \
         ('-transfer' if params['MUL'] else '')

@@ -34,7 +34,9 @@ import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from mmvheat.ops import dct_basis
 from mmvheat.ops.dispatch import spectral_filter_kernel
 from .exact_reference import (FP32_RTOL, assert_close, exact_spectral_filter,
                               output_and_grads, random_inputs)
@@ -53,13 +55,16 @@ INTERPRETER_ROUNDING = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-11}
 # 16x32, 2 at 32x32), and each padded size.
 FUSED_SHAPES = [(1, 1, 1, 3), (2, 1, 5, 3), (1, 3, 7, 5), (2, 8, 8, 17),
                 (1, 16, 12, 6), (1, 17, 30, 3), (2, 20, 9, 3)]
-# Tiled path (batched GEMMs, any grid; forced on small grids too): each
-# GEMM tile (transform length <= 16, <= 32, more), column tiles that
-# straddle images and image rows, one-pixel sides, and grids above 256 on
-# each axis (stage 1 of an 800 x 1333 detection input is 200 x 334).
+# Tiled path (GEMMs along H, the row kernel or GEMMs along W; any grid;
+# forced on small grids too): each GEMM tile along H (length <= 16, <= 32,
+# more), each padded row of the row kernel (16 to 128; channels in blocks
+# that straddle the end, both gradients in one pass up to 64, two above),
+# rows longer than it takes (two GEMMs along W), column tiles that straddle
+# images and image rows, one-pixel sides, and grids above 256 on each axis
+# (stage 1 of an 800 x 1333 detection input is 200 x 334).
 TILED_SHAPES = [(1, 1, 1, 3), (2, 3, 7, 5), (1, 16, 12, 17), (2, 33, 40, 3),
-                (2, 70, 1, 3), (1, 1, 90, 2), (1, 300, 7, 2), (1, 5, 260, 2),
-                (1, 200, 334, 1)]
+                (2, 70, 1, 3), (1, 1, 90, 2), (2, 3, 100, 20), (1, 300, 7, 2),
+                (1, 5, 260, 2), (1, 200, 334, 1)]
 PATH_SHAPES = [('fused', s) for s in FUSED_SHAPES] + \
     [('tiled', s) for s in TILED_SHAPES]
 
@@ -225,10 +230,14 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
         monkeypatch.setitem(triton_hco.KERNELS, name,
                             _RecordedKernel(name, kernel, launched))
     # Padded grids 16x16, 16x32, 32x16, 32x32 (fused); transform lengths
-    # in each GEMM tile (<= 16, <= 32, more) on both axes (tiled).
+    # along H in each GEMM tile (<= 16, <= 32, more).
+    # Tiled: rows of each length the row kernel takes (padded 16 to 128),
+    # and rows longer than it takes (two GEMMs along W of the largest
+    # tile).
     shapes = {
         'fused': [(1, 3, 7, 1), (1, 5, 20, 1), (1, 20, 5, 1), (1, 20, 20, 1)],
-        'tiled': [(1, 40, 20, 1), (1, 20, 3, 1), (1, 3, 40, 1)]
+        'tiled': [(1, 40, 20, 1), (1, 20, 3, 1), (1, 3, 40, 1), (1, 2, 100, 1),
+                  (1, 1, 130, 1)]
     }
     for dtype in triton_hco.SUPPORTED_DTYPES:
         for path, path_shapes in shapes.items():
@@ -246,6 +255,64 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
     }
     assert launched <= listed, launched - listed
     assert listed <= launched, listed - launched
+
+
+class _Traffic(TorchDispatchMode):
+    """Counts global-memory bytes, launch by launch: each tensor a kernel
+    reads or writes by its role (patched ``_launch``; the filter and the
+    DCT matrices aside) and each operand and result of the torch ops on
+    maps (the product of the long-row backward, the sums over grad_T's
+    partials)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def launch(self, config, n_programs, *args):
+        arg = dict(
+            zip([n for n, _ in triton_hco._KERNEL_ARGS[config.kernel]], args))
+        params = dict(config.constexprs)
+        if config.kernel == 'hco_gemm_kernel':
+            used = ['in_ptr', 'out_ptr']
+        else:
+            used = ['src_ptr'] + ['x_ptr', 'gt_ptr'] * params['NEED_GT'] + \
+                ['out_ptr'] * params['STORE_OUT']
+        self.bytes += sum(arg[n].numel() * arg[n].element_size() for n in used)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.mul.Tensor, torch.ops.aten.sum.dim_IntList):
+            self.bytes += sum(t.numel() * t.element_size()
+                              for t in (*args, out)
+                              if isinstance(t, torch.Tensor))
+        return out
+
+
+@pytest.mark.parametrize('shape', [(3, 20, 20, 4), (64, 32, 32, 96),
+                                   (3, 5, 40, 4), (3, 5, 100, 40),
+                                   (64, 128, 128, 96), (3, 5, 130, 4)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_bytes_moved_counts_the_launches(monkeypatch, dtype, shape):
+    """The bytes the GPU report shows per element are those the launchers'
+    kernels and torch ops read and write, counted launch by launch on
+    ``meta`` tensors: each path of each grid, rows in the row kernel with
+    both gradients in one pass and in two, rows too long for it, batches
+    of few and many chunks for grad_T."""
+    x = torch.empty(shape, dtype=dtype, device='meta')
+    transfer = torch.empty(shape[1:], device='meta')
+    for n in shape[1:3]:
+        dct_basis(n, 'meta')  # built before: not the kernels' traffic
+    for path in triton_hco.kernel_paths(*shape[1:3]):
+        traffic = _Traffic()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(triton_hco, '_launch', traffic.launch)
+            with traffic:
+                triton_hco.launch_forward(x, transfer, path)
+                infer = traffic.bytes
+                triton_hco.launch_backward(x, transfer, x, True, True, path)
+        for train, counted in ((False, infer), (True, traffic.bytes)):
+            assert triton_hco.bytes_moved(path, shape, x.element_size(),
+                                          train) == counted, (path, train)
 
 
 _PROBE = textwrap.dedent('''
