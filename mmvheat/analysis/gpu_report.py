@@ -439,11 +439,12 @@ def measure_hco(shape: Tuple[int, int, int, int],
         if mode == 'train' else None)
     exact = _exact(x, transfer, grad)
     names = list(dispatcher.candidates(x))
-    if not kernels_run_on(device):
-        names = [REFERENCE]
-    tuned = _autotune(dispatcher, x, transfer, grad)
-    if len(names) > 1:
+    if len(names) > 1 and kernels_run_on(device):
+        tuned = _autotune(dispatcher, x, transfer, grad)
         names.append('autotuned')
+    else:
+        names = [REFERENCE]
+        tuned = dict(choice=REFERENCE, times_ms={}, source='')
     rows, cands = {}, []
     for name, fn in _filters(names, device, half).items():
         rows[name] = dict(impl=name)

@@ -123,6 +123,11 @@ def test_quick_report_operator_rows(quick_report):
                     for r in impls] == [('all', 'OOM')]
             continue
         names = [r['impl'] for r in impls]
+        if not gpu_report.kernels_run_on(CPU):
+            # A session whose kernels were compiled for CUDA: the report
+            # leaves the kernel rows out on the CPU (its header says so).
+            assert names == ['reference', 'published', 'copy']
+            continue
         kernels = ['fused', 'tiled'] if size == '32' else ['tiled']
         assert names == ['reference'
                          ] + kernels + ['autotuned', 'published', 'copy']
