@@ -5,9 +5,10 @@ Everything here is plain tensor algebra on channels-last maps
 ``(..., H, W, C)``: the orthonormal DCT-II matrix, the squared wave numbers
 and decay map of an ``H x W`` grid with insulated borders, the filter
 ``decay ** k``, the separable 2D transforms and the reference spectral
-filter ``IDCT2D(DCT2D(x) * transfer)`` (four float32 matmuls per map). The
-physics is in :mod:`mmvheat.ops.heat_conduction`; the Triton kernels
-(:mod:`mmvheat.ops.triton_hco`) and the dispatcher
+filter ``IDCT2D(DCT2D(x) * transfer)`` (four float32 matmuls per map) with
+its gradients in closed form. The heat equation these solve is described
+where the operator's entry points are, :mod:`mmvheat.ops.heat_conduction`;
+the Triton kernels (:mod:`mmvheat.ops.triton_hco`) and the dispatcher
 (:mod:`mmvheat.ops.dispatch`) build on this module, which imports neither.
 
 Analytic tensors are built in float64 on the device they are asked for (no
