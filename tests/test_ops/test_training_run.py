@@ -405,6 +405,39 @@ def test_tuner_memory_does_not_grow_with_the_batch(on_cuda, monkeypatch, dtype,
         [p / dispatch.TUNING_MAX_BYTES for p in peaks]
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('direction', ['forward', BOTH])
+def test_self_check_memory_does_not_grow_with_the_batch(
+        on_cuda, monkeypatch, dtype, direction):
+    """A self-check holds at most 8 float64 copies of two images at once
+    (7.25 measured, float32 backward: the kernel's output on the images,
+    the reference's intermediates, the comparison), for a batch of 8 as
+    for one of 32; measured as above, the launches left out (their outputs
+    zeroed, so that the comparison sees the same values each time)."""
+    forward, backward = triton_hco.launch_forward, triton_hco.launch_backward
+    monkeypatch.setattr(triton_hco, 'launch_forward',
+                        lambda *args: forward(*args).zero_())
+    monkeypatch.setattr(
+        triton_hco, 'launch_backward',
+        lambda *args: tuple(None if t is None else t.zero_()
+                            for t in backward(*args)))
+    h, w, c = 40, 40, 16
+    two_images = 2 * h * w * c * 8
+    for n in (h, w):
+        dct_basis(n), dct_basis(n, dtype=torch.float64)
+    peaks = []
+    for batch in (8, 32):
+        x, transfer, grad = random_inputs((batch, h, w, c), dtype)
+        live = LiveBytes()
+        with triton_hco.recorded_launches(), live:
+            dispatch.HCODispatcher()._self_check(
+                'tiled', x, transfer, None if direction == 'forward' else grad,
+                direction)
+        peaks.append(live.peak)
+    assert peaks[0] == peaks[1] <= 8 * two_images, \
+        [p / two_images for p in peaks]
+
+
 # ---------------------------------------------------------------------------
 # Several processes
 # ---------------------------------------------------------------------------
