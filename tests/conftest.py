@@ -1,10 +1,19 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+import os
 import os.path as osp
 
 import pytest
+import torch
+
+# Triton decides when mmvheat.ops.triton_hco is imported whether the HCO
+# kernels are compiled or run in its CPU interpreter. Without CUDA, the
+# tests run them on CPU tensors in the interpreter; with CUDA, compiled (the
+# interpreter-only tests skip). Set before anything imports the kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 # Imported first: it prepares torch.load and torchvision for the libraries.
-import mmvheat  # noqa: F401
+import mmvheat  # noqa: F401,E402
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: Fixtures computed with the published implementations (see its README).
@@ -87,7 +96,7 @@ def onednn_spy(monkeypatch):
     """Record the calls that reach oneDNN's fused linear (skip without it)."""
     import torch
 
-    import mmvheat.ops.cpu as fusion
+    import mmvheat.models.layers.cpu_fast_paths as fusion
     if fusion._ONEDNN_OPS is None or not torch.backends.mkldnn.is_available():
         pytest.skip('this torch has no oneDNN linear fusion')
     spy = OneDNNSpy(fusion._ONEDNN_OPS)

@@ -61,6 +61,7 @@ from torch import nn
 
 from mmvheat.models import switch_to_deploy
 from mmvheat.ops import dct_basis, spectral_filter_reference
+from mmvheat.ops.dispatch import relative_error
 from mmvheat.utils.io import atomic_write, first_line
 from .flops import hco_macs, model_complexity
 from .published import PublishedVHeat, conv1d_spectral_filter
@@ -316,19 +317,15 @@ def _op_impls(device: torch.device,
     }
     if device.type == 'cuda':
         try:
-            from mmvheat.ops.triton_hco import spectral_filter_triton
-            impls['triton'] = spectral_filter_triton
+            import mmvheat.ops.triton_hco  # noqa: F401
+            from mmvheat.ops.dispatch import spectral_filter_kernel
+            impls['triton'] = spectral_filter_kernel
         except ImportError as e:
             notes.append(f'Triton kernel unavailable ({e}); skipped')
     else:
         notes.append('fused Triton kernel rows skipped on CPU (Triton needs '
                      'CUDA; its interpreter is not a benchmark)')
     return impls
-
-
-def _max_rel_err(out: torch.Tensor, exact: torch.Tensor) -> float:
-    """``max |out - exact| / max |exact|``."""
-    return ((out.float() - exact).abs().max() / exact.abs().max()).item()
 
 
 def _modes(mode: str) -> List[str]:
@@ -399,7 +396,7 @@ def benchmark_ops(
 
             if mode == 'infer':
                 with torch.no_grad():
-                    errors[name] = _max_rel_err(call(), exact)
+                    errors[name] = relative_error(call(), exact)
             if mode == 'train':
                 xg = x.detach().requires_grad_()
 

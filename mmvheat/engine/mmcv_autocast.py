@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from mmvheat.ops.cpu import cpu_autocast_enabled
+from mmvheat.utils.torch_modes import autocast_enabled
 from mmvheat.utils.versions import check_mmcv_version
 
 __all__ = ['mmcv_ops_in_float32_under_cpu_autocast']
@@ -48,7 +48,7 @@ def _float32_under_cpu_autocast(forward, backward):
 
     @functools.wraps(forward)
     def float32_forward(ctx, *args, **kwargs):
-        ctx.mmvheat_float32 = cpu_autocast_enabled()
+        ctx.mmvheat_float32 = autocast_enabled('cpu')
         if not ctx.mmvheat_float32:
             return forward(ctx, *args, **kwargs)
         dtype = _first_float_dtype(args)

@@ -1,5 +1,4 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-from .cpu import cpu_sub_batch_size, fused_linear, is_capturing_graph
 from .dispatch import (HCO_AUTOTUNE_CACHE_ENV, HCO_BACKEND_ENV, HCO_BACKENDS,
                        hco_backend, hco_dispatcher, triton_available)
 from .heat_conduction import (dct2d, dct_basis, decay_map, frequency_energy,
@@ -10,6 +9,5 @@ __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
     'idct2d', 'spectral_filter', 'spectral_filter_reference',
     'heat_conduction', 'hco_backend', 'hco_dispatcher', 'triton_available',
-    'HCO_BACKEND_ENV', 'HCO_BACKENDS', 'HCO_AUTOTUNE_CACHE_ENV',
-    'fused_linear', 'is_capturing_graph', 'cpu_sub_batch_size'
+    'HCO_BACKEND_ENV', 'HCO_BACKENDS', 'HCO_AUTOTUNE_CACHE_ENV'
 ]

@@ -13,8 +13,9 @@ builds that key), each mapping a bucket to ``{"choice": name, "times_ms":
                 {"200x336x96/bfloat16/train":
                  {"choice": "tiled", "times_ms": {...}}}}}
 
-Writes are atomic (a temporary file in the same folder, then
-``os.replace``) and merge with what the file holds at that moment, so
+Writes are atomic (:func:`mmvheat.utils.io.atomic_write`: a temporary file
+in the same folder, then ``os.replace``) and merge with what the file holds
+at that moment, so
 processes sharing the file (the ranks of a distributed job) never see a
 half-written file; a concurrent write can at worst drop another process's
 newest entries, which are then timed again. A file that is not such a cache
@@ -23,12 +24,12 @@ overwritten.
 """
 import json
 import logging
-import os
 import os.path as osp
-import tempfile
 from typing import Dict, Optional
 
 from mmengine.logging import print_log
+
+from mmvheat.utils.io import OutputWriteError, atomic_write
 
 __all__ = ['AutotuneCache', 'CACHE_FORMAT']
 
@@ -106,18 +107,8 @@ class AutotuneCache:
             return
         tables.setdefault(table, {})[bucket] = entry
         self._tables = tables
-        folder = osp.dirname(osp.abspath(self.path))
-        tmp = None
         try:
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                    'w',
-                    dir=folder,
-                    prefix=osp.basename(self.path) + '.',
-                    suffix='.tmp',
-                    delete=False,
-                    encoding='utf-8') as f:
-                tmp = f.name
+            with atomic_write(self.path, 'w') as f:
                 json.dump({
                     'format': CACHE_FORMAT,
                     'tables': tables
@@ -125,10 +116,5 @@ class AutotuneCache:
                           f,
                           indent=1,
                           sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            if tmp is not None and osp.exists(tmp):
-                os.remove(tmp)
-            self._disable(f'cannot be written ({e})')
+        except (OSError, OutputWriteError) as e:
+            self._disable(f'cannot be written ({e.__cause__ or e})')

@@ -5,30 +5,48 @@ Everything here is plain tensor algebra on channels-last maps
 ``(..., H, W, C)``: the orthonormal DCT-II matrix, the squared wave numbers
 and decay map of an ``H x W`` grid with insulated borders, the filter
 ``decay ** k``, the separable 2D transforms and the reference spectral
-filter ``IDCT2D(DCT2D(x) * transfer)`` (four float32 matmuls per map). The
-physics is in :mod:`mmvheat.ops.heat_conduction`; the Triton kernels
-(:mod:`mmvheat.ops.triton_hco`) and the dispatcher
+filter ``IDCT2D(DCT2D(x) * transfer)`` (four float32 matmuls per map) with
+its gradients in closed form. The heat equation these solve is described
+where the operator's entry points are, :mod:`mmvheat.ops.heat_conduction`;
+the Triton kernels (:mod:`mmvheat.ops.triton_hco`) and the dispatcher
 (:mod:`mmvheat.ops.dispatch`) build on this module, which imports neither.
 
-Analytic tensors are built in float64, cast once and cached per
-``(size, device, dtype)``. They are built outside ``torch.inference_mode``
-even when first asked for inside it: a cached tensor outlives the call, and
-an inference tensor cannot be saved for a later backward pass.
+Analytic tensors are built in float64 on the device they are asked for (no
+host-to-device copy; on a device without float64, such as Apple's MPS, on
+the CPU), cast once and cached per ``(size, device, dtype)``, in caches
+sized for a detection epoch (:data:`BASES_CACHED`, :data:`MAPS_CACHED`).
+They are built outside ``torch.inference_mode`` even when first asked for
+inside it: a cached tensor outlives the call, and an inference tensor
+cannot be saved for a later backward pass.
 """
 import math
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
-    'idct2d', 'spectral_filter_reference'
+    'idct2d', 'spectral_filter_reference', 'spectral_filter_reference_grads'
 ]
 
 # The transforms accumulate in float32 whatever the activation dtype.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# Cache sizes. A COCO epoch at mmdet's keep-ratio resize to 1333 x 800,
+# padded to 32 per batch of two images (every image has 640 pixels on its
+# longer side), meets at most 372 padded input sizes: 372 maps per stage,
+# 1488 over vHeat's four stages (126 MiB of float32 energy maps if all are
+# met), built from 105 transform lengths. A cache smaller than an epoch's
+# sizes rebuilds a tensor at every stage of every batch once it is full.
+#: Entries of the DCT basis cache: the 105 lengths in float32 (the model),
+#: float64 (the self-check) and bfloat16 (the published formulation), with
+#: room to spare.
+BASES_CACHED = 512
+#: Entries of the frequency-energy cache: the 1488 maps of a COCO epoch,
+#: with room to spare.
+MAPS_CACHED = 2048
 
 
 def _canonical_device(device) -> torch.device:
@@ -38,12 +56,19 @@ def _canonical_device(device) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=128)
+def _float64_device(device: torch.device) -> torch.device:
+    """Where a float64 tensor for ``device`` is built: there, unless it has
+    no float64 arithmetic."""
+    return torch.device('cpu') if device.type == 'mps' else device
+
+
+@lru_cache(maxsize=BASES_CACHED)
 @torch.inference_mode(False)
 def _cached_dct_basis(n: int, device: torch.device,
                       dtype: torch.dtype) -> Tensor:
-    x = torch.arange(n, dtype=torch.float64)
-    freq = torch.arange(n, dtype=torch.float64)[:, None]
+    build = _float64_device(device)
+    x = torch.arange(n, dtype=torch.float64, device=build)
+    freq = torch.arange(n, dtype=torch.float64, device=build)[:, None]
     basis = torch.cos(math.pi * freq * (x + 0.5) / n) * math.sqrt(2.0 / n)
     basis[0] = math.sqrt(1.0 / n)
     return basis.to(device=device, dtype=dtype)
@@ -71,12 +96,15 @@ def dct_basis(n: int,
     return _cached_dct_basis(int(n), _canonical_device(device), dtype)
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=MAPS_CACHED)
 @torch.inference_mode(False)
 def _cached_frequency_energy(h: int, w: int, device: torch.device,
                              dtype: torch.dtype) -> Tensor:
-    a = torch.linspace(0, math.pi, h + 1, dtype=torch.float64)[:h]
-    b = torch.linspace(0, math.pi, w + 1, dtype=torch.float64)[:w]
+    build = _float64_device(device)
+    a = torch.linspace(
+        0, math.pi, h + 1, dtype=torch.float64, device=build)[:h]
+    b = torch.linspace(
+        0, math.pi, w + 1, dtype=torch.float64, device=build)[:w]
     energy = a[:, None]**2 + b[None, :]**2
     return energy.to(device=device, dtype=dtype)
 
@@ -205,3 +233,38 @@ def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
         spectrum = spectrum * transfer.to(x.dtype)
         y = _separable_transform(spectrum, basis_h.t(), basis_w.t())
     return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
+
+
+def spectral_filter_reference_grads(
+        x: Tensor,
+        transfer: Tensor,
+        grad: Tensor,
+        need_x: bool = True,
+        need_transfer: bool = True
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of :func:`spectral_filter_reference` in closed form.
+
+    The filter is ``A^T diag(T) A`` with ``A = Dh (x) Dw`` orthonormal, a
+    symmetric map, so ``grad_x`` is the same filter applied to ``grad`` and
+    ``grad_transfer = sum_b DCT2D(x[b]) * DCT2D(grad[b])``. Plain tensor
+    algebra: the results are differentiable again (double backward) when
+    autograd records them.
+
+    Args:
+        x (Tensor): The filter's input ``(..., H, W, C)``.
+        transfer (Tensor): The filter ``(H, W, C)``.
+        grad (Tensor): The gradient of the output, ``x``'s shape.
+        need_x (bool): Compute ``grad_x``. Defaults to True.
+        need_transfer (bool): Compute ``grad_transfer``. Defaults to True.
+
+    Returns:
+        tuple: ``grad_x`` in ``grad``'s dtype (or None), ``grad_transfer``
+        in the arithmetic dtype, float32 or float64 (or None).
+    """
+    grad_x = spectral_filter_reference(grad, transfer) if need_x else None
+    grad_transfer = None
+    if need_transfer:
+        xs, _ = _as_batched_float(x)
+        gs, _ = _as_batched_float(grad)
+        grad_transfer = (dct2d(xs) * dct2d(gs.to(xs.dtype))).sum(0)
+    return grad_x, grad_transfer

@@ -1,15 +1,17 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """Triton kernels for the Heat Conduction Operator's spectral filter.
 
-``spectral_filter_triton(x, transfer)`` computes the same function as
+:func:`launch_forward` computes the same function as
 :func:`mmvheat.ops.spectral.spectral_filter_reference`::
 
     y[b, :, :, c] = Dh^T ((Dh x[b, :, :, c] Dw^T) * transfer[:, :, c]) Dw
 
-on a channels-last map ``x`` of shape ``(B, H, W, C)`` (leading dims are
-flattened into ``B``) for any ``H, W >= 1``, float32, bfloat16 and float16
-``x`` with float32 arithmetic; ``transfer`` is used in float32. Gradients for
-``x`` and ``transfer`` come from a ``torch.autograd.Function``.
+on a contiguous channels-last map ``x`` of shape ``(B, H, W, C)`` for any
+``H, W >= 1``, float32, bfloat16 and float16 ``x`` with float32 arithmetic;
+``transfer`` is float32. :func:`launch_backward` computes its gradients.
+Both are plain functions over kernel launches, without autograd: the
+operator registered by :mod:`mmvheat.ops.dispatch` carries the autograd
+formula, the self-check and the choice of path.
 
 Design
 ------
@@ -28,58 +30,70 @@ count:
   spectrum never reaches memory. The backward reuses the slab for
   ``grad_T``, accumulated over a chunk of the batch and written as one
   float32 partial per chunk.
-* **tiled**, for any grid: the separable transform as batched GEMMs with the
-  DCT matrix, one kernel (:func:`_hco_gemm_kernel`, ``out[g] = A' @ in[g]``
-  on ``(N, R)`` matrices). Along H a matrix is an image, ``(H, W * C)``;
-  along W it is an image row, ``(W, C)`` -- the same contiguous memory seen
-  as ``(B * H, W, C)``, so one kernel serves both axes. The forward is
-  ``S = Dw (Dh x)`` (two GEMMs, the first reading ``x`` in its dtype) and
-  ``y = Dh^T (Dw^T (T * S))`` (two more, the last writing ``y``'s dtype);
-  the transfer multiplies the loaded operand of the first inverse GEMM (a
-  prologue, ``T`` broadcast over images through ``g % H``). Intermediates
-  are float32 and go through global memory. Memory is the only size limit:
-  the grid is one-dimensional and offsets are 64-bit.
+* **tiled**, for any grid. Along H, batched GEMMs with the DCT matrix
+  (:func:`hco_gemm_kernel`, ``out[g] = A' @ in[g]`` on ``(N, R)``
+  matrices; a matrix is an image, ``(H, W * C)``): ``Z = Dh x`` reads ``x``
+  in its dtype, ``y = Dh^T Q`` writes ``y``'s. Along W, for rows up to 128
+  (padded), the row kernel (:func:`hco_row_kernel`) takes ``Z`` one image
+  row ``(W, C)`` at a time, per block of channels: the row's DCT, the
+  multiply by the transfer and the inverse in one pass, the row's spectrum
+  held on chip, so ``Q = Dw^T (T * Dw Z)`` costs one float32 map read and
+  one written. Longer rows take the same GEMM kernel along W (an image
+  row is a matrix: the memory seen as ``(B * H, W, C)``) twice, the
+  transfer multiplying the loaded operand of the inverse (a prologue,
+  ``T`` broadcast over images through ``g % H``), with one float32 map
+  more each way. A whole map per channel block does not stay on chip past
+  32 x 32 (a 64 x 64 slab spills kilobytes per thread; Triton has no
+  explicit shared-memory buffers to hold a 128 x 128 one), so the
+  transform along H goes through global memory: ``2 s + 16`` bytes per
+  element for an ``s``-byte dtype against ``2 s`` for a copy
+  (:func:`bytes_moved`). Memory is the only size limit: the grids are
+  one-dimensional and offsets are 64-bit.
 
 Backward: the filter is ``A^T diag(T) A`` with ``A = Dh (x) Dw`` orthonormal,
 which is symmetric, so ``grad_x = A^T diag(T) A grad_out`` -- the same filter
 applied to ``grad_out`` -- and ``grad_T = sum_b (A x) * (A grad_out)``. On the
-tiled path the unmultiplied spectrum ``A grad_out`` serves both (this is why
-``T`` enters as a prologue of the inverse rather than an epilogue of the
-forward GEMM), and the product with ``A x`` is reduced over the batch in
-torch. The spectrum of ``x`` is recomputed in the backward pass (nothing but
-``x`` and ``transfer`` is saved). Double backward is not supported.
+tiled path the unmultiplied spectrum of a row of ``Dh grad_out`` serves both:
+the row kernel filters it for grad_x and multiplies it with the row's
+spectrum of ``Dh x`` for grad_T, summed over a chunk of the batch into one
+float32 partial per chunk (in one pass for rows up to 64, two above). The
+spectrum of ``x`` is recomputed in the backward pass (nothing but ``x`` and
+``transfer`` is needed).
 
 Every launch goes through :func:`_launch` with a configuration from a fixed
 set (:func:`kernel_configurations` lists them all), so an offline compile of
-that set for each GPU architecture covers every kernel this module can run.
+that set for each GPU architecture covers every kernel this module can run;
+:func:`kernel_variant` says how Triton specialises a launch's integer
+arguments (equal to 1, multiple of 16), which the offline check compiles
+too.
 
-Interpreter: the kernels are wrapped by ``triton.jit`` lazily, once per value
-of Triton's interpreter switch (``TRITON_INTERPRET``) seen at launch time, so
-the switch can be flipped while the process runs (tests do), and CPU tensors
-run under the interpreter next to compiled kernels for CUDA tensors. For that
-the kernels use only builtins of ``triton.language``, none of its
-``@triton.jit`` library functions (``tl.zeros``, ``tl.sum``, ``tl.cdiv``...):
-those are wrapped once, when ``triton`` is imported, and an interpreted
-kernel cannot call a compiled-mode one (``tl.full`` replaces ``tl.zeros``).
+Interpreter: the kernels are module-level ``@triton.jit`` functions, so
+Triton decides when this module is imported whether they are compiled or
+run in its CPU interpreter (``TRITON_INTERPRET=1`` at that moment);
+:func:`triton_interpret_enabled` says which. The kernels use only builtins
+of ``triton.language``, none of its ``@triton.jit`` library functions
+(``tl.zeros``, ``tl.sum``, ``tl.cdiv``...): those are wrapped when
+``triton`` itself is imported, which may be before the interpreter was
+switched on, and an interpreted kernel cannot call a compiled-mode one
+(``tl.full`` replaces ``tl.zeros``).
 """
 import contextlib
-import functools
-import os
-import types
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+import math
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .spectral import dct_basis
 
 __all__ = [
-    'spectral_filter_triton', 'triton_supports', 'triton_interpret_enabled',
-    'kernel_paths', 'default_path', 'kernel_configurations', 'KernelConfig',
-    'KERNEL_PATHS', 'SUPPORTED_DTYPES'
+    'launch_forward', 'launch_backward', 'triton_supports',
+    'triton_interpret_enabled', 'kernel_paths', 'default_path',
+    'kernel_configurations', 'kernel_variant', 'recorded_launches',
+    'bytes_moved', 'KernelConfig', 'KernelVariant', 'KERNELS', 'KERNEL_PATHS',
+    'SUPPORTED_DTYPES'
 ]
 
 #: Activation dtypes the kernels accept (arithmetic is float32 throughout).
@@ -95,8 +109,20 @@ _FUSED_TILE = 2048
 # that covers N, else the last), and BN, the columns per program.
 _GEMM_TILES = ((16, 16), (32, 32), (64, 32))
 _GEMM_BN = 64
-# Fused backward: aim for about this many programs when splitting the batch.
+# Tiled path, along W: the padded row lengths the row kernel takes (longer
+# rows take two GEMMs), the longest for which one pass computes both
+# gradients, and the K and output chunk of its products. Compiled for
+# sm_80/sm_90, a row of 256 spills 0.7-1 KB per thread in the inverse
+# product, and both gradients at once spill from 128 on.
+_ROW_SIDES = (16, 32, 64, 128)
+_ROW_BOTH_MAX = 64
+_ROW_BK = 16
+# Backward for grad_T: aim for about this many programs when splitting the
+# batch into chunks (each writes one float32 partial).
 _TARGET_PROGRAMS = 512
+# Pointers are passed 16-byte aligned, as Triton's specialisation (and the
+# offline compile check) assumes.
+_ALIGNMENT = 16
 
 _TRITON_DTYPES = {
     torch.float32: 'fp32',
@@ -121,19 +147,19 @@ def _dot_precision(device: torch.device) -> str:
 
 
 def triton_interpret_enabled() -> bool:
-    """Whether Triton would run kernels in its CPU interpreter right now."""
-    knobs = getattr(triton, 'knobs', None)
-    if knobs is not None:
-        try:
-            return bool(knobs.runtime.interpret)
-        except AttributeError:
-            pass
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+    """Whether this module's kernels run in Triton's CPU interpreter.
+
+    Decided when the module was imported, by ``TRITON_INTERPRET``: set it
+    before importing (a test session, a subprocess) to run the kernels on
+    CPU tensors.
+    """
+    return _INTERPRETED
 
 
 # ---------------------------------------------------------------------------
-# Kernel sources. Plain functions: ``_kernels`` wraps them with triton.jit.
+# Kernels
 # ---------------------------------------------------------------------------
+@triton.jit
 def _load_basis(ptr, N, NP: tl.constexpr, TRANS: tl.constexpr):
     """The ``N x N`` basis (or its transpose) zero-padded to ``NP x NP``."""
     i = tl.arange(0, NP)[:, None]
@@ -145,6 +171,7 @@ def _load_basis(ptr, N, NP: tl.constexpr, TRANS: tl.constexpr):
     return tl.load(ptr + offs, mask=(i < N) & (j < N), other=0.0)
 
 
+@triton.jit
 def _slab_offsets(R_N, R_STRIDE, Q_N, Q_STRIDE, c0, C, RP: tl.constexpr,
                   QP: tl.constexpr, BC: tl.constexpr):
     """Offsets and mask of an ``[RP, QP * BC]`` tile, column ``q * BC + c``."""
@@ -157,6 +184,7 @@ def _slab_offsets(R_N, R_STRIDE, Q_N, Q_STRIDE, c0, C, RP: tl.constexpr,
     return offs, mask
 
 
+@triton.jit
 def _dct2_tile(t, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
                BC: tl.constexpr, PREC: tl.constexpr):
     """``[HP, WP*BC]`` (h, w, c) tile -> spectrum ``[WP, HP*BC]`` (m, n, c).
@@ -173,6 +201,7 @@ def _dct2_tile(t, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
     return tl.dot(dw, z, input_precision=PREC)
 
 
+@triton.jit
 def _idct2_tile(s, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
                 BC: tl.constexpr, PREC: tl.constexpr):
     """Inverse of :func:`_dct2_tile`: (m, n, c) spectrum -> (h, w, c) tile."""
@@ -185,11 +214,11 @@ def _idct2_tile(s, dh_ptr, dw_ptr, H, W, HP: tl.constexpr, WP: tl.constexpr,
     return tl.dot(dht, q, input_precision=PREC)
 
 
-def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
-                      B, H, W, C, B_PER_PROG, C_BLOCKS,
-                      STORE_OUT: tl.constexpr, NEED_GT: tl.constexpr,
-                      HP: tl.constexpr, WP: tl.constexpr, BC: tl.constexpr,
-                      PREC: tl.constexpr):
+@triton.jit
+def hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr, B,
+                     H, W, C, B_PER_PROG, C_BLOCKS, STORE_OUT: tl.constexpr,
+                     NEED_GT: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                     BC: tl.constexpr, PREC: tl.constexpr):
     """Per (batch chunk, channel block): for each image ``b`` of the chunk,
     ``S = A src[b]``; if STORE_OUT, ``out[b] = A^T (T * S)``; if NEED_GT,
     ``acc += (A x[b]) * S`` and the chunk's ``acc`` goes to ``gt[chunk]``."""
@@ -225,10 +254,11 @@ def _hco_fused_kernel(src_ptr, x_ptr, t_ptr, dh_ptr, dw_ptr, out_ptr, gt_ptr,
         tl.store(gt_ptr + pid_b.to(tl.int64) * hwc + s_offs, acc, mask=s_mask)
 
 
-def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
-                     TILES_M, TRANS: tl.constexpr, MUL: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                     PREC: tl.constexpr):
+@triton.jit
+def hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
+                    TILES_M, TRANS: tl.constexpr, MUL: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    PREC: tl.constexpr):
     """Batched GEMM ``out[q] = A' @ (in[q] * T[q % T_BATCH])`` on ``(N, R)``
     matrices ``q``, where ``A' = A`` or ``A^T`` (TRANS) for the ``N x N``
     matrix ``A`` and the product with ``T`` is taken only if MUL.
@@ -275,9 +305,91 @@ def _hco_gemm_kernel(in_ptr, out_ptr, a_ptr, t_ptr, N, R, T_BATCH, COLS,
         mask=(rows < N)[:, None] & col_ok[None, :])
 
 
-_KERNEL_SOURCES = (_load_basis, _slab_offsets, _dct2_tile, _idct2_tile,
-                   _hco_fused_kernel, _hco_gemm_kernel)
-# The launchable kernels and the names and types of their runtime arguments
+@triton.jit
+def _row_spectrum(ptr, dw_ptr, W, C, c, c_ok, WP: tl.constexpr,
+                  BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """``Dw @ row`` for the ``(W, BC)`` channels ``c`` of one image row at
+    ``ptr``, as a float32 ``[WP, BC]`` tile (rows past ``W`` are zero)."""
+    m = tl.arange(0, WP)
+    ks = tl.arange(0, BK)
+    acc = tl.full((WP, BC), 0.0, tl.float32)
+    for k0 in range(0, W, BK):
+        k = k0 + ks
+        a = tl.load(
+            dw_ptr + m[:, None] * W + k[None, :],
+            mask=(m < W)[:, None] & (k < W)[None, :],
+            other=0.0)
+        v = tl.load(
+            ptr + k[:, None] * C + c[None, :],
+            mask=(k < W)[:, None] & c_ok[None, :],
+            other=0.0).to(tl.float32)
+        acc += tl.dot(a, v, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def hco_row_kernel(src_ptr, x_ptr, t_ptr, dw_ptr, out_ptr, gt_ptr, B, H, W, C,
+                   B_PER_PROG, C_BLOCKS, STORE_OUT: tl.constexpr,
+                   NEED_GT: tl.constexpr, WP: tl.constexpr, BC: tl.constexpr,
+                   BK: tl.constexpr, PREC: tl.constexpr):
+    """The three steps along W of the tiled path in one pass over an image
+    row, per (batch chunk, row ``h``, block of ``BC`` channels): for each
+    image ``b`` of the chunk, ``S = Dw src[b, h]`` (float32, ``(W, BC)``,
+    held on chip); if STORE_OUT, ``out[b, h] = Dw^T (T[h] * S)``; if
+    NEED_GT, ``acc += (Dw x[b, h]) * S``, and the chunk's ``acc`` goes to
+    ``gt[chunk, h]``. ``src``, ``x`` and ``out`` are the float32 maps
+    between the transforms along H."""
+    pid = tl.program_id(0)
+    c = (pid % C_BLOCKS) * BC + tl.arange(0, BC)
+    h = (pid // C_BLOCKS) % H
+    chunk = pid // (C_BLOCKS * H)
+    c_ok = c < C
+    m = tl.arange(0, WP)
+    row_offs = m[:, None] * C + c[None, :]
+    row_mask = (m < W)[:, None] & c_ok[None, :]
+    t = tl.load(
+        t_ptr + h.to(tl.int64) * W * C + row_offs, mask=row_mask, other=0.0)
+    b0 = chunk * B_PER_PROG
+    n_b = tl.minimum(B - b0, B_PER_PROG)
+    acc = tl.full((WP, BC), 0.0, tl.float32)
+    rs = tl.arange(0, BK)
+    for i in range(0, n_b):
+        row = ((b0 + i).to(tl.int64) * H + h) * W * C
+        spec = _row_spectrum(src_ptr + row, dw_ptr, W, C, c, c_ok, WP, BC, BK,
+                             PREC)
+        if STORE_OUT:
+            filtered = spec * t
+            for r0 in range(0, W, BK):
+                r = r0 + rs
+                # Rows r of Dw^T: a[r, m] = Dw[m, r].
+                a = tl.load(
+                    dw_ptr + m[None, :] * W + r[:, None],
+                    mask=(r < W)[:, None] & (m < W)[None, :],
+                    other=0.0)
+                q = tl.dot(a, filtered, input_precision=PREC)
+                tl.store(
+                    out_ptr + row + r[:, None] * C + c[None, :],
+                    q.to(out_ptr.dtype.element_ty),
+                    mask=(r < W)[:, None] & c_ok[None, :])
+        if NEED_GT:
+            acc += _row_spectrum(x_ptr + row, dw_ptr, W, C, c, c_ok, WP, BC,
+                                 BK, PREC) * spec
+    if NEED_GT:
+        tl.store(
+            gt_ptr + (chunk.to(tl.int64) * H + h) * W * C + row_offs,
+            acc,
+            mask=row_mask)
+
+
+#: The launchable kernels by name.
+KERNELS = {
+    'hco_fused_kernel': hco_fused_kernel,
+    'hco_gemm_kernel': hco_gemm_kernel,
+    'hco_row_kernel': hco_row_kernel,
+}
+_INTERPRETED = not isinstance(hco_gemm_kernel, triton.runtime.JITFunction)
+
+# The names and types of the launchable kernels' runtime arguments
 # (pointers: '*' and the dtype, filled in per configuration).
 _KERNEL_ARGS = {
     'hco_fused_kernel':
@@ -289,44 +401,21 @@ _KERNEL_ARGS = {
     (('in_ptr', '*'), ('out_ptr', '*'), ('a_ptr', '*fp32'), ('t_ptr', '*fp32'),
      ('N', 'i32'), ('R', 'i32'), ('T_BATCH',
                                   'i32'), ('COLS', 'i32'), ('TILES_M', 'i32')),
+    'hco_row_kernel':
+    (('src_ptr', '*fp32'), ('x_ptr', '*fp32'), ('t_ptr', '*fp32'), ('dw_ptr',
+                                                                    '*fp32'),
+     ('out_ptr', '*fp32'), ('gt_ptr', '*fp32'), ('B', 'i32'), ('H', 'i32'),
+     ('W', 'i32'), ('C', 'i32'), ('B_PER_PROG', 'i32'), ('C_BLOCKS', 'i32')),
 }
-
-
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool) -> types.SimpleNamespace:
-    """The kernels wrapped by ``triton.jit`` for one interpreter setting.
-
-    ``triton.jit`` decides between a compiled and an interpreted function
-    when it is applied, from ``TRITON_INTERPRET``. Each setting gets its own
-    copies of the functions, with a private globals dict in which the helper
-    names resolve to the helpers wrapped the same way.
-    """
-    assert interpret == triton_interpret_enabled()
-    ns = {
-        'tl': tl,
-        'triton': triton,
-        '__name__': __name__,
-        '__builtins__': __builtins__
-    }
-    for fn in _KERNEL_SOURCES:
-        clone = types.FunctionType(fn.__code__, ns, fn.__name__,
-                                   fn.__defaults__, fn.__closure__)
-        clone.__annotations__ = dict(fn.__annotations__)
-        clone.__kwdefaults__ = fn.__kwdefaults__
-        clone.__module__ = fn.__module__
-        clone.__qualname__ = fn.__qualname__
-        clone.__doc__ = fn.__doc__
-        ns[fn.__name__] = triton.jit(clone)
-    return types.SimpleNamespace(
-        **{fn.__name__.lstrip('_'): ns[fn.__name__]
-           for fn in _KERNEL_SOURCES})
 
 
 # ---------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------
 class KernelConfig(NamedTuple):
-    """One compiled variant of a kernel: what :func:`_launch` runs.
+    """A kernel with its constexprs, pointer dtypes and warps: what
+    :func:`_launch` runs (Triton compiles one binary per
+    :class:`KernelVariant` of it).
 
     Attributes:
         kernel (str): ``'hco_fused_kernel'`` or ``'hco_gemm_kernel'``.
@@ -349,6 +438,23 @@ class KernelConfig(NamedTuple):
         }
         sig.update({name: 'constexpr' for name, _ in self.constexprs})
         return sig
+
+
+class KernelVariant(NamedTuple):
+    """A configuration as Triton compiles it for one launch.
+
+    Triton specialises integer arguments at run time: one equal to 1 is
+    compiled in as a constant, one that is a multiple of 16 is compiled as
+    divisible by 16 (it allows wider loads, ``cp.async``). Each combination
+    is a binary of its own, with its own registers and shared memory.
+
+    Attributes:
+        config (KernelConfig): The configuration.
+        integers (tuple): ``(argument name, 1 | 'D' | '')`` for each integer
+            argument: equal to 1, a multiple of 16, neither.
+    """
+    config: KernelConfig
+    integers: Tuple[Tuple[str, object], ...]
 
 
 def _next_pow2(n: int) -> int:
@@ -392,14 +498,44 @@ def _gemm_config(n: int, in_dtype: str, out_dtype: str, trans: bool, mul: bool,
                          ('BN', _GEMM_BN), ('BK', bk), ('PREC', prec)), 4)
 
 
+def _row_side(w: int) -> Optional[int]:
+    """The padded row length of the row kernel for rows of ``w``, or None
+    (rows too long: two GEMMs along W)."""
+    wp = max(16, _next_pow2(w))
+    return wp if wp <= _ROW_SIDES[-1] else None
+
+
+def _row_config(wp: int, store_out: bool, need_gt: bool,
+                prec: str) -> KernelConfig:
+    # Each program holds a few [WP, BC] float32 tiles (the spectrum, the
+    # filter row, grad_T's sum) and a [BK, WP] slice of Dw^T: BC shrinks and
+    # warps grow with WP.
+    bc = 32 if wp <= 64 else 16
+    warps = 4 if wp <= 32 else 8
+    return KernelConfig('hco_row_kernel', (),
+                        (('STORE_OUT', store_out), ('NEED_GT', need_gt),
+                         ('WP', wp), ('BC', bc), ('BK', _ROW_BK),
+                         ('PREC', prec)), warps)
+
+
+def _row_roles(wp: int):
+    """``(STORE_OUT, NEED_GT)`` of the row kernel's launches for rows of
+    ``wp``: the forward, grad_T alone, and both gradients in one pass or,
+    for long rows, in two."""
+    roles = [(True, False), (False, True)]
+    return roles + [(True, True)] if wp <= _ROW_BOTH_MAX else roles
+
+
 def kernel_configurations(prec: str = 'tf32x3') -> List[KernelConfig]:
     """Every configuration the launchers can run with dot precision ``prec``.
 
     Fused: each padded grid, for the forward (which is also the backward for
     ``grad_x`` alone), the backward for ``grad_T`` alone and for both, per
-    activation dtype. Tiled: each GEMM tile, for the four GEMM roles (input
-    dtype -> float32 along H; float32 -> float32 along W; the inverse along
-    W with the transfer; float32 -> output dtype along H).
+    activation dtype. Tiled: each GEMM tile, for the GEMM roles along H
+    (input dtype -> float32; float32 -> output dtype, the inverse); each
+    row length of the row kernel, for the same three roles as the fused
+    kernel; and for rows too long for it, the GEMMs along W of the largest
+    tile (float32 -> float32, and the inverse with the transfer).
     """
     configs = []
     for dtype in _TRITON_DTYPES.values():
@@ -411,10 +547,14 @@ def kernel_configurations(prec: str = 'tf32x3') -> List[KernelConfig]:
                         _fused_config(hp, wp, dtype, store_out, need_gt, prec))
     roles = {(d, 'fp32', False, False) for d in _TRITON_DTYPES.values()}
     roles |= {('fp32', d, True, False) for d in _TRITON_DTYPES.values()}
-    roles.add(('fp32', 'fp32', True, True))
     for bm, _ in _GEMM_TILES:
         for role in sorted(roles):
             configs.append(_gemm_config(bm, *role, prec))
+    configs.append(
+        _gemm_config(_GEMM_TILES[-1][0], 'fp32', 'fp32', True, True, prec))
+    for wp in _ROW_SIDES:
+        for store_out, need_gt in _row_roles(wp):
+            configs.append(_row_config(wp, store_out, need_gt, prec))
     return configs
 
 
@@ -431,19 +571,95 @@ def default_path(h: int, w: int) -> str:
 # ---------------------------------------------------------------------------
 # Launchers on contiguous (B, H, W, C) tensors
 # ---------------------------------------------------------------------------
+_recording: Optional[set] = None
+
+
+def _integer_class(value: int):
+    """How Triton specialises an integer argument: 1, 'D' or ''."""
+    if value == 1:
+        return 1
+    return 'D' if value % 16 == 0 else ''
+
+
+def kernel_variant(config: KernelConfig, args) -> KernelVariant:
+    """The variant Triton compiles for a launch of ``config`` with the
+    runtime arguments ``args`` (in :data:`_KERNEL_ARGS` order)."""
+    integers = tuple(
+        (name, _integer_class(int(value)))
+        for (name, kind), value in zip(_KERNEL_ARGS[config.kernel], args)
+        if kind == 'i32')
+    return KernelVariant(config, integers)
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """Collect the :class:`KernelVariant` of every launch in the block,
+    launching nothing: the launchers run on tensors of the ``meta`` device
+    (shapes without data), so the variants of any map size are listed in
+    no time."""
+    global _recording
+    previous, _recording = _recording, set()
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
 def _launch(config: KernelConfig, n_programs: int, *args):
     """Run one kernel configuration on a one-dimensional grid."""
-    kernel = getattr(_kernels(triton_interpret_enabled()), config.kernel)
-    kernel[(n_programs, )](
+    if _recording is not None:
+        _recording.add(kernel_variant(config, args))
+        return
+    KERNELS[config.kernel][(n_programs, )](
         *args, **dict(config.constexprs), num_warps=config.num_warps)
 
 
 def _check_launchable(x: Tensor):
-    if x.device.type != 'cuda' and not triton_interpret_enabled():
+    if x.device.type not in ('cuda', 'meta') and not _INTERPRETED:
         raise RuntimeError(
             f'the Triton HCO kernel got a tensor on {x.device}; Triton runs '
-            'on CPU tensors only in its interpreter: set TRITON_INTERPRET=1, '
-            'or MMVHEAT_HCO_BACKEND=torch for the reference path')
+            'on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 '
+            'before importing mmvheat.ops.triton_hco, or '
+            'MMVHEAT_HCO_BACKEND=torch for the reference path')
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """``t`` contiguous, its data 16-byte aligned (a copy if a view starts
+    elsewhere)."""
+    t = t.contiguous()
+    if t.device.type != 'meta' and t.data_ptr() % _ALIGNMENT:
+        t = t.clone()
+    return t
+
+
+def _batch_chunks(b: int, programs_per_image: int, need_gt: bool):
+    """``(images per program, chunks)``: one image per program, or for
+    grad_T chunks of images that each sum into one partial, about
+    :data:`_TARGET_PROGRAMS` programs in all."""
+    if not need_gt:
+        return 1, b
+    n_chunks = min(b, max(1, triton.cdiv(_TARGET_PROGRAMS,
+                                         programs_per_image)))
+    per_prog = triton.cdiv(b, n_chunks)
+    return per_prog, triton.cdiv(b, per_prog)
+
+
+def _slab_run(config, src, transfer, x, out_dtype, store_out, need_gt,
+              rows_per_image, bases):
+    """One launch of the fused or the row kernel (the same arguments but
+    the bases): ``(out or None, grad_T or None)``, grad_T summed over the
+    chunks' partials."""
+    b, h, w, c = src.shape
+    n_cblocks = triton.cdiv(c, dict(config.constexprs)['BC'])
+    per_prog, n_chunks = _batch_chunks(b, rows_per_image * n_cblocks, need_gt)
+    out = torch.empty(
+        src.shape, dtype=out_dtype, device=src.device) if store_out else src
+    gt = torch.empty(
+        (n_chunks, h, w,
+         c), dtype=torch.float32, device=src.device) if need_gt else transfer
+    _launch(config, n_chunks * rows_per_image * n_cblocks, src, x, transfer,
+            *bases, out, gt, b, h, w, c, per_prog, n_cblocks)
+    return (out if store_out else None), (gt.sum(0) if need_gt else None)
 
 
 def _fused_run(src, transfer, x, store_out, need_gt):
@@ -452,22 +668,22 @@ def _fused_run(src, transfer, x, store_out, need_gt):
     hp, wp = _fused_sides(h, w)
     config = _fused_config(hp, wp, _TRITON_DTYPES[x.dtype], store_out, need_gt,
                            _dot_precision(src.device))
-    n_cblocks = triton.cdiv(c, dict(config.constexprs)['BC'])
-    if need_gt:
-        n_chunks = min(b, max(1, triton.cdiv(_TARGET_PROGRAMS, n_cblocks)))
-        per_prog = triton.cdiv(b, n_chunks)
-        n_chunks = triton.cdiv(b, per_prog)
-    else:
-        per_prog, n_chunks = 1, b
-    out = torch.empty(
-        src.shape, dtype=x.dtype, device=src.device) if store_out else src
-    gt = torch.empty(
-        (n_chunks, h, w,
-         c), dtype=torch.float32, device=src.device) if need_gt else transfer
-    _launch(config, n_chunks * n_cblocks, src, x, transfer,
-            dct_basis(h, src.device), dct_basis(w, src.device), out, gt, b, h,
-            w, c, per_prog, n_cblocks)
-    return (out if store_out else None), (gt.sum(0) if need_gt else None)
+    return _slab_run(config, src, transfer, x, x.dtype, store_out, need_gt, 1,
+                     (dct_basis(h, src.device), dct_basis(w, src.device)))
+
+
+def _row_run(src, transfer, x, store_out, need_gt):
+    """The row kernel on float32 maps between the transforms along H:
+    ``(Dw^T (T * Dw src) or None, sum_b (Dw x) * (Dw src) or None)``, in one
+    launch, or two for both on long rows."""
+    b, h, w, c = src.shape
+    wp = _row_side(w)
+    if store_out and need_gt and wp > _ROW_BOTH_MAX:
+        return (_row_run(src, transfer, x, True,
+                         False)[0], _row_run(src, transfer, x, False, True)[1])
+    config = _row_config(wp, store_out, need_gt, _dot_precision(src.device))
+    return _slab_run(config, src, transfer, x, torch.float32, store_out,
+                     need_gt, h, (dct_basis(w, src.device), ))
 
 
 def _gemm(src: Tensor,
@@ -506,6 +722,86 @@ def _tiled_spectrum(src: Tensor) -> Tensor:
     return _gemm(z, False, False, torch.float32)
 
 
+def _tiled_forward(x: Tensor, transfer: Tensor) -> Tensor:
+    """The filter by the tiled path: along H a GEMM, along W the row kernel
+    (two GEMMs for rows too long for it), along H the inverse GEMM."""
+    z = _gemm(x, True, False, torch.float32)
+    if _row_side(x.shape[2]) is not None:
+        q = _row_run(z, transfer, z, True, False)[0]
+    else:
+        q = _gemm(
+            _gemm(z, False, False, torch.float32), False, True, torch.float32,
+            transfer)
+    return _gemm(q, True, True, x.dtype)
+
+
+def _tiled_backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
+                    need_gt: bool):
+    """The gradients by the tiled path: ``grad`` (and ``x`` for grad_T)
+    along H, then the row kernel filters ``grad``'s rows for grad_x and sums
+    the product of the two spectra for grad_T (two GEMMs along W and torch
+    ops for rows too long for it)."""
+    zg = _gemm(grad, True, False, torch.float32)
+    if _row_side(x.shape[2]) is not None:
+        zx = _gemm(x, True, False, torch.float32) if need_gt else zg
+        q, gt = _row_run(zg, transfer, zx, need_gx, need_gt)
+        gx = _gemm(q, True, True, x.dtype) if need_gx else None
+        return gx, gt
+    grad_spectrum = _gemm(zg, False, False, torch.float32)
+    gx = _tiled_inverse(grad_spectrum, transfer, x.dtype) if need_gx \
+        else None
+    gt = (_tiled_spectrum(x) * grad_spectrum).sum(0) if need_gt else None
+    return gx, gt
+
+
+def _grad_t_bytes(shape, rows_per_image: int, bc: int) -> int:
+    """The bytes of grad_T's reduction: each chunk's float32 partial written
+    by a kernel and read by the sum over chunks, which writes grad_T."""
+    b, h, w, c = shape
+    programs = rows_per_image * triton.cdiv(c, bc)
+    chunks = _batch_chunks(b, programs, True)[1]
+    return (2 * chunks + 1) * h * w * c * 4
+
+
+def bytes_moved(path: str, shape, itemsize: int, train: bool) -> int:
+    """Global-memory bytes the kernels of ``path`` move for a map of
+    ``shape`` ``(B, H, W, C)``: each activation read or written once in its
+    dtype (``itemsize`` bytes), each float32 map between two kernels
+    written once and read where it is used, and in training grad_T's
+    partials (one float32 map per chunk of the batch) and grad_T. The filter
+    and the DCT matrices, one map's size or less whatever the batch and
+    read through L2, are left out.
+
+    Per element, for an ``s``-byte dtype: fused, read ``x`` and write ``y``,
+    ``2 s`` (train: also read ``x`` and the output gradient, write
+    ``grad_x``: ``5 s``). tiled, rows up to 128: ``x`` -> ``Dh x`` -> the row
+    kernel -> ``y``, one float32 map each way, ``2 s + 16``; the backward
+    writes ``Dh grad`` and ``Dh x``, reads both in the row kernel, which
+    writes one map for the inverse, ``3 s + 24`` (``+ 4`` for rows over 64,
+    where grad_x's pass reads ``Dh grad`` once more). Longer rows: two GEMMs
+    along W, a float32 map more each way, ``2 s + 24``; backward
+    ``3 s + 52``, where the gradient's spectrum serves both gradients and
+    the product of the spectra is summed in torch.
+    """
+    s = itemsize
+    numel = math.prod(shape)
+    h, w = shape[1:3]
+    if path == 'fused':
+        forward, backward = 2 * s * numel, 3 * s * numel
+        config = _fused_config(*_fused_sides(h, w), 'fp32', True, True, 'ieee')
+        backward += _grad_t_bytes(shape, 1, dict(config.constexprs)['BC'])
+    elif _row_side(w) is not None:
+        wp = _row_side(w)
+        forward = (2 * s + 16) * numel
+        backward = (3 * s + (24 if wp <= _ROW_BOTH_MAX else 28)) * numel
+        config = _row_config(wp, False, True, 'ieee')
+        backward += _grad_t_bytes(shape, h, dict(config.constexprs)['BC'])
+    else:
+        forward = (2 * s + 24) * numel
+        backward = (3 * s + 52) * numel + h * w * shape[3] * 4
+    return forward + backward if train else forward
+
+
 def _tiled_inverse(spectrum: Tensor, transfer: Tensor,
                    out_dtype: torch.dtype) -> Tensor:
     """``Dh^T (Dw^T (transfer * spectrum))`` per image."""
@@ -513,113 +809,66 @@ def _tiled_inverse(spectrum: Tensor, transfer: Tensor,
     return _gemm(q, True, True, out_dtype)
 
 
-def _forward(x: Tensor, transfer: Tensor, path: str) -> Tensor:
-    if path == 'fused':
-        return _fused_run(x, transfer, x, True, False)[0]
-    return _tiled_inverse(_tiled_spectrum(x), transfer, x.dtype)
+def _prepare(x: Tensor, transfer: Tensor, path: str):
+    h, w = x.shape[1:3]
+    if path not in kernel_paths(h, w):
+        raise ValueError(f'path must be one of {kernel_paths(h, w)} for a '
+                         f'{h} x {w} grid, got {path!r}')
+    _check_launchable(x)
+    return _aligned(x), _aligned(transfer.to(torch.float32))
 
 
-def _backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
-              need_gt: bool, path: str):
-    """``(grad_x or None, grad_T or None)`` by the kernels of ``path``."""
-    if path == 'fused':
-        # grad_x comes out in x's dtype (the kernel stores in out's dtype).
-        return _fused_run(grad, transfer, x, need_gx, need_gt)
-    grad_spectrum = _tiled_spectrum(grad)
-    gx = _tiled_inverse(grad_spectrum, transfer, x.dtype) if need_gx \
-        else None
-    gt = (_tiled_spectrum(x) * grad_spectrum).sum(0) if need_gt else None
-    return gx, gt
+def _on_device(x: Tensor):
+    """Triton launches on the current device. (Autograd runs the backward
+    on a thread already set to the tensors' device.)"""
+    return torch.cuda.device(x.device) if x.is_cuda else \
+        contextlib.nullcontext()
 
 
-#: ``hook(run_kernel, x, transfer, grad, need_gx, need_gt, path)`` ->
-#: ``(grad_x, grad_T)``: what the backward pass calls instead of
-#: ``run_kernel()`` (the kernels' gradients) when given; the dispatcher
-#: checks the kernels' gradients with it.
-BackwardHook = Callable[..., Tuple[Optional[Tensor], Optional[Tensor]]]
+def launch_forward(x: Tensor, transfer: Tensor, path: str) -> Tensor:
+    """``IDCT2D(DCT2D(x) * transfer)`` by the kernels of ``path``.
+
+    Args:
+        x (Tensor): ``(B, H, W, C)``, a dtype of :data:`SUPPORTED_DTYPES`,
+            on CUDA (on CPU when :func:`triton_interpret_enabled`).
+        transfer (Tensor): ``(H, W, C)``, used in float32.
+        path (str): A path of :func:`kernel_paths` for the grid.
+
+    Returns:
+        Tensor: The filtered map, in ``x``'s dtype.
+    """
+    x, transfer = _prepare(x, transfer, path)
+    with _on_device(x):
+        if path == 'fused':
+            return _fused_run(x, transfer, x, True, False)[0]
+        return _tiled_forward(x, transfer)
 
 
-class _SpectralFilterTriton(torch.autograd.Function):
+def launch_backward(x: Tensor, transfer: Tensor, grad: Tensor, need_gx: bool,
+                    need_gt: bool, path: str):
+    """The gradients of :func:`launch_forward` by the kernels of ``path``.
 
-    @staticmethod
-    def forward(ctx, x, transfer, path, backward_hook):
-        ctx.save_for_backward(x, transfer)
-        ctx.path = path
-        ctx.backward_hook = backward_hook
-        return _forward(x, transfer, path)
+    Args:
+        x, transfer (Tensor): The forward's inputs.
+        grad (Tensor): The gradient of its output, ``x``'s shape.
+        need_gx, need_gt (bool): Which gradients to compute.
+        path (str): A path of :func:`kernel_paths` for the grid.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, transfer = ctx.saved_tensors
-        need_gx, need_gt = ctx.needs_input_grad[:2]
-        if not (need_gx or need_gt):
-            return None, None, None, None
-        grad = grad.contiguous()
-
-        def run_kernel():
-            return _backward(x, transfer, grad, need_gx, need_gt, ctx.path)
-
-        if ctx.backward_hook is None:
-            gx, gt = run_kernel()
-        else:
-            gx, gt = ctx.backward_hook(run_kernel, x, transfer, grad, need_gx,
-                                       need_gt, ctx.path)
-        return gx, gt, None, None
+    Returns:
+        tuple: ``grad_x`` (``x``'s dtype) or None, ``grad_transfer``
+        (float32) or None.
+    """
+    x, transfer = _prepare(x, transfer, path)
+    grad = _aligned(grad.to(x.dtype))
+    with _on_device(x):
+        if path == 'fused':
+            # grad_x comes out in x's dtype (the kernel stores in out's
+            # dtype).
+            return _fused_run(grad, transfer, x, need_gx, need_gt)
+        return _tiled_backward(x, transfer, grad, need_gx, need_gt)
 
 
 def triton_supports(x: Tensor) -> bool:
     """Whether the kernels take ``x``: a non-empty channels-last map of a
     dtype in :data:`SUPPORTED_DTYPES` (any ``H`` and ``W``)."""
     return x.dtype in SUPPORTED_DTYPES and x.dim() >= 3 and x.numel() > 0
-
-
-def spectral_filter_triton(
-        x: Tensor,
-        transfer: Tensor,
-        path: Optional[str] = None,
-        backward_hook: Optional[BackwardHook] = None) -> Tensor:
-    """``IDCT2D(DCT2D(x) * transfer)`` by the Triton kernels (see module doc).
-
-    Args:
-        x (Tensor): A channels-last map ``(..., H, W, C)``, float32, float16
-            or bfloat16, on CUDA (or on CPU with ``TRITON_INTERPRET=1``).
-        transfer (Tensor): The filter ``(H, W, C)``, used in float32.
-        path (str, optional): ``'fused'`` or ``'tiled'``. Defaults to None:
-            :func:`default_path`.
-        backward_hook (callable, optional): Called by the backward pass
-            instead of the kernels (see :data:`BackwardHook`). Defaults to
-            None.
-
-    Returns:
-        Tensor: The filtered map, shape and dtype of ``x``.
-    """
-    if x.dim() < 3:
-        raise ValueError('expected a channels-last map (..., H, W, C), got '
-                         f'shape {tuple(x.shape)}')
-    if transfer.shape != x.shape[-3:]:
-        raise ValueError(f'transfer of shape {tuple(transfer.shape)} does not '
-                         f'match the map {tuple(x.shape[-3:])}')
-    if not triton_supports(x):
-        raise ValueError(
-            f'the Triton HCO kernel takes non-empty '
-            f'{[str(d) for d in SUPPORTED_DTYPES]} maps, got {x.dtype} '
-            f'{tuple(x.shape)}')
-    if transfer.device != x.device:
-        raise ValueError(f'transfer is on {transfer.device}, x on {x.device}')
-    h, w = x.shape[-3:-1]
-    if path is None:
-        path = default_path(h, w)
-    elif path not in kernel_paths(h, w):
-        raise ValueError(f'path must be one of {kernel_paths(h, w)} for a '
-                         f'{h} x {w} grid, got {path!r}')
-    _check_launchable(x)
-    lead = x.shape[:-3]
-    x4 = x.reshape(-1, *x.shape[-3:]).contiguous()
-    t = transfer.to(torch.float32).contiguous()
-    # Triton launches on the current device. (Autograd runs the backward on
-    # a thread already set to the tensors' device.)
-    with (torch.cuda.device(x.device)
-          if x.is_cuda else contextlib.nullcontext()):
-        y = _SpectralFilterTriton.apply(x4, t, path, backward_hook)
-    return y.reshape(*lead, *y.shape[1:])

@@ -3,24 +3,23 @@
 setting, the self-check of the kernels, the autotuned choice and its cache
 file.
 
-The self-check and the autotuner run on CUDA only. Here they are reached on
-CPU tensors by replacing the dispatcher's device check (``device_is_cuda``),
-GPU name (``gpu_name``) and timer (``time_candidate``, by one that returns
-set times); the kernels run in Triton's interpreter, or are replaced by ones
-that raise or return wrong values. Results are compared with the exact
-filter (scipy's DCT in float64) with the tolerances of
-``test_triton_hco.py``: 1e-5 of the largest value for float32 outputs and
-gradients.
+The CUDA branch is reached on CPU tensors through the stand-ins of
+``conftest.py`` (``on_cuda``); results are compared with the exact filter
+(scipy's DCT in float64) with the tolerances of ``test_triton_hco.py``: 1e-5
+of the largest value for float32 outputs and gradients.
 """
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
 
 from mmvheat.ops import autotune_cache, dispatch, spectral_filter
+from .conftest import GPU
 from .exact_reference import (assert_close, exact_spectral_filter,
                               output_and_grads, random_inputs)
 
@@ -28,7 +27,7 @@ triton_hco = pytest.importorskip('mmvheat.ops.triton_hco')
 
 ENV = dispatch.HCO_BACKEND_ENV
 CACHE_ENV = dispatch.HCO_AUTOTUNE_CACHE_ENV
-GPU = 'Fake GPU 80GB'
+BOTH = 'backward(x,transfer)'
 
 
 def _grads(x, transfer, grad):
@@ -46,91 +45,6 @@ def _assert_calls_exact(x, transfer, grad, n_calls=2):
         assert_close(gt, egt, 'grad transfer')
 
 
-class Log(logging.Handler):
-    """Records what reaches the current MMLogger at debug level and up."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def messages(self, level):
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-@pytest.fixture
-def log():
-    logger = MMLogger.get_current_instance()
-    handler, level = Log(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-@pytest.fixture
-def dispatcher():
-    dispatch.hco_dispatcher.reset()
-    yield dispatch.hco_dispatcher
-    dispatch.hco_dispatcher.reset()
-
-
-class FakeTimer:
-    """``time_candidate`` with set times; runs each step once and counts."""
-
-    def __init__(self, times):
-        self.times = times
-        self.calls = []
-
-    def __call__(self, candidate, step, repeats):
-        self.calls.append(candidate)
-        step()
-        return self.times[candidate]
-
-
-@pytest.fixture
-def on_cuda(monkeypatch, dispatcher, log):
-    """The CUDA decisions on CPU tensors, kernels in the interpreter."""
-    monkeypatch.setenv('TRITON_INTERPRET', '1')
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv(CACHE_ENV, raising=False)
-    monkeypatch.setattr(dispatch, 'device_is_cuda', lambda x: True)
-    monkeypatch.setattr(dispatch, 'gpu_name', lambda device: GPU)
-    timer = FakeTimer({'reference': 3.0, 'fused': 2.0, 'tiled': 1.0})
-    monkeypatch.setattr(dispatch, 'time_candidate', timer)
-    return timer
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """Counts the kernel forward and backward runs and the reference runs
-    of the dispatcher."""
-    counts = {'forward': [], 'backward': [], 'reference': 0}
-    forward, backward = triton_hco._forward, triton_hco._backward
-    reference = dispatch.spectral_filter_reference
-
-    def counted_forward(x, transfer, path):
-        counts['forward'].append(path)
-        return forward(x, transfer, path)
-
-    def counted_backward(x, transfer, grad, need_gx, need_gt, path):
-        counts['backward'].append(path)
-        return backward(x, transfer, grad, need_gx, need_gt, path)
-
-    def counted_reference(x, transfer):
-        counts['reference'] += 1
-        return reference(x, transfer)
-
-    monkeypatch.setattr(triton_hco, '_forward', counted_forward)
-    monkeypatch.setattr(triton_hco, '_backward', counted_backward)
-    monkeypatch.setattr(dispatch, 'spectral_filter_reference',
-                        counted_reference)
-    return counts
-
-
 # ---------------------------------------------------------------------------
 # The backend setting
 # ---------------------------------------------------------------------------
@@ -138,7 +52,6 @@ def test_cpu_auto_is_the_reference_alone(monkeypatch, dispatcher, calls):
     """On CPU tensors ``auto`` runs the reference and nothing else: no
     Triton import, no timing, no self-check."""
     monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv('TRITON_INTERPRET', '1')
 
     def forbidden(*args, **kwargs):
         raise AssertionError('no Triton, timing or check on CPU')
@@ -186,14 +99,35 @@ def test_forced_triton(interpret, monkeypatch, dispatcher, calls):
     assert calls['reference'] == 3 and len(calls['forward']) == 2
 
 
-def test_forced_triton_needs_interpreter_on_cpu(monkeypatch):
-    monkeypatch.setenv(ENV, 'triton')
-    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
-    x, transfer, _ = random_inputs((1, 4, 5, 2))
-    with pytest.raises(RuntimeError, match=f'{ENV}=triton.*TRITON_INTERPRET'):
-        dispatch.hco_backend(x)
-    with pytest.raises(RuntimeError, match='TRITON_INTERPRET'):
-        spectral_filter(x, transfer)
+def test_kernels_decide_the_interpreter_at_import(project_root):
+    """Module-level ``@triton.jit`` kernels: a process that imported them
+    without ``TRITON_INTERPRET=1`` has compiled-mode kernels, and a CPU
+    tensor is refused with a message that says how to run it (a fresh
+    interpreter, as the variable is read at import)."""
+    code = ('import torch\n'
+            'import triton\n'
+            'from mmvheat.ops import dispatch, spectral_filter, triton_hco\n'
+            'from mmvheat.ops.dispatch import spectral_filter_kernel\n'
+            'kernel = triton_hco.KERNELS["hco_gemm_kernel"]\n'
+            'assert isinstance(kernel, triton.runtime.JITFunction), kernel\n'
+            'assert not triton_hco.triton_interpret_enabled()\n'
+            'x, t = torch.zeros(1, 4, 5, 2), torch.ones(4, 5, 2)\n'
+            'for call in (lambda: dispatch.hco_backend(x),\n'
+            '             lambda: spectral_filter(x, t),\n'
+            '             lambda: spectral_filter_kernel(x, t)):\n'
+            '    try:\n'
+            '        call()\n'
+            '    except RuntimeError as e:\n'
+            '        assert "TRITON_INTERPRET=1" in str(e), e\n'
+            '    else:\n'
+            '        raise AssertionError("a CPU tensor was launched")\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env.update({ENV: 'triton', 'PYTHONPATH': project_root})
+    proc = subprocess.run([sys.executable, '-c', code],
+                          env=env,
+                          capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_invalid_value(monkeypatch):
@@ -244,12 +178,12 @@ def _one_warning(log, *needles):
 
 def test_self_check_passes_and_is_done_once(on_cuda, monkeypatch, calls, log):
     monkeypatch.setenv(ENV, 'triton')
-    x, transfer, grad = random_inputs((2, 5, 6, 3))
+    x, transfer, grad = random_inputs((3, 5, 6, 3))
     _assert_calls_exact(x, transfer, grad)
     # The reference ran for the first call's forward and backward checks
-    # only; the kernels ran for both calls.
+    # only; the kernels ran for both calls, and for the checks first.
     assert calls['reference'] == 2
-    assert calls['forward'] == calls['backward'] == ['fused', 'fused']
+    assert calls['forward'] == calls['backward'] == ['fused'] * 3
     assert not log.messages(logging.WARNING)
 
 
@@ -262,7 +196,7 @@ def test_kernel_that_raises(on_cuda, monkeypatch, calls, log):
         calls['forward'].append(path)
         raise RuntimeError('an illegal memory access was encountered')
 
-    monkeypatch.setattr(triton_hco, '_forward', broken)
+    monkeypatch.setattr(triton_hco, 'launch_forward', broken)
     x, transfer, grad = random_inputs((2, 5, 6, 3))
     _assert_calls_exact(x, transfer, grad)
     assert calls['forward'] == ['fused']
@@ -281,13 +215,13 @@ def test_kernel_with_wrong_values(on_cuda, monkeypatch, calls, log, error,
     passes below it and is replaced by the reference above it."""
     monkeypatch.setenv(ENV, 'triton')
     tol = dispatch.SELF_CHECK_RTOL[torch.float32]
-    forward = triton_hco._forward
+    forward = triton_hco.launch_forward
 
     def off(x, transfer, path):
         y = forward(x, transfer, path)
         return y + error * tol * y.abs().max()
 
-    monkeypatch.setattr(triton_hco, '_forward', off)
+    monkeypatch.setattr(triton_hco, 'launch_forward', off)
     x, transfer, _ = random_inputs((2, 5, 6, 3))
     exact = exact_spectral_filter(x, transfer)
     y = spectral_filter(x, transfer)
@@ -303,14 +237,14 @@ def test_kernel_with_wrong_values(on_cuda, monkeypatch, calls, log, error,
 
 def test_kernel_with_non_finite_values(on_cuda, monkeypatch, log):
     monkeypatch.setenv(ENV, 'triton')
-    forward = triton_hco._forward
+    forward = triton_hco.launch_forward
 
     def nan_in_corner(x, transfer, path):
         y = forward(x, transfer, path)
         y[0, 0, 0, 0] = math.nan
         return y
 
-    monkeypatch.setattr(triton_hco, '_forward', nan_in_corner)
+    monkeypatch.setattr(triton_hco, 'launch_forward', nan_in_corner)
     x, transfer, _ = random_inputs((2, 5, 6, 3))
     y = spectral_filter(x, transfer)
     assert torch.isfinite(y).all()
@@ -326,8 +260,9 @@ def test_zero_map_proves_nothing(on_cuda, monkeypatch, calls, log):
         spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
         'second call')
     spectral_filter(x, transfer)
-    # Checked on the first two calls, not on the third.
-    assert calls['reference'] == 2 and len(calls['forward']) == 3
+    # Checked on the first two calls (a kernel run on the first images
+    # each), not on the third.
+    assert calls['reference'] == 2 and len(calls['forward']) == 5
 
 
 @pytest.mark.parametrize('fault', ['raise', 'wrong'])
@@ -335,7 +270,7 @@ def test_backward_checked_separately(on_cuda, monkeypatch, calls, log, fault):
     """A faulty backward: the reference's gradients, a warning, and the
     kernel's forward kept."""
     monkeypatch.setenv(ENV, 'triton')
-    backward = triton_hco._backward
+    backward = triton_hco.launch_backward
 
     def faulty(x, transfer, grad, need_gx, need_gt, path):
         if fault == 'raise':
@@ -344,12 +279,12 @@ def test_backward_checked_separately(on_cuda, monkeypatch, calls, log, fault):
         gx, gt = backward(x, transfer, grad, need_gx, need_gt, path)
         return gx, gt * 1.01
 
-    monkeypatch.setattr(triton_hco, '_backward', faulty)
+    monkeypatch.setattr(triton_hco, 'launch_backward', faulty)
     x, transfer, grad = random_inputs((2, 5, 6, 3))
     _assert_calls_exact(x, transfer, grad)
-    assert calls['forward'] == ['fused', 'fused']
+    assert calls['forward'] == ['fused'] * 3
     assert calls['backward'] == ['fused']
-    _one_warning(log, 'backward (grad x, grad transfer)', GPU,
+    _one_warning(log, 'backward(x,transfer)', GPU,
                  'out of resources' if fault == 'raise' else 'max error')
     # The reference's gradients come back in the dtypes autograd expects.
     xb = x.bfloat16().requires_grad_()
@@ -392,7 +327,7 @@ def test_autotune_keeps_the_fastest(on_cuda, calls, log):
         assert_close(spectral_filter(x, transfer), ey, 'first call')
         assert_close(spectral_filter(x, transfer), ey, 'second call')
     assert on_cuda.calls == ['reference', 'fused', 'tiled']
-    decision = dispatch.hco_dispatcher.decision(x, False)
+    decision = dispatch.hco_dispatcher.decision(x)
     assert decision == ('tiled', {
         'reference': 3.0,
         'fused': 2.0,
@@ -400,10 +335,11 @@ def test_autotune_keeps_the_fastest(on_cuda, calls, log):
     }, 'timed')
     debug = [m for m in log.messages(logging.DEBUG) if 'autotune' in m]
     assert debug == [
-        'HCO autotune on cpu: 8x8x3/float32/infer -> tiled '
+        'HCO autotune on cpu: 8x8x3/float32/forward -> tiled '
         '(reference 3 ms, fused 2 ms, tiled 1 ms; timed)'
     ]
-    # A gradient makes another bucket: timed afresh, forward and backward.
+    # The forward's decision serves training too; the backward is tuned in
+    # the backward pass, per set of gradients.
     backward_runs = len(calls['backward'])
     y, gx, gt = _grads(x, transfer, grad)
     assert on_cuda.calls[3:] == ['reference', 'fused', 'tiled']
@@ -411,7 +347,7 @@ def test_autotune_keeps_the_fastest(on_cuda, calls, log):
     assert_close(y, ey, 'forward')
     assert_close(gx, egx, 'grad x')
     assert_close(gt, egt, 'grad transfer')
-    assert dispatch.hco_dispatcher.decision(x, True).choice == 'tiled'
+    assert dispatch.hco_dispatcher.decision(x, BOTH).choice == 'tiled'
     assert calls['forward'][-1] == calls['backward'][-1] == 'tiled'
     assert not log.messages(logging.WARNING)
 
@@ -438,13 +374,13 @@ def test_autotune_never_slower_than_the_reference(on_cuda, calls, times,
     on_cuda.times = times
     x, transfer, _ = random_inputs((1, 5, 6, 3))
     spectral_filter(x, transfer)
-    decision = dispatch.hco_dispatcher.decision(x, False)
+    decision = dispatch.hco_dispatcher.decision(x)
     assert decision.choice == choice
     assert times[choice] <= times['reference']
 
 
 def test_buckets(on_cuda):
-    """H and W round up to 8; C, dtype and gradient make their own
+    """H and W round up to 8; C, dtype and direction make their own
     buckets; grids without a fused path time two candidates."""
     transfer_of = {}
 
@@ -460,8 +396,8 @@ def test_buckets(on_cuda):
     assert run((1, 41, 40, 2)) == 4
     assert run((1, 33, 40, 3)) == 6
     assert run((1, 33, 40, 2), torch.bfloat16) == 8
-    assert dispatch.bucket_key(torch.zeros(1, 33, 40, 2), True) == \
-        (40, 40, 2, 'float32', True)
+    assert dispatch.bucket_key(torch.zeros(1, 33, 40, 2), BOTH) == \
+        (40, 40, 2, 'float32', BOTH)
     # Rounding keeps the fused path's domain: 32 stays 32, 33 becomes 40.
     for n in range(1, 100):
         rounded = dispatch.BUCKET_STEP * math.ceil(n / dispatch.BUCKET_STEP)
@@ -472,19 +408,19 @@ def test_buckets(on_cuda):
 def test_failed_kernel_is_not_a_candidate(on_cuda, monkeypatch, log):
     """A kernel that fails its self-check while being timed is dropped,
     however fast; the bucket keeps the fastest of the others."""
-    forward = triton_hco._forward
+    forward = triton_hco.launch_forward
 
     def tiled_broken(x, transfer, path):
         if path == 'tiled':
             raise RuntimeError('PTX JIT compilation failed')
         return forward(x, transfer, path)
 
-    monkeypatch.setattr(triton_hco, '_forward', tiled_broken)
+    monkeypatch.setattr(triton_hco, 'launch_forward', tiled_broken)
     x, transfer, _ = random_inputs((1, 5, 6, 3))
     assert_close(
         spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
         'result')
-    decision = dispatch.hco_dispatcher.decision(x, False)
+    decision = dispatch.hco_dispatcher.decision(x)
     assert decision.choice == 'fused'
     assert set(decision.times_ms) == {'reference', 'fused'}
     _one_warning(log, 'tiled path, forward', 'PTX JIT')
@@ -495,8 +431,9 @@ def test_decision_retuned_when_its_kernel_fails_later(on_cuda, monkeypatch,
     """A decision for a kernel whose check fails (e.g. read from a cache
     file made with a good kernel) is timed again without it."""
     x, transfer, _ = random_inputs((1, 5, 6, 3))
-    dispatch.hco_dispatcher._decisions[(x.device, dispatch.bucket_key(
-        x, False))] = dispatch.Decision('tiled', {
+    dispatch.hco_dispatcher._decisions[(
+        x.device,
+        dispatch.bucket_key(x))] = dispatch.Decision('tiled', {
             'reference': 3.0,
             'tiled': 1.0
         }, 'cache')
@@ -504,14 +441,14 @@ def test_decision_retuned_when_its_kernel_fails_later(on_cuda, monkeypatch,
     def broken(x, transfer, path):
         raise RuntimeError('no kernel image is available')
 
-    monkeypatch.setattr(triton_hco, '_forward', broken)
+    monkeypatch.setattr(triton_hco, 'launch_forward', broken)
     assert_close(
         spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
         'fallback')
     assert_close(
         spectral_filter(x, transfer), exact_spectral_filter(x, transfer),
         'retuned')
-    assert dispatch.hco_dispatcher.decision(x, False).choice == 'reference'
+    assert dispatch.hco_dispatcher.decision(x).choice == 'reference'
     assert on_cuda.calls == ['reference']
 
 
@@ -519,12 +456,12 @@ def test_measure_and_tune_for_a_report(on_cuda):
     x, transfer, _ = random_inputs((1, 40, 6, 3))
     assert dispatch.hco_dispatcher.candidates(x) == ('reference', 'tiled')
     assert dispatch.hco_dispatcher.candidates(x.double()) == ('reference', )
-    times = dispatch.hco_dispatcher.measure(x, transfer, needs_grad=True)
+    times = dispatch.hco_dispatcher.measure(x, transfer, BOTH)
     assert times == {'reference': 3.0, 'tiled': 1.0}
-    assert dispatch.hco_dispatcher.decision(x, True) is None
-    decision = dispatch.hco_dispatcher.tune(x, transfer, needs_grad=True)
+    assert dispatch.hco_dispatcher.decision(x, BOTH) is None
+    decision = dispatch.hco_dispatcher.tune(x, transfer, BOTH)
     assert decision.choice == 'tiled'
-    assert dispatch.hco_dispatcher.tune(x, transfer, True) == decision
+    assert dispatch.hco_dispatcher.tune(x, transfer, BOTH) == decision
     assert len(on_cuda.calls) == 4
 
 
@@ -570,7 +507,7 @@ def test_cache_file_written_and_reused(on_cuda, monkeypatch, tmp_path, log):
         spectral_filter(x, transfer)
     data = json.loads(path.read_text())
     assert data['format'] == 'mmvheat-hco-autotune-v1'
-    entry = data['tables'][_table()]['8x8x3/float32/infer']
+    entry = data['tables'][_table()]['8x8x3/float32/forward']
     assert entry == {'choice': 'tiled', 'times_ms': on_cuda.times}
     assert [p.name for p in path.parent.iterdir()] == ['hco.json']
     # A new process (a reset dispatcher) takes the decision from the file.
@@ -578,7 +515,7 @@ def test_cache_file_written_and_reused(on_cuda, monkeypatch, tmp_path, log):
     with torch.no_grad():
         spectral_filter(x, transfer)
     assert len(on_cuda.calls) == 3
-    decision = dispatch.hco_dispatcher.decision(x, False)
+    decision = dispatch.hco_dispatcher.decision(x)
     assert decision.source == 'cache' and decision.choice == 'tiled'
     assert sum('cache)' in m for m in log.messages(logging.DEBUG)) == 1
     # Another GPU's table is not used, and is kept when the file is written.
@@ -625,11 +562,11 @@ def test_cache_entries_checked(on_cuda, monkeypatch, tmp_path):
             'format': 'mmvheat-hco-autotune-v1',
             'tables': {
                 _table(): {
-                    '8x8x3/float32/infer': {
+                    '8x8x3/float32/forward': {
                         'choice': 'magic',
                         'times_ms': {}
                     },
-                    '40x8x3/float32/infer': {
+                    '40x8x3/float32/forward': {
                         'choice': 'fused',
                         'times_ms': {
                             'fused': 0.1
@@ -661,7 +598,7 @@ def test_unwritable_cache_file(on_cuda, monkeypatch, tmp_path, log):
     x, transfer, _ = random_inputs((1, 5, 6, 3))
     with torch.no_grad():
         spectral_filter(x, transfer)
-    assert dispatch.hco_dispatcher.decision(x, False).choice == 'tiled'
+    assert dispatch.hco_dispatcher.decision(x).choice == 'tiled'
     assert list(tmp_path.iterdir()) == []
     _one_warning(log, 'cannot be written', 'No space left')
 
@@ -674,7 +611,6 @@ def test_unwritable_cache_file(on_cuda, monkeypatch, tmp_path, log):
                                    (2, 200, 334, 96)])
 def test_autotune_on_cuda(monkeypatch, dispatcher, log, shape):
     monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     x, transfer, grad = (t.cuda() for t in random_inputs(shape))
     ey, egx, egt = exact_spectral_filter(x.cpu(), transfer.cpu(), grad.cpu())
     y, gx, gt = _grads(x, transfer, grad)
@@ -682,7 +618,7 @@ def test_autotune_on_cuda(monkeypatch, dispatcher, log, shape):
     assert_close(gx.cpu(), egx, 'grad x')
     # Summed over the batch: relative to the largest entry.
     assert_close(gt.cpu(), egt, 'grad transfer', rtol=2e-5)
-    decision = dispatcher.decision(x, True)
+    decision = dispatcher.decision(x, BOTH)
     assert set(decision.times_ms) == set(dispatcher.candidates(x))
     assert decision.times_ms[decision.choice] <= \
         decision.times_ms['reference']

@@ -13,12 +13,14 @@ import pytest
 import scipy.fft
 import torch
 
+from mmvheat.ops import spectral
 from mmvheat.ops.heat_conduction import (dct2d, dct_basis, decay_map,
                                          frequency_energy, heat_conduction,
                                          heat_transfer, idct2d,
                                          spectral_filter,
                                          spectral_filter_reference)
 from .exact_reference import exact_spectral_filter
+from .workloads import coco_batch_sizes, stage_grids
 
 # Non-square, odd, square and degenerate (1 x n) grids.
 SHAPES = [(5, 8), (7, 3), (1, 1), (1, 6), (6, 1), (9, 9), (4, 4)]
@@ -86,6 +88,64 @@ def test_cached_tensors_made_under_inference_mode_serve_autograd():
     k = torch.rand(37, 29, 2, requires_grad=True)
     spectral_filter_reference(x, heat_transfer(k)).sum().backward()
     assert x.grad is not None and k.grad is not None
+
+
+class DeviceLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the devices of every op's tensor outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        return out
+
+
+def test_analytic_tensors_are_built_on_their_device():
+    """The basis and the energy map of a device are computed there: no
+    tensor on the CPU, so no host-to-device copy (shown on the ``meta``
+    device, which stands for CUDA here; sizes no other test uses)."""
+    with DeviceLog() as log:
+        basis = dct_basis(41, device='meta')
+        energy = frequency_energy(41, 43, device='meta')
+    assert basis.device.type == energy.device.type == 'meta'
+    assert log.devices == {'meta'}
+
+
+def test_caches_hold_a_coco_epoch():
+    """Every stage map of a COCO epoch (mmdet's 1333 x 800 keep-ratio
+    resize, two images per batch padded to 32) and every transform length
+    fit the caches at once: a second pass over the epoch's sizes builds
+    nothing again."""
+    maps = {(h, w)
+            for size in coco_batch_sizes()
+            for _, h, w in stage_grids(size)}
+    lengths = {n for hw in maps for n in hw}
+    assert (len(coco_batch_sizes()), len(maps), len(lengths)) == \
+        (372, 1488, 105)
+    caches = (spectral._cached_frequency_energy, spectral._cached_dct_basis)
+    try:
+        for cache in caches:
+            cache.cache_clear()
+        for _ in range(2):
+            for h, w in sorted(maps):
+                frequency_energy(h, w, device='meta')
+            for n in sorted(lengths):
+                for dtype in (torch.float32, torch.float64, torch.bfloat16):
+                    dct_basis(n, device='meta', dtype=dtype)
+        assert spectral._cached_frequency_energy.cache_info().misses == \
+            len(maps)
+        assert spectral._cached_dct_basis.cache_info().misses == \
+            3 * len(lengths)
+        assert len(maps) <= spectral.MAPS_CACHED
+        assert 3 * len(lengths) <= spectral.BASES_CACHED
+    finally:
+        for cache in caches:
+            cache.cache_clear()
 
 
 def test_dct_basis_rejects_empty_size():

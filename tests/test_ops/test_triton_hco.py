@@ -2,11 +2,12 @@
 """Tests of the Triton spectral filter (``mmvheat.ops.triton_hco``).
 
 On CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set
-per test: the kernel module wraps its kernels with ``triton.jit`` lazily, once
-per interpreter setting, so the variable can change inside the process). The
-interpreter is slow, so batches and channel counts are tiny; grids go beyond
-256 on each axis. ``TestOnGPU`` runs larger shapes compiled, and is skipped
-without CUDA.
+for the session by ``tests/conftest.py`` before the kernels are imported).
+The interpreter is slow, so batches and channel counts are tiny; grids go
+beyond 256 on each axis. ``TestOnGPU`` runs larger shapes compiled, and is
+skipped without CUDA. The kernels are run through
+:func:`~mmvheat.ops.dispatch.spectral_filter_kernel`: one path, with its
+gradients, no self-check or fallback.
 
 Every result is compared with the exact filter: scipy's orthonormal DCT in
 float64 on the same (for half dtypes: already rounded) inputs. Tolerances,
@@ -30,11 +31,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from mmvheat.ops import dct_basis
+from mmvheat.ops.dispatch import spectral_filter_kernel
 from .exact_reference import (FP32_RTOL, assert_close, exact_spectral_filter,
                               output_and_grads, random_inputs)
 
@@ -52,13 +55,16 @@ INTERPRETER_ROUNDING = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-11}
 # 16x32, 2 at 32x32), and each padded size.
 FUSED_SHAPES = [(1, 1, 1, 3), (2, 1, 5, 3), (1, 3, 7, 5), (2, 8, 8, 17),
                 (1, 16, 12, 6), (1, 17, 30, 3), (2, 20, 9, 3)]
-# Tiled path (batched GEMMs, any grid; forced on small grids too): each
-# GEMM tile (transform length <= 16, <= 32, more), column tiles that
-# straddle images and image rows, one-pixel sides, and grids above 256 on
-# each axis (stage 1 of an 800 x 1333 detection input is 200 x 334).
+# Tiled path (GEMMs along H, the row kernel or GEMMs along W; any grid;
+# forced on small grids too): each GEMM tile along H (length <= 16, <= 32,
+# more), each padded row of the row kernel (16 to 128; channels in blocks
+# that straddle the end, both gradients in one pass up to 64, two above),
+# rows longer than it takes (two GEMMs along W), column tiles that straddle
+# images and image rows, one-pixel sides, and grids above 256 on each axis
+# (stage 1 of an 800 x 1333 detection input is 200 x 334).
 TILED_SHAPES = [(1, 1, 1, 3), (2, 3, 7, 5), (1, 16, 12, 17), (2, 33, 40, 3),
-                (2, 70, 1, 3), (1, 1, 90, 2), (1, 300, 7, 2), (1, 5, 260, 2),
-                (1, 200, 334, 1)]
+                (2, 70, 1, 3), (1, 1, 90, 2), (2, 3, 100, 20), (1, 300, 7, 2),
+                (1, 5, 260, 2), (1, 200, 334, 1)]
 PATH_SHAPES = [('fused', s) for s in FUSED_SHAPES] + \
     [('tiled', s) for s in TILED_SHAPES]
 
@@ -90,8 +96,8 @@ def _assert_rounded(actual, exact, what, rounding):
 def test_forward_and_grads_fp32(interpret, path, shape):
     x, transfer, grad = random_inputs(shape)
     y, gx, gt = output_and_grads(
-        lambda a, t: triton_hco.spectral_filter_triton(a, t, path=path), x,
-        transfer, grad)
+        lambda a, t: spectral_filter_kernel(a, t, path=path), x, transfer,
+        grad)
     ey, egx, egt = exact_spectral_filter(x, transfer, grad)
     assert y.dtype == gx.dtype == gt.dtype == torch.float32
     assert_close(y, ey, f'{path} {shape} forward')
@@ -107,8 +113,8 @@ def test_forward_and_grads_fp32(interpret, path, shape):
 def test_forward_and_grads_half(interpret, dtype, path, shape):
     x, transfer, grad = random_inputs(shape, dtype)
     y, gx, gt = output_and_grads(
-        lambda a, t: triton_hco.spectral_filter_triton(a, t, path=path), x,
-        transfer, grad)
+        lambda a, t: spectral_filter_kernel(a, t, path=path), x, transfer,
+        grad)
     assert y.dtype == gx.dtype == dtype and gt.dtype == torch.float32
     # Exact results for the same (already rounded) inputs.
     ey, egx, egt = exact_spectral_filter(x, transfer, grad)
@@ -122,11 +128,11 @@ def test_grad_of_one_input_only(interpret, path):
     x, transfer, grad = random_inputs((2, 5, 6, 3))
     _, egx, egt = exact_spectral_filter(x, transfer, grad)
     t = transfer.clone().requires_grad_()
-    y = triton_hco.spectral_filter_triton(x, t, path=path)
+    y = spectral_filter_kernel(x, t, path=path)
     (gt, ) = torch.autograd.grad(y, t, grad)
     assert_close(gt, egt, 'grad transfer only')
     xr = x.clone().requires_grad_()
-    y = triton_hco.spectral_filter_triton(xr, transfer, path=path)
+    y = spectral_filter_kernel(xr, transfer, path=path)
     (gx, ) = torch.autograd.grad(y, xr, grad)
     assert_close(gx, egx, 'grad x only')
 
@@ -136,8 +142,7 @@ def test_grad_transfer_batch_chunks(interpret, monkeypatch, target):
     """grad_T summed over batch chunks: one chunk of 5, or chunks of 3 + 2."""
     monkeypatch.setattr(triton_hco, '_TARGET_PROGRAMS', target)
     x, transfer, grad = random_inputs((5, 7, 9, 3))
-    _, gx, gt = output_and_grads(triton_hco.spectral_filter_triton, x,
-                                 transfer, grad)
+    _, gx, gt = output_and_grads(spectral_filter_kernel, x, transfer, grad)
     _, egx, egt = exact_spectral_filter(x, transfer, grad)
     assert_close(gx, egx, 'grad x')
     assert_close(gt, egt, 'grad transfer')
@@ -150,11 +155,11 @@ def test_leading_dims_and_noncontiguous(interpret):
     for xi in (x[0], x.reshape(2, 3, 5, 4, 3), strided):
         for path in ('fused', 'tiled'):
             assert_close(
-                triton_hco.spectral_filter_triton(xi, transfer, path),
+                spectral_filter_kernel(xi, transfer, path),
                 exact_spectral_filter(xi, transfer), f'{path} {xi.shape}')
     # A float64 transfer is used in float32; its gradient comes back float64.
     t64 = transfer.double().requires_grad_()
-    triton_hco.spectral_filter_triton(x, t64).sum().backward()
+    spectral_filter_kernel(x, t64).sum().backward()
     assert t64.grad.dtype == torch.float64
 
 
@@ -171,23 +176,16 @@ def test_paths_by_grid_size():
 def test_kernel_rejects_bad_inputs(interpret):
     x, transfer, _ = random_inputs((1, 4, 5, 2))
     with pytest.raises(ValueError, match='does not match'):
-        triton_hco.spectral_filter_triton(x, transfer[:, :4])
+        spectral_filter_kernel(x, transfer[:, :4])
     with pytest.raises(ValueError, match='Triton HCO kernel takes'):
-        triton_hco.spectral_filter_triton(x.double(), transfer)
+        spectral_filter_kernel(x.double(), transfer)
     with pytest.raises(ValueError, match='Triton HCO kernel takes'):
-        triton_hco.spectral_filter_triton(x[:0], transfer)
+        spectral_filter_kernel(x[:0], transfer)
     with pytest.raises(ValueError, match='path must be one of'):
-        triton_hco.spectral_filter_triton(
+        spectral_filter_kernel(
             torch.zeros(1, 33, 8, 1), torch.ones(33, 8, 1), path='fused')
     with pytest.raises(ValueError, match='path must be one of'):
-        triton_hco.spectral_filter_triton(x, transfer, path='tile')
-
-
-def test_cpu_tensor_needs_interpreter(monkeypatch):
-    monkeypatch.setenv('TRITON_INTERPRET', '0')
-    x, transfer, _ = random_inputs((1, 4, 5, 2))
-    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
-        triton_hco.spectral_filter_triton(x, transfer)
+        spectral_filter_kernel(x, transfer, path='tile')
 
 
 class _RecordedKernel:
@@ -228,18 +226,18 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
     there, and every listed configuration is launched by one of these
     calls."""
     launched = set()
-    kernels = triton_hco._kernels(True)
-    recorded = types.SimpleNamespace(
-        **{
-            name: _RecordedKernel(name, getattr(kernels, name), launched)
-            for name in triton_hco._KERNEL_ARGS
-        })
-    monkeypatch.setattr(triton_hco, '_kernels', lambda interpret: recorded)
+    for name, kernel in triton_hco.KERNELS.items():
+        monkeypatch.setitem(triton_hco.KERNELS, name,
+                            _RecordedKernel(name, kernel, launched))
     # Padded grids 16x16, 16x32, 32x16, 32x32 (fused); transform lengths
-    # in each GEMM tile (<= 16, <= 32, more) on both axes (tiled).
+    # along H in each GEMM tile (<= 16, <= 32, more).
+    # Tiled: rows of each length the row kernel takes (padded 16 to 128),
+    # and rows longer than it takes (two GEMMs along W of the largest
+    # tile).
     shapes = {
         'fused': [(1, 3, 7, 1), (1, 5, 20, 1), (1, 20, 5, 1), (1, 20, 20, 1)],
-        'tiled': [(1, 40, 20, 1), (1, 20, 3, 1), (1, 3, 40, 1)]
+        'tiled': [(1, 40, 20, 1), (1, 20, 3, 1), (1, 3, 40, 1), (1, 2, 100, 1),
+                  (1, 1, 130, 1)]
     }
     for dtype in triton_hco.SUPPORTED_DTYPES:
         for path, path_shapes in shapes.items():
@@ -248,7 +246,7 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
                 for need in ((True, True), (True, False), (False, True)):
                     xr = x.clone().requires_grad_(need[0])
                     tr = transfer.clone().requires_grad_(need[1])
-                    y = triton_hco.spectral_filter_triton(xr, tr, path)
+                    y = spectral_filter_kernel(xr, tr, path)
                     torch.autograd.grad(
                         y, [t for t in (xr, tr) if t.requires_grad], grad)
     listed = {
@@ -259,6 +257,64 @@ def test_launches_only_listed_configurations(interpret, monkeypatch):
     assert listed <= launched, listed - launched
 
 
+class _Traffic(TorchDispatchMode):
+    """Counts global-memory bytes, launch by launch: each tensor a kernel
+    reads or writes by its role (patched ``_launch``; the filter and the
+    DCT matrices aside) and each operand and result of the torch ops on
+    maps (the product of the long-row backward, the sums over grad_T's
+    partials)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def launch(self, config, n_programs, *args):
+        arg = dict(
+            zip([n for n, _ in triton_hco._KERNEL_ARGS[config.kernel]], args))
+        params = dict(config.constexprs)
+        if config.kernel == 'hco_gemm_kernel':
+            used = ['in_ptr', 'out_ptr']
+        else:
+            used = ['src_ptr'] + ['x_ptr', 'gt_ptr'] * params['NEED_GT'] + \
+                ['out_ptr'] * params['STORE_OUT']
+        self.bytes += sum(arg[n].numel() * arg[n].element_size() for n in used)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.mul.Tensor, torch.ops.aten.sum.dim_IntList):
+            self.bytes += sum(t.numel() * t.element_size()
+                              for t in (*args, out)
+                              if isinstance(t, torch.Tensor))
+        return out
+
+
+@pytest.mark.parametrize('shape', [(3, 20, 20, 4), (64, 32, 32, 96),
+                                   (3, 5, 40, 4), (3, 5, 100, 40),
+                                   (64, 128, 128, 96), (3, 5, 130, 4)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_bytes_moved_counts_the_launches(monkeypatch, dtype, shape):
+    """The bytes the GPU report shows per element are those the launchers'
+    kernels and torch ops read and write, counted launch by launch on
+    ``meta`` tensors: each path of each grid, rows in the row kernel with
+    both gradients in one pass and in two, rows too long for it, batches
+    of few and many chunks for grad_T."""
+    x = torch.empty(shape, dtype=dtype, device='meta')
+    transfer = torch.empty(shape[1:], device='meta')
+    for n in shape[1:3]:
+        dct_basis(n, 'meta')  # built before: not the kernels' traffic
+    for path in triton_hco.kernel_paths(*shape[1:3]):
+        traffic = _Traffic()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(triton_hco, '_launch', traffic.launch)
+            with traffic:
+                triton_hco.launch_forward(x, transfer, path)
+                infer = traffic.bytes
+                triton_hco.launch_backward(x, transfer, x, True, True, path)
+        for train, counted in ((False, infer), (True, traffic.bytes)):
+            assert triton_hco.bytes_moved(path, shape, x.element_size(),
+                                          train) == counted, (path, train)
+
+
 _PROBE = textwrap.dedent('''
     """pytest plugin: count the Triton HCO launches of the session."""
     import os
@@ -266,7 +322,7 @@ _PROBE = textwrap.dedent('''
     import mmvheat.ops.triton_hco as hco
 
     _calls = []
-    _original = hco.spectral_filter_triton
+    _original = hco.launch_forward
 
 
     def _counted(*args, **kwargs):
@@ -274,7 +330,7 @@ _PROBE = textwrap.dedent('''
         return _original(*args, **kwargs)
 
 
-    hco.spectral_filter_triton = _counted
+    hco.launch_forward = _counted
 
 
     def pytest_sessionfinish(session, exitstatus):
@@ -331,7 +387,8 @@ class TestOnGPU:
 
     @pytest.fixture(autouse=True)
     def _compiled(self, monkeypatch):
-        monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+        if triton_hco.triton_interpret_enabled():
+            pytest.skip('the kernels were imported for the interpreter')
         monkeypatch.delenv(ENV, raising=False)
 
     # vHeat stages at 224 px (56 tiled; 28, 14, 7 fused), the fused limit
@@ -351,8 +408,8 @@ class TestOnGPU:
         for path in triton_hco.kernel_paths(h, w):
             y, gx, gt = (
                 t.cpu() for t in output_and_grads(
-                    lambda a, t: triton_hco.spectral_filter_triton(a, t, path),
-                    x.cuda(), transfer.cuda(), grad.cuda()))
+                    lambda a, t: spectral_filter_kernel(a, t, path), x.cuda(),
+                    transfer.cuda(), grad.cuda()))
             assert y.dtype == gx.dtype == dtype
             if dtype == torch.float32:
                 assert_close(y, ey, f'{path} {shape} forward')

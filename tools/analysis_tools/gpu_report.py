@@ -15,18 +15,20 @@ On a GPU (within 8 minutes)::
 
     python tools/analysis_tools/gpu_report.py --out-dir work_dirs/gpu_report
 
-Without one, the report's logic on tiny shapes (interpreted kernels)::
+Without one, the report's logic on tiny shapes (kernels in Triton's
+interpreter: ``TRITON_INTERPRET=1`` is set for ``--device cpu`` before the
+kernels are imported)::
 
     python tools/analysis_tools/gpu_report.py --device cpu --quick \\
         --out-dir work_dirs/gpu_report_cpu
 """
 import argparse
+import os
 import sys
 from functools import partial
 
 import torch
 
-from mmvheat.analysis.gpu_report import run_report
 from mmvheat.utils.io import UsageError, ensure_directory, run_tool
 
 
@@ -66,6 +68,10 @@ def report(args):
     if args.max_minutes <= 0:
         raise UsageError('--max-minutes must be positive')
     ensure_directory(args.out_dir, '--out-dir')
+    if device.type != 'cuda':
+        # Triton reads it when the kernels are imported (next line).
+        os.environ.setdefault('TRITON_INTERPRET', '1')
+    from mmvheat.analysis.gpu_report import run_report
     return run_report(
         args.out_dir,
         device,

@@ -15,14 +15,13 @@ import os.path as osp
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmvheat.ops.cpu import is_capturing_graph
 from mmvheat.utils.checkpoint_loading import CheckpointNotFoundError
+from mmvheat.utils.torch_modes import autocast_enabled, is_capturing_graph
 from mmvheat.utils.weights import (SHOWN_NAMES, CheckpointContentError,
                                    CheckpointMismatchError,
                                    load_state_dict_strictly)
@@ -39,15 +38,6 @@ DEFAULT_INIT_CFG = [
 
 # Layers that ``norm_eval`` keeps in eval mode while training.
 NORM_LAYERS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type
-        if device_type == 'cpu':
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
 
 
 def parse_out_indices(out_indices: Union[int, Sequence[int]],
@@ -348,7 +338,7 @@ class BaseBackbone(BaseModule):
                 "integer images with the model's data preprocessor, or "
                 'convert them with .float()')
         weight = conv.weight.dtype
-        if x.dtype != weight and not _autocast_enabled(x.device.type):
+        if x.dtype != weight and not autocast_enabled(x.device.type):
             raise ValueError(
                 f'{expected}; got {x.dtype} for weights in {weight}: convert '
                 f'the input (.to({weight})) or the model (e.g. .double() '

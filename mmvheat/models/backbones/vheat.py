@@ -15,9 +15,10 @@ copy. The outputs are NCHW, as OpenMMLab necks and heads expect.
 :meth:`VHeat.switch_to_deploy` specialises a model for inference, as
 mmpretrain's RepVGG does: each stage then keeps the filters ``decay ** k``
 it folded per input size, the blocks fuse their activations and residual
-adds into the linear layers on the CPU (:func:`mmvheat.ops.fused_linear`),
-and stages run on cache-sized sub-batches of the batch on the CPU. Outputs
-and state-dict keys are unchanged.
+adds into the linear layers on the CPU
+(:func:`mmvheat.models.layers.fused_linear`), and stages run on cache-sized
+sub-batches of the batch on the CPU. Outputs and state-dict keys are
+unchanged.
 """
 import re
 from collections import OrderedDict
@@ -30,10 +31,10 @@ from mmengine.logging import MMLogger
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
-from mmvheat.ops import (cpu_sub_batch_size, fused_linear, heat_transfer,
-                         spectral_filter)
+from mmvheat.ops import heat_transfer, spectral_filter
 from mmvheat.registry import MODELS, register_plain_name
-from ..layers import DropPath, resize_freq_embed
+from ..layers import (DropPath, cpu_sub_batch_size, fused_linear,
+                      resize_freq_embed)
 from .base import DEFAULT_INIT_CFG, BaseBackbone
 
 __all__ = ['VHeat', 'HeatStage', 'HeatBlock', 'HeatConduction2d', 'Mlp']

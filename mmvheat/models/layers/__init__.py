@@ -1,9 +1,10 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
+from .cpu_fast_paths import cpu_sub_batch_size, fused_linear
 from .drop_path import DropPath, drop_path
 from .freq_embed import pad_freq_embed, resize_freq_embed
 from .weight_init import ResetParametersInit
 
 __all__ = [
     'DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed',
-    'ResetParametersInit'
+    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size'
 ]

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    'ACTIVATIONS', 'cpu_autocast_enabled', 'cpu_sub_batch_size',
-    'fused_linear', 'is_capturing_graph'
-]
+from mmvheat.utils.torch_modes import autocast_enabled, is_capturing_graph
+
+__all__ = ['ACTIVATIONS', 'cpu_sub_batch_size', 'fused_linear']
 
 #: Activation name -> (eager function, oneDNN post-op, its algorithm).
 ACTIVATIONS = {
@@ -35,25 +34,6 @@ ACTIVATIONS = {
 
 _ONEDNN_OPS = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if hasattr(
     torch.ops, 'mkldnn') else None
-
-
-def cpu_autocast_enabled() -> bool:
-    """``torch.is_autocast_enabled('cpu')`` on any torch 2.x."""
-    try:
-        return torch.is_autocast_enabled('cpu')
-    except TypeError:  # torch < 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled()
-
-
-def is_capturing_graph() -> bool:
-    """Whether the code runs under TorchScript, tracing, ONNX export or
-    ``torch.compile``, where eager-only shortcuts must stay out."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    if torch.onnx.is_in_onnx_export():
-        return True
-    compiler = getattr(torch, 'compiler', None)
-    return compiler is not None and compiler.is_compiling()
 
 
 def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
@@ -68,7 +48,7 @@ def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if cpu_autocast_enabled() or is_capturing_graph():
+    if autocast_enabled('cpu') or is_capturing_graph():
         return False
     return x.numel() > 0 and x.is_contiguous()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvheat.ops import cpu_sub_batch_size, fused_linear
+from mmvheat.models.layers import cpu_sub_batch_size, fused_linear
 
 
 def eager(x, weight, bias, activation, residual):
