@@ -96,7 +96,9 @@ if __name__ == '__main__':
         long_description=readme(),
         long_description_content_type='text/markdown',
         keywords='computer vision, backbone, vHeat, OpenMMLab',
-        packages=find_packages(exclude=('configs', 'tools', 'tests')),
+        # The demo stays in the repository, as mmpretrain's demo/ does.
+        packages=find_packages(
+            exclude=('configs', 'tools', 'tests', 'demo', 'demo.*')),
         include_package_data=True,
         classifiers=[
             'Operating System :: OS Independent',

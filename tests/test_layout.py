@@ -17,7 +17,7 @@ PACKAGE_DIR = osp.dirname(mmvheat.__file__)
 #: checkpoint conversion).
 ROOMS = [
     'version', 'mim', 'utils', 'ops', 'registry', 'models', 'engine', 'apis',
-    'converters', 'demo', 'analysis'
+    'converters', 'analysis'
 ]
 
 

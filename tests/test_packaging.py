@@ -1,7 +1,8 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """The package's ``.mim`` folder: linked in a checkout, rebuilt by setup.py
 when the links are lost, copied into a wheel; a wheel installed into a fresh
-virtual environment (no source tree) resolves ``mmvheat::`` configs."""
+virtual environment (no source tree) resolves ``mmvheat::`` configs. The
+wheel holds the package and its ``.mim`` files only: not the demo beside it."""
 import os
 import os.path as osp
 import runpy
@@ -14,10 +15,11 @@ import zipfile
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MIM_FILES = ('configs', 'tools', 'model-index.yml')
-# What a build needs from the repository.
+# What a build needs from the repository, and the demo, which must stay out
+# of the wheel.
 SOURCE = ('setup.py', 'pyproject.toml', 'MANIFEST.in', 'README.md',
           'model-index.yml', 'requirements.txt', 'requirements', 'mmvheat',
-          'configs', 'tools')
+          'configs', 'tools', 'demo')
 BASE = 'vheat/vheat-tiny_upernet_8xb2-160k_ade20k-512x512.py'
 
 
@@ -84,8 +86,9 @@ def test_wheel_in_a_fresh_venv_resolves_mmvheat_configs(tmp_path):
                 'configs/vheat/mask-rcnn_tta.py', 'tools/train.py',
                 'tools/slurm_train.sh'):
         assert f'mmvheat/.mim/{rel}' in names, rel
+    # The demo stays in the repository.
     assert not any(
-        n.startswith(('configs/', 'tools/', 'tests/')) for n in names)
+        n.startswith(('configs/', 'tools/', 'tests/', 'demo/')) for n in names)
 
     # Nothing of this checkout on the path: no PYTHONPATH.
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}

@@ -21,7 +21,8 @@ the evaluators' tables) is in ``<work-dir>/<task>/<phase>.log``, whose
 first lines are the commands to run it again by hand. A phase that fails
 ends the demo with its log's path and last lines, and exit status 1. Sized
 for a 2-core CPU (about 12 minutes); ``--tasks`` picks one model and
-``--max-iters`` trains longer or shorter.
+``--max-iters`` trains longer or shorter. The demo's code is in ``demo/``,
+beside the package.
 """
 import argparse
 import json
@@ -34,18 +35,21 @@ import time
 import traceback
 import warnings
 
+# The demo is beside the package, in this checkout's demo/ (never installed);
+# this checkout's mmvheat comes first too, as in the commands the demo runs.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 # isort: off
 # Importing mmengine warns that pkg_resources is deprecated: not for people.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
-from mmvheat.demo import DEMO_DET_METAINFO, DEMO_SEG_METAINFO  # noqa: E402
-from mmvheat.demo.console import Console, TaskThread  # noqa: E402
-from mmvheat.demo.console import duration, log_tail  # noqa: E402
-from mmvheat.demo.console import report_failure  # noqa: E402
-from mmvheat.demo.results import classes_at_zero, format_table  # noqa: E402
-from mmvheat.demo.results import format_markdown_table  # noqa: E402
-from mmvheat.demo.workflow import DEMO_TASKS, RUN_PHASES  # noqa: E402
-from mmvheat.demo.workflow import PROJECT_ROOT, TaskPlan  # noqa: E402
-from mmvheat.demo.workflow import child_env  # noqa: E402
+from demo.console import Console, TaskThread  # noqa: E402
+from demo.console import duration, log_tail  # noqa: E402
+from demo.console import report_failure  # noqa: E402
+from demo.data import DEMO_DET_METAINFO, DEMO_SEG_METAINFO  # noqa: E402
+from demo.results import classes_at_zero, format_table  # noqa: E402
+from demo.results import format_markdown_table  # noqa: E402
+from demo.workflow import DEMO_TASKS, RUN_PHASES  # noqa: E402
+from demo.workflow import PROJECT_ROOT, TaskPlan  # noqa: E402
+from demo.workflow import child_env  # noqa: E402
 from mmvheat.utils.io import positive_int  # noqa: E402
 # isort: on
 
@@ -103,7 +107,7 @@ def parse_args(argv=None):
 
 def draw_picture(args, threads) -> str:
     """``summary.png`` from the test phases' predictions; its path."""
-    from mmvheat.demo.summary import DetPanels, SegPanels, draw_summary
+    from demo.summary import DetPanels, SegPanels, draw_summary
     panels = {}
     for name, thread in threads.items():
         predictions = thread.phases['test'].outputs['predictions']

@@ -3,7 +3,7 @@
 #
 #   bash tools/lint.sh [--fix] [PATH...]
 #
-# Checks mmvheat/, tools/, tests/, configs/ and setup.py (or the PATHs) and
+# Checks mmvheat/, demo/, tools/, tests/, configs/ and setup.py (or the PATHs) and
 # exits non-zero when any linter objects; --fix lets isort and yapf rewrite
 # the files instead (flake8 still reports what they cannot fix). Uses
 # $PYTHON, else the environment tools/setup_env.sh sets up.
@@ -16,7 +16,7 @@ if [ "${1:-}" = --fix ]; then
     shift
 fi
 paths=("$@")
-[ ${#paths[@]} -gt 0 ] || paths=(mmvheat tools tests configs setup.py)
+[ ${#paths[@]} -gt 0 ] || paths=(mmvheat demo tools tests configs setup.py)
 
 if [ -z "${PYTHON:-}" ]; then
     mmvheat_resolve_env

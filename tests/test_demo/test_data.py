@@ -11,11 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from mmvheat.demo import (DEMO_CLS_CLASSES, DEMO_CLS_METAINFO,
-                          DEMO_DET_CLASSES, DEMO_DET_METAINFO,
-                          DEMO_SEG_CLASSES, DEMO_SEG_METAINFO, MARKER_NAME,
-                          make_ade20k_like, make_coco_instances,
-                          make_demo_data, make_imagenet_like, render_scene)
+from demo.data import (DEMO_CLS_CLASSES, DEMO_CLS_METAINFO, DEMO_DET_CLASSES,
+                       DEMO_DET_METAINFO, DEMO_SEG_CLASSES, DEMO_SEG_METAINFO,
+                       MARKER_NAME, make_ade20k_like, make_coco_instances,
+                       make_demo_data, make_imagenet_like, render_scene)
 
 TINY = dict(num_train=8, num_val=4, image_size=(64, 64))
 
@@ -461,7 +460,7 @@ def test_classes_balanced(tmp_path):
 
 
 def test_balanced_labels_defer_unplaced_shapes():
-    from mmvheat.demo.data import BalancedLabels
+    from demo.data import BalancedLabels
     labels = BalancedLabels(np.random.default_rng(0), num_classes=3)
     first = labels.peek(4)
     # each block of three is one of each class

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mmvheat.demo import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
-from mmvheat.demo.console import Console
-from mmvheat.demo.phases import IterProgress
+from demo.console import Console
+from demo.data import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
+from demo.phases import IterProgress
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'tools', 'demo.py')
@@ -39,12 +39,10 @@ PHASE_LINE = re.compile(r'^\[(det|seg)\] (\S.*?)\s{2,}.*\d+ s$')
 
 
 def _run(args, tmp):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+    """``python tools/demo.py ARGS`` from ``tmp``, as a person runs it: the
+    tool finds the demo and this checkout's mmvheat itself."""
     return subprocess.run([sys.executable, DEMO, *args],
                           cwd=str(tmp),
-                          env=env,
                           stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE,
                           text=True,
@@ -105,7 +103,7 @@ def test_logs_in_the_work_dir(tiny_run):
             line for line in logs['untrained'].splitlines()
             if line.startswith('$ ')
         ]
-        assert 'mmvheat.demo.initial_weights' in commands[0]
+        assert 'demo.initial_weights' in commands[0]
         assert 'tools/test.py' in commands[1]
         # the whole output: the config dump and mmengine's lines
         assert "type='mmvheat.VHeat'" in logs['train']
@@ -189,7 +187,7 @@ def test_per_class_metrics_match_the_predictions(tiny_run):
 @pytest.mark.slow
 def test_summary_png(tiny_run):
     picture = cv2.imread(osp.join(tiny_run['work'], 'summary.png'))
-    from mmvheat.demo.summary import DPI, PANEL_INCHES
+    from demo.summary import DPI, PANEL_INCHES
 
     # two images wide, five rows of panels
     assert picture.shape[1] > 2 * PANEL_INCHES * DPI
@@ -212,7 +210,7 @@ def test_a_failing_phase(tiny_run):
     assert lines[2:] == ['']
     errors = result.stderr.splitlines()
     assert errors[0] == ('FAILED: [seg] evaluate untrained: '
-                         'mmvheat.demo.initial_weights exited with status 1')
+                         'demo.initial_weights exited with status 1')
     log = osp.join(str(tiny_run['tmp'] / 'fail'), 'seg', 'untrained.log')
     assert errors[1] == f'log: {log}'
     assert errors[2] == 'last lines of the log:'

@@ -4,9 +4,9 @@ import os.path as osp
 
 import torch
 
+from demo.initial_weights import main
+from demo.workflow import DEMO_TASKS, PROJECT_ROOT
 from mmvheat.apis import build_model, load_weights
-from mmvheat.demo.initial_weights import main
-from mmvheat.demo.workflow import DEMO_TASKS, PROJECT_ROOT
 
 CONFIG = osp.join(PROJECT_ROOT, DEMO_TASKS['seg'].config)
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mmvheat.demo.phases import (IterProgress, PhaseError, parse_progress,
-                                 run_logged, stop_process)
+from demo.phases import (IterProgress, PhaseError, parse_progress, run_logged,
+                         stop_process)
 
 # Lines as mmengine 0.10's LoggerHook prints them (copied from a demo log).
 TRAIN_LINE = (

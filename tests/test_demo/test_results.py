@@ -15,12 +15,10 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from mmvheat.demo import (DEMO_DET_CLASSES, DEMO_DET_METAINFO,
-                          DEMO_SEG_CLASSES, DEMO_SEG_METAINFO,
-                          make_coco_instances)
-from mmvheat.demo.results import (classes_at_zero, format_markdown_table,
-                                  format_table, read_final_metrics,
-                                  read_tables, read_test_log)
+from demo.data import (DEMO_DET_CLASSES, DEMO_DET_METAINFO, DEMO_SEG_CLASSES,
+                       DEMO_SEG_METAINFO, make_coco_instances)
+from demo.results import (classes_at_zero, format_markdown_table, format_table,
+                          read_final_metrics, read_tables, read_test_log)
 
 
 def _final_line(metrics):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmvheat.demo import (DEMO_DET_METAINFO, DEMO_SEG_METAINFO,
-                          make_ade20k_like, make_coco_instances)
-from mmvheat.demo.summary import (DPI, PANEL_INCHES, DetPanels, SegPanels,
-                                  colour_labels, draw_summary)
+from demo.data import (DEMO_DET_METAINFO, DEMO_SEG_METAINFO, make_ade20k_like,
+                       make_coco_instances)
+from demo.summary import (DPI, PANEL_INCHES, DetPanels, SegPanels,
+                          colour_labels, draw_summary)
 
 SIZE = (64, 64)
 NUM_VAL = 3

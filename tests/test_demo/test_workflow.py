@@ -7,9 +7,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmvheat.demo.workflow import (DEMO_TASKS, PROJECT_ROOT, TaskPlan,
-                                   child_env, schedule_options,
-                                   task_cfg_options, trained_checkpoint)
+from demo.workflow import (DEMO_TASKS, PROJECT_ROOT, TaskPlan, child_env,
+                           schedule_options, task_cfg_options,
+                           trained_checkpoint)
 
 
 def _merged(config, options):
@@ -117,7 +117,7 @@ def test_plan_commands(tmp_path):
     untrained = plan.untrained()
     weights = osp.join(work, 'det', 'untrained', 'initial_weights.pth')
     make, test = untrained.commands
-    assert make[1:4] == ['-m', 'mmvheat.demo.initial_weights', plan.config]
+    assert make[1:4] == ['-m', 'demo.initial_weights', plan.config]
     assert make[4] == weights and test[2:4] == [plan.config, weights]
     for command in untrained.commands:
         options = command[command.index('--cfg-options') + 1:]

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mmvheat.demo import data as demo_data
+from demo import data as demo_data
 from .tiny_runs import CONFIGS, RUN_LENGTHS, TRAIN, run_cmd, write_file
 
 

@@ -2,7 +2,7 @@
 """The MPViT demo configs end to end through tools/train.py and tools/test.py.
 
 ``configs/mpvit/demo/*.py`` on a handful of generated shapes images
-(:func:`mmvheat.demo.make_coco_instances` / ``make_ade20k_like``): a few
+(:func:`demo.data.make_coco_instances` / ``make_ade20k_like``): a few
 training iterations of MPViT-T Mask R-CNN and UperNet, then testing the last
 checkpoint with and without ``--tta``. The data root, dataloaders and
 schedule are overridden with ``--cfg-options`` only; the configs themselves
@@ -63,7 +63,7 @@ def _options(library, data_root):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    from mmvheat.demo import make_ade20k_like, make_coco_instances
+    from demo.data import make_ade20k_like, make_coco_instances
     root = tmp_path_factory.mktemp('mpvit_demo_data')
     make_coco_instances(
         str(root / 'coco'), 4, 2, image_size=(128, 128), max_instances=2)

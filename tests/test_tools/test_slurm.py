@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from mmvheat.demo import data as demo_data
+from demo import data as demo_data
 from .test_train_test import _free_port, _metric
 from .tiny_runs import cls_config, tool_env, write_file
 

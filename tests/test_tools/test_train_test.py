@@ -6,7 +6,7 @@ instances, ADE20K layout, ImageNet layout): a few training iterations, then
 testing with and without ``--tta``, for mmpretrain, mmdet and mmseg configs
 that inherit the libraries' own ``_base_`` files; an interrupted run resumed
 with ``--resume``; a two-process CPU (gloo) run through the dist scripts.
-The datasets come from the demo's generator (:mod:`mmvheat.demo.data`).
+The datasets come from the demo's generator (:mod:`demo.data`).
 """
 import argparse
 import copy

@@ -14,23 +14,24 @@ writes, in the real formats,
 Pictures of circles, squares and triangles on textured backgrounds; the
 same seed gives byte-identical files. A dataset that is already there with
 the same parameters is kept as it is (the run takes milliseconds); other
-parameters regenerate it. See mmvheat/demo/data.py.
+parameters regenerate it. See demo/data.py.
 """
 import argparse
 import os.path as osp
 import sys
 import time
 
-try:
-    import mmvheat  # noqa: F401
-except ImportError:  # not installed: this checkout
-    sys.path.insert(
-        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+# The generator is beside the package, in this checkout's demo/ (never
+# installed); this checkout's mmvheat comes first too.
+sys.path.insert(0,
+                osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmvheat.demo.data import DEMO_CLS_CLASSES  # noqa: E402
-from mmvheat.demo.data import (DEFAULTS, DEMO_DET_CLASSES, DEMO_SEG_CLASSES,
-                               TASK_DIRS, make_demo_data, print_progress)
+# isort: off
+from demo.data import (  # noqa: E402
+    DEFAULTS, DEMO_CLS_CLASSES, DEMO_DET_CLASSES, DEMO_SEG_CLASSES, TASK_DIRS,
+    make_demo_data, print_progress)
 from mmvheat.utils.io import int_at_least  # noqa: E402
+# isort: on
 
 _WHAT = dict(
     det=('COCO instances', DEMO_DET_CLASSES,

@@ -4,7 +4,7 @@
 # proposal budget cut to fit a few minutes of CPU training.
 _base_ = ['../mask-rcnn_vheat-t_fpn_1x_coco.py']
 
-# Names as mmvheat.demo.DEMO_DET_CLASSES.
+# Names as DEMO_DET_CLASSES in demo/data.py.
 classes = ('circle', 'square', 'triangle')
 data_root = 'data/demo/coco/'
 image_size = (128, 128)

@@ -13,7 +13,7 @@
 # only after a few hundred steps.
 _base_ = ['../vheat-tiny_upernet_8xb2-160k_ade20k-512x512.py']
 
-# Names and colours as mmvheat.demo.DEMO_SEG_METAINFO.
+# Names and colours as DEMO_SEG_METAINFO in demo/data.py.
 classes = ('background', 'circle', 'square', 'triangle')
 palette = [[120, 120, 120], [220, 20, 60], [0, 130, 230], [250, 170, 30]]
 data_root = 'data/demo/ade/'

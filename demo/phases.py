@@ -92,7 +92,7 @@ class PhaseError(RuntimeError):
     @property
     def program(self) -> str:
         """What failed, for people: the script or module a Python command
-        ran (``train.py``, ``mmvheat.demo.initial_weights``), else the
+        ran (``train.py``, ``demo.initial_weights``), else the
         executable."""
         args = self.command[1:]
         if args[:1] == ['-m'] and len(args) > 1:

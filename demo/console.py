@@ -3,7 +3,7 @@
 
 :class:`Console` writes the lines that stay and, on a terminal, redraws one
 status line per running task beneath them; :class:`TaskThread` runs one
-task's phases (:func:`mmvheat.demo.workflow.run_plan`) and reports them to
+task's phases (:func:`demo.workflow.run_plan`) and reports them to
 the console. :func:`report_failure` prints a failed phase, its log and the
 log's last lines.
 """
@@ -118,7 +118,7 @@ class Console:
 
 
 class TaskThread(threading.Thread):
-    """One model's phases (:func:`mmvheat.demo.workflow.run_plan`), its
+    """One model's phases (:func:`demo.workflow.run_plan`), its
     phase lines and progress on the console."""
 
     def __init__(self, plan, console, env, stopping):

@@ -5,7 +5,7 @@ For each task (``det``: vHeat-T Mask R-CNN, ``seg``: vHeat-T UperNet),
 ``tools/demo.py`` generates the data, evaluates the untrained model,
 trains it from scratch, tests it, and tests it with ``--tta``. Every phase is a
 list of command lines of the project's tools (:class:`Phase`), run with
-:func:`mmvheat.demo.phases.run_logged`; the data and the configs are the
+:func:`demo.phases.run_logged`; the data and the configs are the
 ones a person would use, pointed at the demo's data root with
 ``--cfg-options`` only. Layout of the work directory::
 
@@ -33,7 +33,7 @@ __all__ = [
     'run_plan'
 ]
 
-PROJECT_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN_TOOL = osp.join(PROJECT_ROOT, 'tools', 'train.py')
 TEST_TOOL = osp.join(PROJECT_ROOT, 'tools', 'test.py')
 MAKE_DATA_TOOL = osp.join(PROJECT_ROOT, 'tools', 'dataset_converters',
@@ -102,7 +102,7 @@ class Phase:
 
     def read_results(self) -> Dict[str, float]:
         """The metric rows of a test phase's log
-        (:func:`mmvheat.demo.results.read_test_log`)."""
+        (:func:`demo.results.read_test_log`)."""
         with open(self.log_path, encoding='utf-8', errors='replace') as f:
             return read_test_log(f.read(), self.library, self.log_path)
 
@@ -208,9 +208,9 @@ class TaskPlan:
         cfg_options (Sequence[str]): More ``--cfg-options`` for every
             command. Defaults to ().
         num_train (int, optional): Training images to generate. Defaults
-            to None (:data:`mmvheat.demo.data.DEFAULTS`).
+            to None (:data:`demo.data.DEFAULTS`).
         num_val (int, optional): Validation images to generate. Defaults
-            to None (:data:`mmvheat.demo.data.DEFAULTS`).
+            to None (:data:`demo.data.DEFAULTS`).
     """
 
     def __init__(self,
@@ -265,8 +265,8 @@ class TaskPlan:
         return Phase(
             self.task.name,
             'untrained', [
-                python_command('-m', 'mmvheat.demo.initial_weights',
-                               self.config, initial, *self.options),
+                python_command('-m', 'demo.initial_weights', self.config,
+                               initial, *self.options),
                 python_command(TEST_TOOL, self.config, initial, '--work-dir',
                                osp.join(self.root, 'untrained'), *self.options)
             ],
@@ -332,7 +332,7 @@ def run_plan(plan: TaskPlan,
             finished (with its seconds; a test phase's results are read by
             then, in ``phase.results``). Default to None.
         on_process (Callable, optional): See
-            :func:`mmvheat.demo.phases.run_logged`. Defaults to None.
+            :func:`demo.phases.run_logged`. Defaults to None.
 
     Returns:
         dict: ``{phase name: Phase}``.

@@ -73,6 +73,10 @@ __all__ = [
 #: Bump whenever the pictures or the layout change: older datasets on disk
 #: are then regenerated instead of reused.
 GENERATOR_VERSION = 2
+#: The generator's name in the datasets it writes (their marker, the COCO
+#: files' ``info``): the module's name when they were first written, kept so
+#: that the files, and the datasets already generated, stay as they are.
+GENERATOR_NAME = 'mmvheat.demo.data'
 MARKER_NAME = '.mmvheat_demo.json'
 JPEG_QUALITY = 92
 
@@ -443,7 +447,7 @@ def _generate(root: str, fmt: str, params: dict, writer, overwrite: bool,
     """Run ``writer(tmp_dir) -> stats`` unless ``root`` is up to date."""
     root = osp.abspath(root)
     signature = dict(
-        generator='mmvheat.demo.data',
+        generator=GENERATOR_NAME,
         format=fmt,
         version=GENERATOR_VERSION,
         params=params)
@@ -605,7 +609,7 @@ def make_coco_instances(root: str,
                     description='mmvheat synthetic shapes (demo data)',
                     version=str(GENERATOR_VERSION),
                     year=2017,
-                    contributor='mmvheat.demo.data',
+                    contributor=GENERATOR_NAME,
                     date_created='2017-01-01'),
                 licenses=[dict(id=0, name='generated', url='')],
                 images=images,

@@ -2,9 +2,9 @@
 """A config's model as training starts it, saved as a checkpoint.
 
 The demo evaluates this checkpoint with ``tools/test.py`` for its
-"untrained" baseline::
+"untrained" baseline; from the repository root::
 
-    python -m mmvheat.demo.initial_weights CONFIG OUT.pth \
+    python -m demo.initial_weights CONFIG OUT.pth \
         [--cfg-options K=V ...]
 
 The model is built with its library's registry and initialised with
