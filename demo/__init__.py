@@ -16,8 +16,8 @@ its data alone.
   training progress as it comes.
 * :mod:`demo.initial_weights`: the untrained model as a checkpoint (the
   baseline the first test evaluates).
-* :mod:`demo.results`: the metrics of a test, read from its log, and
-  their table.
+* :mod:`demo.results`: the metrics of a test, read from the files
+  ``tools/test.py`` writes, and their table.
 * :mod:`demo.summary`: ``summary.png``, the predictions beside the ground
   truth.
 * :mod:`demo.console`: the lines people see while it runs.

@@ -1,120 +1,235 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""The demo's metrics, read from the logs of ``tools/test.py``.
+"""The demo's metrics, read from the files ``tools/test.py`` writes.
 
-mmengine's ``LoggerHook`` ends a test with one line of metrics
-(``Iter(test) [50/50]  aAcc: 95.1  mIoU: 80.2 ...``); the per-class numbers
-are only in the tables the evaluators print before it: mmseg's
-``IoUMetric`` (``per class results:``, columns ``Class | IoU | Acc``) and
-mmdet's ``CocoMetric`` with ``classwise=True`` (one table per ``Evaluating
-bbox...`` / ``Evaluating segm...``, columns ``category | mAP | ...``; the
-metrics it returns keep only the last table's per-class AP). This module
-reads both back from the log, in percent, and lays the runs out side by
-side.
+A test leaves two files behind:
+
+* the evaluator's metrics, which mmengine's ``LoggerHook`` writes as JSON
+  to ``<work_dir>/<timestamp>/<timestamp>.json``: ``coco/bbox_mAP`` and
+  ``coco/segm_mAP`` (mmdet's ``CocoMetric``), ``mIoU`` and ``aAcc``
+  (mmseg's ``IoUMetric``, in percent);
+* the predictions of ``--out``: the pickle of mmdet's ``DumpDetResults``
+  (boxes, scores, labels, RLE masks per image), or the label maps mmseg's
+  ``IoUMetric`` writes (one PNG per image, label + 1 with
+  ``reduce_zero_label``).
+
+The overall metrics are the JSON's. The evaluators print their per-class
+numbers but do not return them (``IoUMetric`` returns means only;
+``CocoMetric`` returns one ``<class>_precision`` per class, overwritten by
+each metric, so only the masks' survive), so the per-class rows are
+computed again from the predictions and the ground truth, with the
+evaluators' own code and rounding. The overall metrics computed that way
+must equal the JSON's: that checks that the predictions are the ones the
+test scored. :func:`format_table` and :func:`format_markdown_table` lay the
+runs out side by side.
 """
+import contextlib
+import io
+import json
+import logging
 import math
-import re
+import os
+import os.path as osp
+import threading
 from collections import OrderedDict
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .data import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
 
 __all__ = [
-    'LogTable', 'read_tables', 'read_final_metrics', 'read_test_log',
+    'read_test_metrics', 'coco_metrics', 'iou_metrics', 'read_test_results',
     'format_table', 'format_markdown_table', 'classes_at_zero'
 ]
 
-_FINAL = re.compile(r'Iter\(test\)\s*\[\s*(\d+)/(\1)\]')
-_PAIR = re.compile(r'(?P<key>[\w/.]+): (?P<value>-?(?:\d+\.?\d*|nan|inf))')
-_EVALUATING = re.compile(r'Evaluating (?P<metric>bbox|segm|proposal)\.\.\.')
+#: The datasets' validation split, as :mod:`demo.data` writes it.
+COCO_VAL_ANN = osp.join('annotations', 'instances_val2017.json')
+ADE_VAL_LABELS = osp.join('annotations', 'validation')
+IGNORE_INDEX = 255
+
+# The evaluators print (pycocotools) and log at INFO (mmdet, mmseg) as they
+# go; the demo's console is for its own lines. One evaluation at a time:
+# stdout and the logger's level are the process's.
+_QUIET_LOCK = threading.Lock()
 
 
-class LogTable:
-    """A table printed in a log (PrettyTable or terminaltables style).
+@contextlib.contextmanager
+def _quiet():
+    """Keep what the evaluators print and log at INFO off the console."""
+    from mmengine.logging import MMLogger
+    with _QUIET_LOCK:
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            logger.setLevel(level)
+
+
+def read_test_metrics(work_dir: str) -> Dict[str, float]:
+    """The metrics of the last test run in ``work_dir``.
 
     Args:
-        context (str): The last evaluator message before the table
-            (``'per class results'``, ``'bbox'`` or ``'segm'``), or ``''``.
-        header (list[str]): The column names.
-        rows (list[list[str]]): The cells, as printed.
+        work_dir (str): The test's ``--work-dir``.
+
+    Returns:
+        dict: What mmengine's ``LoggerHook`` wrote to
+        ``<work_dir>/<timestamp>/<timestamp>.json`` (the latest timestamp):
+        the evaluator's metrics (``nan`` where it had none), and the test's
+        times.
+
+    Raises:
+        ValueError: ``work_dir`` holds no such file.
     """
-
-    def __init__(self, context: str, header: List[str], rows: List[List[str]]):
-        self.context = context
-        self.header = header
-        self.rows = rows
-
-    def column(self, name: str) -> 'OrderedDict[str, float]':
-        """``{first cell: float(cell of column name)}`` for each row."""
-        index = self.header.index(name)
-        return OrderedDict((row[0], float(row[index])) for row in self.rows)
-
-    def __repr__(self) -> str:
-        return (f'LogTable(context={self.context!r}, header={self.header}, '
-                f'{len(self.rows)} rows)')
+    runs = sorted(
+        name for name in os.listdir(work_dir)
+        if osp.isfile(osp.join(work_dir, name, f'{name}.json')))
+    if not runs:
+        raise ValueError(f'{work_dir} holds no <timestamp>/<timestamp>.json '
+                         'of the metrics (did the test finish?)')
+    path = osp.join(work_dir, runs[-1], f'{runs[-1]}.json')
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
 
 
-def _cells(line: str) -> List[str]:
-    return [cell.strip() for cell in line.strip().strip('|').split('|')]
+def coco_metrics(predictions: str,
+                 ann_file: str,
+                 classes: Sequence[str] = DEMO_DET_CLASSES
+                 ) -> 'OrderedDict[str, float]':
+    """Box and mask AP of a detector's predictions, overall and per class.
 
-
-def read_tables(text: str) -> List[LogTable]:
-    """Every ``+---+`` / ``| a | b |`` table in ``text``, in order."""
-    tables, context = [], ''
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        evaluating = _EVALUATING.search(line)
-        if evaluating:
-            context = evaluating['metric']
-        elif 'per class results' in line:
-            context = 'per class results'
-        if not (line.startswith('+') and line.endswith('+')):
-            i += 1
-            continue
-        block = []
-        while i < len(lines) and lines[i].strip()[:1] in ('+', '|'):
-            if lines[i].strip().startswith('|'):
-                block.append(_cells(lines[i]))
-            i += 1
-        if len(block) >= 2:
-            tables.append(LogTable(context, block[0], block[1:]))
-    return tables
-
-
-def read_final_metrics(text: str) -> 'OrderedDict[str, float]':
-    """The metrics of the last ``Iter(test) [N/N]`` line of a log."""
-    found = None
-    for line in text.splitlines():
-        match = _FINAL.search(line)
-        if match:
-            found = line[match.end():]
-    if found is None:
-        raise ValueError('the log holds no final "Iter(test) [N/N]" line '
-                         '(did the test finish?)')
-    return OrderedDict((m['key'], float(m['value']))
-                       for m in _PAIR.finditer(found)
-                       if m['key'] not in ('time', 'data_time'))
-
-
-def _table_for(tables: Sequence[LogTable], context: str, column: str,
-               log_name: str) -> LogTable:
-    for table in reversed(tables):
-        if table.context == context and column in table.header:
-            return table
-    raise ValueError(f'{log_name} holds no per-class table with a {column!r} '
-                     f'column after "{context}" (mmseg IoUMetric, or mmdet '
-                     'CocoMetric with classwise=True)')
-
-
-def read_test_log(text: str,
-                  library: str,
-                  log_name: str = 'the log') -> 'OrderedDict[str, float]':
-    """The rows of the demo's table from a ``tools/test.py`` log.
+    mmdet's ``CocoMetric`` with ``classwise=True``, one metric at a time, on
+    what ``tools/test.py --out`` dumped.
 
     Args:
-        text (str): The log.
+        predictions (str): The pickle of ``--out``.
+        ann_file (str): The COCO annotations of the images.
+        classes (Sequence[str]): The class names, in label order. Defaults
+            to :data:`demo.data.DEMO_DET_CLASSES`.
+
+    Returns:
+        OrderedDict: ``{'bbox_mAP': AP, 'bbox | <class>': AP, ...,
+        'segm_mAP': ..., 'segm | <class>': ...}``, fractions rounded to 3
+        decimals as ``CocoMetric`` rounds them; ``nan`` for a class without
+        ground truth.
+
+    Raises:
+        ValueError: There are no predictions at all.
+    """
+    import mmengine
+    from mmdet.evaluation import CocoMetric
+    samples = mmengine.load(predictions)
+    values = OrderedDict()
+    with _quiet():
+        for kind in ('bbox', 'segm'):
+            metric = CocoMetric(ann_file=ann_file, metric=kind, classwise=True)
+            metric.dataset_meta = dict(classes=tuple(classes))
+            metric.process({}, samples)
+            found = metric.compute_metrics(metric.results)
+            if f'{kind}_mAP' not in found:  # CocoMetric logged an error
+                raise ValueError(f'{predictions} holds no {kind} predictions')
+            values[f'{kind}_mAP'] = found[f'{kind}_mAP']
+            for name in classes:
+                values[f'{kind} | {name}'] = found[f'{name}_precision']
+    return values
+
+
+def _read_label_map(path: str, reduce_zero_label: bool):
+    """Labels as mmseg's ``LoadAnnotations`` reads them: with
+    ``reduce_zero_label``, 0 (unlabelled) becomes 255 and every other label
+    one less."""
+    import cv2
+    import numpy as np
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise FileNotFoundError(f'cannot read label map {path}')
+    labels = labels.astype(np.int64)
+    if reduce_zero_label:
+        labels = np.where(labels == 0, IGNORE_INDEX + 1, labels) - 1
+    return labels
+
+
+def _two_decimals(value) -> float:
+    """``IoUMetric`` rounds its float32 values to 2 decimals and prints
+    them so; the same number as a float (79.7, not 79.69999694824219)."""
+    return round(float(value), 2)
+
+
+def iou_metrics(prediction_dir: str,
+                label_dir: str,
+                classes: Sequence[str] = DEMO_SEG_CLASSES,
+                reduce_zero_label: bool = True) -> 'OrderedDict[str, float]':
+    """mIoU, per-class IoU and pixel accuracy of a segmentor's label maps.
+
+    mmseg's ``IoUMetric``: its areas (``intersect_and_union``) summed over
+    the images, its metrics (``total_area_to_metrics``) and its rounding.
+
+    Args:
+        prediction_dir (str): The PNGs of ``tools/test.py --out``.
+        label_dir (str): The ground-truth label maps (same names).
+        classes (Sequence[str]): The class names, in label order. Defaults
+            to :data:`demo.data.DEMO_SEG_CLASSES`.
+        reduce_zero_label (bool): The PNGs hold label + 1, 0 is unlabelled
+            (ADE20K). Defaults to True.
+
+    Returns:
+        OrderedDict: ``{'mIoU': ..., 'mIoU | <class>': IoU, ..., 'aAcc':
+        ...}`` in percent, 2 decimals; ``nan`` for a class neither
+        predicted nor in the ground truth.
+
+    Raises:
+        FileNotFoundError: An image has no predicted label map.
+    """
+    import numpy as np
+    import torch
+    from mmseg.evaluation import IoUMetric
+    names = sorted(n for n in os.listdir(label_dir) if n.endswith('.png'))
+    totals = [0, 0, 0, 0]
+    for name in names:
+        predicted = osp.join(prediction_dir, name)
+        if not osp.isfile(predicted):
+            raise FileNotFoundError(f'no predicted label map {predicted}')
+        areas = IoUMetric.intersect_and_union(
+            torch.from_numpy(_read_label_map(predicted, reduce_zero_label)),
+            torch.from_numpy(
+                _read_label_map(osp.join(label_dir, name), reduce_zero_label)),
+            len(classes), IGNORE_INDEX)
+        totals = [total + area for total, area in zip(totals, areas)]
+    metrics = IoUMetric.total_area_to_metrics(*totals, ['mIoU'])
+    # IoUMetric.compute_metrics: means (nan classes left out), then classes
+    values = OrderedDict(
+        mIoU=_two_decimals(np.round(np.nanmean(metrics['IoU']) * 100, 2)))
+    for name, iou in zip(classes, np.round(metrics['IoU'] * 100, 2)):
+        values[f'mIoU | {name}'] = _two_decimals(iou)
+    values['aAcc'] = _two_decimals(
+        np.round(np.nanmean(metrics['aAcc']) * 100, 2))
+    return values
+
+
+def _check(reported: Mapping[str, float], key: str, computed: float,
+           work_dir: str, predictions: str) -> float:
+    """``reported[key]``, which must be ``computed``."""
+    if key not in reported:
+        raise ValueError(f'{work_dir}: the test reported no {key}')
+    value = reported[key]
+    if not (value == computed or (math.isnan(value) and math.isnan(computed))):
+        raise ValueError(f'{predictions} gives {key} {computed}, the test '
+                         f'reported {value} ({work_dir}): these are not the '
+                         'predictions it scored')
+    return value
+
+
+def read_test_results(library: str, dataset_dir: str, work_dir: str,
+                      predictions: str) -> 'OrderedDict[str, float]':
+    """The rows of the demo's table for one ``tools/test.py`` run.
+
+    Args:
         library (str): ``'mmdet'`` (Mask R-CNN: bbox and segm AP, overall
             and per class) or ``'mmseg'`` (mIoU and per-class IoU, aAcc).
-        log_name (str): How errors name the log. Defaults to ``'the log'``.
+        dataset_dir (str): The dataset whose validation split was tested,
+            in :mod:`demo.data`'s COCO or ADE20K layout.
+        work_dir (str): The test's ``--work-dir`` (the metrics' JSON).
+        predictions (str): The test's ``--out``.
 
     Returns:
         OrderedDict: ``{row: value in percent}``; a class row is
@@ -123,31 +238,34 @@ def read_test_log(text: str,
         (a class without ground truth).
 
     Raises:
-        ValueError: The log lacks the final metrics or a per-class table.
+        ValueError: The JSON lacks an overall metric, or the predictions do
+            not give the metrics the test reported.
     """
-    final = read_final_metrics(text)
-    tables = read_tables(text)
-    rows = OrderedDict()
-    if library == 'mmdet':
-        for kind in ('bbox', 'segm'):
-            key = f'coco/{kind}_mAP'
-            if key not in final:
-                raise ValueError(f'{log_name}: no {key} in the final metrics')
-            rows[f'{kind} AP'] = 100 * final[key]
-            per_class = _table_for(tables, kind, 'mAP', log_name)
-            for name, value in per_class.column('mAP').items():
-                rows[f'{kind} AP | {name}'] = 100 * value
-    elif library == 'mmseg':
-        for key in ('mIoU', 'aAcc'):
-            if key not in final:
-                raise ValueError(f'{log_name}: no {key} in the final metrics')
-        rows['mIoU'] = final['mIoU']
-        per_class = _table_for(tables, 'per class results', 'IoU', log_name)
-        for name, value in per_class.column('IoU').items():
-            rows[f'mIoU | {name}'] = value
-        rows['aAcc'] = final['aAcc']
-    else:
+    if library not in ('mmdet', 'mmseg'):
         raise ValueError(f'library must be mmdet or mmseg, got {library!r}')
+    reported = read_test_metrics(work_dir)
+    if library == 'mmseg':
+        rows = iou_metrics(predictions, osp.join(dataset_dir, ADE_VAL_LABELS))
+        reported = {
+            key: _two_decimals(value)
+            for key, value in reported.items() if key in ('mIoU', 'aAcc')
+        }
+        for key in ('mIoU', 'aAcc'):
+            rows[key] = _check(reported, key, rows[key], work_dir, predictions)
+        return rows
+    computed = coco_metrics(predictions, osp.join(dataset_dir, COCO_VAL_ANN))
+    rows = OrderedDict()
+    for kind in ('bbox', 'segm'):
+        rows[f'{kind} AP'] = 100 * _check(reported, f'coco/{kind}_mAP',
+                                          computed[f'{kind}_mAP'], work_dir,
+                                          predictions)
+        for name in DEMO_DET_CLASSES:
+            rows[f'{kind} AP | {name}'] = 100 * computed[f'{kind} | {name}']
+    # With classwise=True, the JSON keeps the masks' per-class AP too.
+    for name in DEMO_DET_CLASSES:
+        if f'coco/{name}_precision' in reported:
+            _check(reported, f'coco/{name}_precision',
+                   computed[f'segm | {name}'], work_dir, predictions)
     return rows
 
 

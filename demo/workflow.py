@@ -7,25 +7,31 @@ trains it from scratch, tests it, and tests it with ``--tta``. Every phase is a
 list of command lines of the project's tools (:class:`Phase`), run with
 :func:`demo.phases.run_logged`; the data and the configs are the
 ones a person would use, pointed at the demo's data root with
-``--cfg-options`` only. Layout of the work directory::
+``--cfg-options`` only. A test phase's metrics are read from the files the
+test wrote (:func:`demo.results.read_test_results`). Layout of the work
+directory::
 
     <work_dir>/<task>/<phase>.log        the phase's whole output
     <work_dir>/<task>/untrained/         initial_weights.pth, test run
     <work_dir>/<task>/train/             checkpoints, mmengine's logs
-    <work_dir>/<task>/test/              predictions (for the picture)
-    <work_dir>/<task>/test_tta/
-    <work_dir>/summary.json, summary.png
+    <work_dir>/<task>/test/              test run (the picture's predictions)
+    <work_dir>/<task>/test_tta/          test run with --tta
+    <work_dir>/summary.json, summary.md, summary.png
+
+where a test run is mmengine's ``<timestamp>/`` (the metrics in
+``<timestamp>.json``) and the predictions of ``--out``
+(``predictions.pkl`` for mmdet, ``predictions/`` for mmseg).
 """
 import json
 import os
 import os.path as osp
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .data import MARKER_NAME, TASK_DIRS
 from .phases import IterProgress, python_command, run_logged
-from .results import read_test_log
+from .results import read_test_results
 
 __all__ = [
     'DemoTask', 'Phase', 'TaskPlan', 'DEMO_TASKS', 'PHASE_NAMES', 'RUN_PHASES',
@@ -82,10 +88,11 @@ class Phase:
         name (str): A key of :data:`PHASE_NAMES`.
         commands (list[list[str]]): The command lines.
         log_path (str): Where their output goes.
-        library (str, optional): The library of a test phase, whose log
-            :meth:`read_results` reads. Defaults to None.
+        library (str, optional): The library of a test phase. Defaults to
+            None.
         outputs (dict): What the phase made that later steps read (files,
-            the dataset's size).
+            the dataset's size; a test phase's ``work_dir`` and
+            ``predictions``).
         results (dict, optional): A test phase's metric rows, once read.
     """
     task: str
@@ -99,12 +106,6 @@ class Phase:
     @property
     def label(self) -> str:
         return PHASE_NAMES.get(self.name, self.name)
-
-    def read_results(self) -> Dict[str, float]:
-        """The metric rows of a test phase's log
-        (:func:`demo.results.read_test_log`)."""
-        with open(self.log_path, encoding='utf-8', errors='replace') as f:
-            return read_test_log(f.read(), self.library, self.log_path)
 
 
 def child_env(threads: Optional[int] = None) -> dict:
@@ -259,19 +260,32 @@ class TaskPlan:
             params = json.load(f)['params']
         return dict(train=params['num_train'], val=params['num_val'])
 
+    def _test_command(self, name: str, checkpoint: str, *flags:
+                      str) -> Tuple[List[str], Dict[str, str]]:
+        """``tools/test.py`` of ``checkpoint`` into ``<task>/<name>``, with
+        its predictions (``--out``); the command and where it writes."""
+        work_dir = osp.join(self.root, name)
+        predictions = osp.join(
+            work_dir, 'predictions.pkl'
+            if self.task.library == 'mmdet' else 'predictions')
+        command = python_command(TEST_TOOL, self.config, checkpoint,
+                                 '--work-dir', work_dir, *flags, '--out',
+                                 predictions, *self.options)
+        return command, dict(work_dir=work_dir, predictions=predictions)
+
     def untrained(self) -> Phase:
         """Save the initialised model, then test it."""
         initial = osp.join(self.root, 'untrained', 'initial_weights.pth')
+        test, outputs = self._test_command('untrained', initial)
         return Phase(
             self.task.name,
             'untrained', [
                 python_command('-m', 'demo.initial_weights', self.config,
-                               initial, *self.options),
-                python_command(TEST_TOOL, self.config, initial, '--work-dir',
-                               osp.join(self.root, 'untrained'), *self.options)
+                               initial, *self.options), test
             ],
             self._log('untrained'),
-            library=self.task.library)
+            library=self.task.library,
+            outputs=outputs)
 
     def train(self) -> Phase:
         """Train from scratch (the tests evaluate; no validation)."""
@@ -286,24 +300,14 @@ class TaskPlan:
             outputs=dict(train_dir=train_dir))
 
     def test(self, checkpoint: str, tta: bool = False) -> Phase:
-        """Test ``checkpoint``; without ``tta``, also keep the predictions
-        for the summary picture (``outputs['predictions']``)."""
+        """Test ``checkpoint``, with ``--tta`` or without (the summary
+        picture draws the predictions of the test without)."""
         name = 'test_tta' if tta else 'test'
-        out_dir = osp.join(self.root, name)
-        if tta:
-            flags, outputs = ['--tta'], {}
-        else:
-            predictions = osp.join(
-                out_dir, 'predictions.pkl'
-                if self.task.library == 'mmdet' else 'predictions')
-            flags, outputs = ['--out',
-                              predictions], dict(predictions=predictions)
+        test, outputs = self._test_command(name, checkpoint,
+                                           *(['--tta'] if tta else []))
         return Phase(
             self.task.name,
-            name, [
-                python_command(TEST_TOOL, self.config, checkpoint,
-                               '--work-dir', out_dir, *flags, *self.options)
-            ],
+            name, [test],
             self._log(name),
             library=self.task.library,
             outputs=outputs)
@@ -358,7 +362,10 @@ def run_plan(plan: TaskPlan,
             on_process=on_process)
         try:
             if phase.library is not None:
-                phase.results = phase.read_results()
+                phase.results = read_test_results(phase.library,
+                                                  plan.dataset_dir,
+                                                  phase.outputs['work_dir'],
+                                                  phase.outputs['predictions'])
             if phase.name == 'generate':
                 phase.outputs['dataset_size'] = plan.dataset_size()
             if phase.name == 'train':

@@ -13,8 +13,9 @@
    (``--tta``). The two models run side by side, one CPU thread each on a
    2-core machine.
 2. Prints the metrics side by side, overall and per class (COCO box and
-   mask AP, IoU), and draws ``<work-dir>/summary.png``: validation images,
-   their ground truth and the trained models' predictions.
+   mask AP, IoU; read from the metrics and predictions each test wrote),
+   and draws ``<work-dir>/summary.png``: validation images, their ground
+   truth and the trained models' predictions.
 
 One line per phase; each phase's whole output (configs, logs, warnings,
 the evaluators' tables) is in ``<work-dir>/<task>/<phase>.log``, whose

@@ -10,6 +10,7 @@ demo with its log's path and last lines, and exit status 1.
 """
 import io
 import json
+import math
 import os
 import os.path as osp
 import re
@@ -17,12 +18,14 @@ import subprocess
 import sys
 
 import cv2
+import mmengine
 import numpy as np
 import pytest
 
 from demo.console import Console
 from demo.data import DEMO_DET_CLASSES, DEMO_SEG_CLASSES
 from demo.phases import IterProgress
+from .test_results import coco_results, cocoeval_per_class
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'tools', 'demo.py')
@@ -111,6 +114,18 @@ def test_logs_in_the_work_dir(tiny_run):
         assert '--tta' in logs['test_tta'].splitlines()[0]
         assert 'TestTimeAug' in logs['test_tta']
         assert osp.isfile(osp.join(work, task, 'train', 'iter_2.pth'))
+        # each test's metrics, as mmengine wrote them, and its predictions
+        for phase in RUNS.values():
+            runs = [
+                name for name in os.listdir(osp.join(work, task, phase))
+                if osp.isfile(
+                    osp.join(work, task, phase, name, name + '.json'))
+            ]
+            assert len(runs) == 1, (task, phase)
+            assert osp.exists(
+                osp.join(
+                    work, task, phase,
+                    'predictions.pkl' if task == 'det' else 'predictions'))
     summary = json.load(open(osp.join(work, 'summary.json')))
     assert set(summary['results']) == {'det', 'seg'}
     # the same numbers as a Markdown table, one row per metric and class
@@ -122,66 +137,60 @@ def test_logs_in_the_work_dir(tiny_run):
     assert row in markdown
 
 
-@pytest.mark.slow
-def test_per_class_metrics_match_the_predictions(tiny_run):
-    """The table's 'trained' column is what the dumped predictions score,
-    computed without mmseg and mmdet."""
-    import mmengine
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    work, data = tiny_run['work'], tiny_run['data']
-    results = json.load(open(osp.join(work, 'summary.json')))['results']
+#: The runs of the table and the phases (work dirs) that test them.
+RUNS = {
+    'untrained': 'untrained',
+    'trained': 'test',
+    'trained + TTA': 'test_tta'
+}
 
-    seg = results['seg']['trained']
-    labels = osp.join(data, 'ade', 'annotations', 'validation')
+
+def _seg_iou(labels, predictions):
+    """IoU per class in percent, numpy alone (the PNGs hold label + 1; 0 is
+    unlabelled); None where a class is neither predicted nor labelled."""
     inter = np.zeros(len(DEMO_SEG_CLASSES))
     union = np.zeros(len(DEMO_SEG_CLASSES))
     for name in sorted(os.listdir(labels)):
         truth = cv2.imread(osp.join(labels, name), cv2.IMREAD_UNCHANGED)
         predicted = cv2.imread(
-            osp.join(work, 'seg', 'test', 'predictions', name),
-            cv2.IMREAD_UNCHANGED)
+            osp.join(predictions, name), cv2.IMREAD_UNCHANGED)
         for k in range(len(DEMO_SEG_CLASSES)):
             inter[k] += ((truth == k + 1) & (predicted == k + 1)).sum()
-            union[k] += ((truth == k + 1) | (predicted == k + 1)).sum()
-    for k, name in enumerate(DEMO_SEG_CLASSES):
-        if union[k]:
-            # the IoU table holds 2 decimals
-            assert seg[f'mIoU | {name}'] == pytest.approx(
-                100 * inter[k] / union[k], abs=0.006), name
+            union[k] += ((truth == k + 1) | ((predicted == k + 1) &
+                                             (truth > 0))).sum()
+    return [100 * i / u if u else None for i, u in zip(inter, union)]
 
-    det = results['det']['trained']
-    ann_file = osp.join(data, 'coco', 'annotations', 'instances_val2017.json')
-    truth = COCO(ann_file)
-    found = []
-    for sample in mmengine.load(
-            osp.join(work, 'det', 'test', 'predictions.pkl')):
-        inst = sample['pred_instances']
-        for box, score, label in zip(inst['bboxes'].tolist(),
-                                     inst['scores'].tolist(),
-                                     inst['labels'].tolist()):
-            found.append(
-                dict(
-                    image_id=sample['img_id'],
-                    category_id=label + 1,
-                    score=score,
-                    bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]]))
-    for cat in truth.getCatIds():
-        name = truth.loadCats(cat)[0]['name']
-        if not truth.getAnnIds(catIds=[cat]):
-            assert det[f'bbox AP | {name}'] is None  # null: no ground truth
-            continue
-        if not found:
-            assert det[f'bbox AP | {name}'] == 0
-            continue
-        coco_eval = COCOeval(truth, truth.loadRes(found), 'bbox')
-        coco_eval.params.catIds = [cat]
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-        # mmdet's table rounds AP to 3 decimals
-        assert det[f'bbox AP | {name}'] == pytest.approx(
-            100 * max(coco_eval.stats[0], 0), abs=0.051), name
+
+@pytest.mark.slow
+def test_per_class_metrics_match_the_predictions(tiny_run):
+    """Each run's column is what the predictions its test dumped score,
+    computed without mmseg and mmdet."""
+    work, data = tiny_run['work'], tiny_run['data']
+    results = json.load(open(osp.join(work, 'summary.json')))['results']
+    for run, phase in RUNS.items():
+        seg = results['seg'][run]
+        ious = _seg_iou(
+            osp.join(data, 'ade', 'annotations', 'validation'),
+            osp.join(work, 'seg', phase, 'predictions'))
+        for name, iou in zip(DEMO_SEG_CLASSES, ious):
+            if iou is not None:
+                # IoUMetric rounds to 2 decimals
+                assert seg[f'mIoU | {name}'] == pytest.approx(
+                    iou, abs=0.006), (run, name)
+
+        det = results['det'][run]
+        per_class = cocoeval_per_class(
+            osp.join(data, 'coco', 'annotations', 'instances_val2017.json'),
+            coco_results(
+                mmengine.load(osp.join(work, 'det', phase, 'predictions.pkl')),
+                'bbox'), 'bbox')
+        for name, ap in per_class.items():
+            if math.isnan(ap):
+                assert det[f'bbox AP | {name}'] is None  # null: no truth
+            else:
+                # CocoMetric rounds AP to 3 decimals
+                assert det[f'bbox AP | {name}'] == pytest.approx(
+                    ap, abs=0.051), (run, name)
 
 
 @pytest.mark.slow

@@ -119,6 +119,9 @@ def test_plan_commands(tmp_path):
     make, test = untrained.commands
     assert make[1:4] == ['-m', 'demo.initial_weights', plan.config]
     assert make[4] == weights and test[2:4] == [plan.config, weights]
+    assert untrained.outputs == dict(
+        work_dir=osp.join(work, 'det', 'untrained'),
+        predictions=osp.join(work, 'det', 'untrained', 'predictions.pkl'))
     for command in untrained.commands:
         options = command[command.index('--cfg-options') + 1:]
         assert 'train_cfg.max_iters=4' in options and options[-1] == 'x=1'
@@ -127,15 +130,28 @@ def test_plan_commands(tmp_path):
     assert '--no-validate' in train
     test = plan.test('ckpt.pth')
     assert test.commands[0][2:4] == [plan.config, 'ckpt.pth']
-    assert test.outputs['predictions'] == osp.join(work, 'det', 'test',
-                                                   'predictions.pkl')
-    assert '--out' in test.commands[0] and '--tta' not in test.commands[0]
+    assert '--tta' not in test.commands[0]
     tta = plan.test('ckpt.pth', tta=True)
-    assert '--tta' in tta.commands[0] and '--out' not in tta.commands[0]
+    assert '--tta' in tta.commands[0]
     assert tta.log_path == osp.join(work, 'det', 'test_tta.log')
-    seg = TaskPlan(DEMO_TASKS['seg'], 'data', work).test('ckpt.pth')
-    assert seg.outputs['predictions'] == osp.join(work, 'seg', 'test',
-                                                  'predictions')
+    seg = TaskPlan(DEMO_TASKS['seg'], 'data', work)
+    # every test keeps its predictions and its metrics, which the demo
+    # reads: mmdet's pickle, mmseg's folder of label maps
+    for phase, task, name, out in [
+        (untrained, 'det', 'untrained', 'predictions.pkl'),
+        (test, 'det', 'test', 'predictions.pkl'),
+        (tta, 'det', 'test_tta', 'predictions.pkl'),
+        (seg.untrained(), 'seg', 'untrained', 'predictions'),
+        (seg.test('ckpt.pth'), 'seg', 'test', 'predictions'),
+        (seg.test('ckpt.pth', tta=True), 'seg', 'test_tta', 'predictions'),
+    ]:
+        command = phase.commands[-1]
+        work_dir = osp.join(work, task, name)
+        assert phase.outputs == dict(
+            work_dir=work_dir, predictions=osp.join(work_dir, out))
+        assert command[command.index('--work-dir') + 1] == work_dir
+        assert command[command.index('--out') + 1] == osp.join(work_dir, out)
+        assert phase.library == DEMO_TASKS[task].library
 
 
 def test_trained_checkpoint(tmp_path):
