@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
 from mmvheat.registry import MODELS, register_plain_name
-from ..layers import (DropPath, cpu_sub_batch_size, fused_linear,
-                      resize_freq_embed)
+from ..layers import (DropPath, cpu_sub_batch_size, depthwise_conv2d,
+                      fused_linear, resize_freq_embed)
 from .base import DEFAULT_INIT_CFG, BaseBackbone
 
 __all__ = ['VHeat', 'HeatStage', 'HeatBlock', 'HeatConduction2d', 'Mlp']
@@ -70,7 +70,8 @@ class HeatConduction2d(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        # Run on channels-last views of (B, H, W, C) maps.
+        self.dwconv = depthwise_conv2d(dim, 3)
         self.linear = nn.Linear(dim, 2 * dim)
         self.out_norm = nn.LayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)

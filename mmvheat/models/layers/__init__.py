@@ -1,10 +1,12 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .cpu_fast_paths import cpu_sub_batch_size, fused_linear
+from .depthwise import depthwise_conv2d
 from .drop_path import DropPath, drop_path
 from .freq_embed import pad_freq_embed, resize_freq_embed
 from .weight_init import ResetParametersInit
 
 __all__ = [
     'DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed',
-    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size'
+    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size',
+    'depthwise_conv2d'
 ]
