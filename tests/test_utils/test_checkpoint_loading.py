@@ -123,14 +123,6 @@ def _runner(work_dir, name, **kwargs):
         **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def _keep_default_scope():
-    # Each Runner makes its default scope the current one; don't leak it.
-    saved = DefaultScope._instance_dict.copy()
-    yield
-    DefaultScope._instance_dict = saved
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """An uninterrupted 4-iteration run, checkpointed at iterations 2 and 4."""
