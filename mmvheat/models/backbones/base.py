@@ -26,9 +26,7 @@ from mmvheat.utils.weights import (SHOWN_NAMES, CheckpointContentError,
                                    CheckpointMismatchError,
                                    load_state_dict_strictly)
 
-__all__ = [
-    'BaseBackbone', 'DEFAULT_INIT_CFG', 'parse_out_indices', 'switch_to_deploy'
-]
+__all__ = ['BaseBackbone', 'DEFAULT_INIT_CFG', 'parse_out_indices']
 
 #: Truncated-normal Linear layers and unit LayerNorms, the backbones' init.
 DEFAULT_INIT_CFG = [
@@ -377,17 +375,6 @@ class BaseBackbone(BaseModule):
         """Specialise the model for inference (nothing to do by default).
 
         The tools call it before testing, benchmarking or exporting, as for
-        mmpretrain's RepVGG.
+        mmpretrain's RepVGG (see :mod:`.deploy`).
         """
         self.deploy = True
-
-
-def switch_to_deploy(model: nn.Module) -> List[str]:
-    """Call :meth:`BaseBackbone.switch_to_deploy` on every mmvheat backbone
-    inside ``model`` (through any wrapper); return their names."""
-    deployed = []
-    for name, module in model.named_modules():
-        if isinstance(module, BaseBackbone) and not module.deploy:
-            module.switch_to_deploy()
-            deployed.append(name or type(module).__name__)
-    return deployed

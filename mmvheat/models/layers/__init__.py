@@ -2,9 +2,13 @@
 from .cpu_fast_paths import cpu_sub_batch_size, fused_linear
 from .drop_path import DropPath, drop_path
 from .freq_embed import pad_freq_embed, resize_freq_embed
+from .heat_block import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp,
+                         conv_nhwc, grid_size)
 from .weight_init import ResetParametersInit
 
 __all__ = [
     'DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed',
-    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size'
+    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size',
+    'HeatConduction2d', 'Mlp', 'HeatBlock', 'HeatBlocks', 'conv_nhwc',
+    'grid_size'
 ]
