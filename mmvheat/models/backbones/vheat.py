@@ -26,9 +26,9 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from mmvheat.registry import MODELS, register_plain_name
-from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp, conv_nhwc,
-                      resize_freq_embed)
-from .base import DEFAULT_INIT_CFG, BaseBackbone
+from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
+                      HeatConduction2d, Mlp, conv_nhwc, resize_freq_embed)
+from .base import BaseBackbone
 from .deploy import DeployedHeatBlocks
 
 # The block's modules (from models/layers/heat_block.py) are exported here
@@ -199,6 +199,11 @@ class VHeat(BaseBackbone):
     stem_name = 'patch_embed'
     optional_weights = r'norm\d+\.'
     converter = 'tools/model_converters/vheat_to_mmvheat.py'
+    missing_checkpoint_hint = (
+        f'Convert the published ImageNet weights with {converter}, enlarge '
+        'them to the downstream resolution with '
+        'tools/interpolate4downstream.py, or set model.backbone.init_cfg=None '
+        'to train from scratch.')
     published_prefixes = ('layers.', 'freq_embed.')
 
     def __init__(self,
@@ -261,12 +266,6 @@ class VHeat(BaseBackbone):
     def _init_own_weights(self):
         for stage in self.stages:
             trunc_normal_(stage.freq_embed, std=.02)
-
-    def _missing_checkpoint_hint(self) -> str:
-        return (f'Convert the published ImageNet weights with '
-                f'{self.converter}, enlarge them to the downstream '
-                'resolution with tools/interpolate4downstream.py, or set '
-                'model.backbone.init_cfg=None to train from scratch.')
 
     def switch_to_deploy(self):
         """Specialise the model for inference: each stage's blocks are
