@@ -500,7 +500,6 @@ _SCALAR = (
     np._core.multiarray.scalar
     if hasattr(np, '_core') else np.core.multiarray.scalar)
 
-
 _HISTORY_BUFFER_GLOBAL = b'cmmengine.logging.history_buffer\nHistoryBuffer\n'
 
 

@@ -227,7 +227,9 @@ class VHeat(BaseBackbone):
         self.img_size = img_size
 
         self.patch_embed = Stem(in_channels, self.dims[0])
-        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        # Python floats, computed on the CPU whatever the default device.
+        rates = torch.linspace(
+            0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             first = sum(self.depths[:i])

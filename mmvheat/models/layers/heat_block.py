@@ -18,6 +18,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
+from .depthwise import depthwise_conv2d
 from .drop_path import DropPath
 from .freq_embed import resize_freq_embed
 
@@ -52,7 +53,8 @@ class HeatConduction2d(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        # Run on channels-last views of (B, H, W, C) maps.
+        self.dwconv = depthwise_conv2d(dim, 3)
         self.linear = nn.Linear(dim, 2 * dim)
         self.out_norm = nn.LayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)
