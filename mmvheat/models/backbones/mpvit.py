@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.registry import MODELS, register_plain_name
-from ..layers import DropPath, depthwise_conv2d
-from .base import DEFAULT_INIT_CFG, BaseBackbone
+from ..layers import DEFAULT_INIT_CFG, DropPath, depthwise_conv2d
+from .base import BaseBackbone
 
 __all__ = [
     'MPViT', 'MPViTStage', 'MHCAEncoder', 'MHCABlock', 'FactorizedAttention',
