@@ -13,8 +13,9 @@ from torch import nn
 
 import mmvheat  # noqa: F401
 from mmvheat.analysis import benchmark
-from mmvheat.analysis.flops import get_flops, hco_macs, model_complexity
+from mmvheat.analysis.flops import hco_macs, model_complexity
 from mmvheat.ops import spectral_filter
+from . import analysis_tool
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CPU = torch.device('cpu')
@@ -55,7 +56,8 @@ def test_hco_flops_in_heat_layer():
 
 
 def test_get_flops_vheat_tiny():
-    res = get_flops(osp.join(ROOT, 'configs/vheat/vheat-tiny_16xb128_in1k.py'))
+    res = analysis_tool('get_flops').get_flops(
+        osp.join(ROOT, 'configs/vheat/vheat-tiny_16xb128_in1k.py'))
     # Paper: 4.6G (MACs) and 29M; published checkpoint: 30.08M backbone +
     # 0.77M head. Per image: 4.588G; the batch-independent decay**k
     # prediction (sum of H*W*C*C over blocks) adds 0.347G per forward.
