@@ -20,6 +20,22 @@ PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REFERENCE_DIR = osp.join(PROJECT_ROOT, 'tests', 'data')
 
 
+@pytest.fixture(autouse=True)
+def default_scope_restored():
+    """Every test leaves mmengine's default scope as it found it.
+
+    The host libraries' APIs (``init_detector``, ``get_model``,
+    ``register_all_modules``) set a process-wide default scope and leave it
+    set; a later test that builds by a bare type name would then look it up
+    in that library's registry and pass or fail by test order.
+    """
+    from mmengine.registry import DefaultScope
+    before = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(before)
+
+
 @pytest.fixture(scope='session')
 def reference_dir():
     """``tests/data``: fixtures from the published implementations.

@@ -135,3 +135,22 @@ def test_wheel_in_a_fresh_venv_resolves_mmvheat_configs(tmp_path):
     base = osp.join(package, '.mim', 'configs', BASE)
     assert base in out
     assert osp.isfile(base) and not osp.islink(osp.dirname(osp.dirname(base)))
+    # What `mim train/test/run mmvheat ...` runs (openmim 0.3.9 finds a
+    # package at its distribution's location plus the package's name and
+    # runs the scripts of its .mim/tools), found the same way, without
+    # openmim (see the README for why it is not a test requirement).
+    found = _run([
+        python, '-c',
+        textwrap.dedent("""
+        from importlib.metadata import distribution
+        print(distribution('mmvheat').locate_file('mmvheat'))
+        """)
+    ], project, env).strip()
+    assert osp.samefile(found, package)
+    for tool in ('train.py', 'test.py', 'inference.py'):
+        script = osp.join(found, '.mim', 'tools', tool)
+        assert osp.isfile(script) and not osp.islink(script), tool
+    help_text = _run(
+        [python,
+         osp.join(found, '.mim', 'tools', 'train.py'), '--help'], project, env)
+    assert 'usage: train.py' in help_text

@@ -1,12 +1,12 @@
 # Test-time augmentation for the Mask R-CNN configs (``tools/test.py --tta``):
-# three scales, each with and without a horizontal flip, merged by
-# mmdet's DetTTAModel (the scales of mmdet's retinanet_tta.py).
-# mmdet 3.3's DetTTAModel merges boxes only and refuses models that predict
-# masks: this project's tools/test.py --tta swaps in mmvheat.MaskDetTTAModel,
-# which also merges the masks (mmdet's own tools/test.py --tta would fail).
+# three scales, each with and without a horizontal flip (the scales of
+# mmdet's retinanet_tta.py), merged by mmvheat.MaskDetTTAModel: mmdet's
+# DetTTAModel (boxes flipped back, class-wise NMS, the best max_per_img),
+# with the masks, which mmdet 3.3's DetTTAModel refuses. Named here, it is
+# what mmdet's own tools/test.py --tta uses too.
 tta_model = dict(
     _scope_='mmdet',
-    type='DetTTAModel',
+    type='mmvheat.MaskDetTTAModel',
     tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
 
 img_scales = [(1333, 800), (666, 400), (2000, 1200)]

@@ -6,6 +6,7 @@ from .arguments import (add_model_args, checkpoint_arg, parse_test_args,
 from .configs import (ConfigError, load_config, merge_common_args, read_config,
                       setup_test_cfg, setup_train_cfg)
 from .distributed import setup_cpu_distributed, shutdown_distributed
+from .hub import register_mmpretrain_models
 from .inference import (ImageInferencer, InferenceError, collect_images,
                         inference, run_inference)
 from .libraries import (LIBRARIES, build_runner, detect_library,
@@ -23,5 +24,5 @@ __all__ = [
     'fit_state_dict', 'unwrap_model', 'TensorModeWrapper',
     'CheckpointMismatchError', 'add_model_args', 'checkpoint_arg',
     'ImageInferencer', 'InferenceError', 'collect_images', 'run_inference',
-    'inference'
+    'inference', 'register_mmpretrain_models'
 ]

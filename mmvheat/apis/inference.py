@@ -26,6 +26,7 @@ name); each JSON also names the image (``img_path``), its ``height`` and
 ``width`` and the model's ``classes``.
 """
 import contextlib
+import copy
 import io
 import json
 import os
@@ -197,6 +198,12 @@ class ImageInferencer:
         self.classes = list(meta.get('classes') or [])
 
     def _inferencer(self, config, checkpoint: str, device: str):
+        visualizer = config.get('visualizer', None)
+        if visualizer is not None and visualizer.get('vis_backends', None):
+            # The drawings are written here, one file an image; a backend
+            # without a save_dir would be left out with a warning.
+            config = copy.deepcopy(config)
+            config.visualizer.vis_backends = None
         if self.library == 'mmdet':
             from mmdet.apis import DetInferencer
             return DetInferencer(

@@ -228,9 +228,9 @@ def conv_support():
     is the receptive field of its convolutions, with exact zeros outside
     (no arithmetic reaches those pixels).
     """
-    import mmvheat.models.backbones.vheat as vheat_module
+    import mmvheat.models.layers.heat_block as heat_block_module
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vheat_module, 'spectral_filter', lambda x, t: x)
+        mp.setattr(heat_block_module, 'spectral_filter', lambda x, t: x)
         local = vh.effective_receptive_field(
             _stage2_vheat(2.0), vh.erf_inputs(None, (96, 96), 2))
     support = local > 0

@@ -223,7 +223,7 @@ def _check_detection(cfg, arch, drop_path, epochs, milestones, img_size=512):
     assert (optimizer.type, optimizer.lr,
             optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
     assert cfg.train_dataloader.batch_size == 2
-    assert cfg.tta_model.type == 'DetTTAModel'
+    assert cfg.tta_model.type == 'mmvheat.MaskDetTTAModel'
     tta = cfg.tta_pipeline[-1]
     assert tta.type == 'TestTimeAug'
     scales, flips = tta.transforms[:2]
@@ -491,9 +491,9 @@ def test_missing_pretrained_checkpoint_names_the_tools(tmp_path, monkeypatch):
 def test_detection_tta_runs_on_mask_rcnn(tmp_path, monkeypatch):
     """``tools/test.py --tta`` on a Mask R-CNN config, on a small image.
 
-    mmdet 3.3's ``DetTTAModel`` (the config's ``tta_model``) refuses masks;
-    the project's test tool swaps in a mask-capable TTA model, which is the
-    path checked here: the config's TTA pipeline with two small scales
+    The config's ``tta_model`` merges masks (mmdet 3.3's ``DetTTAModel``
+    refuses them), which is the path checked here: the config's TTA
+    pipeline with two small scales
     instead of its three large ones, and few proposals, to stay fast.
     """
     import cv2

@@ -8,6 +8,7 @@ object the runner and the tools build from an inherited config is the class
 that the same config names when loaded by its path; what ``custom_imports``
 can and cannot do for the prefix. The wheel: tests/test_packaging.py.
 """
+import copy
 import glob
 import os
 import os.path as osp
@@ -16,12 +17,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from mmengine import registry as mm_registry
 from mmengine.config import Config
 from mmengine.config.utils import MODULE2PACKAGE
 from mmengine.fileio import load
 from mmengine.registry import DefaultScope
 from mmengine.utils import get_installed_path
+from torch import nn
 
 import mmvheat
 from mmvheat.mim import CONFIG_PREFIX, MIM_DIR
@@ -195,11 +198,76 @@ def _built_classes(cfg):
     return found
 
 
+def _scopes(value, scope, path='', found=None):
+    """{path: (type, the scope it is built in)} of every typed dict in a
+    config, however deep, top-level variables (``train_pipeline``,
+    ``dataset``...) included: what ``{{_base_.x}}`` and the libraries'
+    APIs (``inference_model`` reads ``test_pipeline``) build."""
+    found = {} if found is None else found
+    if isinstance(value, dict):
+        if 'type' in value:
+            scope = value.get('_scope_', None) or scope
+            found[path] = (value['type'], scope)
+        for key, item in value.items():
+            _scopes(item, scope, f'{path}.{key}' if path else key, found)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _scopes(item, scope, f'{path}[{i}]', found)
+    return found
+
+
+def _classes_of(obj):
+    """The classes a built object is made of: a model's modules, a
+    dataset's pipeline, a pipeline's transforms (``TestTimeAug``'s
+    branches too)."""
+    if isinstance(obj, nn.Module):
+        return sorted({_qualname(type(m)) for m in obj.modules()})
+    classes = [_qualname(type(obj))]
+    for transform in getattr(
+            getattr(obj, 'pipeline', obj), 'transforms', None) or []:
+        classes += _classes_of(transform)
+    for branch in getattr(obj, 'subroutines', None) or []:
+        classes += _classes_of(branch)
+    return classes
+
+
+def _built(cfg):
+    """What builds from ``cfg`` without data or weights, as the runner and
+    the tools build it: the model and the TTA model around it (on the meta
+    device), each dataloader's dataset (not yet reading its annotations)
+    with its pipeline, and the TTA pipeline."""
+    from mmengine.dataset import Compose
+    library = cfg.default_scope
+    built = {}
+    with DefaultScope.overwrite_default_scope(library):
+        if cfg.get('model', None):
+            model_cfg = copy.deepcopy(cfg.model)
+            if model_cfg.get('backbone', None):
+                model_cfg.backbone.init_cfg = None
+            with torch.device('meta'):
+                built['model'] = _classes_of(
+                    mm_registry.MODELS.build(model_cfg))
+                if cfg.get('tta_model', None):
+                    built['tta_model'] = _classes_of(
+                        mm_registry.MODELS.build(
+                            dict(**cfg.tta_model, module=model_cfg)))
+        for split in ('train', 'val', 'test'):
+            loader = cfg.get(f'{split}_dataloader', None)
+            if loader:
+                dataset = copy.deepcopy(loader.dataset)
+                dataset.lazy_init = True
+                built[f'{split}_dataloader.dataset'] = _classes_of(
+                    mm_registry.DATASETS.build(dataset))
+        if cfg.get('tta_pipeline', None):
+            built['tta_pipeline'] = _classes_of(Compose(cfg.tta_pipeline))
+    return built
+
+
 # mmengine gives the outermost typed dicts that a ``mmvheat::`` base sets
 # without a scope ``_scope_='mmvheat'``, and this registry does not hold
 # mmdet's, mmseg's or mmpretrain's classes: the typed dicts our configs
 # define themselves (tta_model/tta_pipeline, param_scheduler, custom_hooks,
-# a model with ``_delete_``...) carry ``_scope_='<library>'``.
+# a model with ``_delete_``, pipelines...) carry ``_scope_='<library>'``.
 @pytest.mark.parametrize('base', ALL_CONFIGS)
 def test_inherited_config_builds_in_its_library(base, tmp_path):
     reference = Config.fromfile(osp.join(CONFIG_DIR, base))
@@ -210,6 +278,12 @@ def test_inherited_config_builds_in_its_library(base, tmp_path):
     inherited = Config.fromfile(_user_config(tmp_path, base))
     inherited.default_scope = library
     _register(library)
+
+    # Every typed dict, however deep, is built in the same scope.
+    expected_scopes = _scopes(reference.to_dict(), library)
+    assert _scopes(inherited.to_dict(), library) == expected_scopes
+    # What builds without data builds as the same classes.
+    assert _built(inherited) == _built(reference)
 
     expected = _built_classes(reference)
     found = _built_classes(inherited)

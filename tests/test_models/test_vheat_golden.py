@@ -75,7 +75,7 @@ def _plain_and_deployed(model, x):
         results['train'] = model(x)
         model.eval()
         results['deployed'] = deployed(x)
-        assert all(len(stage._folded) == 1 for stage in deployed.stages)
+        assert all(len(stage.blocks.folded) == 1 for stage in deployed.stages)
         results['deployed, folded filters reused'] = deployed(x)
     return results
 

@@ -117,6 +117,7 @@ def build_classifier(arch):
     from mmpretrain.registry import MODELS
     return MODELS.build(
         dict(
+            _scope_='mmpretrain',
             type='ImageClassifier',
             backbone=dict(type='mmvheat.MPViT', arch=arch, out_indices=(3, )),
             neck=dict(type='GlobalAveragePooling'),

@@ -90,6 +90,7 @@ def build_classifier(arch, shapes):
     dims = VHeat.arch_zoo[arch]['dims']
     return MODELS.build(
         dict(
+            _scope_='mmpretrain',
             type='ImageClassifier',
             backbone=dict(
                 type='mmvheat.VHeat',

@@ -123,14 +123,6 @@ def _runner(work_dir, name, **kwargs):
         **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def _keep_default_scope():
-    # Each Runner makes its default scope the current one; don't leak it.
-    saved = DefaultScope._instance_dict.copy()
-    yield
-    DefaultScope._instance_dict = saved
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """An uninterrupted 4-iteration run, checkpointed at iterations 2 and 4."""
@@ -499,7 +491,6 @@ def _torch_archive(tmp_path, pickle_bytes, name='crafted.pth'):
 _SCALAR = (
     np._core.multiarray.scalar
     if hasattr(np, '_core') else np.core.multiarray.scalar)
-
 
 _HISTORY_BUFFER_GLOBAL = b'cmmengine.logging.history_buffer\nHistoryBuffer\n'
 

@@ -52,9 +52,6 @@ def test_bad_mmcv_version(monkeypatch, version):
 
 
 def test_mmpretrain_needs_no_mmcv_check(monkeypatch):
-    from mmengine.registry import DefaultScope
-    monkeypatch.setattr(DefaultScope, '_instance_dict',
-                        DefaultScope._instance_dict.copy())
     _fake_mmcv_version(monkeypatch, '2.2.0')
     register_library('mmpretrain')
 

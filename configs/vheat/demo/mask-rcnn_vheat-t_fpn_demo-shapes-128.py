@@ -28,18 +28,29 @@ model = dict(
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
 
+# Typed dicts defined here name their library (_scope_), so that a config
+# inheriting this one through mmvheat:: builds them there too.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
+    dict(_scope_='mmdet', type='LoadImageFromFile'),
+    dict(
+        _scope_='mmdet',
+        type='LoadAnnotations',
+        with_bbox=True,
+        with_mask=True),
+    dict(_scope_='mmdet', type='Resize', scale=image_size, keep_ratio=True),
+    dict(_scope_='mmdet', type='RandomFlip', prob=0.5),
+    dict(_scope_='mmdet', type='PackDetInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(_scope_='mmdet', type='LoadImageFromFile'),
+    dict(_scope_='mmdet', type='Resize', scale=image_size, keep_ratio=True),
     dict(
+        _scope_='mmdet',
+        type='LoadAnnotations',
+        with_bbox=True,
+        with_mask=True),
+    dict(
+        _scope_='mmdet',
         type='PackDetInputs',
         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
                    'scale_factor'))

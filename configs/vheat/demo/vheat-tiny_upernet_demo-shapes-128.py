@@ -30,20 +30,23 @@ model = dict(
         channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
     test_cfg=dict(_delete_=True, mode='whole'))
 
+# Typed dicts defined here name their library (_scope_), so that a config
+# inheriting this one through mmvheat:: builds them there too.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='Resize', scale=crop_size, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
+    dict(_scope_='mmseg', type='LoadImageFromFile'),
+    dict(_scope_='mmseg', type='LoadAnnotations'),
+    dict(_scope_='mmseg', type='Resize', scale=crop_size, keep_ratio=True),
+    dict(_scope_='mmseg', type='RandomFlip', prob=0.5),
+    dict(_scope_='mmseg', type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=crop_size, keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
+    dict(_scope_='mmseg', type='LoadImageFromFile'),
+    dict(_scope_='mmseg', type='Resize', scale=crop_size, keep_ratio=True),
+    dict(_scope_='mmseg', type='LoadAnnotations'),
+    dict(_scope_='mmseg', type='PackSegInputs')
 ]
 dataset = dict(
+    _scope_='mmseg',
     type='BaseSegDataset',
     data_root=data_root,
     metainfo=dict(classes=classes, palette=palette),

@@ -1,5 +1,6 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-from .base import BaseBackbone, switch_to_deploy
+from .base import BaseBackbone
+from .deploy import switch_to_deploy
 from .mpvit import MPViT
 from .vheat import VHeat
 

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvheat.registry import MODELS, register_plain_name
-from ..layers import DropPath
-from .base import DEFAULT_INIT_CFG, BaseBackbone
+from ..layers import DEFAULT_INIT_CFG, DropPath, depthwise_conv2d
+from .base import BaseBackbone
 
 __all__ = [
     'MPViT', 'MPViTStage', 'MHCAEncoder', 'MHCABlock', 'FactorizedAttention',
@@ -217,13 +217,9 @@ class ConvRelPosEnc(nn.Module):
     def __init__(self, head_dim: int, head_groups: Sequence[Tuple[int, int]]):
         super().__init__()
         self.channel_splits = [heads * head_dim for _, heads in head_groups]
+        # Run on channels-last views of V.
         self.convs = nn.ModuleList([
-            nn.Conv2d(
-                channels,
-                channels,
-                window,
-                padding=window // 2,
-                groups=channels)
+            depthwise_conv2d(channels, window)
             for (window, _), channels in zip(head_groups, self.channel_splits)
         ])
 

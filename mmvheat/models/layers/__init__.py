@@ -1,10 +1,15 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 from .cpu_fast_paths import cpu_sub_batch_size, fused_linear
+from .depthwise import depthwise_conv2d
 from .drop_path import DropPath, drop_path
 from .freq_embed import pad_freq_embed, resize_freq_embed
-from .weight_init import ResetParametersInit
+from .heat_block import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp,
+                         conv_nhwc, grid_size)
+from .weight_init import DEFAULT_INIT_CFG, ResetParametersInit
 
 __all__ = [
     'DropPath', 'drop_path', 'pad_freq_embed', 'resize_freq_embed',
-    'ResetParametersInit', 'fused_linear', 'cpu_sub_batch_size'
+    'DEFAULT_INIT_CFG', 'ResetParametersInit', 'fused_linear',
+    'cpu_sub_batch_size', 'HeatConduction2d', 'Mlp', 'HeatBlock', 'HeatBlocks',
+    'conv_nhwc', 'grid_size', 'depthwise_conv2d'
 ]

@@ -1,5 +1,6 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""A weight-initialisation rule for ``init_cfg``: PyTorch's own defaults.
+"""The backbones' weight initialisation: their default ``init_cfg`` and a
+rule that puts layers back at PyTorch's own initialisation.
 
 mmengine's rules (``TruncNormal``, ``Constant``, ...) match layers by class
 name. Where a model keeps some layers at the initialisation PyTorch gives
@@ -12,7 +13,13 @@ from mmengine.model.weight_init import (BaseInit, _get_bases_name,
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
-__all__ = ['ResetParametersInit']
+__all__ = ['DEFAULT_INIT_CFG', 'ResetParametersInit']
+
+#: Truncated-normal Linear layers and unit LayerNorms, the backbones' init.
+DEFAULT_INIT_CFG = [
+    dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
+    dict(type='Constant', layer='LayerNorm', val=1., bias=0.),
+]
 
 
 @WEIGHT_INITIALIZERS.register_module(name='ResetParameters')

@@ -5,9 +5,11 @@ In the spirit of mmpretrain's backbone tests and timm's model tests. All
 models but the few arch checks are tiny (``dims=8``) so that the whole file
 runs in seconds on a small CPU.
 """
+import ast
 import copy
 import json
 import math
+import os
 import os.path as osp
 
 import pytest
@@ -15,8 +17,12 @@ import torch
 from torch import nn
 
 import mmvheat.models.backbones.vheat as vheat_module
-from mmvheat.models.backbones.vheat import DeployedHeatStage, HeatStage, VHeat
-from mmvheat.models.layers import resize_freq_embed
+import mmvheat.models.layers.heat_block as heat_block_module
+from mmvheat.models.backbones.deploy import (DeployedHeatBlocks,
+                                             FusedHeatBlock,
+                                             FusedHeatConduction2d, FusedMlp)
+from mmvheat.models.backbones.vheat import VHeat
+from mmvheat.models.layers import HeatBlocks, resize_freq_embed
 
 PRE_ARCH = dict(
     depths=[1, 1, 2, 1],
@@ -421,13 +427,14 @@ def test_with_cp_matches(arch, drop_path_rate, monkeypatch):
     ckpt.train()
 
     calls = []
-    checkpoint = vheat_module.cp.checkpoint
+    checkpoint = heat_block_module.cp.checkpoint
 
     def counting_checkpoint(*args, **kw):
         calls.append(1)
         return checkpoint(*args, **kw)
 
-    monkeypatch.setattr(vheat_module.cp, 'checkpoint', counting_checkpoint)
+    monkeypatch.setattr(heat_block_module.cp, 'checkpoint',
+                        counting_checkpoint)
 
     x = rand_input(2, 3, 64, 48)
     results = []
@@ -458,7 +465,7 @@ def test_with_cp_skipped_without_grad(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError('checkpoint used without grad')
 
-    monkeypatch.setattr(vheat_module.cp, 'checkpoint', fail)
+    monkeypatch.setattr(heat_block_module.cp, 'checkpoint', fail)
     with torch.no_grad():
         model(rand_input(1, 3, 32, 32))
 
@@ -618,7 +625,7 @@ def test_deploy_leaves_outputs_unchanged(arch):
         with torch.no_grad():
             assert_outs_close(fast(x), ref)
             assert_outs_close(fast(x), ref)  # the folded filters reused
-    assert len(fast.stages[0]._folded) == len(DEPLOY_SIZES)
+    assert len(fast.stages[0].blocks.folded) == len(DEPLOY_SIZES)
 
 
 @pytest.mark.parametrize('arch', DEPLOY_ARCHS)
@@ -646,12 +653,125 @@ def test_train_mode_is_for_the_plain_model():
 
 def test_plain_model_has_no_inference_machinery():
     model = make_model()
-    assert not hasattr(model.stages[0], '_folded')
+    assert not hasattr(model.stages[0].blocks, 'folded')
     model.eval()
     with torch.no_grad():
         model(rand_input(1, 3, 32, 32))
-    assert not hasattr(model.stages[0], '_folded')
-    assert type(model.stages[0]) is HeatStage
+    assert not hasattr(model.stages[0].blocks, 'folded')
+    assert type(model.stages[0].blocks) is HeatBlocks
+
+
+@pytest.mark.parametrize('arch', DEPLOY_ARCHS)
+def test_deploy_equals_the_plain_model_in_float64(arch, monkeypatch):
+    """In float64 the deployed model computes the plain model's function
+    to rounding: the same eager ops (oneDNN fuses float32 only), but for
+    layer scales folded into a weight, which rounds each product once more
+    (3e-15 measured on these unit-scale, LayerNorm-ed maps). 1e-12 leaves
+    a factor of 300 for that and is below anything else a deployed model
+    could differ by: filters folded in float32 are off by 1e-7, a wrong
+    sub-batch, filter or scale by 1e-3 and more. The weights get noise
+    that float32 cannot hold, and one image per sub-batch makes the
+    sub-batches run too."""
+    monkeypatch.setattr(DeployedHeatBlocks, 'cpu_sub_batch_bytes', 1)
+    model = make_model(arch=arch, out_indices=ALL_OUT).double()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    fast = deployed(model)
+    # Other sizes resample the embeddings (in float32, plain or deployed);
+    # at the pretraining size, 32, they are used as they are.
+    for i, (h, w) in enumerate(DEPLOY_SIZES + [(32, 32)]):
+        x = rand_input(3, 3, h, w, seed=i).double()
+        ref = plain_outputs(model, x)
+        with torch.no_grad():
+            assert_outs_close(fast(x), ref, atol=1e-12, rtol=0)
+            assert_outs_close(fast(x), ref, atol=1e-12, rtol=0)
+
+
+def test_deploy_builds_modules_and_retypes_none():
+    """Deploy puts new modules in place of each stage's blocks and their
+    operators and MLPs; no module the model held changes its class, and the
+    stages, the stem and the output norms stay as they are."""
+    model = make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT)
+    held = [(module, type(module)) for module in model.modules()]
+    kept = [model.patch_embed, model.norm0, *model.stages]
+    model.switch_to_deploy()
+    assert [type(module) for module, _ in held] == [cls for _, cls in held]
+    assert all(any(m is module for m in model.modules()) for module in kept)
+    for stage in model.stages:
+        assert type(stage.blocks) is DeployedHeatBlocks
+        for block in stage.blocks:
+            assert type(block) is FusedHeatBlock
+            assert type(block.op) is FusedHeatConduction2d
+            assert type(block.mlp) is FusedMlp
+            assert not any(block is module for module, _ in held)
+
+
+def _sets_class(node: ast.AST) -> bool:
+    """Whether ``node`` sets an object's ``__class__``: by assignment, or
+    by ``setattr(obj, '__class__', cls)``."""
+    if isinstance(node, ast.Call):
+        return any(
+            isinstance(arg, ast.Constant) and arg.value == '__class__'
+            for arg in node.args)
+    targets = getattr(node, 'targets', [getattr(node, 'target', None)])
+    return any(
+        isinstance(target, ast.Attribute) and target.attr == '__class__'
+        for target in targets)
+
+
+def test_no_class_assignment_in_the_models():
+    """Nothing in ``mmvheat.models`` changes a live object's class."""
+    root = osp.dirname(osp.dirname(vheat_module.__file__))  # models/
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in (n for n in files if n.endswith('.py')):
+            path = osp.join(folder, name)
+            with open(path, encoding='utf-8') as f:
+                tree = ast.parse(f.read())
+            found += [
+                f'{path}:{node.lineno}' for node in ast.walk(tree)
+                if _sets_class(node)
+            ]
+    assert not found
+
+
+def test_deploy_keeps_the_parameters_themselves():
+    """The inference forms hold the trained parameters, not copies: an
+    optimizer or an EMA holding them still holds the model's."""
+    model = make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT)
+    before = list(model.named_parameters())
+    model.switch_to_deploy()
+    after = list(model.named_parameters())
+    assert [name for name, _ in after] == [name for name, _ in before]
+    assert all(a is b for (_, a), (_, b) in zip(after, before))
+
+
+def test_stage_deploy_keeps_requires_grad():
+    """A stage switched on its own leaves its parameters' ``requires_grad``
+    as it was (VHeat.switch_to_deploy then freezes them all)."""
+    model = make_model(frozen_stages=1)
+    for stage in model.stages[:2]:
+        stage.switch_to_deploy()
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert all(p.requires_grad for p in model.stages[1].parameters())
+
+
+@pytest.mark.parametrize('arch', DEPLOY_ARCHS)
+def test_deployed_state_dict_loads_into_a_plain_model(arch):
+    """A deployed model's state dict is a training one: it loads strictly
+    into a VHeat that was never deployed, which then computes the same
+    outputs as the model it came from, to the bit."""
+    source = make_model(arch=arch, out_indices=ALL_OUT)
+    fast = deployed(source)
+    plain = make_model(arch=arch, out_indices=ALL_OUT, seed=7)
+    plain.load_state_dict(fast.state_dict(), strict=True)
+    x = rand_input(2, 3, 64, 48)
+    ref = plain_outputs(source, x)
+    assert_outs_close(plain_outputs(plain, x), ref, atol=0, rtol=0)
+    with torch.no_grad():
+        assert_outs_close(fast(x), ref)
 
 
 @pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH, PRE_LS_ARCH])
@@ -687,7 +807,7 @@ def test_deploy_runs_cpu_sub_batches(arch, sub_batch, monkeypatch):
                 lambda m, args, i=i: seen[i].append(args[0].shape[0]))
     # A budget of `sub_batch` images of stage 0's 16 x 8 x 8 float map; each
     # later stage's map is half as large, so twice as many images fit.
-    monkeypatch.setattr(DeployedHeatStage, 'cpu_sub_batch_bytes',
+    monkeypatch.setattr(DeployedHeatBlocks, 'cpu_sub_batch_bytes',
                         sub_batch * 16 * 8 * 8 * 4)
     with torch.no_grad():
         out = fast(x)
@@ -699,57 +819,59 @@ def test_deploy_runs_cpu_sub_batches(arch, sub_batch, monkeypatch):
 
 def test_fold_cache_is_bounded_lru():
     model = deployed(make_model())
-    assert all(s.fold_cache_size == 4 for s in model.stages)
+    assert all(s.blocks.fold_cache_size == 4 for s in model.stages)
     widths = [32, 64, 96, 128]
     with torch.no_grad():
         for w in widths:
             model(rand_input(1, 3, 32, w))
             for s in model.stages:
-                assert len(s._folded) <= s.fold_cache_size
+                assert len(s.blocks.folded) <= s.blocks.fold_cache_size
     stage = model.stages[0]
-    assert list(stage._folded) == [(8, w // 4) for w in widths]
+    assert list(stage.blocks.folded) == [(8, w // 4) for w in widths]
     with torch.no_grad():
         model(rand_input(1, 3, 32, 32))  # a hit: now most recent
         model(rand_input(1, 3, 32, 160))  # evicts the least recent (64)
     for s in model.stages:
-        assert len(s._folded) == 4
-    assert list(stage._folded) == [(8, 24), (8, 32), (8, 8), (8, 40)]
-    assert list(model.stages[3]._folded) == [(1, 3), (1, 4), (1, 1), (1, 5)]
+        assert len(s.blocks.folded) == 4
+    assert list(stage.blocks.folded) == [(8, 24), (8, 32), (8, 8), (8, 40)]
+    assert list(model.stages[3].blocks.folded) == [(1, 3), (1, 4), (1, 1),
+                                                   (1, 5)]
 
     for s in model.stages:
-        s.fold_cache_size = 2
+        s.blocks.fold_cache_size = 2
     with torch.no_grad():
         model(rand_input(1, 3, 32, 192))
-    assert all(len(s._folded) == 2 for s in model.stages)
+    assert all(len(s.blocks.folded) == 2 for s in model.stages)
 
     model.clear_folded()
-    assert all(len(s._folded) == 0 for s in model.stages)
+    assert all(len(s.blocks.folded) == 0 for s in model.stages)
 
 
 def test_fold_reuses_cached_filters(monkeypatch):
     model = deployed(make_model(out_indices=ALL_OUT))
     calls = []
-    original = HeatStage.heat_transfers
+    original = HeatBlocks.heat_transfers
 
-    def counting(self, size):
+    def counting(self, freq_embed, size):
         calls.append(size)
-        return original(self, size)
+        return original(self, freq_embed, size)
 
-    monkeypatch.setattr(HeatStage, 'heat_transfers', counting)
+    monkeypatch.setattr(HeatBlocks, 'heat_transfers', counting)
     x1 = rand_input(2, 3, 64, 48, seed=1)
     x2 = rand_input(2, 3, 64, 48, seed=2)
     with torch.no_grad():
         out1 = model(x1)
         assert len(calls) == 4
-        cached = [dict(s._folded) for s in model.stages]
+        cached = [dict(s.blocks.folded) for s in model.stages]
         out2 = model(x2)
         again = model(x1)
     assert len(calls) == 4  # no new folding
     for stage, before in zip(model.stages, cached):
-        assert stage._folded.keys() == before.keys()
+        assert stage.blocks.folded.keys() == before.keys()
         for key, transfers in before.items():
             assert len(transfers) == len(stage.blocks)
-            assert all(a is b for a, b in zip(stage._folded[key], transfers))
+            assert all(a is b
+                       for a, b in zip(stage.blocks.folded[key], transfers))
             assert all(not t.requires_grad for t in transfers)
     assert_outs_close(again, out1, atol=0, rtol=0)
     assert max_diff(out2, out1) > 1e-3
@@ -761,7 +883,7 @@ def test_fold_cached_filters_are_the_stage_filters():
         model(rand_input(1, 3, 64, 96))
         for stage, size in zip(model.stages, [(16, 24), (8, 12), (4, 6),
                                               (2, 3)]):
-            (key, folded), = stage._folded.items()
+            (key, folded), = stage.blocks.folded.items()
             assert key == size
             for f, ref in zip(folded, stage.heat_transfers(size)):
                 assert f.shape == (*size, stage.freq_embed.shape[-1])
@@ -834,7 +956,7 @@ def test_deployed_dtype_move_refolds():
         out = fast(x.double())
     assert all(o.dtype == torch.float64 for o in out)
     assert all(t.dtype == torch.float64 for s in fast.stages
-               for t in next(iter(s._folded.values())))
+               for t in next(iter(s.blocks.folded.values())))
     ref = plain_outputs(model.double(), x.double())
     assert_outs_close(out, ref, atol=1e-10, rtol=1e-10)
 
@@ -905,7 +1027,9 @@ def test_folded_filters_are_no_inference_tensors():
         plain_outputs(make_model(out_indices=ALL_OUT), x)
     with torch.inference_mode():
         model(x)
-    folded = [t for s in model.stages for t in next(iter(s._folded.values()))]
+    folded = [
+        t for s in model.stages for t in next(iter(s.blocks.folded.values()))
+    ]
     assert folded and not any(t.is_inference() for t in folded)
     grad = _grad_after_inference_mode(model, (64, 48))
     assert grad.abs().sum() > 0
@@ -1063,10 +1187,10 @@ def test_load_state_dict_resizes_freq_embed(deploy):
         large = deployed(large)
         with torch.no_grad():
             large(rand_input(1, 3, 64, 64))
-        assert all(len(s._folded) == 1 for s in large.stages)
+        assert all(len(s.blocks.folded) == 1 for s in large.stages)
     large.load_state_dict(small.state_dict())
     if deploy:
-        assert all(len(s._folded) == 0 for s in large.stages)
+        assert all(len(s.blocks.folded) == 0 for s in large.stages)
     for i, (s, l) in enumerate(zip(small.stages, large.stages)):
         side = 64 // 4 // 2**i
         expected = resize_freq_embed(s.freq_embed.detach(), (side, side))
