@@ -130,9 +130,9 @@ print('loaded:', loaded)
 
 _USE_GPU_REPORT = '''
 import runpy, sys
-from mmvheat.analysis import gpu_report
-print(gpu_report.swin_unavailable())
-print(gpu_report.write_figure([], 'unused.png', ''))
+from mmvheat.analysis import benchmark
+print(benchmark.swin_unavailable())
+print(benchmark.write_figure([], 'unused.png', ''))
 sys.argv = ['gpu_report.py', '--help']
 try:
     runpy.run_path(TOOL, run_name='__main__')

@@ -4,6 +4,6 @@
 Needs torch and mmengine only at import; mmpretrain (for the benchmark's
 classifiers) and matplotlib (for the figures) are imported where used.
 """
-from .flops import format_count, get_flops, hco_macs, model_complexity
+from .flops import format_count, hco_macs, model_complexity
 
-__all__ = ['format_count', 'get_flops', 'hco_macs', 'model_complexity']
+__all__ = ['format_count', 'hco_macs', 'model_complexity']

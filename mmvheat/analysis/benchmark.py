@@ -1,82 +1,63 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""Speed, memory and FLOPs of vHeat against Swin (and MPViT), and of the HCO.
+"""One measurement harness for the HCO and whole models, side by side.
 
-Two levels, both measured side by side in one run (candidates interleaved
-round-robin, ``--repeats`` timed calls each after a warm-up, median taken),
-so the *ratios* are the result; absolute times on CPU are informative only.
+Shaped like mmdet's ``utils/benchmark.py``: each measured thing is a
+:class:`Candidate` (``run_once``: one call; ``run``: calls in a row, timed)
+and :func:`run_round_robin` runs a group of them interleaved (``repeats``
+rounds after ``warmup`` calls, median taken), so the *ratios* are the
+result. ``tools/analysis_tools/benchmark.py`` and its preset ``gpu_report.py``
+are the command lines.
 
-* op level: the HCO ``IDCT2D(DCT2D(x) * transfer)`` at the stage shapes of
-  vHeat-T (``B, res/4/2^i, res/4/2^i, C_i``) for 224/512/1024 inputs, three
-  implementations: ``reference`` (four matmuls, the baseline), ``triton``
-  (the fused kernel; CUDA only -- skipped with a note on CPU, the
-  interpreter is no benchmark) and ``published`` (cosine matrices through
-  ``F.conv1d`` in separate passes). Per implementation and stage the
-  exponent ``p`` of ``time ~ N^p`` (N = H*W pixels) is fitted by log-log
-  least squares; the operator's MACs grow as ``N^1.5``. Each output is
-  also compared with float32 arithmetic on the unrounded input
-  (``max_rel_err``): with ``--dtype bf16``/``fp16`` that is the operator's
-  half-precision error.
-* model level: ImageNet classifiers (backbone, global average pooling of
-  its last output, linear head: :class:`Classifier`) of vHeat-T/S/B,
-  mmpretrain's Swin-T/S/B and MPViT-T/XS/S/B at each resolution, inference
-  (``torch.no_grad``, eval mode) and/or one training step (forward,
-  cross-entropy, backward, AdamW step): images/s, throughput ratio to the
-  baseline model (the first one) and to the published formulation of the
-  same vHeat (like with like, below), peak memory, FLOPs per image (MACs,
-  fvcore/mmengine convention like the papers, HCO counted right; see
-  :mod:`mmvheat.analysis.flops`) and params.
+Operator (:func:`measure_hco`): ``reference`` (four float32 matmuls), each
+Triton kernel path that takes the shape (``fused`` for grids up to 32 x 32,
+``tiled`` for any), ``autotuned`` (the dispatcher's choice), ``published``
+(``F.conv1d`` transforms, ``decay ** k`` recomputed from ``k`` in every
+call, half precision under autocast) and ``copy``; errors against float64
+on the same rounded inputs and against float32 on the unrounded input,
+bandwidth against the copy.
 
-  Each vHeat comes in four forms (:data:`VHEAT_VARIANTS`), all with the same
-  weights: ``vheat-t`` is our model, switched to deploy mode for inference
-  (:func:`mmvheat.models.switch_to_deploy`: filters folded once per input
-  size, fused layers); ``vheat-t-plain`` is our model in plain eval mode;
-  ``vheat-t-pub`` runs the published dataflow (NCHW, conv1d DCTs,
-  ``decay ** k`` recomputed at every forward;
-  :mod:`mmvheat.analysis.published`); ``vheat-t-pub-fold`` is the published
-  inference mode, which folds ``decay ** k`` once at the pretraining size
-  (``img_size``) and, at any other size, recomputes it at every forward as
-  the published dense backbone does. Like with like, ``speedup_vs_published``
-  compares the deployed model with ``-pub-fold`` and the plain one with
-  ``-pub`` (training: ours with ``-pub``). ``-plain`` and ``-pub-fold`` are
-  inference forms and are not timed in training.
+Models (:func:`benchmark_models`): classifiers (:class:`Classifier`) of
+vHeat-T/S/B, Swin-T/S/B (mmpretrain) and MPViT-T/XS/S/B, inference and a
+training step. Each vHeat in four forms with the same weights
+(:data:`VHEAT_VARIANTS`): deployed for inference, ``-plain`` (eval mode),
+``-pub`` (the published dataflow, :mod:`mmvheat.analysis.published`) and
+``-pub-fold`` (the published inference mode, folded at ``img_size``).
 
-Peak memory is ``torch.cuda.max_memory_allocated`` during the timed calls
-minus what was allocated before, plus the model's own parameters, buffers
-(and AdamW state for training), on GPU. On CPU it is reported as n/a (empty
-in the CSV): the process RSS high-water mark is shared by all the models of
-a run and cannot attribute a peak to one of them.
-
-``tools/analysis_tools/benchmark.py`` is the command line; it writes the
-CSV files, the plot and the tables.
+Peak memory is the most memory in use during a row's calls (a warm-up and
+the measured ones) above what the built model (weights, input, optimizer)
+held before them, so what the first call creates (AdamW moments, folded
+filters) counts. On CUDA ``torch.cuda.max_memory_allocated`` around each
+call gives it. On the CPU each row runs in a process of its own
+(:func:`measure_memory`): the resident set's high-water mark (Linux's
+``VmHWM``, reset once the model is built), with every allocation above
+64 KiB mapped on its own (``MALLOC_MMAP_THRESHOLD_``) so that freed memory
+leaves the resident set at once and the mark follows the memory in use.
 """
 import csv
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+from importlib import import_module
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from mmvheat.models import switch_to_deploy
-from mmvheat.ops import dct_basis, spectral_filter_reference
-from mmvheat.ops.dispatch import relative_error
+from mmvheat.models import VHeat, switch_to_deploy
+from mmvheat.ops import hco_dispatcher, spectral_filter_reference
+from mmvheat.ops.dispatch import (REFERENCE, relative_error,
+                                  spectral_filter_autotuned,
+                                  spectral_filter_kernel)
+from mmvheat.ops.spectral import spectral_filter_reference_grads
 from mmvheat.utils.io import atomic_write, first_line
-from .flops import hco_macs, model_complexity
-from .published import PublishedVHeat, conv1d_spectral_filter
-
-__all__ = [
-    'MODEL_NAMES', 'VHEAT_VARIANTS', 'INFER_ONLY_VARIANTS', 'MODEL_COLUMNS',
-    'OP_COLUMNS', 'EXP_COLUMNS', 'Candidate', 'failure_status',
-    'run_round_robin', 'fit_exponent', 'benchmark_ops', 'benchmark_models',
-    'split_model_name', 'family_of', 'published_counterpart', 'Classifier',
-    'build_classifier', 'format_table', 'csv_row', 'write_csv', 'PLOT_PANELS',
-    'plot'
-]
-
-VHEAT_T_DIMS = (96, 192, 384, 768)
-VHEAT_T_DEPTHS = (2, 2, 6, 2)
+from .flops import model_complexity
+from .published import (PublishedVHeat, conv1d_spectral_filter,
+                        published_transfer)
 
 # model name -> (backbone family, arch)
 _ARCHS = {
@@ -91,9 +72,8 @@ _ARCHS = {
     'mpvit-s': ('mpvit', 'small'),
     'mpvit-b': ('mpvit', 'base'),
 }
-#: The forms of each vHeat model (see the module doc): ours (deployed for
-#: inference), ours in plain eval mode, the published dataflow, and the
-#: published inference mode.
+#: The forms of each vHeat: ours (deployed for inference), ours in plain
+#: eval mode, the published dataflow, the published inference mode.
 VHEAT_VARIANTS = ('', '-plain', '-pub', '-pub-fold')
 #: The forms that exist for inference only.
 INFER_ONLY_VARIANTS = ('-plain', '-pub-fold')
@@ -101,83 +81,52 @@ MODEL_NAMES = sorted(_ARCHS) + [
     f'{n}{v}' for n in sorted(_ARCHS) if n.startswith('vheat')
     for v in VHEAT_VARIANTS[1:]
 ]
-
-MODEL_COLUMNS = [
-    'model', 'resolution', 'batch_size', 'mode', 'dtype', 'device',
-    'median_ms', 'images_per_s', 'speedup_vs_baseline', 'speedup_vs_published',
-    'peak_mem_mb', 'mem_vs_baseline', 'gflops_per_image', 'gflops_shared',
-    'params_m', 'status'
-]
-OP_COLUMNS = [
-    'impl', 'input_res', 'stage', 'batch_size', 'H', 'W', 'C', 'N', 'mode',
-    'dtype', 'device', 'median_ms', 'speedup_vs_reference', 'gmacs',
-    'gmacs_per_s', 'max_rel_err', 'status'
-]
-EXP_COLUMNS = ['impl', 'stage', 'C', 'mode', 'exponent', 'points']
+#: The figure's panels: (column, axis label).
+PLOT_PANELS = (('images_per_s', 'throughput (images/s)'),
+               ('peak_mem_mb', 'peak memory (MiB)'))
+_DTYPES = {
+    'fp32': torch.float32,
+    'bf16': torch.bfloat16,
+    'fp16': torch.float16
+}
+_NAN = float('nan')
+_CPU = torch.device('cpu')
 
 
-# ---------------------------------------------------------------- utilities
-def _dtype(name: str) -> Optional[torch.dtype]:
-    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[name]
-
-
+# ---------------------------------------------------------------- harness
 def _sync(device: torch.device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def _free(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def _autocast(device: torch.device, dtype: str):
     return torch.autocast(
-        device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        device.type, dtype=_DTYPES[dtype], enabled=dtype != 'fp32')
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err,
-                      torch.cuda.OutOfMemoryError) or ('out of memory'
-                                                       in str(err).lower())
+def _median(xs: List[float]) -> float:
+    return statistics.median(xs) if xs else _NAN
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else _NAN
 
 
 def failure_status(err: BaseException) -> str:
     """A row's ``status`` for a failed measurement: ``'OOM'`` or one line
     naming the error."""
-    if _is_oom(err):
+    if isinstance(err, torch.cuda.OutOfMemoryError) or \
+            'out of memory' in str(err).lower():
         return 'OOM'
     return f'error: {type(err).__name__}: {first_line(err)}'[:200]
 
 
-class Candidate:
-    """A callable timed round-robin with the others of its group.
-
-    Args:
-        name (str): What it runs.
-        fn (callable): One call.
-        extra_bytes (int): Memory it holds outside the call (its weights),
-            added to the peak. Defaults to 0.
-    """
-
-    def __init__(self,
-                 name: str,
-                 fn: Callable[[], None],
-                 extra_bytes: int = 0):
-        self.name = name
-        self.fn = fn
-        self.extra_bytes = extra_bytes
-        #: Seconds per call, one entry per timed sample.
-        self.times: List[float] = []
-        #: Calls in a row per timed sample.
-        self.inner = 1
-        self.peak: Optional[int] = None
-        self.status = 'ok'
-
-    def fail(self, err: BaseException, device: torch.device):
-        """Record ``err`` (in one line) and free what the failure held."""
-        self.status = failure_status(err)
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-
-
-def _time_calls(fn: Callable[[], None], calls: int,
-                device: torch.device) -> float:
+def _time_calls(fn: Callable, calls: int, device: torch.device) -> float:
     """Seconds per call of ``calls`` calls in a row: CUDA events on a GPU,
     the wall clock around synchronisation elsewhere."""
     if device.type == 'cuda':
@@ -196,298 +145,318 @@ def _time_calls(fn: Callable[[], None], calls: int,
     return (time.perf_counter() - t0) / calls
 
 
+class Candidate:
+    """One measured thing, timed round-robin with the others of its group.
+
+    Args:
+        name (str): What it runs.
+        fn (callable, optional): One call. Defaults to None: a subclass
+            overrides :meth:`run_once`.
+    """
+
+    def __init__(self, name: str, fn: Optional[Callable] = None):
+        self.name, self.fn, self.status = name, fn, 'ok'
+        self.times: List[float] = []  # seconds per call, one per sample
+        self.inner = 1  # calls in a row per sample
+        self.peak: Optional[int] = None  # bytes, on CUDA
+        self._held = 0  # bytes its calls left allocated (CUDA)
+
+    def run_once(self):
+        """One call."""
+        return self.fn()
+
+    def run(self, calls: int, device: torch.device) -> float:
+        """Seconds per call of ``calls`` calls in a row; on CUDA also the
+        peak memory (:attr:`peak`, see the module doc)."""
+        if device.type != 'cuda':
+            return _time_calls(self.run_once, calls, device)
+        _sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        seconds = _time_calls(self.run_once, calls, device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        self.peak = max(self.peak or 0, self._held + peak)
+        self._held += torch.cuda.memory_allocated(device) - before
+        return seconds
+
+    def fail(self, err: BaseException, device: torch.device):
+        """Record ``err`` (in one line) and free what the failure held."""
+        self.status = failure_status(err)
+        _free(device)
+
+
 def run_round_robin(cands: List[Candidate],
                     repeats: int,
                     warmup: int,
                     device: torch.device,
                     min_sample_s: float = 0.,
                     deadline: Optional[float] = None):
-    """Warm each candidate up, then time ``repeats`` rounds interleaved.
-
-    A failing candidate is marked (``status``) and the others go on.
+    """Warm each candidate up, then time ``repeats`` rounds interleaved; a
+    failing candidate is marked (``status``) and the others go on.
 
     Args:
-        cands (list[Candidate]): Timed in turn; their ``times``, ``peak``
-            and ``status`` are filled in.
+        cands (list[Candidate]): Their ``times``, ``peak`` and ``status``
+            are filled in.
         repeats (int): Timed rounds.
         warmup (int): Untimed calls per candidate first.
-        device (torch.device): Where they run (CUDA: events and peaks).
+        device (torch.device): Where they run.
         min_sample_s (float): A sample is as many calls in a row (at most
-            100) as make it last this long, so that short calls are not
-            timed by the launch of one. Defaults to 0: one call.
+            100) as make it last this long. Defaults to 0: one call.
         deadline (float, optional): A ``time.monotonic()`` after which no
-            round starts once each candidate has a sample. Defaults to
-            None.
+            round starts once each candidate has a sample. Defaults to None.
     """
     for c in cands:
         try:
-            for _ in range(warmup):
-                c.fn()
-            _sync(device)
+            if warmup:
+                c.run(warmup, device)
             if min_sample_s > 0:
-                once = _time_calls(c.fn, 1, device)
+                once = c.run(1, device)
                 c.inner = max(1, min(100, math.ceil(min_sample_s / once)))
         except Exception as e:  # noqa: BLE001 -- keep the others running
             c.fail(e, device)
     for round_ in range(repeats):
         if round_ and deadline is not None and time.monotonic() > deadline:
             break
-        for c in cands:
-            if c.status != 'ok':
-                continue
+        for c in [c for c in cands if c.status == 'ok']:
             try:
-                if device.type == 'cuda':
-                    _sync(device)
-                    base = torch.cuda.memory_allocated(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                c.times.append(_time_calls(c.fn, c.inner, device))
-                if device.type == 'cuda':
-                    peak = torch.cuda.max_memory_allocated(device) - base
-                    c.peak = max(c.peak or 0, peak + c.extra_bytes)
+                c.times.append(c.run(c.inner, device))
             except Exception as e:  # noqa: BLE001
                 c.fail(e, device)
 
 
-def _median(xs: List[float]) -> float:
-    return statistics.median(xs) if xs else float('nan')
+def times_line(rows: List[dict], key: str, column: str, unit: str) -> str:
+    """``'name value unit | ...'`` of measured rows (or their status)."""
+    return ' | '.join(f'{r[key]} {r[column]:.4g} {unit}' if r.get('status') ==
+                      'ok' else f'{r[key]} {r.get("status")}' for r in rows)
 
 
-def fit_exponent(ns: List[float], ts: List[float]) -> float:
-    """Least-squares slope of ``log t`` against ``log n``."""
-    pts = [(math.log(n), math.log(t)) for n, t in zip(ns, ts)
-           if t > 0 and not math.isnan(t)]
-    if len(pts) < 2:
-        return float('nan')
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx)**2 for p in pts)
-    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
-    return sxy / sxx if sxx else float('nan')
+# ---------------------------------------------------------------- operator
+def kernels_run_on(device: torch.device) -> bool:
+    """Whether the Triton kernels run on ``device`` in this process: on CUDA
+    compiled, on the CPU in Triton's interpreter (chosen at their import)."""
+    try:
+        from mmvheat.ops.triton_hco import triton_interpret_enabled
+    except ImportError:
+        return False
+    return (device.type == 'cuda') != triton_interpret_enabled()
 
 
-def _fmt(v, spec='.3g'):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return 'n/a'
-    return format(v, spec) if isinstance(v, float) else str(v)
+def kernel_paths() -> Tuple[str, ...]:
+    """The Triton kernel paths (none without Triton)."""
+    try:
+        from mmvheat.ops.triton_hco import KERNEL_PATHS
+    except ImportError:
+        return ()
+    return KERNEL_PATHS
 
 
-def format_table(rows: List[dict], columns: List[str], title: str) -> str:
-    """``rows`` as a text table under ``title``."""
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [
-        max([len(c)] + [len(row[i]) for row in cells])
-        for i, c in enumerate(columns)
-    ]
-    lines = [
-        f'\n{title}', ' | '.join(c.ljust(w) for c, w in zip(columns, widths)),
-        '-+-'.join('-' * w for w in widths)
-    ]
-    lines += [
-        ' | '.join(v.ljust(w) for v, w in zip(row, widths)) for row in cells
-    ]
-    return '\n'.join(lines)
+def stage_grid(size: Tuple[int, int], stage: int) -> Tuple[int, int]:
+    """``(H, W)`` of stage ``stage``'s map for an input of ``size``: the stem
+    halves twice, each later stage once more (3x3 convolutions of stride 2
+    and padding 1 give ``ceil(n / 2)``)."""
+    h, w = size
+    for _ in range(2 + stage):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
 
 
-def csv_row(row: dict, columns: Sequence[str]) -> dict:
-    """``row`` restricted to ``columns``, missing and NaN values empty."""
+def _ideal_bytes(x: Tensor, transfer: Tensor, mode: str) -> int:
+    """Bytes an ideal implementation moves: read ``x`` and the filter, write
+    ``y``; in training also read ``x`` and the output gradient, write
+    ``x``'s gradient, read the filter and write its gradient."""
+    xb = x.numel() * x.element_size()
+    tb = transfer.numel() * transfer.element_size()
+    return 2 * xb + tb if mode == 'infer' else 5 * xb + 3 * tb
+
+
+def _filters(names: Sequence[str], device: torch.device,
+             half: Optional[torch.dtype]) -> Dict[str, Callable]:
+    """``name -> f(x, transfer)`` for each implementation in ``names`` and
+    the published formulation."""
+
+    def kernel(path):
+        return lambda x, t: spectral_filter_kernel(x, t, path)
+
+    def published(x, t):
+        with torch.autocast(
+                device.type, dtype=half or torch.float32, enabled=bool(half)):
+            return conv1d_spectral_filter(x, t)
+
+    fns = {name: kernel(name) for name in names if name in kernel_paths()}
+    fns.update(
+        reference=spectral_filter_reference,
+        autotuned=spectral_filter_autotuned,
+        published=published)
+    return {name: fns[name] for name in list(names) + ['published']}
+
+
+def _exact(x: Tensor, transfer: Tensor, grad: Optional[Tensor]):
+    """The float64 reference: output, and with ``grad`` the gradients."""
+    x64, t64 = x.detach().double(), transfer.detach().double()
+    with torch.no_grad():
+        y64 = spectral_filter_reference(x64, t64)
+        if grad is None:
+            return y64, None, None
+        return (y64, *spectral_filter_reference_grads(x64, t64, grad.double()))
+
+
+def _errors(fn: Callable, x: Tensor, transfer: Tensor, grad: Optional[Tensor],
+            exact) -> Dict[str, float]:
+    """One call of ``fn`` compared with the float64 ``exact`` results
+    (``max |y - y64| / max |y64|``)."""
+    if grad is None:
+        with torch.no_grad():
+            return dict(err_out=relative_error(fn(x, transfer), exact[0]))
+    xg = x.detach().requires_grad_()
+    tg = transfer.detach().requires_grad_()
+    y = fn(xg, tg)
+    got = (y, ) + torch.autograd.grad(y, (xg, tg), grad)
     return {
-        c: ('' if row.get(c) is None or
-            (isinstance(row.get(c), float) and math.isnan(row[c])) else row[c])
-        for c in columns
+        name: relative_error(a, b)
+        for name, a, b in zip(('err_out', 'err_grad_x',
+                               'err_grad_t'), got, exact)
     }
 
 
-def write_csv(path: str, rows: List[dict], columns: List[str]):
-    """``rows`` as CSV with a header of ``columns`` (:func:`csv_row`),
-    written atomically."""
-    with atomic_write(path, 'w') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(csv_row(r, columns))
+def _step(name: str, fn: Callable, x: Tensor, transfer: Tensor, k: Tensor,
+          grad: Optional[Tensor]) -> Callable[[], None]:
+    """One timed call: forward (and backward to ``x`` and the filter with
+    ``grad``). The published formulation computes ``decay ** k`` in it."""
+    xg = x.detach().requires_grad_(grad is not None)
+    tg = (k if name == 'published' else transfer).detach().requires_grad_(
+        grad is not None)
+
+    def step():
+        t = published_transfer(tg) if name == 'published' else tg
+        if grad is None:
+            with torch.no_grad():
+                fn(xg, t)
+        else:
+            torch.autograd.grad(fn(xg, t), (xg, tg), grad)
+
+    return step
 
 
-# ---------------------------------------------------------------- op level
-def _op_impls(device: torch.device,
-              notes: List[str]) -> Dict[str, Optional[Callable]]:
-    impls: Dict[str, Optional[Callable]] = {
-        'reference': spectral_filter_reference,
-        'triton': None,
-        'published': conv1d_spectral_filter,
-    }
-    if device.type == 'cuda':
-        try:
-            import mmvheat.ops.triton_hco  # noqa: F401
-            from mmvheat.ops.dispatch import spectral_filter_kernel
-            impls['triton'] = spectral_filter_kernel
-        except ImportError as e:
-            notes.append(f'Triton kernel unavailable ({e}); skipped')
-    else:
-        notes.append('fused Triton kernel rows skipped on CPU (Triton needs '
-                     'CUDA; its interpreter is not a benchmark)')
-    return impls
+def measure_hco(shape: Tuple[int, int, int, int],
+                dtype: str,
+                mode: str,
+                device: torch.device,
+                repeats: int = 10,
+                warmup: int = 2,
+                min_sample_s: float = 0.,
+                deadline: Optional[float] = None,
+                kernels: bool = True,
+                copy: bool = True,
+                tune: Optional[Callable] = None) -> List[dict]:
+    """Time and check every implementation of the operator on one map.
 
-
-def _modes(mode: str) -> List[str]:
-    return ['infer', 'train'] if mode == 'both' else [mode]
-
-
-def benchmark_ops(
-    device: torch.device,
-    resolutions: Sequence[int] = (224, 512, 1024),
-    stages: Sequence[int] = (0, 1, 2, 3),
-    batch_size: int = 64,
-    mode: str = 'both',
-    dtype: str = 'fp32',
-    repeats: int = 10,
-    warmup: int = 2,
-    progress: Optional[Callable[[str], None]] = None
-) -> Tuple[List[dict], List[dict], List[str]]:
-    """Time the HCO implementations at vHeat-T's stage shapes.
+    Rows: ``impl``, ``median_ms``, ``samples``, ``status``; ``err_out``
+    (and ``err_grad_x``, ``err_grad_t``) against float64 on the same
+    rounded inputs, ``max_rel_err`` (inference) against float32 on the
+    unrounded input; ``speedup_vs_reference`` and ``_vs_published``;
+    ``gb_per_s`` (:func:`_ideal_bytes` over the time); with ``copy``,
+    ``vs_copy`` (the time over those bytes' time at the copy's bandwidth)
+    and for kernel paths ``bytes_per_elem`` (their own, by
+    :func:`mmvheat.ops.triton_hco.bytes_moved`) and ``vs_own_bytes``; the
+    tuning's ``autotuned``, ``tuner_ms`` and ``tuner_source``.
 
     Args:
-        device (torch.device): Where to run.
-        resolutions (Sequence[int]): Input resolutions of the network.
-        stages (Sequence[int]): Stages of vHeat-T whose shapes are timed.
-        batch_size (int): Images per call.
-        mode (str): ``'infer'``, ``'train'`` (forward and backward) or
-            ``'both'``.
+        shape (tuple): ``(B, H, W, C)``.
         dtype (str): ``'fp32'``, ``'bf16'`` or ``'fp16'``.
-        repeats (int): Timed calls per candidate.
-        warmup (int): Untimed calls per candidate first.
-        progress (callable, optional): Called with one line per measured
-            shape. Defaults to None.
-
-    Returns:
-        tuple: the rows (:data:`OP_COLUMNS`), the fitted exponents
-        (:data:`EXP_COLUMNS`) and notes for the reader.
+        mode (str): ``'infer'`` (forward) or ``'train'`` (forward and
+            backward to ``x`` and the filter).
+        device (torch.device): Where to run.
+        repeats, warmup, min_sample_s, deadline: See
+            :func:`run_round_robin`.
+        kernels (bool): Time the kernel paths where they run
+            (:func:`kernels_run_on`). Defaults to True.
+        copy (bool): Time ``dst.copy_(x)`` too. Defaults to True.
+        tune (callable, optional): ``(x, transfer, grad)`` -> ``choice``,
+            ``times_ms`` and ``source`` of the dispatcher's choice, which is
+            then timed as ``autotuned``. Defaults to None.
     """
-    notes: List[str] = []
-    half = _dtype(dtype)
-    impls = _op_impls(device, notes)
-    modes = _modes(mode)
-    rows = []
-    shapes = [(mode, res, stage) for mode in modes for res in resolutions
-              for stage in range(len(VHEAT_T_DIMS)) if stage in stages]
-    for done, (mode, res, stage) in enumerate(shapes, 1):
-        c = VHEAT_T_DIMS[stage]
-        h = w = res // 4 // 2**stage
-        b = batch_size
-        x32 = torch.randn(b, h, w, c, device=device)
-        x = x32 if half is None else x32.to(half)
-        transfer = torch.rand(h, w, c, device=device)
-        dct_basis(h, device, torch.float32)  # warm the basis cache
-        # What each implementation loses against float32 arithmetic
-        # on the unrounded input (for fp32: their disagreement).
-        with torch.no_grad():
-            exact = spectral_filter_reference(x32, transfer)
-        errors = {}
-        cands = []
-        for name, fn in impls.items():
-            if fn is None:
-                continue
-
-            def call(fn=fn, name=name, x=x, t=transfer):
-                if name == 'published':
-                    # F.conv1d, in the autocast dtype as published
-                    with _autocast(device, half):
-                        return fn(x.float(), t)
-                return fn(x, t)
-
-            if mode == 'infer':
+    torch.manual_seed(0)
+    b, h, w, c = shape
+    half = None if dtype == 'fp32' else _DTYPES[dtype]
+    x32 = torch.randn(shape, device=device)
+    x = x32.to(_DTYPES[dtype])
+    # Exponents as the ReLU of a linear layer gives them; every
+    # implementation filters with the same float32 decay ** k.
+    k = 2 * torch.rand(h, w, c, device=device)
+    transfer = published_transfer(k)
+    grad = (
+        torch.randn(shape, device=device).to(x.dtype)
+        if mode == 'train' else None)
+    exact = _exact(x, transfer, grad)
+    names = [REFERENCE]
+    tuned = dict(choice=REFERENCE, times_ms={}, source='')
+    if kernels and kernels_run_on(device):
+        names = list(hco_dispatcher.candidates(x))
+        if tune is not None and len(names) > 1:
+            tuned = tune(x, transfer, grad)
+            names.append('autotuned')
+    rows, cands = {}, []
+    for name, fn in _filters(names, device, half).items():
+        rows[name] = dict(impl=name)
+        try:
+            rows[name].update(_errors(fn, x, transfer, grad, exact))
+            if grad is None:
                 with torch.no_grad():
-                    errors[name] = relative_error(call(), exact)
-            if mode == 'train':
-                xg = x.detach().requires_grad_()
-
-                def step(call=call, xg=xg):
-                    call(x=xg).float().sum().backward()
-                    xg.grad = None
-            else:
-
-                def step(call=call):
-                    with torch.no_grad():
-                        call()
-
-            cands.append(Candidate(name, step))
-        run_round_robin(cands, repeats, warmup, device)
-        if progress is not None:
-            progress(f'[{done}/{len(shapes)}] op {res} stage {stage} '
-                     f'{mode}: {_fmt_times(cands)}')
-        times = {c.name: _median(c.times) for c in cands}
-        ref = times.get('reference', float('nan'))
-        macs = hco_macs(h, w, c, b) / 1e9
-        shape = dict(
-            input_res=res,
-            stage=stage,
-            batch_size=b,
-            H=h,
-            W=w,
-            C=c,
-            N=h * w,
-            mode=mode,
-            dtype=dtype,
-            device=device.type,
-            gmacs=macs)
-        for cand in cands:
-            t = times[cand.name]
-            rows.append(
-                dict(
-                    shape,
-                    impl=cand.name,
-                    median_ms=t * 1e3,
-                    speedup_vs_reference=ref / t,
-                    gmacs_per_s=macs / t,
-                    max_rel_err=errors.get(cand.name),
-                    status=cand.status))
-        if impls['triton'] is None:
-            rows.append(
-                dict(shape, impl='triton', status='skipped: needs CUDA'))
-        del x, x32, exact, transfer
-    exps = []
-    for mode in modes:
-        for impl in impls:
-            sel = [
-                r for r in rows if r['impl'] == impl and r['mode'] == mode
-                and r['status'] == 'ok'
-            ]
-            for stage in sorted({r['stage'] for r in sel}):
-                pts = [r for r in sel if r['stage'] == stage]
-                exps.append(
-                    dict(
-                        impl=impl,
-                        stage=stage,
-                        C=VHEAT_T_DIMS[stage],
-                        mode=mode,
-                        exponent=fit_exponent([r['N'] for r in pts],
-                                              [r['median_ms'] for r in pts]),
-                        points=len(pts)))
-            # all stages of a vHeat-T network (time summed over its blocks)
-            by_res: Dict[int, float] = {}
-            for r in sel:
-                by_res[r['input_res']] = by_res.get(
-                    r['input_res'],
-                    0.) + r['median_ms'] * VHEAT_T_DEPTHS[r['stage']]
-            if by_res:
-                ns = [(res // 4)**2 for res in by_res]
-                exps.append(
-                    dict(
-                        impl=impl,
-                        stage='all (x depth)',
-                        C='',
-                        mode=mode,
-                        exponent=fit_exponent(ns, list(by_res.values())),
-                        points=len(by_res)))
-    return rows, exps, notes
+                    rows[name]['max_rel_err'] = relative_error(
+                        fn(x, transfer),
+                        spectral_filter_reference(x32, transfer))
+        except Exception as e:  # noqa: BLE001 -- the others go on
+            rows[name]['status'] = failure_status(e)
+            _free(device)
+            continue
+        cands.append(Candidate(name, _step(name, fn, x, transfer, k, grad)))
+    del exact
+    if copy:
+        dst = torch.empty_like(x)
+        cands.append(Candidate('copy', lambda: dst.copy_(x)))
+        rows['copy'] = dict(impl='copy')
+    run_round_robin(cands, repeats, warmup, device, min_sample_s, deadline)
+    times = {c.name: _median(c.times) for c in cands}
+    for cand in cands:
+        rows[cand.name].update(
+            median_ms=times[cand.name] * 1e3,
+            samples=len(cand.times),
+            status=cand.status)
+    x_bytes = x.numel() * x.element_size()
+    bandwidth = 2 * x_bytes / times.get('copy', _NAN)
+    ideal = _ideal_bytes(x, transfer, mode)
+    for name, row in rows.items():
+        t = times.get(name, _NAN)
+        row.update(
+            gb_per_s=(2 * x_bytes if name == 'copy' else ideal) / t / 1e9,
+            autotuned=tuned['choice'],
+            tuner_ms=tuned['times_ms'].get(name),
+            tuner_source=tuned['source'])
+        if name == 'copy':
+            row['bytes_per_elem'] = 2 * x.element_size()
+            continue
+        row['speedup_vs_published'] = times.get('published', _NAN) / t
+        row['speedup_vs_reference'] = times.get('reference', _NAN) / t
+        if copy:
+            row['vs_copy'] = t / (ideal / bandwidth)
+        if copy and name in kernel_paths():
+            from mmvheat.ops.triton_hco import bytes_moved
+            moved = bytes_moved(name, x.shape, x.element_size(),
+                                mode == 'train')
+            # The filter's bytes as the ideal counts them.
+            own = moved + _ideal_bytes(x[:0], transfer, mode)
+            row.update(
+                bytes_per_elem=moved / x.numel(),
+                vs_own_bytes=t / (own / bandwidth))
+    return list(rows.values())
 
 
-# ------------------------------------------------------------- model level
+# ---------------------------------------------------------------- models
 def split_model_name(name: str) -> Tuple[str, str]:
     """``'vheat-t-pub-fold'`` -> ``('vheat-t', '-pub-fold')``."""
-    for variant in sorted(VHEAT_VARIANTS, key=len, reverse=True):
-        base = name[:-len(variant)] if variant else name
-        if variant and name.endswith(variant) and \
-                _ARCHS.get(base, ('', ))[0] == 'vheat':
+    for variant in sorted(VHEAT_VARIANTS[1:], key=len, reverse=True):
+        base = name[:-len(variant)]
+        if name.endswith(variant) and _ARCHS.get(base, ('', ))[0] == 'vheat':
             return base, variant
     if name not in _ARCHS:
         raise ValueError(f'unknown model {name!r}; choose from {MODEL_NAMES}')
@@ -500,24 +469,20 @@ def family_of(name: str) -> str:
 
 
 def published_counterpart(name: str, mode: str) -> Optional[str]:
-    """The published formulation to compare ``name`` with, like with like:
-    deployed with folded, plain with recomputed (training: ours with
-    ``-pub``); None for the other models."""
+    """The published form to compare ``name`` with, like with like: deployed
+    with ``-pub-fold``, plain (and training) with ``-pub``; else None."""
     base, variant = split_model_name(name)
     if _ARCHS[base][0] != 'vheat':
         return None
     if variant == '-plain' or (variant == '' and mode == 'train'):
         return base + '-pub'
-    if variant == '':
-        return base + '-pub-fold'
-    return None
+    return base + '-pub-fold' if variant == '' else None
 
 
 class Classifier(nn.Module):
     """An ImageNet classifier: ``backbone``, global average pooling of its
     last output, a linear head (what mmpretrain's ``ImageClassifier`` with
-    ``GlobalAveragePooling`` and ``LinearClsHead`` computes, without
-    mmpretrain).
+    ``GlobalAveragePooling`` and ``LinearClsHead`` computes).
 
     Args:
         backbone (nn.Module): Returns a tuple of NCHW maps.
@@ -525,15 +490,12 @@ class Classifier(nn.Module):
         num_classes (int): Classes. Defaults to 1000.
     """
 
-    def __init__(self,
-                 backbone: nn.Module,
-                 channels: int,
-                 num_classes: int = 1000):
+    def __init__(self, backbone: nn.Module, channels: int, num_classes=1000):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(channels, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x)[-1].mean((2, 3)))
 
 
@@ -541,23 +503,19 @@ def build_classifier(name: str,
                      res: int,
                      img_size: Optional[int] = None,
                      arch: Optional[Union[str, dict]] = None) -> nn.Module:
-    """``name`` (see :data:`MODEL_NAMES`) as a :class:`Classifier`.
-
-    Swin needs mmpretrain (imported here); vHeat and MPViT need nothing
-    beyond mmvheat.
+    """``name`` (:data:`MODEL_NAMES`) as a :class:`Classifier`.
 
     Args:
-        name (str): The model.
+        name (str): The model (Swin needs mmpretrain, imported here).
         res (int): Input resolution (Swin's ``img_size``).
-        img_size (int, optional): vHeat's pretraining size (the size of its
+        img_size (int, optional): vHeat's pretraining size (that of its
             frequency embeddings). Defaults to None: ``res``.
-        arch (str | dict, optional): The backbone's ``arch`` instead of the
-            one ``name`` says (a small custom one for quick checks).
-            Defaults to None.
+        arch (str | dict, optional): The backbone's ``arch`` in place of the
+            one ``name`` says. Defaults to None.
     """
-    from mmvheat.models import MPViT, VHeat
+    from mmvheat.models import MPViT
     base, variant = split_model_name(name)
-    family, named_arch = _ARCHS[base][:2]
+    family, named_arch = _ARCHS[base]
     arch = arch or named_arch
     if family == 'swin':
         from mmpretrain.models import SwinTransformer
@@ -574,17 +532,117 @@ def build_classifier(name: str,
     return Classifier(backbone, channels)
 
 
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+class ModelCandidate(Candidate):
+    """A classifier's inference (eval, no gradients) or training step
+    (forward, cross-entropy, backward, AdamW step) on random images.
+
+    Args:
+        name (str): What it is.
+        model (nn.Module): Returns ``(B, 1000)`` logits.
+        mode (str): ``'infer'`` or ``'train'``.
+        batch_size (int): Images per call.
+        res (int): Their side.
+        device (torch.device): Where to run.
+        dtype (str): ``'fp32'``, or ``'bf16'``/``'fp16'`` autocast.
+            Defaults to ``'fp32'``.
+        deploy (bool): Inference in deploy mode
+            (:func:`~mmvheat.models.switch_to_deploy`). Defaults to False.
+    """
+
+    def __init__(self,
+                 name: str,
+                 model: nn.Module,
+                 mode: str,
+                 batch_size: int,
+                 res: int,
+                 device: torch.device,
+                 dtype: str = 'fp32',
+                 deploy: bool = False):
+        super().__init__(name)
+        self.model = model.to(device).train(mode == 'train')
+        self.mode, self.device, self.dtype = mode, device, dtype
+        self.x = torch.randn(batch_size, 3, res, res, device=device)
+        if mode == 'train':
+            self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            self.labels = torch.randint(1000, (batch_size, ), device=device)
+        elif deploy:
+            switch_to_deploy(model)
+
+    def run_once(self):
+        with torch.set_grad_enabled(self.mode == 'train'), \
+                _autocast(self.device, self.dtype):
+            logits = self.model(self.x)
+        if self.mode == 'train':
+            loss = F.cross_entropy(logits.float(), self.labels)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
 
 
-def _flops(name: str, res: int, img_size: Optional[int],
-           arch: Optional[Union[str, dict]], cache: dict):
+def _resident(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes (Linux)."""
+    with open('/proc/self/status', encoding='ascii') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise OSError(f'no {field} in /proc/self/status')
+
+
+def _memory_process():
+    """The CPU memory process: a spec on stdin, the peak on stdout."""
+    spec = json.loads(sys.stdin.read())
+    module, _, builder = spec['builder'].partition(':')
+    torch.manual_seed(0)
+    model = getattr(import_module(module), builder)(**spec.pop('kwargs'))
+    cand = ModelCandidate(model=model, device=_CPU, **spec.pop('candidate'))
+    with open('/proc/self/clear_refs', 'w', encoding='ascii') as f:
+        f.write('5')  # the high-water mark := the resident set now
+    base = _resident('VmRSS')
+    # The first call creates the state (moments, filters); in the second a
+    # training step's forward runs beside the last step's gradients.
+    cand.run(2, _CPU)
+    print(json.dumps(dict(peak=_resident('VmHWM') - base)))
+
+
+def measure_memory(builder: str, kwargs: dict, **candidate) -> int:
+    """The CPU peak memory in bytes (see the module doc) of a
+    :class:`ModelCandidate`, measured in a process of its own.
+
+    Args:
+        builder (str): ``'module:function'`` that returns the model for
+            ``kwargs`` (importable there from this process's ``sys.path``).
+        kwargs (dict): JSON-serialisable arguments of ``builder``.
+        **candidate: ``name``, ``mode``, ``batch_size``, ``res`` (and
+            ``dtype``, ``deploy``) of :class:`ModelCandidate`.
+
+    Raises:
+        RuntimeError: When that process fails (its last line of error).
+    """
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_=str(64 * 1024),
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, '-c', f'import {__name__} as m; m._memory_process()'],
+        input=json.dumps(
+            dict(builder=builder, kwargs=kwargs, candidate=candidate)),
+        capture_output=True,
+        text=True,
+        env=env)
+    if proc.returncode != 0:
+        why = proc.stderr.strip().splitlines() or [f'exit {proc.returncode}']
+        raise RuntimeError(why[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])['peak']
+
+
+def _flops(name: str, res: int, img_size: Optional[int], arch,
+           cache: dict) -> Tuple[float, float, float]:
     key = (split_model_name(name)[0], res, img_size)
     if key not in cache:
-        model = build_classifier(key[0], res, img_size, arch)
         info = model_complexity(
-            model, torch.randn(1, 3, res, res), split_batch=True)
+            build_classifier(key[0], res, img_size, arch),
+            torch.randn(1, 3, res, res),
+            split_batch=True)
         cache[key] = (info['flops_per_image'] / 1e9,
                       info['flops_shared'] / 1e9, info['params'] / 1e6)
     return cache[key]
@@ -598,62 +656,49 @@ def _folds_at(name: str, res: int, img_size: Optional[int]) -> bool:
                              (img_size or res) == res)
 
 
-def _fmt_times(cands) -> str:
-    return ' | '.join(
-        f'{c.name} {_median(c.times) * 1e3:.4g} ms' if c.status ==
-        'ok' else f'{c.name} {c.status}' for c in cands)
-
-
-def benchmark_models(
-    device: torch.device,
-    models: Sequence[str],
-    resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
-    batch_size: int = 64,
-    mode: str = 'both',
-    dtype: str = 'fp32',
-    repeats: int = 10,
-    warmup: int = 2,
-    flops: bool = True,
-    img_size: Optional[int] = None,
-    progress: Optional[Callable[[str], None]] = None,
-    deadline: Optional[float] = None,
-    archs: Optional[Dict[str, Union[str, dict]]] = None
-) -> Tuple[List[dict], List[str]]:
-    """Time ImageNet classifiers side by side; see the module doc.
+def benchmark_models(device: torch.device,
+                     models: Sequence[str],
+                     resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
+                     batch_size: int = 64,
+                     mode: str = 'both',
+                     dtype: str = 'fp32',
+                     repeats: int = 10,
+                     warmup: int = 2,
+                     flops: bool = True,
+                     img_size: Optional[int] = None,
+                     progress: Optional[Callable[[str], None]] = None,
+                     deadline: Optional[float] = None,
+                     archs: Optional[Dict[str, Union[str, dict]]] = None,
+                     cpu_memory: bool = True,
+                     timed: bool = True) -> Tuple[List[dict], List[str]]:
+    """Time classifiers side by side and measure their peak memory, one
+    group per resolution and mode; see the module doc.
 
     Args:
         device (torch.device): Where to run.
         models (Sequence[str]): Names from :data:`MODEL_NAMES`; the first
-            one is the baseline of the ratios.
+            is the baseline of ``speedup_vs_baseline`` and
+            ``mem_vs_baseline``.
         resolutions (Sequence[int]): Input resolutions.
         batch_size (int): Images per call.
-        mode (str): ``'infer'`` (eval, no gradients, deploy mode),
-            ``'train'`` (a training step) or ``'both'``.
+        mode (str): ``'infer'``, ``'train'`` or ``'both'``.
         dtype (str): ``'fp32'``, or ``'bf16'``/``'fp16'`` autocast.
-        repeats (int): Timed calls per model.
-        warmup (int): Untimed calls per model first.
+        repeats, warmup, deadline: See :func:`run_round_robin`.
         flops (bool): Count FLOPs (jit tracing, slow on a CPU).
         img_size (int, optional): vHeat's pretraining size. Defaults to
-            None: each resolution (so the published inference mode folds
-            at every resolution).
-        progress (callable, optional): Called with one line per measured
-            configuration. Defaults to None.
-        deadline (float, optional): A ``time.monotonic()`` after which each
-            configuration stops at its first complete round of samples.
-            Defaults to None.
-        archs (dict, optional): ``family -> arch`` (``'vheat'``,
-            ``'swin'``, ``'mpvit'``) in place of the ones the names say,
-            e.g. small custom archs for quick checks. Defaults to None.
+            None: each resolution.
+        progress (callable, optional): Called with one line per group.
+        archs (dict, optional): ``family -> arch`` (``'vheat'``, ``'swin'``,
+            ``'mpvit'``) in place of the ones the names say.
+        cpu_memory (bool): On the CPU, measure each row's memory in a
+            process of its own. Defaults to True.
+        timed (bool): False measures the memory only. Defaults to True.
 
     Returns:
-        tuple: the rows (:data:`MODEL_COLUMNS`) and notes for the reader.
+        tuple: the rows and notes for the reader.
     """
-    half = _dtype(dtype)
-    notes: List[str] = []
-    rows = []
-    flop_cache: dict = {}
-    archs = archs or {}
-    modes = _modes(mode)
+    notes, rows, flop_cache, archs = [], [], {}, archs or {}
+    modes = ['infer', 'train'] if mode == 'both' else [mode]
     for name in models:
         split_model_name(name)  # unknown names fail before any work
     infer_only = [
@@ -662,122 +707,161 @@ def benchmark_models(
     if infer_only and 'train' in modes:
         notes.append(f'{", ".join(infer_only)}: inference forms, not timed '
                      'in training')
-    groups = [(res, mode) for res in resolutions for mode in modes]
-    for done, (res, mode) in enumerate(groups, 1):
+    groups = [(res, m) for res in resolutions for m in modes]
+    for done, (res, m) in enumerate(groups, 1):
         cands = []
-        built = {}
         for name in models:
-            if mode == 'train' and name in infer_only:
+            if m == 'train' and name in infer_only:
                 continue
             torch.manual_seed(0)
+            kwargs = dict(
+                name=name,
+                res=res,
+                img_size=img_size,
+                arch=archs.get(family_of(name)))
+            spec = dict(
+                name=name,
+                mode=m,
+                batch_size=batch_size,
+                res=res,
+                dtype=dtype,
+                deploy=split_model_name(name)[1] == '')
             try:
-                model = build_classifier(name, res, img_size,
-                                         archs.get(family_of(name))).to(device)
+                cand = ModelCandidate(
+                    model=build_classifier(**kwargs), device=device, **spec)
             except Exception as e:  # noqa: BLE001
                 notes.append(f'cannot build {name} at {res}: '
                              f'{type(e).__name__}: {first_line(e)}')
-                if device.type == 'cuda':
-                    torch.cuda.empty_cache()
+                _free(device)
                 continue
-            built[name] = model
-            x = torch.randn(batch_size, 3, res, res, device=device)
-            extra = _nbytes(model.parameters()) + _nbytes(model.buffers())
-            if mode == 'infer':
-                model.eval()
-                if split_model_name(name)[1] == '':
-                    switch_to_deploy(model)
-
-                def step(model=model, x=x):
-                    with torch.no_grad(), _autocast(device, half):
-                        model(x)
-            else:
-                model.train()
-                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                labels = torch.randint(0, 1000, (batch_size, ), device=device)
-                extra *= 3  # params + AdamW exp_avg / exp_avg_sq (fp32)
-                extra += _nbytes(model.parameters())  # grads
-
-                def step(model=model, x=x, opt=opt, labels=labels):
-                    with _autocast(device, half):
-                        logits = model(x)
-                    loss = F.cross_entropy(logits.float(), labels)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
-            cands.append(Candidate(name, step, extra_bytes=extra))
-        run_round_robin(cands, repeats, warmup, device, deadline=deadline)
-        if progress is not None:
-            progress(f'[{done}/{len(groups)}] models {res} {mode}: '
-                     f'{_fmt_times(cands)}')
+            cands.append(cand)
+            cand.spec = (kwargs, spec)
+        if timed or device.type == 'cuda':  # CUDA: memory in the calls
+            run_round_robin(
+                cands,
+                repeats if timed else 0,
+                warmup if timed else 2,
+                device,
+                deadline=deadline)
+        for cand in cands:
+            if device.type != 'cuda' and cpu_memory:
+                try:
+                    cand.peak = measure_memory(f'{__name__}:build_classifier',
+                                               cand.spec[0], **cand.spec[1])
+                except Exception as e:  # noqa: BLE001 -- e.g. killed
+                    notes.append(f'memory of {cand.name} at {res} {m} not '
+                                 f'measured: {first_line(e)}')
         times = {c.name: _median(c.times) for c in cands}
-        base = cands[0] if cands else None
-        base_t = _median(base.times) if base else float('nan')
+        peaks = {
+            c.name: _NAN if c.peak is None else c.peak / 2**20
+            for c in cands
+        }
+        base = cands[0].name if cands else None
         for cand in cands:
             t = times[cand.name]
             if flops:
-                gflops, shared, params = _flops(
-                    cand.name, res, img_size, archs.get(family_of(cand.name)),
-                    flop_cache)
-                if mode == 'infer' and _folds_at(cand.name, res, img_size):
+                gflops, shared, params = _flops(cand.name, res, img_size,
+                                                cand.spec[0]['arch'],
+                                                flop_cache)
+                if m == 'infer' and _folds_at(cand.name, res, img_size):
                     shared = 0.
             else:
-                gflops = shared = float('nan')
-                params = sum(p.numel()
-                             for p in built[cand.name].parameters()) / 1e6
-            peak = (
-                cand.peak / 2**20 if cand.peak is not None else float('nan'))
-            base_peak = (
-                base.peak / 2**20 if base.peak is not None else float('nan'))
-            counterpart = published_counterpart(cand.name, mode)
+                gflops = shared = _NAN
+                params = sum(p.numel() for p in cand.model.parameters()) / 1e6
             rows.append(
                 dict(
                     model=cand.name,
                     resolution=res,
                     batch_size=batch_size,
-                    mode=mode,
+                    mode=m,
                     dtype=dtype,
                     device=device.type,
                     median_ms=t * 1e3,
                     images_per_s=batch_size / t,
-                    speedup_vs_baseline=base_t / t,
-                    speedup_vs_published=times.get(counterpart, float('nan')) /
-                    t,
-                    peak_mem_mb=peak,
-                    mem_vs_baseline=peak / base_peak,
+                    speedup_vs_baseline=times[base] / t,
+                    speedup_vs_published=times.get(
+                        published_counterpart(cand.name, m), _NAN) / t,
+                    peak_mem_mb=peaks[cand.name],
+                    mem_vs_baseline=_ratio(peaks[cand.name], peaks[base]),
                     gflops_per_image=gflops,
                     gflops_shared=shared,
                     params_m=params,
                     samples=len(cand.times),
                     status=cand.status))
-        del cands, built
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+        if progress is not None:
+            what = ('median_ms', 'ms') if timed else ('peak_mem_mb', 'MiB')
+            progress(f'[{done}/{len(groups)}] models {res} {m}: ' +
+                     times_line(rows[len(rows) - len(cands):], 'model', *what))
+        del cands
+        _free(device)
     return rows, notes
 
 
-#: The plot's default panels: (column, axis label).
-PLOT_PANELS = (('images_per_s',
-                'throughput (images/s)'), ('peak_mem_mb', 'peak memory (MiB)'),
-               ('gflops_per_image', 'FLOPs per image (GMACs)'))
+def swin_unavailable() -> Optional[str]:
+    """Why Swin-T cannot be built here (mmpretrain cannot be imported), or
+    None."""
+    try:
+        import mmpretrain.models  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- any failure: no Swin baseline
+        return (f'Swin-T skipped: mmpretrain cannot be imported '
+                f'({type(e).__name__}: {first_line(e)})')
+    return None
 
 
-def plot(rows: List[dict],
-         path: str,
-         title: str = '',
-         panels: Sequence[Tuple[str, str]] = PLOT_PANELS):
-    """Model rows against resolution, one line per model and mode (solid:
-    inference, dashed: training), one panel per ``(column, label)`` of
-    ``panels``, as the paper's Figure 1 draws them (matplotlib).
+# ---------------------------------------------------------------- output
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return 'n/a'
+    return format(v, '.3g') if isinstance(v, float) else str(v)
 
-    Args:
-        rows (list[dict]): Rows with ``model``, ``mode``, ``resolution``,
-            ``status`` and the panels' columns.
-        path (str): The image to write.
-        title (str): Above the panels. Defaults to ``''``.
-        panels (Sequence[tuple]): Defaults to :data:`PLOT_PANELS`.
-    """
-    import matplotlib
+
+def format_table(rows: List[dict], columns: List[str], title: str) -> str:
+    """``rows`` as a text table under ``title``."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [
+        max([len(c)] + [len(row[i]) for row in cells])
+        for i, c in enumerate(columns)
+    ]
+    lines = [
+        f'\n{title}', ' | '.join(c.ljust(w) for c, w in zip(columns, widths)),
+        '-+-'.join('-' * w for w in widths)
+    ]
+    return '\n'.join(
+        lines +
+        [' | '.join(v.ljust(w) for v, w in zip(row, widths)) for row in cells])
+
+
+def csv_row(row: dict, columns: Sequence[str]) -> dict:
+    """``row`` restricted to ``columns``, missing and NaN values empty."""
+    return {
+        c:
+        '' if row.get(c) is None or
+        (isinstance(row[c], float) and math.isnan(row[c])) else row[c]
+        for c in columns
+    }
+
+
+def write_csv(path: str, rows: List[dict], columns: List[str]):
+    """``rows`` as CSV under a header of ``columns``, written atomically."""
+    with atomic_write(path, 'w') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(csv_row(r, columns) for r in rows)
+
+
+def write_figure(
+        rows: List[dict],
+        path: str,
+        title: str = '',
+        panels: Sequence[Tuple[str, str]] = PLOT_PANELS) -> Optional[str]:
+    """Model rows against resolution as the paper's Figure 1 draws them: a
+    panel per ``(column, label)``, a line per model and mode (solid:
+    inference, dashed: training). Without matplotlib, a note saying so is
+    returned instead."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        return f'figure skipped: matplotlib cannot be imported ({e})'
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(
@@ -786,38 +870,29 @@ def plot(rows: List[dict],
                    for r in rows},
                   key=lambda k: (k[1], k[0]))
     for ax, (col, label) in zip(axes[0], panels):
-        drawn = False
         for model, mode in keys:
             if col == 'gflops_per_image' and mode != keys[0][1]:
                 continue  # FLOPs do not depend on the mode
-            pts = sorted(
-                (r['resolution'], r[col]) for r in rows
-                if r['model'] == model and r['mode'] == mode and r['status'] ==
-                'ok' and r.get(col) is not None and not math.isnan(r[col]))
-            if not pts:
-                continue
-            style = '-' if mode == 'infer' else '--'
-            lab = model if col == 'gflops_per_image' else f'{model} ({mode})'
-            ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    style,
+            pts = sorted((r['resolution'], r[col]) for r in rows
+                         if (r['model'], r['mode']) == (model, mode)
+                         and r['status'] == 'ok' and _fmt(r.get(col)) != 'n/a')
+            if pts:
+                ax.plot(
+                    *zip(*pts),
+                    '-' if mode == 'infer' else '--',
                     marker='o',
-                    label=lab)
-            drawn = True
-        ax.set_xlabel('input resolution')
-        ax.set_ylabel(label)
+                    label=model
+                    if col == 'gflops_per_image' else f'{model} ({mode})')
+        ax.set(xlabel='input resolution', ylabel=label)
         ax.grid(alpha=.3)
-        if drawn:
+        if ax.lines:
             ax.legend(fontsize=7)
         else:
             ax.text(
-                .5,
-                .5,
-                'n/a on this device',
-                ha='center',
-                transform=ax.transAxes)
-    if title:
-        fig.suptitle(title)
+                .5, .5, 'not measured', ha='center', transform=ax.transAxes)
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format='png', dpi=120)
     plt.close(fig)
+    return None

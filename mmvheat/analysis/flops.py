@@ -17,31 +17,21 @@ The fused Triton kernel is an autograd ``Function`` that ``torch.jit.trace``
 sees as an opaque ``prim::PythonOp``; :func:`model_complexity` therefore
 traces with ``MMVHEAT_HCO_BACKEND=torch`` (same function, the four matmuls).
 
-:func:`stage_complexity` splits the counts of an mmvheat backbone per stage
-(the stem, each stage's downsample or patch embedding and its blocks, the
-output norms), with the HCO's share of each stage, and the rest of a model
-per part (neck, heads).
+``tools/analysis_tools/get_flops.py`` counts a config's model with it, per
+stage of an mmvheat backbone too.
 """
 import contextlib
 import os
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
 __all__ = [
-    'DEFAULT_SHAPES', 'matmul_flop_jit', 'hco_macs', 'flop_analyzer',
-    'model_complexity', 'stage_complexity', 'reference_hco_backend',
-    'format_count', 'get_flops'
+    'matmul_flop_jit', 'hco_macs', 'flop_analyzer', 'model_complexity',
+    'reference_hco_backend', 'format_count'
 ]
-
-#: Input size counted per library when none is given.
-DEFAULT_SHAPES = {
-    'mmpretrain': (224, 224),
-    'mmseg': (512, 512),
-    'mmdet': (800, 1344),
-}
 
 
 def _shape(v) -> List[int]:
@@ -175,173 +165,9 @@ def model_complexity(model: nn.Module,
     return result
 
 
-def _stage_rows(
-        backbone: nn.Module) -> List[Tuple[str, List[str], Optional[str]]]:
-    """The rows of an mmvheat backbone's table: a label, the module names
-    (relative to the backbone) it adds up, and a submodule left out (the
-    downsample of a stage, which has a row of its own)."""
-    rows = [(f'stem ({backbone.stem_name})', [backbone.stem_name], None)]
-    for i, stage in enumerate(backbone.stages):
-        # vHeat stages start with a downsample (from the second one), MPViT
-        # stages with a multi-scale patch embedding.
-        first = None
-        for part in ('downsample', 'patch_embed'):
-            if getattr(stage, part, None) is not None:
-                first = f'stages.{i}.{part}'
-                rows.append(
-                    (f'stage {i + 1} {part.replace("_", " ")}', [first], None))
-                break
-        rows.append((f'stage {i + 1}', [f'stages.{i}'], first))
-    norms = [
-        name for name, _ in backbone.named_children()
-        if name.startswith('norm') and name[len('norm'):].isdigit()
-    ]
-    if norms:
-        rows.append((f'output norms ({", ".join(norms)})', norms, None))
-    return rows
-
-
-def stage_complexity(model: nn.Module,
-                     result: Dict[str, Any],
-                     prefix: str = '') -> List[Dict[str, Any]]:
-    """Per-stage params and FLOPs of an mmvheat backbone, and per part of
-    the model around it.
-
-    Args:
-        model (nn.Module): What :func:`model_complexity` counted: an mmvheat
-            backbone, or a model holding one at ``prefix + 'backbone'``.
-        result (dict): :func:`model_complexity`'s result for it, counted
-            with ``split_batch``.
-        prefix (str): Where the model sits in ``model`` (e.g. ``'model.'``
-            in a :class:`~mmvheat.apis.TensorModeWrapper`). Defaults to
-            ``''``.
-
-    Returns:
-        list[dict]: One row per part: ``name``, ``params``, ``per_image``
-        and ``shared`` FLOPs and ``hco`` (the HCO's DCT and inverse DCT
-        MACs, per image; 0 where there is none). A stage's row leaves out
-        its downsample (or patch embedding), which has a row of its own;
-        the stages of vHeat hold the ``decay ** k`` prediction, the shared
-        part. Then ``backbone`` (the sum) and, for a whole model, a row per
-        other top-level part (neck, heads).
-    """
-    from mmengine.analysis import parameter_count
-
-    from mmvheat.models.backbones.base import BaseBackbone
-    from mmvheat.models.backbones.vheat import HeatConduction2d
-    inner = model.get_submodule(prefix[:-1]) if prefix else model
-    whole = not isinstance(inner, BaseBackbone)
-    backbone_prefix = f'{prefix}backbone.' if whole else prefix
-    backbone = getattr(inner, 'backbone', None) if whole else inner
-    if not isinstance(backbone, BaseBackbone):
-        raise ValueError(f'{type(inner).__name__} has no mmvheat backbone: '
-                         'the per-stage table needs VHeat or MPViT')
-    params = parameter_count(model)
-    columns = dict(
-        params=params,
-        per_image=result['per_image_by_module'],
-        shared=result['shared_by_module'])
-    by_operator = result['flops_by_module_and_operator']
-    hco_modules = [
-        name for name, module in model.named_modules()
-        if isinstance(module, HeatConduction2d)
-    ]
-
-    def count(name: str, less: Optional[str] = None) -> Dict[str, int]:
-        """The counts of module ``name`` (full name), less those of its
-        submodule ``less``."""
-        row = {
-            column: values.get(name, 0) - (values.get(less, 0) if less else 0)
-            for column, values in columns.items()
-        }
-        inside = name + '.' if name else ''
-        row['hco'] = sum(
-            by_operator.get(module, {}).get('matmul', 0)
-            for module in hco_modules if module.startswith(inside)
-            and not (less and module.startswith(less + '.')))
-        return row
-
-    rows = []
-    for label, names, less in _stage_rows(backbone):
-        row = dict(name=label, params=0, per_image=0, shared=0, hco=0)
-        for name in names:
-            counts = count(backbone_prefix + name, less
-                           and backbone_prefix + less)
-            for column, value in counts.items():
-                row[column] += value
-        rows.append(row)
-    rows.append(dict(name='backbone', **count(backbone_prefix[:-1])))
-    if whole:
-        for part, _ in inner.named_children():
-            if part in ('backbone', 'data_preprocessor'):
-                continue
-            row = count(prefix + part)
-            if row['params'] or row['per_image'] or row['shared']:
-                rows.append(dict(name=part, **row))
-    return rows
-
-
 def format_count(n: float, unit: str = '') -> str:
     """``4.6G``-style formatting."""
     for div, suffix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
         if abs(n) >= div:
             return f'{n / div:.3g}{suffix}{unit}'
     return f'{n:.3g}{unit}'
-
-
-def get_flops(config: str,
-              shape: Optional[Tuple[int, int]] = None,
-              cfg_options: Optional[dict] = None,
-              checkpoint: Optional[str] = None,
-              strict: bool = True,
-              backbone_only: bool = False,
-              show_table: bool = False,
-              depth: int = 2,
-              trust: bool = False) -> Dict[str, Any]:
-    """Params and FLOPs (MACs) of a config's model, split per image.
-
-    The model is built by :func:`mmvheat.apis.build_model` (no pretrained
-    weights unless ``checkpoint``); detectors and segmentors are counted on
-    their ``mode='tensor'`` forward (backbone, neck and heads, no
-    post-processing), like mmdet's and mmseg's own tools.
-
-    Args:
-        config (str): The config file.
-        shape (tuple[int, int], optional): Input ``(H, W)``; defaults to
-            :data:`DEFAULT_SHAPES` of the config's library.
-        cfg_options (dict, optional): Merged into the config.
-        checkpoint (str, optional): Weights to load (they do not change the
-            counts, but a checkpoint that does not fit is an error).
-        strict (bool): See :func:`mmvheat.apis.load_weights`.
-        backbone_only (bool): Count the backbone alone.
-        show_table (bool): Also return the per-module table.
-        depth (int): Depth of that table.
-        trust (bool): Unpickle objects other than tensors in the checkpoint.
-            Defaults to False.
-
-    Returns:
-        dict: :func:`model_complexity`'s result with ``library``, ``shape``,
-        ``config``, for models with a backbone ``backbone_params``, and for
-        mmvheat backbones ``stages`` (:func:`stage_complexity`), else None.
-    """
-    from mmvheat.apis import TensorModeWrapper, build_model
-    from mmvheat.models.backbones.base import BaseBackbone
-    model = build_model(
-        config, checkpoint, cfg_options, strict=strict, trust=trust)
-    library = model.cfg.default_scope
-    h, w = shape or DEFAULT_SHAPES[library]
-    target = model.backbone if backbone_only else TensorModeWrapper(model)
-    result = model_complexity(
-        target,
-        torch.randn(1, 3, h, w),
-        show_table=show_table,
-        max_depth=depth,
-        split_batch=True)
-    result.update(library=library, shape=(h, w), config=config, stages=None)
-    if hasattr(model, 'backbone'):
-        result['backbone_params'] = sum(p.numel()
-                                        for p in model.backbone.parameters())
-        if isinstance(model.backbone, BaseBackbone):
-            result['stages'] = stage_complexity(
-                target, result, prefix='' if backbone_only else 'model.')
-    return result

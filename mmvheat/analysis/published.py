@@ -2,13 +2,16 @@
 """The published vHeat computation, for speed and equivalence comparisons.
 
 The published implementation runs the same function as :class:`VHeat` in a
-different layout: NCHW blocks with channel LayerNorms done by permuting,
-1x1-convolution MLPs, the cosine transforms applied as ``F.conv1d`` with
-``(N, N, 1)`` kernels in four separate passes (each behind a
-``.contiguous()``), and ``decay ** k`` recomputed at every forward, after a
-bicubic resampling of the frequency embeddings. :func:`published_forward`
-replays that dataflow with the weights of one of our models, so the two can
-be timed side by side and checked to agree.
+different layout: NCHW blocks whose channel LayerNorms (``LayerNorm2d``:
+the blocks' two, the downsamples' and the classifier's) copy the map to
+channels-last and back (a ``.contiguous()`` each way; the stem's two norms
+permute without copying), 1x1-convolution MLPs, the cosine transforms
+applied as ``F.conv1d`` with ``(N, N, 1)`` kernels in four separate passes
+(each behind a ``.contiguous()``), the filter applied by ``torch.einsum``,
+and ``decay ** k`` recomputed at every forward, after a bicubic resampling
+of the frequency embeddings. :func:`published_forward` replays that
+dataflow, copies included, with the weights of one of our models, so the
+two can be timed side by side and checked to agree.
 
 The published classifier also has an inference mode, in which its
 throughput was measured: each block's ``decay ** k`` is folded into a
@@ -43,7 +46,8 @@ def conv1d_spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
     cos_w = dct_basis(w, x.device, x.dtype)
     x = F.conv1d(x.contiguous().view(b, h, -1), cos_h.view(h, h, 1))
     x = F.conv1d(x.contiguous().view(-1, w, c), cos_w.view(w, w, 1))
-    x = x.contiguous().view(b, h, w, -1) * transfer
+    x = torch.einsum('bnmc,nmc->bnmc',
+                     x.contiguous().view(b, h, w, -1), transfer)
     x = F.conv1d(x.contiguous().view(b, h, -1),
                  cos_h.t().contiguous().view(h, h, 1))
     x = F.conv1d(x.contiguous().view(-1, w, c),
@@ -60,8 +64,13 @@ def published_transfer(k: Tensor) -> Tensor:
     return torch.pow(decay_map(h, w, k.device, dtype)[:, :, None], k)
 
 
-def _layer_norm_2d(norm, x: Tensor) -> Tensor:
-    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+def _layer_norm_2d(norm, x: Tensor, copies: bool = True) -> Tensor:
+    """``norm`` over the channels of an NCHW map; with ``copies`` as the
+    published ``LayerNorm2d``: to channels-last and back, copied each way
+    (the stem permutes without copying)."""
+    x = x.permute(0, 2, 3, 1)
+    x = norm(x.contiguous() if copies else x).permute(0, 3, 1, 2)
+    return x.contiguous() if copies else x
 
 
 def _conv1x1(linear, x: Tensor) -> Tensor:
@@ -132,8 +141,8 @@ def published_forward(model,
         tuple: The same NCHW maps as ``model(x)``.
     """
     stem = model.patch_embed
-    x = _layer_norm_2d(stem.norm1, stem.conv1(x))
-    x = _layer_norm_2d(stem.norm2, stem.conv2(stem.act(x)))
+    x = _layer_norm_2d(stem.norm1, stem.conv1(x), copies=False)
+    x = _layer_norm_2d(stem.norm2, stem.conv2(stem.act(x)), copies=False)
     outs = []
     for i, stage in enumerate(model.stages):
         if stage.downsample is not None:

@@ -1,8 +1,8 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""FLOP counting of the HCO (``mmvheat.analysis.flops``) and the benchmark
-harness (``mmvheat.analysis.benchmark``), on a CPU with tiny settings."""
+"""FLOP counting of the HCO (``mmvheat.analysis.flops``), the benchmark
+harness (``mmvheat.analysis.benchmark``) and its command line
+(``tools/analysis_tools/benchmark.py``), on a CPU with tiny settings."""
 import csv
-import importlib.util
 import math
 import os.path as osp
 import time
@@ -13,11 +13,15 @@ from torch import nn
 
 import mmvheat  # noqa: F401
 from mmvheat.analysis import benchmark
-from mmvheat.analysis.flops import get_flops, hco_macs, model_complexity
+from mmvheat.analysis.flops import hco_macs, model_complexity
+from mmvheat.models import VHeat
 from mmvheat.ops import spectral_filter
+from . import analysis_tool
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CPU = torch.device('cpu')
+
+tool = analysis_tool('benchmark')
 
 
 class _HCO(nn.Module):
@@ -55,7 +59,8 @@ def test_hco_flops_in_heat_layer():
 
 
 def test_get_flops_vheat_tiny():
-    res = get_flops(osp.join(ROOT, 'configs/vheat/vheat-tiny_16xb128_in1k.py'))
+    res = analysis_tool('get_flops').get_flops(
+        osp.join(ROOT, 'configs/vheat/vheat-tiny_16xb128_in1k.py'))
     # Paper: 4.6G (MACs) and 29M; published checkpoint: 30.08M backbone +
     # 0.77M head. Per image: 4.588G; the batch-independent decay**k
     # prediction (sum of H*W*C*C over blocks) adds 0.347G per forward.
@@ -104,13 +109,19 @@ def test_benchmark_models_cpu_tiny(tmp_path):
     assert vs_pub['vheat-t-plain'] == ms['vheat-t-pub'] / ms['vheat-t-plain']
     assert math.isnan(vs_pub['vheat-t-pub'])
     path = str(tmp_path / 'models.csv')
-    benchmark.write_csv(path, rows, benchmark.MODEL_COLUMNS)
+    benchmark.write_csv(path, rows, tool.MODEL_COLUMNS)
     with open(path) as f:
         written = list(csv.DictReader(f))
-    assert list(written[0]) == benchmark.MODEL_COLUMNS
-    assert written[0]['peak_mem_mb'] == ''  # n/a on CPU
+    assert list(written[0]) == tool.MODEL_COLUMNS
+    # Measured on the CPU too (a process per row), against the first model.
+    peaks = {r['model']: r['peak_mem_mb'] for r in rows}
+    assert all(peak > 0 for peak in peaks.values()), peaks
+    assert [r['mem_vs_baseline'] for r in rows
+            ] == [peaks[r['model']] / peaks['vheat-t'] for r in rows]
+    assert float(written[0]['peak_mem_mb']) == peaks['vheat-t']
     assert written[2]['speedup_vs_published'] == ''  # no counterpart
-    benchmark.plot(rows, str(tmp_path / 'benchmark.png'))
+    assert benchmark.write_figure(rows,
+                                  str(tmp_path / 'benchmark.png')) is None
     assert (tmp_path / 'benchmark.png').stat().st_size > 1000
     table = benchmark.format_table(rows[:2], ['model', 'status'], 'title')
     assert table.splitlines()[2:] == [
@@ -128,7 +139,8 @@ def test_benchmark_models_trains_only_the_training_forms():
         mode='both',
         repeats=1,
         warmup=0,
-        flops=False)
+        flops=False,
+        cpu_memory=False)
     assert [(r['model'], r['mode']) for r in rows
             ] == [(name, 'infer')
                   for name in VHEAT_T_FORMS] + [('vheat-t', 'train'),
@@ -140,6 +152,65 @@ def test_benchmark_models_trains_only_the_training_forms():
     train = {r['model']: r for r in rows if r['mode'] == 'train'}
     assert train['vheat-t']['speedup_vs_published'] == (
         train['vheat-t-pub']['median_ms'] / train['vheat-t']['median_ms'])
+
+
+class _Allocates(nn.Module):
+    """A classifier whose forward holds ``count`` tensors of ``nbytes``
+    (written, so resident) beside its tiny computation, and whose first
+    call caches ``cached`` bytes. Built, it keeps ``count`` tensors of
+    ``nbytes`` and frees twice as many allocated between them, after a
+    free of 8 MiB (past which glibc, by default, keeps smaller blocks in
+    its heap)."""
+
+    def __init__(self, count: int, nbytes: int, cached: int = 0):
+        super().__init__()
+        self.head = nn.Linear(3, 1000)
+        self.count, self.numel, self.cached = count, nbytes // 4, cached // 4
+        del self._tensors(1, 2 << 20)[0]
+        self.kept = [self._tensors(3)[1] for _ in range(count)]
+        self.cache = None
+
+    def _tensors(self, count, numel=None):
+        return [torch.ones(numel or self.numel) for _ in range(count)]
+
+    def forward(self, x):
+        held = self._tensors(self.count)
+        if self.cache is None:
+            self.cache = torch.ones(self.cached)
+        return self.head(x.mean((2, 3))) + sum(t[-1] for t in held)
+
+
+def allocates(count, nbytes, cached=0):
+    return _Allocates(count, nbytes, cached)
+
+
+def _peak_mb(mode, count=0, nbytes=0, cached=0):
+    return benchmark.measure_memory(
+        f'{__name__}:allocates',
+        dict(count=count, nbytes=nbytes, cached=cached),
+        name='allocates',
+        mode=mode,
+        batch_size=1,
+        res=8) / 2**20
+
+
+def test_memory_shows_a_known_extra_tensor():
+    """The CPU peak, measured in a process of its own above the built model,
+    grows by what the forward holds: one 64 MiB tensor (in inference and in
+    a training step), or 64 of 1 MiB where the model, built, left 64 holes
+    of 1 MiB between the tensors it keeps; and by what the first call
+    creates and keeps (32 MiB)."""
+    none = {mode: _peak_mb(mode) for mode in ('infer', 'train')}
+    # Tolerance 1 MiB: the pages of the tensors' headers, and what the tiny
+    # model's backward holds where the forward held the tensor.
+    for mode in ('infer', 'train'):
+        assert _peak_mb(mode, 1, 64 << 20) - none[mode] == \
+            pytest.approx(64, abs=1), mode
+    # Were the freed holes not given back, the forward would fill them.
+    assert _peak_mb('infer', 64, 1 << 20) - none['infer'] == \
+        pytest.approx(64, abs=1)
+    assert _peak_mb('infer', cached=32 << 20) - none['infer'] == \
+        pytest.approx(32, abs=1)
 
 
 @pytest.mark.parametrize('name, expected', [
@@ -206,7 +277,7 @@ def test_published_infer_mode_folds_only_at_the_pretraining_size():
     """``decay ** k`` (``to_k`` of the embeddings) is predicted once per
     block in the published inference mode at the pretraining size, and at
     every forward elsewhere and without it."""
-    blocks = sum(benchmark.VHEAT_T_DEPTHS)
+    blocks = sum(VHeat.parse_arch('tiny')['depths'])
     models = _same_weights(['vheat-t', 'vheat-t-pub', 'vheat-t-pub-fold'])
     folded = _count_to_k_calls(models['vheat-t-pub-fold'])
     recomputed = _count_to_k_calls(models['vheat-t-pub'])
@@ -221,7 +292,7 @@ def test_published_infer_mode_folds_only_at_the_pretraining_size():
 
 
 def test_benchmark_ops_cpu_tiny():
-    rows, exps, notes = benchmark.benchmark_ops(
+    rows, exps, notes = tool.benchmark_ops(
         torch.device('cpu'),
         resolutions=[64, 128],
         stages=[3],
@@ -235,7 +306,7 @@ def test_benchmark_ops_cpu_tiny():
     assert all(r['median_ms'] > 0 for r in ok)
     assert {r['impl']
             for r in rows if r['status'].startswith('skipped')} == {'triton'}
-    assert all(set(r) <= set(benchmark.OP_COLUMNS) for r in rows)
+    assert all(set(r) <= set(tool.OP_COLUMNS) for r in rows)
     found = {(e['impl'], e['stage']) for e in exps}
     assert ('reference', 3) in found and ('published',
                                           'all (x depth)') in found
@@ -246,7 +317,7 @@ def test_benchmark_ops_cpu_tiny():
 @pytest.mark.parametrize('dtype, low, high', [('bf16', 1e-3, 2e-2),
                                               ('fp16', 1e-4, 2e-3)])
 def test_benchmark_reports_half_precision_error(dtype, low, high):
-    rows, _, _ = benchmark.benchmark_ops(
+    rows, _, _ = tool.benchmark_ops(
         torch.device('cpu'),
         resolutions=[128],
         stages=[2, 3],
@@ -269,23 +340,15 @@ def test_benchmark_reports_half_precision_error(dtype, low, high):
 
 def test_fit_exponent():
     ns = [100, 400, 1600]
-    assert benchmark.fit_exponent(ns, [n**1.5 for n in ns]) == \
+    assert tool.fit_exponent(ns, [n**1.5 for n in ns]) == \
         pytest.approx(1.5)
-
-
-def _tool(name):
-    path = osp.join(ROOT, 'tools', 'analysis_tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_cli_progress_on_stderr_only(tmp_path, capsys):
     """One progress line per measured configuration on stderr; the tables
     on stdout; nothing but data in the CSV files."""
     out = tmp_path / 'bench'
-    status = _tool('benchmark').main([
+    status = analysis_tool('benchmark').main([
         '--device', 'cpu', '--models', 'vheat-t', 'vheat-t-pub',
         '--resolutions', '32', '64', '--batch-size', '1', '--mode', 'infer',
         '--repeats', '1', '--warmup', '0', '--op-resolutions', '64',
@@ -305,9 +368,8 @@ def test_benchmark_cli_progress_on_stderr_only(tmp_path, capsys):
     assert 'models (batch 1' in captured.out
     # header + 2 configurations x (2 models | reference, published and a
     # skipped triton row)
-    for name, columns, count in (('benchmark_models', benchmark.MODEL_COLUMNS,
-                                  5), ('benchmark_ops', benchmark.OP_COLUMNS,
-                                       7)):
+    for name, columns, count in (('benchmark_models', tool.MODEL_COLUMNS, 5),
+                                 ('benchmark_ops', tool.OP_COLUMNS, 7)):
         with open(out / f'{name}.csv') as f:
             lines = f.read().splitlines()
         assert lines[0] == ','.join(columns)
@@ -320,10 +382,10 @@ def test_benchmark_cli_reports_errors_in_one_line(tmp_path, capsys,
     """Bad input ends in one line before any measurement."""
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    for name in ('benchmark_models', 'benchmark_ops'):
-        monkeypatch.setattr(benchmark, name, None)  # never reached
+    tool = analysis_tool('benchmark')
+    monkeypatch.setattr(benchmark, 'benchmark_models', None)  # never reached
+    monkeypatch.setattr(tool, 'benchmark_ops', None)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    tool = _tool('benchmark')
     cases = [
         (['--out-dir', str(blocker / 'out')], 1,
          f'error: cannot write --out-dir {blocker}/out: {blocker} is not a '

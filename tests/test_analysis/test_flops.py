@@ -1,13 +1,18 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""The per-stage FLOP and parameter table (``mmvheat.analysis.flops``),
-against counts written out by hand for a tiny vHeat."""
+"""The per-stage FLOP and parameter table (``get_flops`` and
+``stage_complexity`` of ``tools/analysis_tools/get_flops.py``, over
+``mmvheat.analysis.flops``), against counts written out by hand for a tiny
+vHeat."""
 import pytest
 import torch
 from mmengine.config import Config
 
-from mmvheat.analysis.flops import (get_flops, model_complexity,
-                                    stage_complexity)
+from mmvheat.analysis.flops import model_complexity
 from mmvheat.models import MPViT, VHeat
+from . import analysis_tool
+
+_TOOL = analysis_tool('get_flops')
+get_flops, stage_complexity = _TOOL.get_flops, _TOOL.stage_complexity
 
 DIMS = 8
 DEPTHS = [1, 2, 1, 1]

@@ -1,12 +1,12 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""The GPU report (``mmvheat.analysis.gpu_report``) run end to end on the
-CPU with ``quick=True``: tiny shapes, kernels in Triton's interpreter,
-wall-clock timers. The numbers it times here mean nothing; what is checked is
+"""The GPU report (``tools/analysis_tools/gpu_report.py``, a preset of
+``mmvheat.analysis.benchmark``) run end to end on the CPU with
+``quick=True``: tiny shapes, kernels in Triton's interpreter, wall-clock
+timers. The numbers it times here mean nothing; what is checked is
 what it computes (errors against float64, bytes, ratios), what it writes and
 when, and how it copes with missing packages, lack of memory and its time
 budget."""
 import csv
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -16,10 +16,13 @@ import pytest
 import torch
 
 import mmvheat  # noqa: F401
-from mmvheat.analysis import gpu_report
+from mmvheat.analysis import benchmark as harness
+from . import analysis_tool
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CPU = torch.device('cpu')
+
+gpu_report = analysis_tool('gpu_report')
 
 # Errors against the float64 reference, relative to its largest value:
 # * float32 outputs and every filter gradient of our implementations
@@ -55,7 +58,7 @@ def quick_report(tmp_path_factory):
     """The quick report, with one configuration failing for lack of memory
     and the CSV files read at every progress line."""
     out = tmp_path_factory.mktemp('gpu_report')
-    real_measure = gpu_report.measure_hco
+    real_measure = harness.measure_hco
     seen = []
 
     def measure_hco(shape, dtype, mode, *args, **kwargs):
@@ -70,7 +73,7 @@ def quick_report(tmp_path_factory):
                      len(_read(out / 'gpu_report_models.csv'))))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gpu_report, 'measure_hco', measure_hco)
+        mp.setattr(harness, 'measure_hco', measure_hco)
         result = gpu_report.run_report(
             str(out), CPU, quick=True, progress=progress)
     return out, result, seen
@@ -95,7 +98,7 @@ def test_quick_report_writes_as_it_goes(quick_report):
     run stopped at any point leaves what it had measured."""
     _, result, seen = quick_report
     work = [s for s in seen if s[0].startswith('[')]
-    assert len(work) == len(gpu_report._work(gpu_report.QUICK_PLAN))
+    assert len(work) == len(gpu_report.report_items(gpu_report.QUICK_PLAN))
     op_rows = model_rows = 1  # the headers
     for line, ops, models in work:
         if ' HCO ' in line:
@@ -123,7 +126,7 @@ def test_quick_report_operator_rows(quick_report):
                     for r in impls] == [('all', 'OOM')]
             continue
         names = [r['impl'] for r in impls]
-        if not gpu_report.kernels_run_on(CPU):
+        if not harness.kernels_run_on(CPU):
             # A session whose kernels were compiled for CUDA: the report
             # leaves the kernel rows out on the CPU (its header says so).
             assert names == ['reference', 'published', 'copy']
@@ -278,7 +281,7 @@ def test_errors_are_measured_against_float64(dtype):
 
     from mmvheat.ops import spectral_filter_reference
     x, transfer, grad = random_inputs((2, 5, 7, 3), dtype)
-    exact = gpu_report._exact(x, transfer, grad)
+    exact = harness._exact(x, transfer, grad)
     for ours, theirs in zip(exact, exact_spectral_filter(x, transfer, grad)):
         # float64 round-off of two ways of computing a 5 x 7 DCT.
         assert ours.dtype == torch.float64
@@ -288,7 +291,7 @@ def test_errors_are_measured_against_float64(dtype):
         # Scaled in float32: 1.001 is 1 in bfloat16.
         return (spectral_filter_reference(x.float(), t) * 1.001).to(x.dtype)
 
-    errors = gpu_report._errors(too_large, x, transfer, grad, exact)
+    errors = harness._errors(too_large, x, transfer, grad, exact)
     # The relative scale error 1e-3, rounded once to x's dtype (the
     # output and x's gradient; 2^-8 relative at most for bfloat16) or to
     # float32 (the filter's gradient).
@@ -310,14 +313,14 @@ def test_published_step_recomputes_its_filter(mode, monkeypatch):
         calls.append(k.requires_grad)
         return published_transfer(k)
 
-    monkeypatch.setattr(gpu_report, 'published_transfer', counting_transfer)
+    monkeypatch.setattr(harness, 'published_transfer', counting_transfer)
     x = torch.randn(2, 4, 6, 3)
     k = 2 * torch.rand(4, 6, 3)
     transfer = published_transfer(k)
     grad = torch.randn_like(x) if mode == 'train' else None
-    fns = gpu_report._filters(['reference'], CPU, None)
+    fns = harness._filters(['reference'], CPU, None)
     for name, fn in fns.items():
-        step = gpu_report._step(name, fn, x, transfer, k, grad)
+        step = harness._step(name, fn, x, transfer, k, grad)
         for _ in range(3):
             step()
     assert calls == [mode == 'train'] * 3
@@ -339,8 +342,8 @@ def test_stage_grid_is_the_models_own():
         with torch.no_grad():
             outs = model(torch.zeros(1, 3, *size))
         assert [tuple(o.shape[2:]) for o in outs
-                ] == [gpu_report.stage_grid(size, i) for i in range(4)], size
-    assert gpu_report.stage_grid((800, 1333), 0) == (200, 334)
+                ] == [harness.stage_grid(size, i) for i in range(4)], size
+    assert harness.stage_grid((800, 1333), 0) == (200, 334)
 
 
 def test_full_plan_covers_the_issue_s_shapes():
@@ -351,7 +354,7 @@ def test_full_plan_covers_the_issue_s_shapes():
     plan = gpu_report.FULL_PLAN
     assert plan.op_archs == (('vheat-t/s', (96, 192, 384, 768)),
                              ('vheat-b', (128, 256, 512, 1024)))
-    work = gpu_report._work(plan)
+    work = gpu_report.report_items(plan)
     ops = {args for kind, args in work if kind == 'op'}
     assert len(ops) == len(work) - 6 == 2 * 3 * 4 * 2 * 2
     shapes = {
@@ -524,7 +527,7 @@ def test_report_without_mmpretrain_or_matplotlib(tmp_path, monkeypatch):
     def measure_hco(shape, dtype, mode, *args, **kwargs):
         return [dict(impl='reference', median_ms=1., status='ok')]
 
-    monkeypatch.setattr(gpu_report, 'measure_hco', measure_hco)
+    monkeypatch.setattr(harness, 'measure_hco', measure_hco)
     result = gpu_report.run_report(str(tmp_path), CPU, quick=True)
     notes = result['notes']
     assert any(
@@ -553,14 +556,6 @@ def test_report_without_mmpretrain_or_matplotlib(tmp_path, monkeypatch):
                                        for t in published)
 
 
-def _tool():
-    path = osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_report.py')
-    spec = importlib.util.spec_from_file_location('tool_gpu_report', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('argv, status, message', [
     (['--device', 'cpu'], 2, '--device cpu needs --quick'),
     (['--device', 'cpu', '--quick', '--max-minutes', '0'
@@ -568,7 +563,8 @@ def _tool():
 ])
 def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys, argv, status,
                                              message):
-    assert _tool().main(argv + ['--out-dir', str(tmp_path)]) == status
+    assert analysis_tool('gpu_report').main(
+        argv + ['--out-dir', str(tmp_path)]) == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and message in err[0]
 
@@ -577,8 +573,9 @@ def test_cli_refuses_an_unwritable_out_dir_before_any_work(
         tmp_path, capsys, monkeypatch):
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    monkeypatch.setattr(gpu_report, 'run_report', None)  # never reached
-    assert _tool().main(
+    tool = analysis_tool('gpu_report')
+    monkeypatch.setattr(tool, 'run_report', None)  # never reached
+    assert tool.main(
         ['--device', 'cpu', '--quick', '--out-dir',
          str(blocker / 'out')]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -590,7 +587,7 @@ def test_cli_refuses_an_unwritable_out_dir_before_any_work(
 
 def test_cli_without_cuda_says_what_to_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    assert _tool().main(['--out-dir', str(tmp_path)]) == 1
+    assert analysis_tool('gpu_report').main(['--out-dir', str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and '--device cpu --quick' in err
 

@@ -1,7 +1,7 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """Heat spreading, learned ``k`` and ERF (``mmvheat.analysis.heat``) on a
-tiny vHeat and Swin (CPU)."""
-
+tiny vHeat and Swin (CPU), and their figures
+(``tools/analysis_tools/visualize_heat.py``)."""
 import numpy as np
 import pytest
 import torch
@@ -9,6 +9,7 @@ import torch
 import mmvheat  # noqa: F401
 from mmvheat.analysis import heat as vh
 from mmvheat.apis import build_model
+from . import analysis_tool
 
 SWIN_CFG = """
 default_scope = 'mmpretrain'
@@ -56,7 +57,8 @@ def test_figures(files, tmp_path):
     """Each figure is figsize * dpi pixels: 4 panels of 3.0 x 3.2 in, the
     ERF one panel of 4 x 4 in per model."""
     _, cfg, swin, img = files
-    expected = vh.figure_sizes(num_stages=4, num_models=2)
+    tool = analysis_tool('visualize_heat')
+    expected = tool.figure_sizes(num_stages=4, num_models=2)
     assert expected == {
         'impulse_response.png': (1200, 320),
         'frequency_k.png': (1200, 320),
@@ -68,15 +70,15 @@ def test_figures(files, tmp_path):
     inputs = vh.erf_inputs(img, (64, 64), 2)
     erfs = [vh.effective_receptive_field(m, inputs) for m in (backbone, other)]
     paths = {name: str(tmp_path / name) for name in expected}
-    vh.plot_impulse(
+    tool.plot_impulse(
         vh.impulse_responses(backbone, (64, 64), (10, 50)), (10, 50), (64, 64),
         paths['impulse_response.png'])
-    vh.plot_k(vh.frequency_k(backbone, (64, 64)), paths['frequency_k.png'])
-    vh.plot_erf(erfs, ['VHeat', 'SwinTransformer'], paths['erf.png'])
+    tool.plot_k(vh.frequency_k(backbone, (64, 64)), paths['frequency_k.png'])
+    tool.plot_erf(erfs, ['VHeat', 'SwinTransformer'], paths['erf.png'])
     for name, path in paths.items():
         assert _png_size(path) == expected[name]
-    vh.plot_erf(erfs[:1], ['VHeat'], paths['erf.png'])
-    assert _png_size(paths['erf.png']) == vh.figure_sizes(4, 1)['erf.png']
+    tool.plot_erf(erfs[:1], ['VHeat'], paths['erf.png'])
+    assert _png_size(paths['erf.png']) == tool.figure_sizes(4, 1)['erf.png']
 
 
 @pytest.mark.parametrize('source', [None, (10, 50), (63, 0)])

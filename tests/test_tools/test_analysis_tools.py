@@ -62,7 +62,8 @@ def test_benchmark(runs):
     assert (out / 'benchmark_ops.csv').exists()
     assert (out / 'benchmark_op_exponents.csv').exists()
     printed = outputs['benchmark']
-    assert 'note: fused Triton kernel rows skipped on CPU' in printed
+    assert ('note: Triton kernel rows (fused, tiled) skipped: they run on '
+            'CUDA') in printed
     assert 'HCO op (batch 1' in printed and 'models (batch 1' in printed
     assert f'written to {out}' in printed
 

@@ -30,14 +30,101 @@ import argparse
 import os.path as osp
 import sys
 
+import numpy as np
 import torch
 
 from mmvheat.analysis.heat import (effective_receptive_field, erf_inputs,
-                                   frequency_k, impulse_responses, plot_erf,
-                                   plot_impulse, plot_k)
+                                   frequency_k, impulse_responses,
+                                   scaled_source)
 from mmvheat.apis import add_model_args, build_model, checkpoint_arg
 from mmvheat.utils.io import (ToolError, UsageError, ensure_directory,
                               positive_int, run_tool)
+
+# Figure geometry (inches per panel, dpi); no tight bbox, so the PNG is
+# exactly figsize * DPI pixels.
+DPI = 100
+PANEL_W = 3.0
+PANEL_H = 3.2
+ERF_PANEL = 4.0
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _panels(n: int, panel_w: float, panel_h: float):
+    fig, axes = _pyplot().subplots(
+        1, n, figsize=(panel_w * n, panel_h), dpi=DPI, squeeze=False)
+    return fig, axes[0]
+
+
+def plot_impulse(maps, source, size, path):
+    fig, axes = _panels(len(maps), PANEL_W, PANEL_H)
+    for i, (ax, m) in enumerate(zip(axes, maps)):
+        temp = m.mean(-1).numpy()
+        im = ax.imshow(temp, cmap='jet')
+        gy, gx = scaled_source(source, size, m.shape[:2])
+        ax.plot(gx, gy, 'w+', markersize=6)
+        ax.set_title(f'stage {i + 1} ({m.shape[0]}x{m.shape[1]})', fontsize=9)
+        ax.axis('off')
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(
+        f'heat from source pixel {tuple(source)} '
+        '(mean over channels)',
+        fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+
+
+def plot_k(ks, path):
+    from matplotlib.colors import LogNorm
+    fig, axes = _panels(len(ks), PANEL_W, PANEL_H)
+    for i, (ax, k) in enumerate(zip(axes, ks)):
+        k = k.numpy()
+        pos = k[k > 0]
+        vmin = float(pos.min()) if pos.size else 1e-6
+        vmax = max(float(k.max()), vmin * 10)
+        im = ax.imshow(
+            np.clip(k, vmin, None),
+            cmap='viridis',
+            norm=LogNorm(vmin=vmin, vmax=vmax))
+        ax.set_title(
+            f'stage {i + 1} k ({k.shape[0]}x{k.shape[1]})', fontsize=9)
+        ax.set_xlabel('freq (W)', fontsize=8)
+        ax.set_ylabel('freq (H)', fontsize=8)
+        ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(
+        'learned k (first block, mean over channels, log scale)', fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+
+
+def plot_erf(erfs, names, path):
+    fig, axes = _panels(len(erfs), ERF_PANEL, ERF_PANEL)
+    for ax, erf, name in zip(axes, erfs, names):
+        im = ax.imshow(erf.numpy(), cmap='RdYlGn', vmin=0, vmax=1)
+        ax.set_title(f'ERF: {name}', fontsize=9)
+        ax.axis('off')
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+
+
+def figure_sizes(num_stages: int = 4, num_models: int = 1) -> dict:
+    """Expected (width, height) in pixels of each PNG."""
+
+    def px(w, h):
+        return int(round(w * DPI)), int(round(h * DPI))
+
+    return {
+        'impulse_response.png': px(PANEL_W * num_stages, PANEL_H),
+        'frequency_k.png': px(PANEL_W * num_stages, PANEL_H),
+        'erf.png': px(ERF_PANEL * num_models, ERF_PANEL),
+    }
 
 
 def parse_args(argv=None):
