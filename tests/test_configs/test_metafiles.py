@@ -240,7 +240,8 @@ def test_top_readme_lists_the_published_numbers():
     """Each backbone's row of the top README's model zoo."""
     with open(osp.join(ROOT, 'README.md')) as f:
         text = f.read()
-    zoo = text[text.index('## Model zoo'):text.index('## Analysis tools')]
+    start = text.index('## Model zoo')
+    zoo = text[start:text.index('\n## ', start)]
     rows = {
         cells[0]: cells[1:]
         for cells in ([c.strip() for c in line.strip().strip('|').split('|')]
