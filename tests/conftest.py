@@ -1,6 +1,7 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 import os
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -118,3 +119,53 @@ def onednn_spy(monkeypatch):
     spy = OneDNNSpy(fusion._ONEDNN_OPS)
     monkeypatch.setattr(fusion, '_ONEDNN_OPS', spy)
     return spy
+
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    """Tiny datasets in the real formats: ``coco/``, ``ade/`` and
+    ``imagenet/`` (8 training and 4 validation images each)."""
+    from demo import data as demo_data
+    root = str(tmp_path_factory.mktemp('data'))
+    n_train, n_val = 8, 4
+    demo_data.make_coco_instances(
+        os.path.join(root, 'coco'),
+        n_train,
+        n_val,
+        image_size=(128, 128),
+        max_instances=2)
+    demo_data.make_ade20k_like(
+        os.path.join(root, 'ade'),
+        n_train,
+        n_val,
+        image_size=(128, 128),
+        max_instances=2)
+    demo_data.make_imagenet_like(
+        os.path.join(root, 'imagenet'), n_train, n_val, image_size=(64, 64))
+    return root
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, data_root):
+    """``trained(library)``: that library's tiny model, trained once per
+    session through ``tools/train.py`` (see :data:`tiny_runs.RUN_LENGTHS`);
+    returns ``(config, work_dir, output)``. The runs' files are shared:
+    tests copy what they change."""
+    from test_tools.tiny_runs import (CONFIGS, RUN_LENGTHS, TRAIN, run_cmd,
+                                      write_file)
+    runs = {}
+
+    def train(library):
+        if library not in runs:
+            tmp = tmp_path_factory.mktemp(library)
+            config = write_file(
+                tmp / f'vheat_{library}.py',
+                CONFIGS[library](data_root, **RUN_LENGTHS.get(library, {})))
+            work_dir = str(tmp / 'work_dir')
+            out = run_cmd(
+                [sys.executable, TRAIN, config, '--work-dir', work_dir],
+                cwd=tmp)
+            runs[library] = (config, work_dir, out)
+        return runs[library]
+
+    return train

@@ -6,9 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from demo import data as demo_data
-from .tiny_runs import CONFIGS, RUN_LENGTHS, TRAIN, run_cmd, write_file
-
 
 @pytest.fixture(scope='session')
 def run_tools(project_root):
@@ -102,50 +99,3 @@ def tool_main(project_root):
         return status, capsys.readouterr().err
 
     return run
-
-
-@pytest.fixture(scope='session')
-def data_root(tmp_path_factory):
-    """Tiny datasets in the real formats: ``coco/``, ``ade/`` and
-    ``imagenet/`` (8 training and 4 validation images each)."""
-    root = str(tmp_path_factory.mktemp('data'))
-    n_train, n_val = 8, 4
-    demo_data.make_coco_instances(
-        os.path.join(root, 'coco'),
-        n_train,
-        n_val,
-        image_size=(128, 128),
-        max_instances=2)
-    demo_data.make_ade20k_like(
-        os.path.join(root, 'ade'),
-        n_train,
-        n_val,
-        image_size=(128, 128),
-        max_instances=2)
-    demo_data.make_imagenet_like(
-        os.path.join(root, 'imagenet'), n_train, n_val, image_size=(64, 64))
-    return root
-
-
-@pytest.fixture(scope='session')
-def trained(tmp_path_factory, data_root):
-    """``trained(library)``: that library's tiny model, trained once per
-    session through ``tools/train.py`` (see :data:`tiny_runs.RUN_LENGTHS`);
-    returns ``(config, work_dir, output)``. The runs' files are shared:
-    tests copy what they change."""
-    runs = {}
-
-    def train(library):
-        if library not in runs:
-            tmp = tmp_path_factory.mktemp(library)
-            config = write_file(
-                tmp / f'vheat_{library}.py',
-                CONFIGS[library](data_root, **RUN_LENGTHS.get(library, {})))
-            work_dir = str(tmp / 'work_dir')
-            out = run_cmd(
-                [sys.executable, TRAIN, config, '--work-dir', work_dir],
-                cwd=tmp)
-            runs[library] = (config, work_dir, out)
-        return runs[library]
-
-    return train

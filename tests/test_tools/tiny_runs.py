@@ -4,8 +4,8 @@
 Tiny vHeat models (one block per stage, 16 channels at first) in configs
 that inherit the libraries' own ``_base_`` files, on tiny datasets in the
 real formats (COCO instances, ADE20K layout, ImageNet layout) from the
-demo's generator. The fixtures ``data_root`` and ``trained`` (in this
-folder's conftest) train each library's model once per test session, for
+demo's generator. The fixtures ``data_root`` and ``trained`` (in
+tests/conftest.py) train each library's model once per test session, for
 every test that needs a trained run and its checkpoints.
 """
 import os
