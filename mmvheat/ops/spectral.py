@@ -6,9 +6,13 @@ Everything here is plain tensor algebra on channels-last maps
 and decay map of an ``H x W`` grid with insulated borders, the filter
 ``decay ** k``, the separable 2D transforms and the reference spectral
 filter ``IDCT2D(DCT2D(x) * transfer)`` (four float32 matmuls per map) with
-its gradients in closed form. The heat equation these solve is described
-where the operator's entry points are, :mod:`mmvheat.ops.heat_conduction`;
-the Triton kernels (:mod:`mmvheat.ops.triton_hco`) and the dispatcher
+its gradients in closed form. The physics is computed here: the decay map
+is the exact unit-time decay of each cosine mode of the heat equation on a
+grid with insulated borders, and :func:`heat_transfer` raises it to the
+learned exponents ``k``. :mod:`mmvheat.ops.heat_conduction` holds the
+operator's public entry points (``heat_conduction``, ``spectral_filter``)
+and the derivation in its docstring; the Triton kernels
+(:mod:`mmvheat.ops.triton_hco`) and the dispatcher
 (:mod:`mmvheat.ops.dispatch`) build on this module, which imports neither.
 
 Analytic tensors are built in float64 on the device they are asked for (no
