@@ -1,7 +1,8 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """``frozen_stages``: what each value freezes, by parameter name.
 
-As docs/configs.md says: 0 and -1 freeze nothing (-1 as Swin's, 0 as ConvNeXt's);
+As docs/configs.md says: 0 and -1 freeze nothing (-1 as Swin's, 0 as
+ConvNeXt's);
 ``k`` in 1..4 freezes the stem, stages 0..k-1 and their output norms (as
 both do for ``k``), in training and with ``norm_eval`` off, and keeps the
 frozen modules in eval mode.
