@@ -18,6 +18,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
+from mmvheat.utils.torch_modes import is_capturing_graph
 from .depthwise import depthwise_conv2d
 from .drop_path import DropPath
 from .freq_embed import resize_freq_embed
@@ -35,9 +36,10 @@ def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def recording_gradients(*tensors: Tensor) -> bool:
-    """Whether autograd records a graph from ``tensors`` now (and no
-    tracer does: a traced graph keeps plain ops)."""
-    return (torch.is_grad_enabled() and not torch.jit.is_tracing()
+    """Whether autograd records a graph from ``tensors`` now, eagerly (a
+    captured or compiled graph keeps plain ops, for its compiler to plan).
+    """
+    return (torch.is_grad_enabled() and not is_capturing_graph()
             and any(t.requires_grad for t in tensors))
 
 

@@ -12,7 +12,8 @@ last linear layer's gradients are formed directly from the recomputed
 activation, so nothing is computed twice that is not needed.
 
 The MLP runs in row chunks of at most :data:`MLP_CHUNK_BYTES` of hidden
-activations, in both passes: the ``4C`` hidden map is never whole. The
+activations (:func:`mlp_in_chunks`), in both passes and in the inference
+form: the ``4C`` hidden map is never whole. The
 backward pass runs under the autocast state of the forward pass, so the
 recomputed values are the forward pass's. Neither is differentiable twice.
 """
@@ -23,8 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmvheat.utils.torch_modes import is_capturing_graph
+from .cpu_fast_paths import fused_linear
+
 __all__ = [
-    'MLP_CHUNK_BYTES', 'row_chunks', 'mlp_recomputed',
+    'MLP_CHUNK_BYTES', 'row_chunks', 'mlp_in_chunks', 'mlp_recomputed',
     'gated_linear_recomputed'
 ]
 
@@ -70,21 +74,40 @@ def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
     return grad.mm(weight.to(grad.dtype)), grad_weight, grad_bias
 
 
+def mlp_in_chunks(x: Tensor,
+                  fc1_weight: Tensor,
+                  fc1_bias: Tensor,
+                  fc2_weight: Tensor,
+                  fc2_bias: Tensor,
+                  residual: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(GELU(F.linear(x, fc1)), fc2) + residual`` over the last
+    axis of ``x``, a chunk of rows at a time: the hidden map is never whole
+    (one chunk while a graph is captured). The GELU and the residual add
+    run inside the linear layers where :func:`fused_linear` fuses them."""
+    rows = x.reshape(-1, x.shape[-1])
+    chunk = rows.shape[0] if is_capturing_graph() else row_chunks(
+        rows.shape[0], fc1_weight.shape[0] * rows.element_size())
+    if residual is not None:
+        residual = residual.reshape(rows.shape[0], -1).split(chunk)
+    outs = [
+        fused_linear(
+            fused_linear(part, fc1_weight, fc1_bias, activation='gelu'),
+            fc2_weight,
+            fc2_bias,
+            residual=None if residual is None else residual[i])
+        for i, part in enumerate(rows.split(chunk))
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class _RecomputedMlp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
         ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
         ctx.autocast = _autocast_state(x.device.type)
-        rows = x.reshape(-1, x.shape[-1])
-        chunk = row_chunks(rows.shape[0],
-                           fc1_weight.shape[0] * rows.element_size())
-        out = torch.cat([
-            F.linear(
-                F.gelu(F.linear(part, fc1_weight, fc1_bias)), fc2_weight,
-                fc2_bias) for part in rows.split(chunk)
-        ])
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return mlp_in_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
 
     @staticmethod
     @once_differentiable

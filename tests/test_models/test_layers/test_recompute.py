@@ -11,8 +11,9 @@ from mmvheat.models.layers import HeatBlock, heat_block, recompute
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """MLP chunks of 5 rows of 12 float64 hidden values."""
-    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 8)
+    """MLP chunks of 5 rows of 12 float32 or 2 of float64 hidden values
+    (the maps here have 14 to 24 rows)."""
+    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 4)
 
 
 def _float64(*shape):
@@ -118,3 +119,15 @@ def test_mlp_chunks_agree_with_whole(small_chunks):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_deployed_mlp_in_chunks(small_chunks):
+    """The inference form's chunks give the whole MLP plus the residual,
+    to float32 rounding (oneDNN may fuse the GELU and the add)."""
+    from mmvheat.models.backbones.deploy import FusedMlp
+    mlp = heat_block.Mlp(6, 12)
+    x, residual = torch.randn(2, 7, 6), torch.randn(2, 7, 6)
+    with torch.no_grad():
+        out = FusedMlp.from_trained(mlp)(x, residual=residual)
+        expected = mlp(x) + residual
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
