@@ -83,7 +83,9 @@ class HeatConduction2d(nn.Module):
             k = F.linear(
                 freq_embed.to(dtype), self.to_k.weight.to(dtype),
                 self.to_k.bias.to(dtype))
-        return heat_transfer(F.relu(k))
+        # ReLU by where: autograd keeps a one-byte mask for it, not a
+        # float copy of k as for F.relu.
+        return heat_transfer(torch.where(k > 0, k, 0.))
 
     def _projections(self, x: Tensor):
         """``x`` after the depth-wise conv, and the halves of ``linear``.

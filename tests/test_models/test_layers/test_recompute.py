@@ -131,3 +131,15 @@ def test_deployed_mlp_in_chunks(small_chunks):
         out = FusedMlp.from_trained(mlp)(x, residual=residual)
         expected = mlp(x) + residual
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_filter_prediction_keeps_a_mask():
+    """Predicting ``decay ** ReLU(to_k(embed))`` keeps the embedding (for
+    ``to_k``), a one-byte mask (for the ReLU), the filter (for the
+    exponential) and the squared wave numbers, not a float copy of ``k``."""
+    h, w, c = 8, 6, 16
+    op = heat_block.HeatConduction2d(c)
+    embed = torch.randn(h, w, c, requires_grad=True)
+    budget = 4 * h * w * c + h * w * c + 4 * h * w * c + 4 * h * w
+    assert saved_bytes(
+        op.heat_transfer, embed, exclude=op.parameters()) <= budget
