@@ -623,3 +623,18 @@ def test_autotune_on_cuda(monkeypatch, dispatcher, log, shape):
     assert decision.times_ms[decision.choice] <= \
         decision.times_ms['reference']
     assert not log.messages(logging.WARNING)
+
+
+def test_kernel_path_saves_no_more_than_reference(interpret):
+    """The operator behind the GPU kernels keeps one map and the filter for
+    its backward pass, as the reference path does (which keeps the cached
+    DCT bases besides)."""
+    from mmvheat.analysis.saved_tensors import saved_bytes
+    x = torch.randn(2, 8, 6, 16, requires_grad=True)
+    transfer = torch.rand(8, 6, 16, requires_grad=True)
+    kernel = saved_bytes(
+        lambda x, t: dispatch.spectral_filter_kernel(x * 1, t), x, transfer)
+    reference = saved_bytes(
+        lambda x, t: dispatch.spectral_filter_reference(x * 1, t), x, transfer)
+    assert kernel == 4 * (x.numel() + transfer.numel())
+    assert kernel <= reference - 4 * (8 * 8 + 6 * 6)

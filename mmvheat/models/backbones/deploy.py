@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from mmvheat.ops import spectral_filter
 from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp,
-                      cpu_sub_batch_size, fused_linear, grid_size)
+                      cpu_sub_batch_size, fused_linear, grid_size,
+                      mlp_in_chunks)
 from .base import BaseBackbone
 
 __all__ = [
@@ -111,11 +112,13 @@ class FusedMlp(Mlp):
                 x: Tensor,
                 residual: Optional[Tensor] = None,
                 scale: Optional[Tensor] = None) -> Tensor:
-        """``residual + scale * Mlp(x)``."""
-        hidden = fused_linear(
-            x, self.fc1.weight, self.fc1.bias, activation='gelu')
-        return fused_linear(
-            hidden, *_scaled_weights(self.fc2, scale), residual=residual)
+        """``residual + scale * Mlp(x)``, a chunk of rows at a time."""
+        return mlp_in_chunks(
+            x,
+            self.fc1.weight,
+            self.fc1.bias,
+            *_scaled_weights(self.fc2, scale),
+            residual=residual)
 
 
 class FusedHeatBlock(nn.Module):

@@ -18,19 +18,29 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
+from mmvheat.utils.torch_modes import is_capturing_graph
 from .depthwise import depthwise_conv2d
 from .drop_path import DropPath
 from .freq_embed import resize_freq_embed
+from .recompute import gated_linear_recomputed, mlp_recomputed
 
 __all__ = [
     'HeatConduction2d', 'Mlp', 'HeatBlock', 'HeatBlocks', 'conv_nhwc',
-    'grid_size'
+    'grid_size', 'recording_gradients'
 ]
 
 
 def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` map."""
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def recording_gradients(*tensors: Tensor) -> bool:
+    """Whether autograd records a graph from ``tensors`` now, eagerly (a
+    captured or compiled graph keeps plain ops, for its compiler to plan).
+    """
+    return (torch.is_grad_enabled() and not is_capturing_graph()
+            and any(t.requires_grad for t in tensors))
 
 
 def grid_size(x: Tensor) -> Tuple[int, int]:
@@ -73,7 +83,9 @@ class HeatConduction2d(nn.Module):
             k = F.linear(
                 freq_embed.to(dtype), self.to_k.weight.to(dtype),
                 self.to_k.bias.to(dtype))
-        return heat_transfer(F.relu(k))
+        # ReLU by where: autograd keeps a one-byte mask for it, not a
+        # float copy of k as for F.relu.
+        return heat_transfer(torch.where(k > 0, k, 0.))
 
     def _projections(self, x: Tensor):
         """``x`` after the depth-wise conv, and the halves of ``linear``.
@@ -91,8 +103,13 @@ class HeatConduction2d(nn.Module):
         """Filter ``x`` ``(B, H, W, C)`` with ``transfer`` ``(H, W, C)``."""
         x, (weight_u, bias_u), (weight_z, bias_z) = self._projections(x)
         u = spectral_filter(F.linear(x, weight_u, bias_u), transfer)
-        gate = F.silu(F.linear(x, weight_z, bias_z))
-        return self.out_linear(self.out_norm(u) * gate)
+        z = F.linear(x, weight_z, bias_z)
+        if recording_gradients(u, z):
+            # Keeps u and z for the backward pass, not the four maps
+            # between them and the output.
+            return gated_linear_recomputed(u, z, self.out_norm,
+                                           self.out_linear)
+        return self.out_linear(self.out_norm(u) * F.silu(z))
 
 
 class Mlp(nn.Module):
@@ -109,6 +126,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if recording_gradients(x, self.fc1.weight, self.fc2.weight):
+            # Keeps x for the backward pass, not the two hidden maps.
+            return mlp_recomputed(x, self.fc1.weight, self.fc1.bias,
+                                  self.fc2.weight, self.fc2.bias)
         return self.fc2(F.gelu(self.fc1(x)))
 
 

@@ -1,0 +1,190 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""A vHeat block's MLP and gated output projection, keeping only inputs.
+
+Autograd keeps every intermediate an op needs for its gradient. For the
+MLP ``fc2(GELU(fc1(x)))`` that is the GELU's input and output, ``2 * 4C``
+values per pixel (eight times the block's ``C``-channel map), and for the
+gated projection ``out_linear(LayerNorm(u) * SiLU(z))`` five ``C`` maps.
+The functions here keep only their inputs (``x``; ``u`` and ``z``) and
+redo the cheap part of the forward pass in the backward pass: ``fc1`` and
+the GELU for the MLP, the LayerNorm, SiLU and product for the gate. The
+last linear layer's gradients are formed directly from the recomputed
+activation, so nothing is computed twice that is not needed.
+
+The MLP runs in row chunks of at most :data:`MLP_CHUNK_BYTES` of hidden
+activations (:func:`mlp_in_chunks`), in both passes and in the inference
+form: the ``4C`` hidden map is never whole. The
+backward pass runs under the autocast state of the forward pass, so the
+recomputed values are the forward pass's. Neither is differentiable twice.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from mmvheat.utils.torch_modes import is_capturing_graph
+from .cpu_fast_paths import fused_linear
+
+__all__ = [
+    'MLP_CHUNK_BYTES', 'row_chunks', 'mlp_in_chunks', 'mlp_recomputed',
+    'gated_linear_recomputed'
+]
+
+#: Budget of hidden activations an MLP chunk holds at a time.
+MLP_CHUNK_BYTES = 16 << 20
+
+
+def row_chunks(rows: int, row_bytes: int) -> int:
+    """Rows per chunk for rows of ``row_bytes`` within
+    :data:`MLP_CHUNK_BYTES`."""
+    return max(1, min(rows, MLP_CHUNK_BYTES // max(row_bytes, 1)))
+
+
+def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
+    return (torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type))
+
+
+def _leaf(t: Optional[Tensor], needs_grad: bool) -> Optional[Tensor]:
+    """A detached copy of ``t`` (no data copied) that autograd may record
+    from, as a leaf."""
+    return None if t is None else t.detach().requires_grad_(needs_grad)
+
+
+def _grads(outputs: Tensor, leaves, grad: Tensor):
+    """Gradients of ``outputs`` for the leaves that require them (None for
+    the others)."""
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    found = iter(torch.autograd.grad(outputs, wanted, grad) if wanted else ())
+    return [
+        next(found) if t is not None and t.requires_grad else None
+        for t in leaves
+    ]
+
+
+def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
+    """``(grad_rows, grad_weight, grad_bias)`` of ``F.linear(rows,
+    weight, bias)`` for the output gradient ``grad``; ``first`` is the
+    index of ``weight`` among the Function's inputs."""
+    need = ctx.needs_input_grad
+    grad_weight = grad.t().mm(rows).to(weight.dtype) if need[first] else None
+    grad_bias = grad.sum(0, dtype=weight.dtype) if need[first + 1] else None
+    return grad.mm(weight.to(grad.dtype)), grad_weight, grad_bias
+
+
+def mlp_in_chunks(x: Tensor,
+                  fc1_weight: Tensor,
+                  fc1_bias: Tensor,
+                  fc2_weight: Tensor,
+                  fc2_bias: Tensor,
+                  residual: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(GELU(F.linear(x, fc1)), fc2) + residual`` over the last
+    axis of ``x``, a chunk of rows at a time: the hidden map is never whole
+    (one chunk while a graph is captured). The GELU and the residual add
+    run inside the linear layers where :func:`fused_linear` fuses them."""
+    rows = x.reshape(-1, x.shape[-1])
+    chunk = rows.shape[0] if is_capturing_graph() else row_chunks(
+        rows.shape[0], fc1_weight.shape[0] * rows.element_size())
+    if residual is not None:
+        residual = residual.reshape(rows.shape[0], -1).split(chunk)
+    outs = [
+        fused_linear(
+            fused_linear(part, fc1_weight, fc1_bias, activation='gelu'),
+            fc2_weight,
+            fc2_bias,
+            residual=None if residual is None else residual[i])
+        for i, part in enumerate(rows.split(chunk))
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _RecomputedMlp(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
+        ctx.autocast = _autocast_state(x.device.type)
+        return mlp_in_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        leaves = [_leaf(fc1_weight, need[1]), _leaf(fc1_bias, need[2])]
+        rows = x.reshape(-1, x.shape[-1])
+        grads = grad.reshape(-1, grad.shape[-1])
+        chunk = row_chunks(rows.shape[0],
+                           fc1_weight.shape[0] * rows.element_size())
+        grad_rows, totals = [], [None] * 4
+        enabled, dtype = ctx.autocast
+        with torch.autocast(x.device.type, dtype, enabled=enabled):
+            for part, grad_part in zip(rows.split(chunk), grads.split(chunk)):
+                part = _leaf(part, need[0])
+                with torch.enable_grad():
+                    hidden = F.gelu(F.linear(part, *leaves))
+                grad_hidden, *fc2_grads = _linear_grads(
+                    ctx, 3, hidden.detach(), grad_part, fc2_weight)
+                grad_part, *fc1_grads = _grads(hidden, [part] + leaves,
+                                               grad_hidden)
+                grad_rows.append(grad_part)
+                totals = [
+                    g if total is None else total + g
+                    for total, g in zip(totals, fc1_grads + fc2_grads)
+                ]
+        grad_x = torch.cat(grad_rows).reshape(x.shape) if need[0] else None
+        return (grad_x, *totals)
+
+
+class _RecomputedGatedLinear(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, z, norm_weight, norm_bias, eps, weight, bias):
+        ctx.save_for_backward(u, z, norm_weight, norm_bias, weight)
+        ctx.eps = eps
+        ctx.autocast = _autocast_state(u.device.type)
+        return F.linear(_gate(u, z, norm_weight, norm_bias, eps), weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        u, z, norm_weight, norm_bias, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        leaves = [
+            _leaf(u, need[0]),
+            _leaf(z, need[1]),
+            _leaf(norm_weight, need[2]),
+            _leaf(norm_bias, need[3])
+        ]
+        enabled, dtype = ctx.autocast
+        with torch.autocast(u.device.type, dtype, enabled=enabled):
+            with torch.enable_grad():
+                gated = _gate(*leaves, ctx.eps)
+            rows = gated.detach().reshape(-1, gated.shape[-1])
+            grad_rows, grad_weight, grad_bias = _linear_grads(
+                ctx, 5, rows, grad.reshape(-1, grad.shape[-1]), weight)
+            grads = _grads(gated, leaves, grad_rows.reshape(gated.shape))
+        return (*grads, None, grad_weight, grad_bias)
+
+
+def _gate(u, z, norm_weight, norm_bias, eps):
+    return F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias,
+                        eps) * F.silu(z)
+
+
+def mlp_recomputed(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
+                   fc2_weight: Tensor, fc2_bias: Tensor) -> Tensor:
+    """``F.linear(GELU(F.linear(x, fc1)), fc2)`` over the last axis of
+    ``x``, saving only ``x`` for the backward pass."""
+    return _RecomputedMlp.apply(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+
+
+def gated_linear_recomputed(u: Tensor, z: Tensor, norm: torch.nn.LayerNorm,
+                            linear: torch.nn.Linear) -> Tensor:
+    """``linear(norm(u) * SiLU(z))``, saving only ``u`` and ``z`` for the
+    backward pass."""
+    return _RecomputedGatedLinear.apply(u, z, norm.weight, norm.bias, norm.eps,
+                                        linear.weight, linear.bias)

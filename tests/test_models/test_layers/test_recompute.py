@@ -1,0 +1,145 @@
+# Copyright (c) mmvheat contributors. All rights reserved.
+"""The recomputing MLP and gate: their gradients, and what a block keeps."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmvheat.analysis.saved_tensors import saved_bytes
+from mmvheat.models.layers import HeatBlock, heat_block, recompute
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """MLP chunks of 5 rows of 12 float32 or 2 of float64 hidden values
+    (the maps here have 14 to 24 rows)."""
+    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 4)
+
+
+def _float64(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+def test_mlp_gradcheck(small_chunks):
+    args = (_float64(2, 3, 4,
+                     6), _float64(12,
+                                  6), _float64(12), _float64(6,
+                                                             12), _float64(6))
+    assert torch.autograd.gradcheck(recompute.mlp_recomputed, args)
+
+
+def test_gated_linear_gradcheck():
+    norm, linear = nn.LayerNorm(6).double(), nn.Linear(6, 5).double()
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    u, z = _float64(2, 3, 4, 6), _float64(2, 3, 4, 6)
+    params = (norm.weight, norm.bias, linear.weight, linear.bias)
+
+    def gated(u, z, *params):
+        return recompute._RecomputedGatedLinear.apply(u, z, *params[:2],
+                                                      norm.eps, *params[2:])
+
+    assert torch.autograd.gradcheck(gated, (u, z) + params)
+
+
+def _plain_paths(monkeypatch):
+    """The block's modules without the recomputing functions: the plain
+    ops autograd records one by one."""
+    monkeypatch.setattr(heat_block, 'recording_gradients', lambda *t: False)
+
+
+def _grads(block, x, transfer):
+    block.zero_grad()
+    x.grad = transfer.grad = None
+    out = block(x, transfer)
+    out.backward(
+        torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape))
+    named = dict(block.named_parameters(), x=x, transfer=transfer)
+    # op.to_k predicts the filter outside the block: it gets no gradient.
+    return out.detach(), {
+        k: v.grad.clone()
+        for k, v in named.items() if v.grad is not None
+    }
+
+
+@pytest.mark.parametrize('post_norm,layer_scale', [(False, None), (True, 0.5)])
+def test_block_gradients_unchanged(monkeypatch, small_chunks, post_norm,
+                                   layer_scale):
+    """The block's output and every gradient, with the recomputing functions
+    and with the plain ops, agree in float64 to 1e-12 (relative)."""
+    torch.manual_seed(0)
+    block = HeatBlock(6, post_norm=post_norm, layer_scale=layer_scale)
+    block = block.double()
+    for param in block.parameters():
+        nn.init.normal_(param, std=0.5)
+    x, transfer = _float64(2, 5, 4, 6), torch.rand(
+        5, 4, 6, dtype=torch.float64, requires_grad=True)
+    out, grads = _grads(block, x, transfer)
+    _plain_paths(monkeypatch)
+    expected_out, expected = _grads(block, x, transfer)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    assert grads.keys() == expected.keys()
+    assert len(grads) == len(list(block.parameters())) - 2 + 2
+    for name in grads:
+        torch.testing.assert_close(
+            grads[name], expected[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize('post_norm', [False, True])
+def test_block_saves_eight_maps(post_norm):
+    """A block keeps eight ``C``-channel maps for its backward pass:
+
+    its input, ``norm1``'s output (the depth-wise conv's input), the conv's
+    output (the projections' input), the spectrum (for the filter's
+    gradient), ``u`` and ``z`` (the gate's inputs), the MLP branch's input
+    and the MLP's input; besides them three LayerNorms' mean and inverse
+    deviation per pixel, the filter (saved as an input), and the DCT bases
+    (cached). No hidden ``4C`` map, no gate intermediates. The plain ops
+    keep nineteen maps.
+    """
+    b, h, w, c = 2, 8, 6, 16
+    block = HeatBlock(c, post_norm=post_norm)
+    x = torch.randn(b, h, w, c, requires_grad=True)
+    transfer = torch.rand(h, w, c, requires_grad=True)
+    maps, stats = 8 * b * h * w * c, 3 * 2 * b * h * w
+    budget = 4 * (maps + stats + h * w * c + h * h + w * w)
+    assert saved_bytes(
+        block, x, transfer, exclude=block.parameters()) <= budget
+
+
+def test_mlp_chunks_agree_with_whole(small_chunks):
+    """Chunked rows give the unchunked MLP's output and gradients."""
+    mlp = heat_block.Mlp(6, 12).double()
+    x = _float64(3, 7, 6)
+    out = mlp(x)
+    grads = torch.autograd.grad(out.sum(), [x, *mlp.parameters()])
+    expected = mlp.fc2(F.gelu(mlp.fc1(x)))
+    expected_grads = torch.autograd.grad(expected.sum(),
+                                         [x, *mlp.parameters()])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_deployed_mlp_in_chunks(small_chunks):
+    """The inference form's chunks give the whole MLP plus the residual,
+    to float32 rounding (oneDNN may fuse the GELU and the add)."""
+    from mmvheat.models.backbones.deploy import FusedMlp
+    mlp = heat_block.Mlp(6, 12)
+    x, residual = torch.randn(2, 7, 6), torch.randn(2, 7, 6)
+    with torch.no_grad():
+        out = FusedMlp.from_trained(mlp)(x, residual=residual)
+        expected = mlp(x) + residual
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_filter_prediction_keeps_a_mask():
+    """Predicting ``decay ** ReLU(to_k(embed))`` keeps the embedding (for
+    ``to_k``), a one-byte mask (for the ReLU), the filter (for the
+    exponential) and the squared wave numbers, not a float copy of ``k``."""
+    h, w, c = 8, 6, 16
+    op = heat_block.HeatConduction2d(c)
+    embed = torch.randn(h, w, c, requires_grad=True)
+    budget = 4 * h * w * c + h * w * c + 4 * h * w * c + 4 * h * w
+    assert saved_bytes(
+        op.heat_transfer, embed, exclude=op.parameters()) <= budget
