@@ -113,8 +113,6 @@ class _RecomputedMlp(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        leaves = [_leaf(fc1_weight, need[1]), _leaf(fc1_bias, need[2])]
         rows = x.reshape(-1, x.shape[-1])
         grads = grad.reshape(-1, grad.shape[-1])
         chunk = row_chunks(rows.shape[0],
@@ -123,19 +121,19 @@ class _RecomputedMlp(torch.autograd.Function):
         enabled, dtype = ctx.autocast
         with torch.autocast(x.device.type, dtype, enabled=enabled):
             for part, grad_part in zip(rows.split(chunk), grads.split(chunk)):
-                part = _leaf(part, need[0])
-                with torch.enable_grad():
-                    hidden = F.gelu(F.linear(part, *leaves))
+                pre = F.linear(part, fc1_weight, fc1_bias)
                 grad_hidden, *fc2_grads = _linear_grads(
-                    ctx, 3, hidden.detach(), grad_part, fc2_weight)
-                grad_part, *fc1_grads = _grads(hidden, [part] + leaves,
-                                               grad_hidden)
+                    ctx, 3, F.gelu(pre), grad_part, fc2_weight)
+                grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre)
+                grad_part, *fc1_grads = _linear_grads(ctx, 1, part, grad_pre,
+                                                      fc1_weight)
                 grad_rows.append(grad_part)
                 totals = [
                     g if total is None else total + g
                     for total, g in zip(totals, fc1_grads + fc2_grads)
                 ]
-        grad_x = torch.cat(grad_rows).reshape(x.shape) if need[0] else None
+        need_x = ctx.needs_input_grad[0]
+        grad_x = torch.cat(grad_rows).reshape(x.shape) if need_x else None
         return (grad_x, *totals)
 
 
