@@ -156,6 +156,8 @@ RUNS = {
     'OUT_DIR --device cpu --score-thr 0.3 --batch-size 1': [],
     'python tools/analysis_tools/get_flops.py '
     'configs/vheat/vheat-tiny_16xb128_in1k.py': [],
+    'python tools/analysis_tools/saved_tensors.py --model vheat-t --size '
+    '1024': ['--size', '64'],
     'python tools/dataset_converters/make_demo_data.py --out data/demo': [
         '--tasks', 'cls', '--num-train', '2', '--num-val', '1', '--size', '32',
         '32'

@@ -112,7 +112,7 @@ _USE_VHEAT = '''
 import sys
 import torch
 import mmvheat, mmvheat.analysis, mmvheat.apis
-import mmvheat.analysis.benchmark, mmvheat.analysis.heat
+import mmvheat.analysis.benchmark
 from mmvheat.models import VHeat
 model = VHeat(arch=dict(depths=[1, 1, 2, 1], dims=8, post_norm=False,
                         layer_scale=None, mlp_ratio=2.),

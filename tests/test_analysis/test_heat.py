@@ -1,15 +1,16 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""Heat spreading, learned ``k`` and ERF (``mmvheat.analysis.heat``) on a
-tiny vHeat and Swin (CPU), and their figures
-(``tools/analysis_tools/visualize_heat.py``)."""
+"""Heat spreading, learned ``k`` and ERF on a tiny vHeat and Swin (CPU),
+and their figures: ``tools/analysis_tools/visualize_heat.py``."""
 import numpy as np
 import pytest
 import torch
 
 import mmvheat  # noqa: F401
-from mmvheat.analysis import heat as vh
 from mmvheat.apis import build_model
 from . import analysis_tool
+
+#: The tool's computations, loaded once.
+vh = analysis_tool('visualize_heat')
 
 SWIN_CFG = """
 default_scope = 'mmpretrain'
