@@ -28,7 +28,7 @@ def build(name: str) -> tuple:
     return VHeat(arch=arch, out_indices=(0, 1, 2, 3)), HeatBlock
 
 
-def main():
+def parse_args(args=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
         '--model',
@@ -40,7 +40,11 @@ def main():
         '--module',
         help='the block to list entry by entry, or - for what is outside '
         'the blocks (defaults to the first block)')
-    args = parser.parse_args()
+    return parser.parse_args(args)
+
+
+def main():
+    args = parse_args()
     model, block_type = build(args.model)
     x = torch.randn(args.batch, 3, args.size, args.size)
     saved = record_saved(
