@@ -8,8 +8,11 @@ gated projection ``out_linear(LayerNorm(u) * SiLU(z))`` five ``C`` maps.
 The functions here keep only their inputs (``x``; ``u`` and ``z``) and
 redo the cheap part of the forward pass in the backward pass: ``fc1`` and
 the GELU for the MLP, the LayerNorm, SiLU and product for the gate. The
-last linear layer's gradients are formed directly from the recomputed
-activation, so nothing is computed twice that is not needed.
+gradients are formed directly, with the kernels autograd would call
+(``gelu_backward``, ``silu_backward``, ``native_layer_norm_backward`` and
+the linear layers' products), without recording a graph. The gate skips
+the SiLU's and the LayerNorm's gradient kernels, and the product only its
+weight's gradient uses, where no input needs them.
 
 The MLP runs in row chunks of at most :data:`MLP_CHUNK_BYTES` of hidden
 activations (:func:`mlp_in_chunks`), in both passes and in the inference
@@ -45,23 +48,6 @@ def row_chunks(rows: int, row_bytes: int) -> int:
 def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
     return (torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type))
-
-
-def _leaf(t: Optional[Tensor], needs_grad: bool) -> Optional[Tensor]:
-    """A detached copy of ``t`` (no data copied) that autograd may record
-    from, as a leaf."""
-    return None if t is None else t.detach().requires_grad_(needs_grad)
-
-
-def _grads(outputs: Tensor, leaves, grad: Tensor):
-    """Gradients of ``outputs`` for the leaves that require them (None for
-    the others)."""
-    wanted = [t for t in leaves if t is not None and t.requires_grad]
-    found = iter(torch.autograd.grad(outputs, wanted, grad) if wanted else ())
-    return [
-        next(found) if t is not None and t.requires_grad else None
-        for t in leaves
-    ]
 
 
 def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
@@ -144,33 +130,53 @@ class _RecomputedGatedLinear(torch.autograd.Function):
         ctx.save_for_backward(u, z, norm_weight, norm_bias, weight)
         ctx.eps = eps
         ctx.autocast = _autocast_state(u.device.type)
-        return F.linear(_gate(u, z, norm_weight, norm_bias, eps), weight, bias)
+        gated = F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias,
+                             eps) * F.silu(z)
+        return F.linear(gated, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         u, z, norm_weight, norm_bias, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        leaves = [
-            _leaf(u, need[0]),
-            _leaf(z, need[1]),
-            _leaf(norm_weight, need[2]),
-            _leaf(norm_bias, need[3])
-        ]
+        shape = u.shape[-1:]
         enabled, dtype = ctx.autocast
         with torch.autocast(u.device.type, dtype, enabled=enabled):
-            with torch.enable_grad():
-                gated = _gate(*leaves, ctx.eps)
-            rows = gated.detach().reshape(-1, gated.shape[-1])
-            grad_rows, grad_weight, grad_bias = _linear_grads(
-                ctx, 5, rows, grad.reshape(-1, grad.shape[-1]), weight)
-            grads = _grads(gated, leaves, grad_rows.reshape(gated.shape))
-        return (*grads, None, grad_weight, grad_bias)
+            # The dispatcher applies autocast's policy for the LayerNorm,
+            # as F.layer_norm did in the forward pass.
+            norm, mean, rstd = torch.ops.aten.native_layer_norm(
+                u, shape, norm_weight, norm_bias, ctx.eps)
+            gate = F.silu(z)
+            # The gated map is needed only for the linear layer's weight.
+            gated = (norm * gate).reshape(-1, shape[0]) if need[5] else None
+            grad_gated, grad_weight, grad_bias = _linear_grads(
+                ctx, 5, gated, grad.reshape(-1, grad.shape[-1]), weight)
+        # Autograd's rules for the product, SiLU and LayerNorm, each
+        # gradient rounded to the dtype of what it is the gradient of.
+        grad_gated = grad_gated.reshape(u.shape).to(
+            torch.promote_types(norm.dtype, gate.dtype))
+        grad_z = torch.ops.aten.silu_backward(
+            (grad_gated * norm).to(gate.dtype), z) if need[1] else None
+        norm_need = [need[0], need[2], need[3]]
+        grad_u = grad_norm_weight = grad_norm_bias = None
+        if any(norm_need):
+            # Autocast may have run the LayerNorm in float32 (as on CUDA),
+            # casting its inputs.
+            norm_inputs = [u, norm_weight, norm_bias]
+            if norm.dtype != u.dtype:
+                norm_inputs = [
+                    t if t is None else t.to(norm.dtype) for t in norm_inputs
+                ]
+            grad_u, grad_norm_weight, grad_norm_bias = (
+                torch.ops.aten.native_layer_norm_backward(
+                    (grad_gated * gate).to(norm.dtype), norm_inputs[0], shape,
+                    mean, rstd, *norm_inputs[1:], norm_need))
+        return (_cast(grad_u, u), grad_z, _cast(grad_norm_weight, norm_weight),
+                _cast(grad_norm_bias, norm_bias), None, grad_weight, grad_bias)
 
 
-def _gate(u, z, norm_weight, norm_bias, eps):
-    return F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias,
-                        eps) * F.silu(z)
+def _cast(grad: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
+    return None if grad is None else grad.to(like.dtype)
 
 
 def mlp_recomputed(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,

@@ -42,6 +42,97 @@ def test_gated_linear_gradcheck():
     assert torch.autograd.gradcheck(gated, (u, z) + params)
 
 
+def _gate_modules(c=6, out=5):
+    torch.manual_seed(0)
+    norm, linear = nn.LayerNorm(c), nn.Linear(c, out)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    return norm, linear
+
+
+def _gate_grads(gated, u, z, norm, linear, wanted):
+    """The output of ``gated(u, z, norm, linear)`` and the gradients of the
+    inputs named in ``wanted``, the others requiring none."""
+    named = dict(
+        u=u,
+        z=z,
+        norm_weight=norm.weight,
+        norm_bias=norm.bias,
+        weight=linear.weight,
+        bias=linear.bias)
+    for name, t in named.items():
+        t.requires_grad_(name in wanted)
+    out = gated(u, z, norm, linear)
+    grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    grads = torch.autograd.grad(out, [named[k] for k in wanted],
+                                grad.to(out.dtype))
+    return out.detach(), dict(zip(wanted, grads))
+
+
+def _plain_gate(u, z, norm, linear):
+    return linear(norm(u) * F.silu(z))
+
+
+@pytest.mark.parametrize('wanted', [
+    ('u', 'z', 'norm_weight', 'norm_bias', 'weight', 'bias'),
+    ('u', ),
+    ('z', ),
+    ('norm_weight', 'norm_bias'),
+    ('weight', 'bias'),
+    ('u', 'weight'),
+    ('z', 'norm_bias', 'bias'),
+])
+def test_gated_linear_some_grads(wanted):
+    """With any subset of the inputs requiring gradients, the gate's
+    gradients are plain autograd's, in float64 to 1e-12 (relative): the
+    same formulas, differing only in the order of rounding."""
+    norm, linear = (m.double() for m in _gate_modules())
+    u = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    z = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    out, grads = _gate_grads(recompute.gated_linear_recomputed, u, z, norm,
+                             linear, wanted)
+    expected_out, expected = _gate_grads(_plain_gate, u, z, norm, linear,
+                                         wanted)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    for name in wanted:
+        torch.testing.assert_close(
+            grads[name], expected[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize('dtype,bias_rtol', [(torch.bfloat16, 2**-7),
+                                             (torch.float16, 2**-10)])
+def test_gated_linear_under_autocast(dtype, bias_rtol):
+    """Under CPU autocast (``u`` and ``z`` from linear layers, so in
+    ``dtype``) the output and gradients are plain autograd's, in the same
+    dtypes. The same kernels run on the same values, so they agree to 1e-6
+    (relative), far below a ``dtype`` rounding step, which a rounding done
+    in the wrong dtype would show. The exception is the linear layer's
+    bias: the gate sums its gradient in float32, plain autograd rounds the
+    sum to ``dtype``, so they agree to a ``dtype`` step (``bias_rtol``)."""
+    norm, linear = _gate_modules(c=24, out=20)
+    proj = nn.Linear(24, 24)
+    u0, z0 = torch.randn(2, 5, 7, 24), torch.randn(2, 5, 7, 24)
+    wanted = ('u', 'z', 'norm_weight', 'norm_bias', 'weight', 'bias')
+
+    def autocast(gated):
+
+        def run(u, z, norm, linear):
+            with torch.autocast('cpu', dtype):
+                return gated(proj(u), proj(z), norm, linear)
+
+        return _gate_grads(run, u0.clone(), z0.clone(), norm, linear, wanted)
+
+    out, grads = autocast(recompute.gated_linear_recomputed)
+    expected_out, expected = autocast(_plain_gate)
+    assert out.dtype == expected_out.dtype == dtype
+    torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=0)
+    for name in wanted:
+        assert grads[name].dtype == expected[name].dtype == torch.float32
+        rtol = bias_rtol if name == 'bias' else 1e-6
+        torch.testing.assert_close(
+            grads[name], expected[name], rtol=rtol, atol=1e-6, msg=name)
+
+
 def _plain_paths(monkeypatch):
     """The block's modules without the recomputing functions: the plain
     ops autograd records one by one."""
