@@ -20,14 +20,14 @@ at the pretraining size ``--img-size``), the same for ``-s``/``-b``;
 
 The replays run the published dataflow with our modules. To time the
 published code itself, ``--published-repo DIR`` (a checkout of
-github.com/MzeroMiko/vHeat, with what its ``classification/models/vHeat.py``
-imports, timm included) adds ``vheat-t-published`` (its classifier) and
-``vheat-t-published-fold`` (its inference mode, ``infer_init()`` at
-``--img-size``), the same for ``-s``/``-b``, with the same weights as the
-other rows. ``speedup_vs_published`` then divides by these rows: deployed
-and ``-pub-fold`` by ``-published-fold``, plain, training and ``-pub`` by
-``-published``; the replays' value is how fast they run against the code
-they replay.
+github.com/MzeroMiko/vHeat; what its ``classification/models/vHeat.py``
+imports, timm say, must be installed) adds ``vheat-t-published`` (its
+classifier) and ``vheat-t-published-fold`` (its inference mode,
+``infer_init()`` at ``--img-size``), the same for ``-s``/``-b``, with the
+same weights as the other rows. ``speedup_vs_published`` then divides by
+these rows: deployed and ``-pub-fold`` by ``-published-fold``, plain,
+training and ``-pub`` by ``-published``; the replays' value is how fast
+they run against the code they replay.
 
 Operator rows: ``reference`` (four float32 matmuls), ``published``
 (``F.conv1d`` transforms) and, on CUDA, each Triton kernel path that takes
@@ -47,10 +47,10 @@ CPU, like with like against the published formulation::
 
 Against the published code itself (a checkout in ``../vHeat``)::
 
-    python tools/analysis_tools/benchmark.py --device cpu --model-only \
-        --published-repo ../vHeat --models vheat-t vheat-t-plain \
-        vheat-t-pub vheat-t-pub-fold vheat-t-published \
-        vheat-t-published-fold --resolutions 224 --img-size 224 \
+    python tools/analysis_tools/benchmark.py --device cpu --model-only \\
+        --published-repo ../vHeat --models vheat-t vheat-t-plain \\
+        vheat-t-pub vheat-t-pub-fold vheat-t-published \\
+        vheat-t-published-fold --resolutions 224 --img-size 224 \\
         --batch-size 8 --mode infer --no-flops --repeats 7 --no-memory
 
 CPU, peak memory only (a process per row; 2048 for inference)::
