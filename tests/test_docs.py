@@ -127,6 +127,13 @@ CHECKED = {
     '--resolutions 224 512 --batch-size 8 --mode infer --no-flops '
     '--repeats 7 --no-memory':
     'full-size models for minutes; tests/test_analysis/test_benchmark.py',
+    'python tools/analysis_tools/benchmark.py --device cpu --model-only '
+    '--published-repo VHEAT_REPO --models vheat-t vheat-t-plain vheat-t-pub '
+    'vheat-t-pub-fold vheat-t-published vheat-t-published-fold '
+    '--resolutions 224 --img-size 224 --batch-size 8 --mode infer '
+    '--no-flops --repeats 7 --no-memory':
+    'needs a checkout of the published repository; tests/test_analysis/'
+    'test_benchmark.py runs it on a stand-in',
     'python tools/analysis_tools/gpu_report.py --out-dir '
     'work_dirs/gpu_report':
     f'{_GPU}; tests/test_analysis/test_gpu_report.py runs --device cpu',
@@ -174,7 +181,8 @@ PLACEHOLDERS = dict(
     WORK_DIR='work_dirs/docs',
     OUT_DIR='work_dirs/docs_out',
     PARTITION='partition',
-    JOB_NAME='job')
+    JOB_NAME='job',
+    VHEAT_REPO=osp.join(ROOT, 'tests', 'test_analysis', 'published_checkout'))
 
 
 def _blocks(text):

@@ -21,7 +21,10 @@ vHeat-T/S/B, Swin-T/S/B (mmpretrain) and MPViT-T/XS/S/B, inference and a
 training step. Each vHeat in four forms with the same weights
 (:data:`VHEAT_VARIANTS`): deployed for inference, ``-plain`` (eval mode),
 ``-pub`` (the published dataflow, :mod:`mmvheat.analysis.published`) and
-``-pub-fold`` (the published inference mode, folded at ``img_size``).
+``-pub-fold`` (the published inference mode, folded at ``img_size``). With
+a checkout of the published repository, ``-published`` and
+``-published-fold`` are its own classifier in the same two modes, with the
+same weights (:mod:`mmvheat.analysis.published_repo`).
 
 Peak memory is the most memory in use during a row's calls (a warm-up and
 the measured ones) above what the built model (weights, input, optimizer)
@@ -58,6 +61,7 @@ from mmvheat.utils.io import atomic_write, first_line
 from .flops import model_complexity
 from .published import (PublishedVHeat, conv1d_spectral_filter,
                         published_transfer)
+from .published_repo import published_classifier
 
 # model name -> (backbone family, arch)
 _ARCHS = {
@@ -73,10 +77,14 @@ _ARCHS = {
     'mpvit-b': ('mpvit', 'base'),
 }
 #: The forms of each vHeat: ours (deployed for inference), ours in plain
-#: eval mode, the published dataflow, the published inference mode.
-VHEAT_VARIANTS = ('', '-plain', '-pub', '-pub-fold')
+#: eval mode, the published dataflow, the published inference mode, and the
+#: published classifier itself in those two modes (from a checkout).
+VHEAT_VARIANTS = ('', '-plain', '-pub', '-pub-fold', '-published',
+                  '-published-fold')
 #: The forms that exist for inference only.
-INFER_ONLY_VARIANTS = ('-plain', '-pub-fold')
+INFER_ONLY_VARIANTS = ('-plain', '-pub-fold', '-published-fold')
+#: The forms built from a checkout of the published repository.
+CHECKOUT_VARIANTS = ('-published', '-published-fold')
 MODEL_NAMES = sorted(_ARCHS) + [
     f'{n}{v}' for n in sorted(_ARCHS) if n.startswith('vheat')
     for v in VHEAT_VARIANTS[1:]
@@ -468,15 +476,25 @@ def family_of(name: str) -> str:
     return _ARCHS[split_model_name(name)[0]][0]
 
 
-def published_counterpart(name: str, mode: str) -> Optional[str]:
+def published_counterpart(name: str,
+                          mode: str,
+                          checkout: bool = False) -> Optional[str]:
     """The published form to compare ``name`` with, like with like: deployed
-    with ``-pub-fold``, plain (and training) with ``-pub``; else None."""
+    with ``-pub-fold``, plain (and training) with ``-pub``; with ``checkout``
+    the published classifier's ``-published-fold`` and ``-published`` in
+    their place, and also for the replays (``-pub-fold``, ``-pub``); else
+    None."""
     base, variant = split_model_name(name)
     if _ARCHS[base][0] != 'vheat':
         return None
+    published = base + ('-published' if checkout else '-pub')
     if variant == '-plain' or (variant == '' and mode == 'train'):
-        return base + '-pub'
-    return base + '-pub-fold' if variant == '' else None
+        return published
+    if variant == '':
+        return published + '-fold'
+    if checkout and variant in ('-pub', '-pub-fold'):
+        return published + variant[len('-pub'):]
+    return None
 
 
 class Classifier(nn.Module):
@@ -502,7 +520,8 @@ class Classifier(nn.Module):
 def build_classifier(name: str,
                      res: int,
                      img_size: Optional[int] = None,
-                     arch: Optional[Union[str, dict]] = None) -> nn.Module:
+                     arch: Optional[Union[str, dict]] = None,
+                     published_repo: Optional[str] = None) -> nn.Module:
     """``name`` (:data:`MODEL_NAMES`) as a :class:`Classifier`.
 
     Args:
@@ -512,6 +531,9 @@ def build_classifier(name: str,
             frequency embeddings). Defaults to None: ``res``.
         arch (str | dict, optional): The backbone's ``arch`` in place of the
             one ``name`` says. Defaults to None.
+        published_repo (str, optional): The checkout the ``-published``
+            forms come from, with the weights of ``name``'s own form built
+            here. Defaults to None.
     """
     from mmvheat.models import MPViT
     base, variant = split_model_name(name)
@@ -527,6 +549,19 @@ def build_classifier(name: str,
         return Classifier(backbone, backbone.stage_channels[-1])
     backbone = VHeat(arch=arch, img_size=img_size or res, init_cfg=None)
     channels = backbone.stage_channels[-1]
+    if variant in CHECKOUT_VARIANTS:
+        if published_repo is None:
+            raise ValueError(f'{name} needs a checkout of the published '
+                             'repository (published_repo)')
+        ours = Classifier(backbone, channels).state_dict()
+        return published_classifier(
+            published_repo,
+            arch,
+            img_size or res, {
+                k.replace('head.', 'head.fc.', 1): v
+                for k, v in ours.items()
+            },
+            infer_mode=variant == '-published-fold')
     if variant.startswith('-pub'):
         backbone = PublishedVHeat(backbone, infer_mode=variant == '-pub-fold')
     return Classifier(backbone, channels)
@@ -652,25 +687,27 @@ def _folds_at(name: str, res: int, img_size: Optional[int]) -> bool:
     """Whether ``name`` in inference keeps its filters ``decay ** k`` across
     forwards at ``res`` (so that none of its FLOPs are shared per call)."""
     variant = split_model_name(name)[1]
-    return variant == '' or (variant == '-pub-fold' and
+    return variant == '' or (variant in ('-pub-fold', '-published-fold') and
                              (img_size or res) == res)
 
 
-def benchmark_models(device: torch.device,
-                     models: Sequence[str],
-                     resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
-                     batch_size: int = 64,
-                     mode: str = 'both',
-                     dtype: str = 'fp32',
-                     repeats: int = 10,
-                     warmup: int = 2,
-                     flops: bool = True,
-                     img_size: Optional[int] = None,
-                     progress: Optional[Callable[[str], None]] = None,
-                     deadline: Optional[float] = None,
-                     archs: Optional[Dict[str, Union[str, dict]]] = None,
-                     cpu_memory: bool = True,
-                     timed: bool = True) -> Tuple[List[dict], List[str]]:
+def benchmark_models(
+        device: torch.device,
+        models: Sequence[str],
+        resolutions: Sequence[int] = (224, 384, 512, 768, 1024),
+        batch_size: int = 64,
+        mode: str = 'both',
+        dtype: str = 'fp32',
+        repeats: int = 10,
+        warmup: int = 2,
+        flops: bool = True,
+        img_size: Optional[int] = None,
+        progress: Optional[Callable[[str], None]] = None,
+        deadline: Optional[float] = None,
+        archs: Optional[Dict[str, Union[str, dict]]] = None,
+        cpu_memory: bool = True,
+        timed: bool = True,
+        published_repo: Optional[str] = None) -> Tuple[List[dict], List[str]]:
     """Time classifiers side by side and measure their peak memory, one
     group per resolution and mode; see the module doc.
 
@@ -693,14 +730,21 @@ def benchmark_models(device: torch.device,
         cpu_memory (bool): On the CPU, measure each row's memory in a
             process of its own. Defaults to True.
         timed (bool): False measures the memory only. Defaults to True.
+        published_repo (str, optional): The checkout of the published
+            repository the ``-published`` forms come from; given, they are
+            the ``speedup_vs_published`` counterparts
+            (:func:`published_counterpart`). Defaults to None.
 
     Returns:
         tuple: the rows and notes for the reader.
     """
     notes, rows, flop_cache, archs = [], [], {}, archs or {}
     modes = ['infer', 'train'] if mode == 'both' else [mode]
-    for name in models:
-        split_model_name(name)  # unknown names fail before any work
+    for name in models:  # unknown names fail before any work
+        if split_model_name(name)[1] in CHECKOUT_VARIANTS and \
+                published_repo is None:
+            raise ValueError(f'{name} needs published_repo, a checkout of '
+                             'the published repository')
     infer_only = [
         n for n in models if split_model_name(n)[1] in INFER_ONLY_VARIANTS
     ]
@@ -718,7 +762,8 @@ def benchmark_models(device: torch.device,
                 name=name,
                 res=res,
                 img_size=img_size,
-                arch=archs.get(family_of(name)))
+                arch=archs.get(family_of(name)),
+                published_repo=published_repo)
             spec = dict(
                 name=name,
                 mode=m,
@@ -780,7 +825,8 @@ def benchmark_models(device: torch.device,
                     images_per_s=batch_size / t,
                     speedup_vs_baseline=times[base] / t,
                     speedup_vs_published=times.get(
-                        published_counterpart(cand.name, m), _NAN) / t,
+                        published_counterpart(cand.name, m, published_repo
+                                              is not None), _NAN) / t,
                     peak_mem_mb=peaks[cand.name],
                     mem_vs_baseline=_ratio(peaks[cand.name], peaks[base]),
                     gflops_per_image=gflops,

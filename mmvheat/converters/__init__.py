@@ -17,15 +17,16 @@ from .mpvit import (NotAnMPViTCheckpoint, convert_mpvit_checkpoint,
                     convert_published_mpvit, is_published_mpvit_state_dict)
 from .vheat import (NotAVHeatCheckpoint, convert_published_vheat,
                     convert_vheat_checkpoint, is_mmvheat_vheat_state_dict,
-                    is_published_vheat_state_dict, vheat_weights)
+                    is_published_vheat_state_dict, to_published_vheat,
+                    vheat_weights)
 
 __all__ = [
     'CheckpointError', 'extract_state_dict', 'NotAVHeatCheckpoint',
     'is_published_vheat_state_dict', 'is_mmvheat_vheat_state_dict',
     'convert_published_vheat', 'convert_vheat_checkpoint', 'vheat_weights',
-    'NotAnMPViTCheckpoint', 'is_published_mpvit_state_dict',
-    'convert_published_mpvit', 'convert_mpvit_checkpoint', 'infer_vheat_arch',
-    'infer_mpvit_arch', 'describe_arch', 'MODES', 'SIZE_MULTIPLE',
-    'Enlargement', 'embed_side', 'check_size', 'check_sizes',
-    'enlarge_freq_embeds'
+    'to_published_vheat', 'NotAnMPViTCheckpoint',
+    'is_published_mpvit_state_dict', 'convert_published_mpvit',
+    'convert_mpvit_checkpoint', 'infer_vheat_arch', 'infer_mpvit_arch',
+    'describe_arch', 'MODES', 'SIZE_MULTIPLE', 'Enlargement', 'embed_side',
+    'check_size', 'check_sizes', 'enlarge_freq_embeds'
 ]

@@ -22,6 +22,7 @@ Published keys -> ours, under ``backbone.``:
 
 Any other key is refused: a converter that dropped or passed on keys it does
 not know would hide a checkpoint of another model.
+:func:`to_published_vheat` maps a classifier's keys the other way.
 """
 import re
 from collections import OrderedDict
@@ -36,7 +37,7 @@ from .checkpoint import (CheckpointError, ConvertedWeights, convert_checkpoint,
 __all__ = [
     'NotAVHeatCheckpoint', 'is_published_vheat_state_dict',
     'is_mmvheat_vheat_state_dict', 'convert_published_vheat',
-    'convert_vheat_checkpoint', 'vheat_weights'
+    'convert_vheat_checkpoint', 'vheat_weights', 'to_published_vheat'
 ]
 
 _BLOCK = re.compile(r'^layers\.(\d+)\.(\d+)\.('
@@ -53,6 +54,11 @@ _STEM_NORM = re.compile(r'^patch_embed\.(norm[12])\.1\.(weight|bias)$')
 _OUT_NORM = re.compile(r'^outnorm(\d+)\.(weight|bias)$')
 _CLASSIFIER = {'0': 'backbone.norm3', '3': 'head.fc'}
 _MMVHEAT_KEY = re.compile(r'^(backbone\.)?stages\.\d+\.freq_embed$')
+_OUR_BLOCK = re.compile(r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.(.+)$')
+_OUR_DOWNSAMPLE = re.compile(
+    r'^backbone\.stages\.(\d+)\.downsample\.(conv|norm)\.(weight|bias)$')
+_OUR_FREQ_EMBED = re.compile(r'^backbone\.stages\.(\d+)\.freq_embed$')
+_OUR_STEM_NORM = re.compile(r'^backbone\.patch_embed\.(norm[12])\.(.+)$')
 
 
 class NotAVHeatCheckpoint(CheckpointError):
@@ -167,6 +173,59 @@ def convert_published_vheat(state_dict: Mapping) -> 'OrderedDict[str, Tensor]':
             f'of their stage (depths {[depths[i] for i in sorted(depths)]}): '
             f'{misplaced[:10]}')
     return converted
+
+
+def to_published_vheat(
+        state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """The published classifier's state dict for one of ours, the inverse of
+    :func:`convert_published_vheat`: ``backbone.*`` (its one output norm
+    ``norm3``) and ``head.fc.*``, an mmpretrain ``ImageClassifier``'s layout.
+
+    Raises:
+        NotAVHeatCheckpoint: if some key cannot be mapped.
+    """
+    depths: Dict[int, int] = {}
+    for key in state_dict:
+        block = _OUR_BLOCK.match(key)
+        if block:
+            stage = int(block[1])
+            depths[stage] = max(depths.get(stage, 0), int(block[2]) + 1)
+    published, unknown = OrderedDict(), []
+    for key, value in state_dict.items():
+        inner = key[len('backbone.'):]
+        block = _OUR_BLOCK.match(key)
+        downsample = _OUR_DOWNSAMPLE.match(key)
+        freq_embed = _OUR_FREQ_EMBED.match(key)
+        stem_norm = _OUR_STEM_NORM.match(key)
+        if key.startswith('head.fc.'):
+            target = 'classifier.3.' + key[len('head.fc.'):]
+        elif key.startswith('backbone.norm3.'):
+            target = 'classifier.0.' + key[len('backbone.norm3.'):]
+        elif _STEM_CONV.match(inner):
+            target = inner
+        elif stem_norm:
+            target = f'patch_embed.{stem_norm[1]}.1.{stem_norm[2]}'
+        elif freq_embed:
+            target = f'freq_embed.{freq_embed[1]}'
+        elif block:
+            rest = block[3].replace('op.to_k.', 'op.to_k.0.')
+            if rest in ('mlp.fc1.weight', 'mlp.fc2.weight'):
+                value = value[:, :, None, None]  # Linear -> 1x1 convolution
+            target = f'layers.{block[1]}.{block[2]}.{rest}'
+        elif downsample and int(downsample[1]) - 1 in depths:
+            # The entry after the blocks of the stage before.
+            stage = int(downsample[1]) - 1
+            part = '0' if downsample[2] == 'conv' else '1'
+            target = f'layers.{stage}.{depths[stage]}.{part}.{downsample[3]}'
+        else:
+            unknown.append(key)
+            continue
+        published[target] = value
+    if unknown:
+        raise NotAVHeatCheckpoint('keys with no counterpart in the published '
+                                  f'classifier ({len(unknown)}): '
+                                  f'{unknown[:10]}')
+    return published
 
 
 def convert_vheat_checkpoint(checkpoint,

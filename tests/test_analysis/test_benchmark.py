@@ -5,10 +5,13 @@ harness (``mmvheat.analysis.benchmark``) and its command line
 import csv
 import math
 import os.path as osp
+import shutil
+import sys
 import time
 
 import pytest
 import torch
+from test_tools.tiny_runs import run_cmd
 from torch import nn
 
 import mmvheat  # noqa: F401
@@ -442,3 +445,163 @@ def test_round_robin_samples_deadline_and_failures(monkeypatch):
     cands = candidates()
     benchmark.run_round_robin(cands, 4, 0, CPU, deadline=time.monotonic() - 1)
     assert [len(c.times) for c in cands] == [1, 1, 0]
+
+
+# -- the published classifier from a checkout --------------------------------
+CHECKOUT = osp.join(osp.dirname(__file__), 'published_checkout')
+CHECKOUT_FORMS = ['vheat-t-published', 'vheat-t-published-fold']
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A stand-in checkout of the published repository (its ``calls.log``
+    says when it is imported and ``infer_init`` called)."""
+    repo = tmp_path / 'vHeat'
+    shutil.copytree(CHECKOUT, repo)
+    return repo
+
+
+def _calls(repo):
+    log = repo / 'calls.log'
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_stand_in_checkout_computes_the_published_function(
+        checkout, reference_dir):
+    """The stand-in is the published classifier: the published weights of
+    the golden cases give the published logits."""
+    from mmvheat.analysis.published_repo import import_published_vheat
+    golden = torch.load(
+        osp.join(reference_dir, 'vheat_golden.pt'), weights_only=True)
+    published = import_published_vheat(str(checkout))
+    for case in ('pre_norm', 'post_norm_layer_scale'):
+        arch = golden[case]['arch']
+        model = published(
+            num_classes=10,
+            depths=arch['depths'],
+            dims=arch['dims'],
+            post_norm=arch['post_norm'],
+            layer_scale=arch.get('layer_scale'),
+            img_size=golden[case]['img_size']).eval()
+        model.load_state_dict(golden[case]['state_dict'], strict=True)
+        with torch.no_grad():
+            logits = model(golden[case]['input'])
+        # float32 round-off of the two implementations (logits of order 1).
+        torch.testing.assert_close(
+            logits, golden[case]['logits'], atol=1e-5, rtol=1e-5, msg=case)
+
+
+def test_checkout_forms_have_our_weights(checkout):
+    """Built from the checkout with the weights of our form of the same
+    name: the same logits, ``infer_init`` called for the inference mode, the
+    file imported once, from the checkout, under a private name."""
+    models = {}
+    for name in ['vheat-t'] + CHECKOUT_FORMS:
+        torch.manual_seed(0)
+        models[name] = benchmark.build_classifier(
+            name, 32, published_repo=str(checkout)).eval()
+    assert type(models['vheat-t-published']).__module__.startswith(
+        '_mmvheat_published_')
+    assert _calls(checkout) == [
+        f'imported {type(models["vheat-t-published"]).__module__}',
+        'infer_init'
+    ]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = models['vheat-t'](x)
+        for name in CHECKOUT_FORMS:
+            # float32 round-off of two implementations through 12 blocks; a
+            # weight left at its initial value changes the logits by 1e-2
+            # and more.
+            torch.testing.assert_close(
+                models[name](x), reference, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('name, mode, checkout, expected', [
+    ('vheat-t', 'infer', False, 'vheat-t-pub-fold'),
+    ('vheat-t', 'infer', True, 'vheat-t-published-fold'),
+    ('vheat-s', 'train', True, 'vheat-s-published'),
+    ('vheat-t-plain', 'infer', True, 'vheat-t-published'),
+    ('vheat-b-pub-fold', 'infer', True, 'vheat-b-published-fold'),
+    ('vheat-t-pub', 'train', True, 'vheat-t-published'),
+    ('vheat-t-pub', 'infer', False, None),
+    ('vheat-t-published', 'infer', True, None),
+    ('swin-t', 'infer', True, None),
+])
+def test_published_counterpart(name, mode, checkout, expected):
+    assert benchmark.published_counterpart(name, mode, checkout) == expected
+
+
+def test_benchmark_cli_times_the_checkout(checkout, tmp_path):
+    """As a user runs it: the checkout's rows beside the replays, each
+    ``speedup_vs_published`` against the checkout's like form."""
+    forms = VHEAT_T_FORMS + CHECKOUT_FORMS
+    out = tmp_path / 'out'
+    run_cmd([
+        sys.executable, 'tools/analysis_tools/benchmark.py', '--device', 'cpu',
+        '--model-only', '--published-repo',
+        str(checkout), '--models', *forms, '--resolutions', '32',
+        '--batch-size', '1', '--mode', 'infer', '--repeats', '1', '--warmup',
+        '0', '--no-flops', '--no-memory', '--out-dir',
+        str(out)
+    ], ROOT)
+    assert [line.split()[0]
+            for line in _calls(checkout)] == ['imported', 'infer_init']
+    with open(out / 'benchmark_models.csv') as f:
+        rows = {r['model']: r for r in csv.DictReader(f)}
+    assert list(rows) == forms
+    assert all(r['status'] == 'ok' for r in rows.values())
+    ms = {name: float(r['median_ms']) for name, r in rows.items()}
+    assert all(t > 0 for t in ms.values())
+    vs_pub = {
+        name: r['speedup_vs_published']
+        for name, r in rows.items() if r['speedup_vs_published']
+    }
+    assert vs_pub.keys() == set(VHEAT_T_FORMS)
+    for name, counterpart in [('vheat-t', 'vheat-t-published-fold'),
+                              ('vheat-t-pub-fold', 'vheat-t-published-fold'),
+                              ('vheat-t-plain', 'vheat-t-published'),
+                              ('vheat-t-pub', 'vheat-t-published')]:
+        assert float(vs_pub[name]) == pytest.approx(
+            ms[counterpart] / ms[name], rel=1e-6), name
+
+
+def test_benchmark_cli_checkout_errors_in_one_line(tmp_path, capsys,
+                                                   monkeypatch):
+    """A directory without the model file is refused by the parser; one whose
+    model file cannot be imported ends in one line naming it, before any
+    measurement; the checkout's forms need it."""
+    tool = analysis_tool('benchmark')
+    monkeypatch.setattr(benchmark, 'benchmark_models', None)  # never reached
+    argv = ['--device', 'cpu', '--model-only', '--out-dir', str(tmp_path)]
+    for extra, message in [
+        (['--published-repo',
+          str(tmp_path), '--models', 'vheat-t-published'],
+         f"argument --published-repo: '{tmp_path}' is no checkout of the "
+         'published vHeat (no classification/models/vHeat.py in it)'),
+        (['--models', 'vheat-t', 'vheat-t-published-fold'],
+         'vheat-t-published-fold need --published-repo'),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            tool.main(argv + extra)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+    models = tmp_path / 'classification' / 'models'
+    models.mkdir(parents=True)
+    (models / 'vHeat.py').write_text('import timm\n')
+    modules, path = set(sys.modules), list(sys.path)
+    assert tool.main(argv + [
+        '--published-repo',
+        str(tmp_path), '--models', 'vheat-t', 'vheat-t-published'
+    ]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: --published-repo {tmp_path}: cannot import '
+        'classification/models/vHeat.py: ModuleNotFoundError: No module '
+        "named 'timm'"
+    ]
+    # Nothing of the failed import is left behind.
+    assert sys.path == path
+    assert not [
+        m for m in set(sys.modules) - modules
+        if m.startswith('_mmvheat_published_')
+    ]

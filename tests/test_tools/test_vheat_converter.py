@@ -25,7 +25,8 @@ import torch
 
 import mmvheat
 from mmvheat.converters import (CheckpointError, NotAVHeatCheckpoint,
-                                convert_vheat_checkpoint, infer_vheat_arch)
+                                convert_vheat_checkpoint, infer_vheat_arch,
+                                to_published_vheat)
 from mmvheat.models.backbones.vheat import VHeat
 
 ARCHS = ('tiny', 'small', 'base')
@@ -139,6 +140,30 @@ def test_published_classifier_converts(arch, shapes):
         source['freq_embed.0'])
     fc1 = classifier.backbone.stages[2].blocks[1].mlp.fc1.weight
     assert marker(fc1) == marker(source['layers.2.1.mlp.fc1.weight'])
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_back_to_the_published_layout(arch, shapes):
+    """``to_published_vheat`` gives back every published key with its
+    value and shape, from a converted checkpoint and from the state dict of
+    a classifier built here."""
+    source = marked_state_dict(shapes[arch]['state_dict'])
+    converted = convert_vheat_checkpoint({'model': source})[0]
+    back = to_published_vheat(converted)
+    assert list(back) == list(source)
+    assert [marker(v) for v in back.values()] == list(range(len(source)))
+    assert {
+        k: list(v.shape)
+        for k, v in back.items()
+    } == shapes[arch]['state_dict']
+    with torch.device('meta'):
+        ours = build_classifier(arch, shapes).state_dict()
+    assert {
+        k: list(v.shape)
+        for k, v in to_published_vheat(ours).items()
+    } == shapes[arch]['state_dict']
+    with pytest.raises(NotAVHeatCheckpoint, match=r"\['neck\.x'\]"):
+        to_published_vheat(dict(converted, **{'neck.x': torch.zeros(1)}))
 
 
 def test_input_formats(shapes):

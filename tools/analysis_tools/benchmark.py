@@ -18,6 +18,17 @@ every forward), ``vheat-t-pub-fold`` (the published inference mode, folded
 at the pretraining size ``--img-size``), the same for ``-s``/``-b``;
 ``swin-t/s/b`` (needs mmpretrain), ``mpvit-t/xs/s/b``.
 
+The replays run the published dataflow with our modules. To time the
+published code itself, ``--published-repo DIR`` (a checkout of
+github.com/MzeroMiko/vHeat; what its ``classification/models/vHeat.py``
+imports, timm say, must be installed) adds ``vheat-t-published`` (its
+classifier) and ``vheat-t-published-fold`` (its inference mode,
+``infer_init()`` at ``--img-size``), the same for ``-s``/``-b``, with the
+same weights as the other rows. ``speedup_vs_published`` then divides by
+these rows: deployed and ``-pub-fold`` by ``-published-fold``, plain,
+training and ``-pub`` by ``-published``; the replays' value is how fast
+they run against the code they replay.
+
 Operator rows: ``reference`` (four float32 matmuls), ``published``
 (``F.conv1d`` transforms) and, on CUDA, each Triton kernel path that takes
 the shape (``fused`` up to 32 x 32 grids, ``tiled`` for any; on a CPU one
@@ -33,6 +44,14 @@ CPU, like with like against the published formulation::
         --models vheat-t vheat-t-plain vheat-t-pub vheat-t-pub-fold \\
         --resolutions 224 512 --batch-size 8 --mode infer --no-flops \\
         --repeats 7 --no-memory
+
+Against the published code itself (a checkout in ``../vHeat``)::
+
+    python tools/analysis_tools/benchmark.py --device cpu --model-only \\
+        --published-repo ../vHeat --models vheat-t vheat-t-plain \\
+        vheat-t-pub vheat-t-pub-fold vheat-t-published \\
+        vheat-t-published-fold --resolutions 224 --img-size 224 \\
+        --batch-size 8 --mode infer --no-flops --repeats 7 --no-memory
 
 CPU, peak memory only (a process per row; 2048 for inference)::
 
@@ -55,6 +74,9 @@ import torch
 
 from mmvheat.analysis import benchmark as harness
 from mmvheat.analysis.flops import hco_macs
+from mmvheat.analysis.published_repo import (MODEL_FILE,
+                                             import_published_vheat,
+                                             is_published_checkout)
 from mmvheat.models import VHeat
 from mmvheat.utils.io import (ensure_directory, int_at_least, parse_device,
                               positive_int, run_tool)
@@ -204,6 +226,15 @@ def benchmark_ops(
     return rows, exps, notes
 
 
+def published_checkout(path: str) -> str:
+    """``--published-repo``: a directory holding :data:`MODEL_FILE`."""
+    if not is_published_checkout(path):
+        raise argparse.ArgumentTypeError(
+            f'{path!r} is no checkout of the published vHeat (no '
+            f'{MODEL_FILE} in it)')
+    return path
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description='vHeat vs Swin/MPViT and HCO benchmark',
@@ -275,7 +306,22 @@ def parse_args(argv=None):
         default=None,
         help='torch.set_num_threads on CPU')
     p.add_argument('--out-dir', default='work_dirs/benchmark')
+    p.add_argument(
+        '--published-repo',
+        type=published_checkout,
+        default=None,
+        metavar='DIR',
+        help='a checkout of the published vHeat, for the -published models')
     args = p.parse_args(argv)
+    checkout = [
+        n for n in args.models
+        if harness.split_model_name(n)[1] in harness.CHECKOUT_VARIANTS
+    ]
+    if checkout and args.published_repo is None:
+        p.error(f'{", ".join(checkout)} need --published-repo')
+    if args.published_repo is not None and not (checkout or args.op_only):
+        p.error('--published-repo: list the published models in --models '
+                '(vheat-t-published, vheat-t-published-fold, ...)')
     if args.op_batch_size is None:
         args.op_batch_size = args.batch_size
     return args
@@ -289,6 +335,8 @@ def run(args):
     """Measure, write the files; returns the lines to print."""
     device = parse_device(args.device)
     ensure_directory(args.out_dir, '--out-dir')
+    if args.published_repo is not None and not args.op_only:
+        import_published_vheat(args.published_repo)  # fails before timing
     if args.threads:
         torch.set_num_threads(args.threads)
     where = (
@@ -348,8 +396,12 @@ def run(args):
             img_size=args.img_size,
             cpu_memory=not args.no_memory,
             timed=not args.memory_only,
+            published_repo=args.published_repo,
             **timing)
         lines += [f'note: {note}' for note in notes]
+        vs_published = ('deployed and -pub-fold / -published-fold, plain '
+                        'and -pub / -published' if args.published_repo else
+                        'deployed / -pub-fold, plain / -pub')
         harness.write_csv(
             osp.join(args.out_dir, 'benchmark_models.csv'), rows,
             MODEL_COLUMNS)
@@ -368,8 +420,7 @@ def run(args):
                     'params_m', 'status'
                 ], f'models (batch {args.batch_size}; speedup = baseline '
                 f'{args.models[0]} time / time; vs_published: like with '
-                'like, deployed / -pub-fold, plain / -pub; peak_mem_mb: '
-                'above the built model)'))
+                f'like, {vs_published}; peak_mem_mb: above the built model)'))
     lines.append(f'\nwritten to {args.out_dir}')
     return lines
 
