@@ -82,8 +82,10 @@ val_evaluator = dict(
     ann_file=data_root + 'annotations/instances_val2017.json', classwise=True)
 test_evaluator = val_evaluator
 
-# Test-time augmentation at the demo's scale: three sizes, with and
-# without flip.
+# Test-time augmentation: the training scale and two larger ones, with and
+# without flip. The merge keeps the most confident box of each cluster, so a
+# view smaller than the training scale (weaker on these small shapes) may
+# win over a better one.
 tta_pipeline = [
     dict(_scope_='mmdet', type='LoadImageFromFile'),
     dict(
@@ -91,7 +93,7 @@ tta_pipeline = [
         type='TestTimeAug',
         transforms=[[
             dict(type='Resize', scale=s, keep_ratio=True)
-            for s in [(112, 112), (128, 128), (160, 160)]
+            for s in [(128, 128), (160, 160), (192, 192)]
         ], [
             dict(type='RandomFlip', prob=1.),
             dict(type='RandomFlip', prob=0.)
