@@ -517,6 +517,15 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x)[-1].mean((2, 3)))
 
 
+def _check_checkout(name: str, published_repo: Optional[str]):
+    """Refuse a ``-published`` form of ``name`` without a checkout (and
+    an unknown name)."""
+    if split_model_name(name)[1] in CHECKOUT_VARIANTS and \
+            published_repo is None:
+        raise ValueError(f'{name} needs a checkout of the published '
+                         'repository (published_repo)')
+
+
 def build_classifier(name: str,
                      res: int,
                      img_size: Optional[int] = None,
@@ -550,9 +559,7 @@ def build_classifier(name: str,
     backbone = VHeat(arch=arch, img_size=img_size or res, init_cfg=None)
     channels = backbone.stage_channels[-1]
     if variant in CHECKOUT_VARIANTS:
-        if published_repo is None:
-            raise ValueError(f'{name} needs a checkout of the published '
-                             'repository (published_repo)')
+        _check_checkout(name, published_repo)
         ours = Classifier(backbone, channels).state_dict()
         return published_classifier(
             published_repo,
@@ -741,10 +748,7 @@ def benchmark_models(
     notes, rows, flop_cache, archs = [], [], {}, archs or {}
     modes = ['infer', 'train'] if mode == 'both' else [mode]
     for name in models:  # unknown names fail before any work
-        if split_model_name(name)[1] in CHECKOUT_VARIANTS and \
-                published_repo is None:
-            raise ValueError(f'{name} needs published_repo, a checkout of '
-                             'the published repository')
+        _check_checkout(name, published_repo)
     infer_only = [
         n for n in models if split_model_name(n)[1] in INFER_ONLY_VARIANTS
     ]

@@ -233,6 +233,15 @@ def test_unknown_model_fails_before_any_work():
             torch.device('cpu'), ['vheat-t', 'swin-t-pub'], resolutions=[32])
 
 
+def test_published_forms_without_a_checkout_fail_before_any_work():
+    with pytest.raises(ValueError, match='vheat-t-published needs a checkout'):
+        benchmark.benchmark_models(
+            torch.device('cpu'), ['vheat-t', 'vheat-t-published'],
+            resolutions=[32])
+    with pytest.raises(ValueError, match='vheat-t-published-fold needs a'):
+        benchmark.build_classifier('vheat-t-published-fold', 32)
+
+
 def _same_weights(forms):
     """The forms' classifiers, all with the weights of the first."""
     torch.manual_seed(0)
