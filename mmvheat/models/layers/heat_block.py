@@ -127,7 +127,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if recording_gradients(x, self.fc1.weight, self.fc2.weight):
-            # Keeps x for the backward pass, not the two hidden maps.
+            # Keeps x for the backward pass, not the two hidden maps (but
+            # fc1's output where the hidden map is small).
             return mlp_recomputed(x, self.fc1.weight, self.fc1.bias,
                                   self.fc2.weight, self.fc2.bias)
         return self.fc2(F.gelu(self.fc1(x)))

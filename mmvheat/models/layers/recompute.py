@@ -16,9 +16,13 @@ weight's gradient uses, where no input needs them.
 
 The MLP runs in row chunks of at most :data:`MLP_CHUNK_BYTES` of hidden
 activations (:func:`mlp_in_chunks`), in both passes and in the inference
-form: the ``4C`` hidden map is never whole. The
-backward pass runs under the autocast state of the forward pass, so the
-recomputed values are the forward pass's. Neither is differentiable twice.
+form: the ``4C`` hidden map is never whole. A hidden map of at most
+:data:`MLP_KEEP_BYTES` (the low-resolution stages, small inputs) is the
+exception: its pre-activation is kept, one ``4C`` map, and ``fc1`` is not
+redone; the saving is where the maps are large. The backward pass runs
+under the autocast state of the forward pass, with the forward pass's
+kernels, so the recomputed values are the forward pass's, bit for bit.
+Neither is differentiable twice.
 """
 from typing import Optional, Tuple
 
@@ -37,6 +41,9 @@ __all__ = [
 
 #: Budget of hidden activations an MLP chunk holds at a time.
 MLP_CHUNK_BYTES = 16 << 20
+#: The largest hidden map whose pre-activation the MLP keeps for its
+#: backward pass (larger ones: ``fc1`` is redone there, chunk by chunk).
+MLP_KEEP_BYTES = 16 << 20
 
 
 def row_chunks(rows: int, row_bytes: int) -> int:
@@ -91,23 +98,33 @@ class _RecomputedMlp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
         ctx.autocast = _autocast_state(x.device.type)
-        return mlp_in_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] * fc1_weight.shape[0] * rows.element_size(
+        ) > MLP_KEEP_BYTES:
+            ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
+            return mlp_in_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        # A small hidden map: its pre-activation is kept, fc1 not redone.
+        pre = fused_linear(rows, fc1_weight, fc1_bias)
+        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight, pre)
+        out = fused_linear(F.gelu(pre), fc2_weight, fc2_bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+        x, fc1_weight, fc1_bias, fc2_weight, *kept = ctx.saved_tensors
         rows = x.reshape(-1, x.shape[-1])
         grads = grad.reshape(-1, grad.shape[-1])
-        chunk = row_chunks(rows.shape[0],
-                           fc1_weight.shape[0] * rows.element_size())
+        chunk = rows.shape[0] if kept else row_chunks(
+            rows.shape[0], fc1_weight.shape[0] * rows.element_size())
         grad_rows, totals = [], [None] * 4
         enabled, dtype = ctx.autocast
         with torch.autocast(x.device.type, dtype, enabled=enabled):
             for part, grad_part in zip(rows.split(chunk), grads.split(chunk)):
-                pre = F.linear(part, fc1_weight, fc1_bias)
+                # fc1 as the forward pass ran it (to the last bit).
+                pre = kept[0] if kept else fused_linear(
+                    part, fc1_weight, fc1_bias)
                 grad_hidden, *fc2_grads = _linear_grads(
                     ctx, 3, F.gelu(pre), grad_part, fc2_weight)
                 grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre)

@@ -12,15 +12,25 @@ from mmvheat.models.layers import HeatBlock, heat_block, recompute
 @pytest.fixture
 def small_chunks(monkeypatch):
     """MLP chunks of 5 rows of 12 float32 or 2 of float64 hidden values
-    (the maps here have 14 to 24 rows)."""
+    (the maps here have 14 to 24 rows), none kept: fc1 is redone."""
     monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 4)
+    monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES', 0)
+
+
+@pytest.fixture(params=['recomputed', 'kept'])
+def mlp_path(request, monkeypatch):
+    """The MLP redoing fc1 in small chunks, or keeping its pre-activation."""
+    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 4)
+    monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES',
+                        0 if request.param == 'recomputed' else 1 << 30)
+    return request.param
 
 
 def _float64(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
 
-def test_mlp_gradcheck(small_chunks):
+def test_mlp_gradcheck(mlp_path):
     args = (_float64(2, 3, 4,
                      6), _float64(12,
                                   6), _float64(12), _float64(6,
@@ -154,7 +164,7 @@ def _grads(block, x, transfer):
 
 
 @pytest.mark.parametrize('post_norm,layer_scale', [(False, None), (True, 0.5)])
-def test_block_gradients_unchanged(monkeypatch, small_chunks, post_norm,
+def test_block_gradients_unchanged(monkeypatch, mlp_path, post_norm,
                                    layer_scale):
     """The block's output and every gradient, with the recomputing functions
     and with the plain ops, agree in float64 to 1e-12 (relative)."""
@@ -177,7 +187,8 @@ def test_block_gradients_unchanged(monkeypatch, small_chunks, post_norm,
 
 
 @pytest.mark.parametrize('post_norm', [False, True])
-def test_block_saves_eight_maps(post_norm):
+@pytest.mark.parametrize('kept', [False, True])
+def test_block_saves_eight_maps(monkeypatch, post_norm, kept):
     """A block keeps eight ``C``-channel maps for its backward pass:
 
     its input, ``norm1``'s output (the depth-wise conv's input), the conv's
@@ -185,17 +196,63 @@ def test_block_saves_eight_maps(post_norm):
     gradient), ``u`` and ``z`` (the gate's inputs), the MLP branch's input
     and the MLP's input; besides them three LayerNorms' mean and inverse
     deviation per pixel, the filter (saved as an input), and the DCT bases
-    (cached). No hidden ``4C`` map, no gate intermediates. The plain ops
-    keep nineteen maps.
+    (cached). No gate intermediates, and a hidden ``4C`` map only where the
+    MLP keeps its pre-activation (one, within ``MLP_KEEP_BYTES``). The
+    plain ops keep nineteen maps.
     """
     b, h, w, c = 2, 8, 6, 16
+    monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES',
+                        b * h * w * 4 * c * 4 if kept else 0)
     block = HeatBlock(c, post_norm=post_norm)
     x = torch.randn(b, h, w, c, requires_grad=True)
     transfer = torch.rand(h, w, c, requires_grad=True)
-    maps, stats = 8 * b * h * w * c, 3 * 2 * b * h * w
+    maps, stats = (8 + 4 * kept) * b * h * w * c, 3 * 2 * b * h * w
     budget = 4 * (maps + stats + h * w * c + h * h + w * w)
-    assert saved_bytes(
-        block, x, transfer, exclude=block.parameters()) <= budget
+    saved = saved_bytes(block, x, transfer, exclude=block.parameters())
+    assert budget - 4 * 4 * b * h * w * c < saved <= budget
+
+
+def _mlp_run(mlp, x):
+    out = mlp(x)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    grads = [x.grad] + [p.grad for p in mlp.parameters()]
+    x.grad = None
+    mlp.zero_grad(set_to_none=True)
+    return [out.detach()] + grads
+
+
+@pytest.mark.parametrize('rows,dim', [(64, 768), (200, 16)])
+def test_kept_and_recomputed_mlp_agree_to_the_bit(monkeypatch, rows, dim):
+    """In one chunk, the MLP that keeps its pre-activation and the one that
+    redoes fc1 give the same float32 output and gradients, bit for bit:
+    fc1 is redone as the forward pass ran it. (With 64 rows, ``F.linear``
+    and the fused forward's fc1 differ in their last bits on oneDNN CPUs.)
+    """
+    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 1 << 30)
+    torch.manual_seed(0)
+    mlp = heat_block.Mlp(dim, 4 * dim)
+    x = torch.randn(rows, dim, requires_grad=True)
+    runs = {}
+    for keep in (0, 1 << 30):
+        monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES', keep)
+        runs[keep] = _mlp_run(mlp, x)
+    for kept, redone in zip(runs[1 << 30], runs[0]):
+        assert torch.equal(kept, redone)
+
+
+def test_mlp_keeps_what_fits(monkeypatch):
+    """The pre-activation is kept up to ``MLP_KEEP_BYTES`` of hidden map,
+    and not one row more."""
+    mlp = heat_block.Mlp(6, 24)
+    x = torch.randn(10, 6, requires_grad=True)
+    hidden = 10 * 24 * 4
+
+    def saved(keep):
+        monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES', keep)
+        return saved_bytes(mlp, x, exclude=mlp.parameters())
+
+    assert saved(hidden) - saved(hidden - 1) == hidden
+    assert saved(hidden - 1) == 10 * 6 * 4
 
 
 def test_mlp_chunks_agree_with_whole(small_chunks):
