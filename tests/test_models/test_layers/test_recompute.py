@@ -222,20 +222,25 @@ def _mlp_run(mlp, x):
 
 
 @pytest.mark.parametrize('rows,dim', [(64, 768), (200, 16)])
-def test_kept_and_recomputed_mlp_agree_to_the_bit(monkeypatch, rows, dim):
+@pytest.mark.parametrize('autocast', [None, torch.bfloat16])
+def test_kept_and_recomputed_mlp_agree_to_the_bit(monkeypatch, rows, dim,
+                                                  autocast):
     """In one chunk, the MLP that keeps its pre-activation and the one that
-    redoes fc1 give the same float32 output and gradients, bit for bit:
-    fc1 is redone as the forward pass ran it. (With 64 rows, ``F.linear``
-    and the fused forward's fc1 differ in their last bits on oneDNN CPUs.)
+    redoes fc1 give the same output and gradients, bit for bit, in float32
+    and under autocast: fc1 is redone as the forward pass ran it. (With 64
+    rows, ``F.linear`` and the fused forward's fc1 differ in their last
+    bits on oneDNN CPUs.)
     """
     monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 1 << 30)
     torch.manual_seed(0)
     mlp = heat_block.Mlp(dim, 4 * dim)
     x = torch.randn(rows, dim, requires_grad=True)
-    runs = {}
+    runs, enabled = {}, autocast is not None
     for keep in (0, 1 << 30):
         monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES', keep)
-        runs[keep] = _mlp_run(mlp, x)
+        with torch.autocast('cpu', autocast or torch.bfloat16, enabled):
+            runs[keep] = _mlp_run(mlp, x)
+        assert runs[keep][0].dtype == (autocast or torch.float32)
     for kept, redone in zip(runs[1 << 30], runs[0]):
         assert torch.equal(kept, redone)
 
