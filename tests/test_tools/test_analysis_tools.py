@@ -1,7 +1,7 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
 """The command lines of ``tools/analysis_tools`` (benchmark.py, get_flops.py,
-visualize_heat.py), run side by side; what they compute is tested in
-``tests/test_analysis``."""
+visualize_heat.py, saved_tensors.py for Swin-T), run side by side; what
+they compute is tested in ``tests/test_analysis``."""
 import csv
 import os.path as osp
 import subprocess
@@ -35,7 +35,8 @@ def runs(tmp_path_factory, tiny_vheat_config):
             'visualize_heat.py',
             str(config), 'none', '--out-dir',
             str(tmp / 'heat'), '--size', '64', '64', '--num-images', '1'
-        ])
+        ],
+        saved_swin=['saved_tensors.py', '--model', 'swin-t', '--size', '64'])
     procs = {
         name:
         subprocess.Popen([sys.executable,
@@ -66,6 +67,26 @@ def test_benchmark(runs):
             'CUDA') in printed
     assert 'HCO op (batch 1' in printed and 'models (batch 1' in printed
     assert f'written to {out}' in printed
+
+
+def test_saved_tensors_of_swin(runs):
+    """mmpretrain's Swin (whose ``train()`` returns None) is listed block by
+    block, its attention maps (3 heads, 49 x 49 per window) among what its
+    first block keeps."""
+    printed = runs[1]['saved_swin'].splitlines()
+    assert printed[0] == 'swin-t at 64, batch 1: stages.0.blocks.0'
+    assert any(
+        line.startswith('| BmmBackward0 | [') and ', 3, 49, 49] |' in line
+        for line in printed)
+    modules = [
+        line.split(' | ')[0][2:] for line in printed
+        if line.startswith('| stages.')
+    ]
+    assert modules == [
+        f'stages.{i}.blocks.{j}' for i, depth in enumerate((2, 2, 6, 2))
+        for j in range(depth)
+    ]
+    assert printed[-1].startswith('| all | ')
 
 
 def test_get_flops(runs):

@@ -47,8 +47,10 @@ def main():
     args = parse_args()
     model, block_type = build(args.model)
     x = torch.randn(args.batch, 3, args.size, args.size)
+    # Not record_saved(model.train(), ...): mmpretrain's Swin returns None.
+    model.train()
     saved = record_saved(
-        model.train(), x, exclude=model.parameters(), block_types=block_type)
+        model, x, exclude=model.parameters(), block_types=block_type)
     totals = per_module(saved)
     block = args.module or next((m for m in totals if m != '-'), '-')
     print(f'{args.model} at {args.size}, batch {args.batch}: {block}\n')
