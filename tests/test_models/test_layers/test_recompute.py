@@ -18,11 +18,10 @@ def small_chunks(monkeypatch):
 
 
 @pytest.fixture(params=['recomputed', 'kept'])
-def mlp_path(request, monkeypatch):
+def mlp_path(request, monkeypatch, small_chunks):
     """The MLP redoing fc1 in small chunks, or keeping its pre-activation."""
-    monkeypatch.setattr(recompute, 'MLP_CHUNK_BYTES', 5 * 12 * 4)
-    monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES',
-                        0 if request.param == 'recomputed' else 1 << 30)
+    if request.param == 'kept':
+        monkeypatch.setattr(recompute, 'MLP_KEEP_BYTES', 1 << 30)
     return request.param
 
 
