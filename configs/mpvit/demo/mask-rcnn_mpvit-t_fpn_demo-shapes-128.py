@@ -1,6 +1,6 @@
 # MPViT-T Mask R-CNN trained from scratch on the generated COCO-format shapes
 # dataset (tools/dataset_converters/make_demo_data.py): the vHeat-T demo
-# (narrow heads, small proposal budget, 360 iterations) with the backbone
+# (narrow heads, small proposal budget, its schedule) with the backbone
 # swapped. BN instead of SyncBN so that it also runs on the CPU.
 _base_ = ['../../vheat/demo/mask-rcnn_vheat-t_fpn_demo-shapes-128.py']
 

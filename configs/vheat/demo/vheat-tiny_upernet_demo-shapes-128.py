@@ -114,7 +114,8 @@ param_scheduler = [
         begin=60,
         end=max_iters)
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
+# fused: as in the Mask R-CNN demo, AdamW's update in one pass per parameter.
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01, fused=True))
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
