@@ -2,10 +2,10 @@
 """The demo's console: a line per finished phase, live progress below.
 
 :class:`Console` writes the lines that stay and, on a terminal, redraws one
-status line per running task beneath them; :class:`TaskThread` runs one
-task's phases (:func:`demo.workflow.run_plan`) and reports them to
-the console. :func:`report_failure` prints a failed phase, its log and the
-log's last lines.
+status line per running phase beneath them; a :class:`LaneThread` runs
+phases from the demo's :class:`~demo.workflow.PhaseQueue`, one at a time,
+and reports them to the console. :func:`report_failure` prints a failed
+phase, its log and the log's last lines.
 """
 import os.path as osp
 import shutil
@@ -15,10 +15,10 @@ import traceback
 from typing import Optional
 
 from .phases import PhaseError, stop_process
-from .workflow import run_plan
+from .workflow import run_phase
 
 __all__ = [
-    'HEADLINE', 'Console', 'TaskThread', 'duration', 'phase_line', 'log_tail',
+    'HEADLINE', 'Console', 'LaneThread', 'duration', 'phase_line', 'log_tail',
     'report_failure'
 ]
 
@@ -39,8 +39,8 @@ def phase_line(task: str, label: str, detail: str, seconds: float) -> str:
 
 class Console:
     """Finished phases as lines that stay. On a terminal, below them, one
-    line per running task with its progress, redrawn in place; elsewhere (a
-    pipe, a CI log) a progress line at each quarter of training.
+    line per running phase with its progress, redrawn in place; elsewhere
+    (a pipe, a CI log) a progress line at each quarter of training.
 
     Args:
         stream (file, optional): Defaults to ``sys.stdout``.
@@ -82,22 +82,25 @@ class Console:
             else:
                 self._write(text + '\n')
 
-    def status(self, task: str, text: Optional[str] = None) -> None:
-        """What ``task`` is doing now (None: nothing; terminal only)."""
+    def status(self, key, text: Optional[str] = None) -> None:
+        """What the phase ``key`` (any name for it) is doing now (None:
+        it has ended; terminal only)."""
         with self._lock:
             if text is None:
-                self._status.pop(task, None)
+                self._status.pop(key, None)
             else:
-                self._status[task] = text
+                self._status[key] = text
             if self.live:
                 self._write(self._erase() + self._draw())
 
-    def progress(self, task: str, label: str, progress) -> None:
+    def progress(self, task: str, label: str, progress, key=None) -> None:
         """Training: a bar, iterations, loss and mmengine's ETA; testing:
-        the batches done."""
+        the batches done. ``key`` names the phase's status line (default:
+        ``task``)."""
+        key = task if key is None else key
         if progress.mode != 'train':
             self.status(
-                task, f'[{task}] {label} '
+                key, f'[{task}] {label} '
                 f'{progress.done}/{progress.total}')
             return
         done, total = progress.done, max(progress.total, 1)
@@ -109,39 +112,53 @@ class Console:
         if progress.eta is not None:
             text += f' ETA {progress.eta}'
         if self.live:
-            self.status(task, text)
+            self.status(key, text)
             return
         quarter = 4 * done // total
-        if 0 < quarter < 4 and quarter > self._quarters.get(task, 0):
-            self._quarters[task] = quarter
+        if 0 < quarter < 4 and quarter > self._quarters.get(key, 0):
+            self._quarters[key] = quarter
             self.line(text)
 
 
-class TaskThread(threading.Thread):
-    """One model's phases (:func:`demo.workflow.run_plan`), its
-    phase lines and progress on the console."""
+class LaneThread(threading.Thread):
+    """Runs phases taken from a :class:`~demo.workflow.PhaseQueue`, one at
+    a time, until it is empty; shows each on the console.
 
-    def __init__(self, plan, console, env, stopping):
-        super().__init__(name=f'demo-{plan.task.name}', daemon=True)
-        self.plan = plan
+    Args:
+        queue (PhaseQueue): Where the phases come from.
+        console (Console): Where they are shown.
+        env (dict): The commands' environment.
+        stopping (threading.Event): Set when the demo stops; a command
+            started after that is killed at once.
+    """
+
+    def __init__(self, queue, console, env, stopping, name='demo-lane'):
+        super().__init__(name=name, daemon=True)
+        self.queue = queue
         self.console = console
         self.env = env
         self.stopping = stopping
-        self.phases = {}
+        self.phase = None
         self.error = None
-        self.failed_phase = None
         self.process = None
         self.losses = []
         self.traceback = None
 
+    @staticmethod
+    def _key(phase):
+        return phase.task, phase.name
+
     def on_start(self, phase):
-        self.phases[phase.name] = phase
-        self.console.status(phase.task, f'[{phase.task}] {phase.label} ...')
+        self.phase = phase
+        self.losses = []
+        self.console.status(
+            self._key(phase), f'[{phase.task}] {phase.label} ...')
 
     def on_progress(self, phase, progress):
         if progress.mode == 'train' and progress.loss is not None:
             self.losses.append(progress.loss)
-        self.console.progress(phase.task, phase.label, progress)
+        self.console.progress(
+            phase.task, phase.label, progress, key=self._key(phase))
 
     def on_done(self, phase, seconds):
         task = phase.task
@@ -158,7 +175,7 @@ class TaskThread(threading.Thread):
             if self.losses:
                 detail += (f', loss {self.losses[0]:.2f} -> '
                            f'{self.losses[-1]:.2f}')
-        self.console.status(task, None)
+        self.console.status(self._key(phase), None)
         self.console.line(phase_line(task, phase.label, detail, seconds))
 
     def on_process(self, process):
@@ -172,37 +189,48 @@ class TaskThread(threading.Thread):
             stop_process(self.process)
 
     def failure(self):
-        """What :func:`report_failure` says of this task's failure: the
+        """What :func:`report_failure` says of this lane's failure: the
         phase, the message, the log and its last lines (with the traceback
         when the fault is the demo's own, not a command's)."""
-        exc, phase = self.error, self.failed_phase
+        exc, phase = self.error, self.phase
         if isinstance(exc, PhaseError):
             log_path, tail = exc.log_path, exc.tail
-        else:
+        elif phase is not None:
             log_path, tail = phase.log_path, log_tail(phase.log_path)
+        else:  # before any phase started: the demo's own fault
+            log_path, tail = '-', []
         message = str(exc)
         if self.traceback is not None:
             message = f'{type(exc).__name__}: {exc}'
             tail = tail + self.traceback
-        return f'[{phase.task}] {phase.label}', message, log_path, tail
+        what = 'demo' if phase is None else f'[{phase.task}] {phase.label}'
+        return what, message, log_path, tail
 
     def run(self):
         try:
-            run_plan(
-                self.plan,
-                env=self.env,
-                on_start=self.on_start,
-                on_progress=self.on_progress,
-                on_done=self.on_done,
-                on_process=self.on_process)
+            while not self.stopping.is_set():
+                phase = self.queue.take()
+                if phase is None:
+                    break
+                self.on_start(phase)
+                seconds = run_phase(
+                    self.queue.plans[phase.task],
+                    phase,
+                    env=self.env,
+                    on_progress=lambda progress, phase=phase: self.on_progress(
+                        phase, progress),
+                    on_process=self.on_process)
+                self.on_done(phase, seconds)
+                self.queue.finish(phase)
         except Exception as exc:  # noqa: B902  (reported by the main thread)
             self.error = exc
-            self.failed_phase = getattr(exc, 'phase', None) or \
-                list(self.phases.values())[-1]
+            self.phase = getattr(exc, 'phase', None) or self.phase
             if not isinstance(exc, (PhaseError, ValueError, OSError)):
                 self.traceback = traceback.format_exc().splitlines()
+            self.queue.close()
         finally:
-            self.console.status(self.plan.task.name, None)
+            if self.phase is not None:
+                self.console.status(self._key(self.phase), None)
 
 
 def log_tail(path: str, count: int = 20):

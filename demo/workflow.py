@@ -25,6 +25,7 @@ where a test run is mmengine's ``<timestamp>/`` (the metrics in
 import json
 import os
 import os.path as osp
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,7 +37,7 @@ from .results import read_test_results
 __all__ = [
     'DemoTask', 'Phase', 'TaskPlan', 'DEMO_TASKS', 'PHASE_NAMES', 'RUN_PHASES',
     'task_cfg_options', 'schedule_options', 'trained_checkpoint', 'child_env',
-    'run_plan'
+    'PHASE_NEEDS', 'plan_phase', 'run_phase', 'PhaseQueue'
 ]
 
 PROJECT_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -317,70 +318,144 @@ class TaskPlan:
 RUN_PHASES = OrderedDict([('untrained', 'untrained'), ('trained', 'test'),
                           ('trained + TTA', 'test_tta')])
 
+#: The phases of a task, in their order, each with the phases of the same
+#: task it needs done first (the data; the trained checkpoint).
+PHASE_NEEDS = OrderedDict([
+    ('generate', ()),
+    ('untrained', ('generate', )),
+    ('train', ('generate', )),
+    ('test', ('train', )),
+    ('test_tta', ('train', )),
+])
 
-def run_plan(plan: TaskPlan,
-             env: Optional[dict] = None,
-             on_start: Optional[Callable[[Phase], None]] = None,
-             on_progress: Optional[Callable[[Phase, IterProgress],
-                                            None]] = None,
-             on_done: Optional[Callable[[Phase, float], None]] = None,
-             on_process: Optional[Callable] = None) -> Dict[str, Phase]:
-    """Run a task's phases in order: generate, untrained, train, test,
-    test_tta.
+
+def plan_phase(plan: TaskPlan, name: str, done: Dict[str, Phase]) -> Phase:
+    """The phase ``name`` of ``plan``; ``done`` holds the task's finished
+    phases, the ones it needs (:data:`PHASE_NEEDS`) among them."""
+    if name == 'generate':
+        return plan.generate()
+    if name == 'untrained':
+        return plan.untrained()
+    if name == 'train':
+        return plan.train()
+    if name in ('test', 'test_tta'):
+        return plan.test(
+            done['train'].outputs['checkpoint'], tta=name == 'test_tta')
+    raise ValueError(f'no demo phase {name!r}')
+
+
+def run_phase(plan: TaskPlan,
+              phase: Phase,
+              env: Optional[dict] = None,
+              on_progress: Optional[Callable[[IterProgress], None]] = None,
+              on_process: Optional[Callable] = None) -> float:
+    """Run ``phase``'s commands, then read back what the next steps need:
+    a test phase's metrics (``phase.results``), the dataset's size, the
+    trained checkpoint (``phase.outputs``).
 
     Args:
-        plan (TaskPlan): The task.
+        plan (TaskPlan): The phase's task.
+        phase (Phase): The phase.
         env (dict, optional): The commands' environment. Defaults to None.
-        on_start, on_progress, on_done (Callable, optional): Called as each
-            phase starts, with each of its progress lines, and once it has
-            finished (with its seconds; a test phase's results are read by
-            then, in ``phase.results``). Default to None.
+        on_progress (Callable, optional): Called with each progress line.
+            Defaults to None.
         on_process (Callable, optional): See
             :func:`demo.phases.run_logged`. Defaults to None.
 
     Returns:
-        dict: ``{phase name: Phase}``.
+        float: The seconds the commands took.
 
     Raises:
         PhaseError: A command failed.
-        ValueError, FileNotFoundError: A phase's output lacks what the
+        ValueError, FileNotFoundError: The phase's output lacks what the
             next step needs (the metrics, the checkpoint); the exception's
             ``phase`` attribute is the phase.
     """
-    phases = OrderedDict()
+    seconds = run_logged(
+        phase.commands,
+        phase.log_path,
+        on_progress=on_progress,
+        env=env,
+        on_process=on_process)
+    try:
+        if phase.library is not None:
+            phase.results = read_test_results(phase.library, plan.dataset_dir,
+                                              phase.outputs['work_dir'],
+                                              phase.outputs['predictions'])
+        if phase.name == 'generate':
+            phase.outputs['dataset_size'] = plan.dataset_size()
+        if phase.name == 'train':
+            phase.outputs['checkpoint'] = trained_checkpoint(
+                phase.outputs['train_dir'])
+    except (ValueError, OSError) as exc:
+        exc.phase = phase
+        raise
+    return seconds
 
-    def run(phase):
-        phases[phase.name] = phase
-        if on_start is not None:
-            on_start(phase)
-        seconds = run_logged(
-            phase.commands,
-            phase.log_path,
-            on_progress=None if on_progress is None else
-            (lambda progress: on_progress(phase, progress)),
-            env=env,
-            on_process=on_process)
-        try:
-            if phase.library is not None:
-                phase.results = read_test_results(phase.library,
-                                                  plan.dataset_dir,
-                                                  phase.outputs['work_dir'],
-                                                  phase.outputs['predictions'])
-            if phase.name == 'generate':
-                phase.outputs['dataset_size'] = plan.dataset_size()
-            if phase.name == 'train':
-                phase.outputs['checkpoint'] = trained_checkpoint(
-                    phase.outputs['train_dir'])
-        except (ValueError, OSError) as exc:
-            exc.phase = phase
-            raise
-        if on_done is not None:
-            on_done(phase, seconds)
-        return phase
 
-    run(plan.generate())
-    run(plan.untrained())
-    checkpoint = run(plan.train()).outputs['checkpoint']
-    run(plan.test(checkpoint))
-    run(plan.test(checkpoint, tta=True))
-    return phases
+class PhaseQueue:
+    """The phases of the demo's tasks, handed to lanes that each run one
+    phase at a time.
+
+    A lane asking for work gets the first phase whose needs are done,
+    looking through the tasks in their order and each task's phases in
+    theirs (:data:`PHASE_NEEDS`). So the first task (the demo's longest,
+    Mask R-CNN) starts each phase as soon as it can, and a lane it cannot
+    use yet, or no longer, runs the next task's phases: with two lanes, one
+    trains Mask R-CNN from the start while the other evaluates it untrained
+    and then does all of UperNet, and the two tests after training run side
+    by side.
+
+    Args:
+        plans (Sequence[TaskPlan]): The tasks, in order.
+    """
+
+    def __init__(self, plans: Sequence[TaskPlan]):
+        self.plans = OrderedDict((plan.task.name, plan) for plan in plans)
+        #: task -> {phase name: finished Phase}, in the order they finished.
+        self.done: Dict[str, Dict[str, Phase]] = {
+            name: OrderedDict()
+            for name in self.plans
+        }
+        self._taken = set()
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def _ready(self) -> Tuple[bool, Optional[Tuple[str, str]]]:
+        """Whether any phase is left, and the first that can start now."""
+        left = False
+        for task in self.plans:
+            for name, needs in PHASE_NEEDS.items():
+                if (task, name) in self._taken:
+                    continue
+                left = True
+                if all(need in self.done[task] for need in needs):
+                    return left, (task, name)
+        return left, None
+
+    def take(self) -> Optional[Phase]:
+        """The next phase to run, once one can start; None when every
+        phase has been taken or the queue is closed."""
+        with self._changed:
+            while not self._closed:
+                left, ready = self._ready()
+                if not left:
+                    return None
+                if ready is not None:
+                    self._taken.add(ready)
+                    task, name = ready
+                    return plan_phase(self.plans[task], name, self.done[task])
+                self._changed.wait()
+            return None
+
+    def finish(self, phase: Phase) -> None:
+        """Record ``phase`` as done: the phases that need it can start."""
+        with self._changed:
+            self.done[phase.task][phase.name] = phase
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Hand out nothing more (a phase failed, or the demo stops)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()

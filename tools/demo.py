@@ -11,7 +11,8 @@
    untrained (the baseline), trains it from scratch (``tools/train.py``),
    tests it (``tools/test.py``) and tests it with test-time augmentation
    (``--tta``). The two models run side by side, one CPU thread each on a
-   2-core machine.
+   2-core machine; a core one model cannot use yet (or any more) runs the
+   other's phases.
 2. Prints the metrics side by side, overall and per class (COCO box and
    mask AP, IoU; read from the metrics and predictions each test wrote),
    and draws ``<work-dir>/summary.png``: validation images, their ground
@@ -42,14 +43,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 # isort: off
 # Importing mmengine warns that pkg_resources is deprecated: not for people.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
-from demo.console import Console, TaskThread  # noqa: E402
+from demo.console import Console, LaneThread  # noqa: E402
 from demo.console import duration, log_tail  # noqa: E402
 from demo.console import report_failure  # noqa: E402
 from demo.data import DEMO_DET_METAINFO, DEMO_SEG_METAINFO  # noqa: E402
 from demo.results import classes_at_zero, format_table  # noqa: E402
 from demo.results import format_markdown_table  # noqa: E402
 from demo.workflow import DEMO_TASKS, RUN_PHASES  # noqa: E402
-from demo.workflow import PROJECT_ROOT, TaskPlan  # noqa: E402
+from demo.workflow import PROJECT_ROOT, PhaseQueue, TaskPlan  # noqa: E402
 from demo.workflow import child_env  # noqa: E402
 from mmvheat.utils.io import positive_int  # noqa: E402
 # isort: on
@@ -106,16 +107,16 @@ def parse_args(argv=None):
     return args
 
 
-def draw_picture(args, threads) -> str:
+def draw_picture(args, queue) -> str:
     """``summary.png`` from the test phases' predictions; its path."""
     from demo.summary import DetPanels, SegPanels, draw_summary
     panels = {}
-    for name, thread in threads.items():
-        predictions = thread.phases['test'].outputs['predictions']
-        root = thread.plan.dataset_dir
+    for name, plan in queue.plans.items():
+        predictions = queue.done[name]['test'].outputs['predictions']
+        root = plan.dataset_dir
         if name == 'det':
             panels['det'] = DetPanels(
-                thread.plan.task.title,
+                plan.task.title,
                 image_dir=osp.join(root, 'val2017'),
                 ann_file=osp.join(root, 'annotations',
                                   'instances_val2017.json'),
@@ -124,7 +125,7 @@ def draw_picture(args, threads) -> str:
                 palette=DEMO_DET_METAINFO['palette'])
         else:
             panels['seg'] = SegPanels(
-                thread.plan.task.title,
+                plan.task.title,
                 image_dir=osp.join(root, 'images', 'validation'),
                 label_dir=osp.join(root, 'annotations', 'validation'),
                 prediction_dir=predictions,
@@ -145,7 +146,7 @@ def main(argv=None, stream=None) -> int:
     os.chdir(PROJECT_ROOT)
     start = time.perf_counter()
     console = Console(stream)
-    # Both models at once, each with its share of the cores: under load,
+    # Two phases at once, each with its share of the cores: under load,
     # torch's OpenMP threads that wait for one another lose far more.
     threads_each = max(1, (os.cpu_count() or 1) // len(args.tasks))
     env = child_env(threads=threads_each)
@@ -160,27 +161,32 @@ def main(argv=None, stream=None) -> int:
     console.line(f'mmvheat demo: {" and ".join(titles.values())}, from '
                  f'scratch; logs in {args.work_dir}/')
 
+    # One lane per task, each phase with the lane's share of the cores: a
+    # lane that one task cannot use takes the other's phases (PhaseQueue).
+    queue = PhaseQueue(list(plans.values()))
     stopping = threading.Event()
-    threads = {
-        name: TaskThread(plan, console, env, stopping)
-        for name, plan in plans.items()
-    }
-    for thread in threads.values():
-        thread.start()
+    lanes = [
+        LaneThread(queue, console, env, stopping, name=f'demo-lane-{i}')
+        for i in range(len(plans))
+    ]
+    for lane in lanes:
+        lane.start()
     failed = None
     try:
-        while any(thread.is_alive() for thread in threads.values()):
-            for thread in threads.values():
-                thread.join(timeout=0.2)
-                if thread.error is not None and failed is None:
-                    failed = thread
+        while any(lane.is_alive() for lane in lanes):
+            for lane in lanes:
+                lane.join(timeout=0.2)
+                if lane.error is not None and failed is None:
+                    failed = lane
                     stopping.set()
-                    for other in threads.values():
+                    queue.close()
+                    for other in lanes:
                         other.stop()
     except KeyboardInterrupt:
         stopping.set()
-        for thread in threads.values():
-            thread.stop()
+        queue.close()
+        for lane in lanes:
+            lane.stop()
         console.line('interrupted')
         return 130
     if failed is not None:
@@ -189,13 +195,13 @@ def main(argv=None, stream=None) -> int:
 
     results = {
         name: {
-            run: thread.phases[phase].results
+            run: queue.done[name][phase].results
             for run, phase in RUN_PHASES.items()
         }
-        for name, thread in threads.items()
+        for name in plans
     }
     try:
-        picture = draw_picture(args, threads)
+        picture = draw_picture(args, queue)
     except Exception as exc:  # noqa: B902  (any error: its traceback)
         log_path = osp.join(args.work_dir, 'summary.log')
         with open(log_path, 'w', encoding='utf-8') as f:

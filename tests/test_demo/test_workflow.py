@@ -2,14 +2,15 @@
 """The demo's plan: its commands, its config overrides, its schedule."""
 import os.path as osp
 import sys
+import threading
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from demo.workflow import (DEMO_TASKS, PROJECT_ROOT, TaskPlan, child_env,
-                           schedule_options, task_cfg_options,
-                           trained_checkpoint)
+from demo.workflow import (DEMO_TASKS, PHASE_NEEDS, PROJECT_ROOT, PhaseQueue,
+                           TaskPlan, child_env, schedule_options,
+                           task_cfg_options, trained_checkpoint)
 
 
 def _merged(config, options):
@@ -170,3 +171,111 @@ def test_child_env(monkeypatch):
     assert env['PYTHONPATH'].split(':') == [PROJECT_ROOT, '/elsewhere']
     assert env['OMP_NUM_THREADS'] == env['MKL_NUM_THREADS'] == '1'
     assert env['PYTHONUNBUFFERED'] == '1'
+
+
+def _queue(tmp_path, tasks=('det', 'seg')):
+    return PhaseQueue(
+        [TaskPlan(DEMO_TASKS[task], 'data', str(tmp_path)) for task in tasks])
+
+
+def _finish(queue, phase):
+    if phase.name == 'train':
+        phase.outputs['checkpoint'] = f'{phase.task}.pth'
+    queue.finish(phase)
+
+
+class _Taker(threading.Thread):
+    """A lane asking the queue for its next phase."""
+
+    def __init__(self, queue):
+        super().__init__(daemon=True)
+        self.queue = queue
+        self.phase = 'nothing yet'
+        self.start()
+
+    def run(self):
+        self.phase = self.queue.take()
+
+    def waits(self) -> bool:
+        """Whether it is still waiting a moment later."""
+        self.join(0.2)
+        return self.is_alive()
+
+    def got(self):
+        self.join(5)
+        assert not self.is_alive(), 'take() did not return'
+        return self.phase
+
+
+def _name(phase):
+    return phase.task, phase.name
+
+
+def test_queue_gives_the_first_task_each_phase_as_soon_as_it_can(tmp_path):
+    """Two lanes: one trains Mask R-CNN from the start while the other
+    evaluates it untrained, then does all of UperNet; after training, the
+    two tests run side by side."""
+    queue = _queue(tmp_path)
+    det_generate = queue.take()
+    assert _name(det_generate) == ('det', 'generate')
+    seg_generate = queue.take()  # det's next phases need its data
+    assert _name(seg_generate) == ('seg', 'generate')
+    _finish(queue, det_generate)
+    det_untrained, det_train = queue.take(), queue.take()
+    assert _name(det_untrained) == ('det', 'untrained')
+    assert _name(det_train) == ('det', 'train')
+    _finish(queue, det_untrained)
+    lane = _Taker(queue)
+    assert lane.waits()  # nothing can start: seg's data is not there yet
+    _finish(queue, seg_generate)
+    seg_untrained = lane.got()
+    assert _name(seg_untrained) == ('seg', 'untrained')
+    seg_train = queue.take()
+    assert _name(seg_train) == ('seg', 'train')
+    _finish(queue, seg_untrained)
+    _finish(queue, seg_train)
+    seg_tests = [queue.take(), queue.take()]
+    assert [_name(p) for p in seg_tests] == [('seg', 'test'),
+                                             ('seg', 'test_tta')]
+    assert seg_tests[0].commands[0][3] == 'seg.pth'
+    lanes = [_Taker(queue), _Taker(queue)]
+    assert lanes[0].waits() and lanes[1].waits()  # det's tests need training
+    _finish(queue, det_train)
+    assert sorted(_name(lane.got()) for lane in lanes) == [('det', 'test'),
+                                                           ('det', 'test_tta')]
+    assert queue.take() is None  # every phase taken
+
+
+def test_queue_order_and_needs(tmp_path):
+    """Played through with lanes that finish at once: every phase once,
+    the first task's first, each after the phases it needs; then None."""
+    queue = _queue(tmp_path)
+    taken = []
+    while True:
+        phase = queue.take()
+        if phase is None:
+            break
+        for need in PHASE_NEEDS[phase.name]:
+            assert need in queue.done[phase.task]
+        taken.append((phase.task, phase.name))
+        _finish(queue, phase)
+    assert taken == [(task, name) for task in ('det', 'seg')
+                     for name in PHASE_NEEDS]
+    test = queue.done['det']['test']
+    assert test.commands[0][3] == 'det.pth'  # the trained checkpoint
+    assert '--tta' in queue.done['seg']['test_tta'].commands[0]
+
+
+def test_queue_waits_for_needs_and_close_releases(tmp_path):
+    queue = _queue(tmp_path, tasks=('seg', ))
+    generate = queue.take()
+    lane = _Taker(queue)
+    assert lane.waits()  # untrained and train need the data
+    _finish(queue, generate)
+    assert _name(lane.got()) == ('seg', 'untrained')
+    assert _name(queue.take()) == ('seg', 'train')
+    lane = _Taker(queue)
+    assert lane.waits()  # the tests need the checkpoint
+    queue.close()  # a phase failed: nothing more for anyone
+    assert lane.got() is None
+    assert queue.take() is None
