@@ -318,14 +318,16 @@ class TaskPlan:
 RUN_PHASES = OrderedDict([('untrained', 'untrained'), ('trained', 'test'),
                           ('trained + TTA', 'test_tta')])
 
-#: The phases of a task, in their order, each with the phases of the same
-#: task it needs done first (the data; the trained checkpoint).
+#: The phases of a task, in the order a lane takes them, each with the
+#: phases of the same task it needs done first (the data; the trained
+#: checkpoint). Training, the longest, comes before the untrained
+#: evaluation, and the test with ``--tta`` before the plain one.
 PHASE_NEEDS = OrderedDict([
     ('generate', ()),
-    ('untrained', ('generate', )),
     ('train', ('generate', )),
-    ('test', ('train', )),
+    ('untrained', ('generate', )),
     ('test_tta', ('train', )),
+    ('test', ('train', )),
 ])
 
 
@@ -403,8 +405,8 @@ class PhaseQueue:
     Mask R-CNN) starts each phase as soon as it can, and a lane it cannot
     use yet, or no longer, runs the next task's phases: with two lanes, one
     trains Mask R-CNN from the start while the other evaluates it untrained
-    and then does all of UperNet, and the two tests after training run side
-    by side.
+    and does all of UperNet, and Mask R-CNN's two tests run side by side
+    after its training.
 
     Args:
         plans (Sequence[TaskPlan]): The tasks, in order.

@@ -223,9 +223,8 @@ def test_a_failing_phase(tiny_run):
     assert PHASE_LINE.match(lines[1]).groups() == ('seg', 'generate data')
     assert lines[2:] == ['']
     errors = result.stderr.splitlines()
-    assert errors[0] == ('FAILED: [seg] evaluate untrained: '
-                         'demo.initial_weights exited with status 1')
-    log = osp.join(str(tiny_run['tmp'] / 'fail'), 'seg', 'untrained.log')
+    assert errors[0] == 'FAILED: [seg] train: train.py exited with status 1'
+    log = osp.join(str(tiny_run['tmp'] / 'fail'), 'seg', 'train.log')
     assert errors[1] == f'log: {log}'
     assert errors[2] == 'last lines of the log:'
     assert 'no-such-arch' in '\n'.join(errors[3:])

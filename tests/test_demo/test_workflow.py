@@ -213,31 +213,31 @@ def _name(phase):
 
 def test_queue_gives_the_first_task_each_phase_as_soon_as_it_can(tmp_path):
     """Two lanes: one trains Mask R-CNN from the start while the other
-    evaluates it untrained, then does all of UperNet; after training, the
-    two tests run side by side."""
+    evaluates it untrained and does all of UperNet; after training, the two
+    tests run side by side."""
     queue = _queue(tmp_path)
     det_generate = queue.take()
     assert _name(det_generate) == ('det', 'generate')
     seg_generate = queue.take()  # det's next phases need its data
     assert _name(seg_generate) == ('seg', 'generate')
     _finish(queue, det_generate)
-    det_untrained, det_train = queue.take(), queue.take()
+    det_train, det_untrained = queue.take(), queue.take()
+    assert _name(det_train) == ('det', 'train')  # training first
     assert _name(det_untrained) == ('det', 'untrained')
-    assert _name(det_train) == ('det', 'train')
     _finish(queue, det_untrained)
     lane = _Taker(queue)
     assert lane.waits()  # nothing can start: seg's data is not there yet
     _finish(queue, seg_generate)
-    seg_untrained = lane.got()
-    assert _name(seg_untrained) == ('seg', 'untrained')
-    seg_train = queue.take()
+    seg_train = lane.got()
     assert _name(seg_train) == ('seg', 'train')
+    seg_untrained = queue.take()
+    assert _name(seg_untrained) == ('seg', 'untrained')
     _finish(queue, seg_untrained)
     _finish(queue, seg_train)
     seg_tests = [queue.take(), queue.take()]
-    assert [_name(p) for p in seg_tests] == [('seg', 'test'),
-                                             ('seg', 'test_tta')]
-    assert seg_tests[0].commands[0][3] == 'seg.pth'
+    assert [_name(p) for p in seg_tests] == [('seg', 'test_tta'),
+                                             ('seg', 'test')]
+    assert seg_tests[1].commands[0][3] == 'seg.pth'
     lanes = [_Taker(queue), _Taker(queue)]
     assert lanes[0].waits() and lanes[1].waits()  # det's tests need training
     _finish(queue, det_train)
@@ -270,10 +270,10 @@ def test_queue_waits_for_needs_and_close_releases(tmp_path):
     queue = _queue(tmp_path, tasks=('seg', ))
     generate = queue.take()
     lane = _Taker(queue)
-    assert lane.waits()  # untrained and train need the data
+    assert lane.waits()  # train and untrained need the data
     _finish(queue, generate)
-    assert _name(lane.got()) == ('seg', 'untrained')
-    assert _name(queue.take()) == ('seg', 'train')
+    assert _name(lane.got()) == ('seg', 'train')
+    assert _name(queue.take()) == ('seg', 'untrained')
     lane = _Taker(queue)
     assert lane.waits()  # the tests need the checkpoint
     queue.close()  # a phase failed: nothing more for anyone
