@@ -38,7 +38,7 @@ _PUBLISHED = 'needs a published checkpoint'
 #: Commands checked against their parser, not run here: command -> why.
 CHECKED = {
     'bash tools/demo.sh':
-    'the whole demo (16 minutes); tests/test_demo runs its phases',
+    'the whole demo (12 minutes); tests/test_demo runs its phases',
     'bash tools/run_tests.sh':
     'the test suite itself, CI runs it',
     'bash tools/run_tests.sh -- -x -k vheat':

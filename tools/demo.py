@@ -22,7 +22,7 @@ One line per phase; each phase's whole output (configs, logs, warnings,
 the evaluators' tables) is in ``<work-dir>/<task>/<phase>.log``, whose
 first lines are the commands to run it again by hand. A phase that fails
 ends the demo with its log's path and last lines, and exit status 1. Sized
-for a 2-core CPU (14 to 18 minutes); ``--tasks`` picks one model and
+for a 2-core CPU (11 to 12 minutes); ``--tasks`` picks one model and
 ``--max-iters`` trains longer or shorter. The demo's code is in ``demo/``,
 beside the package.
 """
