@@ -208,8 +208,8 @@ class LaneThread(threading.Thread):
 
     def run(self):
         try:
-            while not self.stopping.is_set():
-                phase = self.queue.take()
+            while True:
+                phase = self.queue.take()  # None once the demo stops
                 if phase is None:
                     break
                 self.on_start(phase)

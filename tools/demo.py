@@ -169,6 +169,13 @@ def main(argv=None, stream=None) -> int:
         LaneThread(queue, console, env, stopping, name=f'demo-lane-{i}')
         for i in range(len(plans))
     ]
+
+    def stop_all():
+        stopping.set()
+        queue.close()
+        for lane in lanes:
+            lane.stop()
+
     for lane in lanes:
         lane.start()
     failed = None
@@ -178,15 +185,9 @@ def main(argv=None, stream=None) -> int:
                 lane.join(timeout=0.2)
                 if lane.error is not None and failed is None:
                     failed = lane
-                    stopping.set()
-                    queue.close()
-                    for other in lanes:
-                        other.stop()
+                    stop_all()
     except KeyboardInterrupt:
-        stopping.set()
-        queue.close()
-        for lane in lanes:
-            lane.stop()
+        stop_all()
         console.line('interrupted')
         return 130
     if failed is not None:

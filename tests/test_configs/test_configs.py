@@ -565,8 +565,8 @@ def test_demo_tta_views_start_at_the_training_scale(name):
 def test_demo_configs_use_the_fused_adamw(name):
     """The demo trains on the CPU, where AdamW's loop over the parameters
     makes a pass over memory per elementwise step; the fused kernel makes
-    one per parameter (the Mask R-CNN demo's optimiser step: 158 -> 75 ms
-    on one core). Built as the training tool builds it."""
+    one per parameter (docs/demo.md). Built as the training tool builds
+    it."""
     from mmengine.optim import build_optim_wrapper
     cfg = _load(name)
     model = torch.nn.Linear(2, 2)
