@@ -74,19 +74,25 @@ model = dict(
 
 class OneDNNSpy:
     """Stands in for the fused oneDNN linear op and records each call's
-    post-op: ``'none'``, ``'gelu'``, ``'swish'`` or ``'add'``."""
+    post-op (``'none'``, ``'gelu'``, ``'swish'`` or ``'add'``) and whether
+    its weight came packed."""
 
     def __init__(self, ops):
         self.ops = ops
         self.calls = []
+        self.packed = []
 
     def __call__(self, x, weight, bias, attr, scalars, algorithm):
-        self.calls.append(attr)
+        self._record(attr, weight)
         return self.ops(x, weight, bias, attr, scalars, algorithm)
 
     def binary(self, x, other, weight, bias, attr):
-        self.calls.append(attr)
+        self._record(attr, weight)
         return self.ops.binary(x, other, weight, bias, attr)
+
+    def _record(self, attr, weight):
+        self.calls.append(attr)
+        self.packed.append(weight.is_mkldnn)
 
 
 @pytest.fixture(autouse=True)

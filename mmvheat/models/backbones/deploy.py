@@ -9,16 +9,21 @@ MPViT has no inference form of its own. vHeat's, the modules below:
 - each block becomes a :class:`FusedHeatBlock`, with a
   :class:`FusedHeatConduction2d` and a :class:`FusedMlp`, whose
   activations and residual adds run inside the linear layers on the CPU
-  (:func:`mmvheat.models.layers.fused_linear`);
+  (:func:`mmvheat.models.layers.fused_linear`), with the linear weights
+  packed once for oneDNN;
 - each stage's blocks become :class:`DeployedHeatBlocks`, which keep the
   filters ``decay ** k`` they folded per input size and run the batch in
-  cache-sized sub-batches on the CPU.
+  cache-sized sub-batches on the CPU (and so does the stem,
+  ``Stem.in_sub_batches``).
 
 The inference forms hold the trained modules' parameters themselves (the
-same tensors: nothing is copied, and nothing is folded into them), so a
-deployed model's state dict is the trained model's, key for key and value
-for value. The filters depend on the input size, so they are folded at run
-time and never stored.
+same tensors, and nothing is folded into them), so a deployed model's state
+dict is the trained model's, key for key and value for value. What they
+derive from the parameters is kept beside them and made again when the
+parameters change: the filters, which depend on the input size, are folded
+at run time; the linear layers' weights with the layer scales folded in
+and packed for oneDNN (a second copy of the blocks' linear weights) are
+made when the blocks are built. Neither is stored in the state dict.
 """
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -27,9 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from mmvheat.ops import spectral_filter
-from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp,
-                      cpu_sub_batch_size, fused_linear, grid_size,
-                      mlp_in_chunks)
+from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp, conv_nhwc,
+                      fused_linear, grid_size, in_cpu_sub_batches,
+                      mlp_in_chunks, pack_linear_weight)
 from .base import BaseBackbone
 
 __all__ = [
@@ -67,11 +72,30 @@ def _built_with_parameters_of(trained: nn.Module, cls: type, *args):
     return module
 
 
-def _scaled_weights(linear: nn.Linear, scale: Optional[Tensor]):
-    """``linear``'s weight and bias with its outputs scaled by ``scale``."""
-    if scale is None:
-        return linear.weight, linear.bias
-    return linear.weight * scale[:, None], linear.bias * scale
+#: A linear layer as an inference form runs it: its weight and bias, and
+#: the weight packed for oneDNN (:func:`~mmvheat.models.layers.fused_linear`'s
+#: ``packed``) or None.
+InferenceLinear = Tuple[Tensor, Optional[Tensor], Optional[Tensor]]
+
+
+def _inference_linear(weight: Tensor,
+                      bias: Tensor,
+                      scale: Optional[Tensor] = None,
+                      pack: bool = False) -> InferenceLinear:
+    """``(weight, bias)`` with the outputs scaled by ``scale``, and the
+    weight packed when ``pack``."""
+    if scale is not None:
+        with torch.no_grad():
+            weight, bias = weight * scale[:, None], bias * scale
+    return weight, bias, pack_linear_weight(weight) if pack else None
+
+
+def _linear(x: Tensor,
+            linear: InferenceLinear,
+            activation: Optional[str] = None,
+            residual: Optional[Tensor] = None) -> Tensor:
+    weight, bias, packed = linear
+    return fused_linear(x, weight, bias, activation, residual, packed)
 
 
 class FusedHeatConduction2d(HeatConduction2d):
@@ -83,19 +107,31 @@ class FusedHeatConduction2d(HeatConduction2d):
         """The fused form of ``op``, holding its parameters."""
         return _built_with_parameters_of(op, cls, op.dim)
 
-    def forward(self,
-                x: Tensor,
-                transfer: Tensor,
-                residual: Optional[Tensor] = None,
-                scale: Optional[Tensor] = None) -> Tensor:
-        """``residual + scale * HeatConduction2d(x)``."""
-        x, (weight_u, bias_u), (weight_z, bias_z) = self._projections(x)
-        u = spectral_filter(fused_linear(x, weight_u, bias_u), transfer)
-        gate = fused_linear(x, weight_z, bias_z, activation='silu')
-        return fused_linear(
-            self.out_norm(u) * gate,
-            *_scaled_weights(self.out_linear, scale),
-            residual=residual)
+    def inference_linears(self,
+                          scale: Optional[Tensor] = None,
+                          pack: bool = False) -> Tuple[InferenceLinear, ...]:
+        """``linear``'s two halves (``u``, the gate) and ``out_linear``,
+        its outputs scaled by ``scale``, as :meth:`forward` runs them."""
+        (weight_u, weight_z), (bias_u, bias_z) = (self.linear.weight.chunk(2),
+                                                  self.linear.bias.chunk(2))
+        return (_inference_linear(weight_u, bias_u, pack=pack),
+                _inference_linear(weight_z, bias_z, pack=pack),
+                _inference_linear(self.out_linear.weight, self.out_linear.bias,
+                                  scale, pack))
+
+    def forward(
+            self,
+            x: Tensor,
+            transfer: Tensor,
+            residual: Optional[Tensor] = None,
+            linears: Optional[Tuple[InferenceLinear, ...]] = None) -> Tensor:
+        """``residual + HeatConduction2d(x)``, with ``linears`` from
+        :meth:`inference_linears` (by default unscaled and unpacked)."""
+        linear_u, linear_z, out_linear = linears or self.inference_linears()
+        x = conv_nhwc(self.dwconv, x)
+        u = spectral_filter(_linear(x, linear_u), transfer)
+        gate = _linear(x, linear_z, activation='silu')
+        return _linear(self.out_norm(u) * gate, out_linear, residual=residual)
 
 
 class FusedMlp(Mlp):
@@ -108,29 +144,45 @@ class FusedMlp(Mlp):
         return _built_with_parameters_of(mlp, cls, mlp.fc1.in_features,
                                          mlp.fc1.out_features)
 
-    def forward(self,
-                x: Tensor,
-                residual: Optional[Tensor] = None,
-                scale: Optional[Tensor] = None) -> Tensor:
-        """``residual + scale * Mlp(x)``, a chunk of rows at a time."""
+    def inference_linears(self,
+                          scale: Optional[Tensor] = None,
+                          pack: bool = False) -> Tuple[InferenceLinear, ...]:
+        """``fc1`` and ``fc2``, its outputs scaled by ``scale``, as
+        :meth:`forward` runs them."""
+        return (_inference_linear(self.fc1.weight, self.fc1.bias, pack=pack),
+                _inference_linear(self.fc2.weight, self.fc2.bias, scale, pack))
+
+    def forward(
+            self,
+            x: Tensor,
+            residual: Optional[Tensor] = None,
+            linears: Optional[Tuple[InferenceLinear, ...]] = None) -> Tensor:
+        """``residual + Mlp(x)``, a chunk of rows at a time, with
+        ``linears`` from :meth:`inference_linears` (by default unscaled and
+        unpacked)."""
+        fc1, fc2 = linears or self.inference_linears()
         return mlp_in_chunks(
-            x,
-            self.fc1.weight,
-            self.fc1.bias,
-            *_scaled_weights(self.fc2, scale),
-            residual=residual)
+            x, *fc1[:2], *fc2[:2], residual=residual, packed=(fc1[2], fc2[2]))
 
 
 class FusedHeatBlock(nn.Module):
     """:class:`HeatBlock` for inference: no stochastic depth or gradient
-    checkpointing, and a pre-norm block's residual adds (and layer scales)
-    fused into each branch's last linear layer.
+    checkpointing, a pre-norm block's residual adds (and layer scales)
+    fused into each branch's last linear layer, and the linear layers'
+    weights packed for oneDNN.
+
+    The linear layers as the block runs them (layer scales folded into the
+    weights, each weight packed: a second copy of the block's linear
+    weights) are prepared once and kept until :meth:`clear_packed`; with
+    :attr:`pack_weights` off only the scaled weights are kept.
 
     Args:
         block (HeatBlock): The trained block. Its norms and layer scales
             are taken as they are, its operator and MLP in their fused
             forms; the parameters keep their names.
     """
+    #: Keep the linear weights packed for oneDNN (on the CPU, in float32).
+    pack_weights = True
 
     def __init__(self, block: HeatBlock):
         super().__init__()
@@ -141,15 +193,46 @@ class FusedHeatBlock(nn.Module):
         self.norm2 = block.norm2
         self.mlp = FusedMlp.from_trained(block.mlp)
         self.gamma1, self.gamma2 = block.gamma1, block.gamma2
+        self._linears: Optional[Tuple[tuple, tuple]] = None
+
+    def inference_linears(self) -> Tuple[tuple, tuple]:
+        """The operator's and the MLP's :meth:`inference_linears
+        <FusedMlp.inference_linears>`, prepared at the first call and kept
+        until :meth:`clear_packed`."""
+        if self._linears is None:
+            self._linears = self._prepare_linears()
+        return self._linears
+
+    @torch.inference_mode(False)
+    def _prepare_linears(self) -> Tuple[tuple, tuple]:
+        # Outside any inference_mode, as the folded filters: constants that
+        # a later pass with autograd can use too. A post-norm block scales
+        # after its norms, outside the operator and the MLP.
+        scale1, scale2 = (None, None) if self.post_norm else (self.gamma1,
+                                                              self.gamma2)
+        return (self.op.inference_linears(scale1, self.pack_weights),
+                self.mlp.inference_linears(scale2, self.pack_weights))
+
+    def clear_packed(self):
+        """Drop the prepared linear layers (made again when next needed)."""
+        self._linears = None
+
+    def __getstate__(self):
+        # Copies and pickles prepare their own: packed weights are opaque
+        # oneDNN tensors, which can be neither copied nor saved.
+        return dict(super().__getstate__(), _linears=None)
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         """Map a ``(B, H, W, C)`` tensor, filtering with ``transfer``."""
+        op_linears, mlp_linears = self.inference_linears()
         if self.post_norm:
             x = x + self._scale_by(
-                self.norm1(self.op(x, transfer)), self.gamma1)
-            return x + self._scale_by(self.norm2(self.mlp(x)), self.gamma2)
-        x = self.op(self.norm1(x), transfer, residual=x, scale=self.gamma1)
-        return self.mlp(self.norm2(x), residual=x, scale=self.gamma2)
+                self.norm1(self.op(x, transfer, linears=op_linears)),
+                self.gamma1)
+            return x + self._scale_by(
+                self.norm2(self.mlp(x, linears=mlp_linears)), self.gamma2)
+        x = self.op(self.norm1(x), transfer, residual=x, linears=op_linears)
+        return self.mlp(self.norm2(x), residual=x, linears=mlp_linears)
 
     @staticmethod
     def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:
@@ -161,9 +244,11 @@ class DeployedHeatBlocks(HeatBlocks):
     folded once per input size, and sub-batches on the CPU.
 
     The filters of the last :attr:`fold_cache_size` input sizes are kept in
-    :attr:`folded`; they are dropped (and folded again when next needed)
-    on ``load_state_dict``, a device or dtype move, ``train()``/``eval()``
-    and :meth:`clear_folded`. On the CPU the batch runs through the blocks
+    :attr:`folded`. They and the blocks' prepared linear layers
+    (:meth:`FusedHeatBlock.inference_linears`, prepared here) are dropped,
+    and made again when next needed, on ``load_state_dict``, a device or
+    dtype move, ``train()``/``eval()`` and :meth:`clear_folded`. On the CPU
+    the batch runs through the blocks
     in sub-batches of about :attr:`cpu_sub_batch_bytes` of activations
     (images are independent), so that a block's intermediates stay in the
     CPU caches.
@@ -183,6 +268,8 @@ class DeployedHeatBlocks(HeatBlocks):
         self.folded: Dict[Tuple[int, int], Tuple[Tensor, ...]] = \
             OrderedDict()
         self.register_load_state_dict_pre_hook(self._clear_on_load)
+        for block in self:
+            block.inference_linears()
 
     def folded_heat_transfers(self, freq_embed: Tensor,
                               size: Tuple[int, int]) -> Tuple[Tensor, ...]:
@@ -203,8 +290,11 @@ class DeployedHeatBlocks(HeatBlocks):
         return transfers
 
     def clear_folded(self):
-        """Drop the folded filters."""
+        """Drop the folded filters and the blocks' prepared linear
+        layers."""
         self.folded.clear()
+        for block in self:
+            block.clear_packed()
 
     def _clear_on_load(self, *args, **kwargs):
         self.clear_folded()
@@ -219,6 +309,5 @@ class DeployedHeatBlocks(HeatBlocks):
 
     def forward(self, x: Tensor, freq_embed: Tensor) -> Tensor:
         transfers = self.folded_heat_transfers(freq_embed, grid_size(x))
-        parts = x.split(cpu_sub_batch_size(x, self.cpu_sub_batch_bytes))
-        outs = [self.run(part, transfers) for part in parts]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return in_cpu_sub_batches(lambda part: self.run(part, transfers), x,
+                                  self.cpu_sub_batch_bytes)

@@ -26,8 +26,10 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from mmvheat.registry import MODELS, register_plain_name
+from mmvheat.utils.torch_modes import is_capturing_graph
 from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
-                      HeatConduction2d, Mlp, conv_nhwc, resize_freq_embed)
+                      HeatConduction2d, Mlp, conv2d_channels_last, conv_nhwc,
+                      in_cpu_sub_batches, resize_freq_embed)
 from .base import BaseBackbone
 from .deploy import DeployedHeatBlocks
 
@@ -42,20 +44,49 @@ VHEAT_INIT_CFG = DEFAULT_INIT_CFG + [dict(type='ResetParameters', layer='Mlp')]
 
 
 class Stem(nn.Module):
-    """Two stride-2 3x3 convolutions with channel LayerNorms; stride 4."""
+    """Two stride-2 3x3 convolutions with channel LayerNorms; stride 4.
+
+    A deployed backbone sets :attr:`in_sub_batches`: on the CPU the stem
+    then maps the batch in the sub-batches its stages use
+    (:attr:`DeployedHeatBlocks.cpu_sub_batch_bytes
+    <mmvheat.models.backbones.deploy.DeployedHeatBlocks>` of its widest
+    map, ``conv1``'s output), so that its maps stay in the CPU caches.
+    """
+    in_sub_batches = False
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         mid = out_channels // 2
-        self.conv1 = nn.Conv2d(in_channels, mid, 3, stride=2, padding=1)
+        self.conv1 = conv2d_channels_last(
+            in_channels, mid, 3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm(mid, eps=1e-6)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(mid, out_channels, 3, stride=2, padding=1)
+        self.conv2 = conv2d_channels_last(
+            mid, out_channels, 3, stride=2, padding=1)
         self.norm2 = nn.LayerNorm(out_channels, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map an NCHW image to a channels-last feature map."""
-        x = self.act(self.norm1(self.conv1(x).permute(0, 2, 3, 1)))
+        if not self.in_sub_batches:
+            return self._forward(x)
+        h, w = x.shape[-2:]
+        widest = self.conv1.out_channels * ((int(h) + 1) // 2) * (
+            (int(w) + 1) // 2) * x.element_size()
+        return in_cpu_sub_batches(self._forward, x,
+                                  DeployedHeatBlocks.cpu_sub_batch_bytes,
+                                  widest)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        # A channels-last image makes conv1 write channels-last: its
+        # permuted output is then contiguous, and the LayerNorm reads it
+        # without a copy.
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
+        x = self.norm1(x.permute(0, 2, 3, 1))
+        if (torch.is_grad_enabled() and x.requires_grad) or \
+                is_capturing_graph():
+            x = self.act(x)
+        else:  # no graph: the LayerNorm's fresh output is overwritten
+            x = torch.ops.aten.gelu_(x)
         return self.norm2(conv_nhwc(self.conv2, x))
 
 
@@ -64,7 +95,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.conv = conv2d_channels_last(
             in_channels, out_channels, 3, stride=2, padding=1, bias=False)
         self.norm = nn.LayerNorm(out_channels)
 
@@ -279,10 +310,13 @@ class VHeat(BaseBackbone):
         state dict stays the training model's (same keys, same values): it
         loads into a VHeat that was never deployed, and a deployed model
         loads a training checkpoint. The filters ``decay ** k`` are folded
-        per input size at run time and are not in the state dict; they are
-        folded again after ``load_state_dict``, a device or dtype move,
-        ``train()``/``eval()`` or :meth:`clear_folded` (call one of them
-        after changing weights in place). Hooks registered on the replaced
+        per input size at run time, and the blocks' linear weights are
+        kept a second time, packed for oneDNN with the layer scales folded
+        in (:class:`~mmvheat.models.backbones.deploy.FusedHeatBlock`);
+        neither is in the state dict, and both are made again after
+        ``load_state_dict``, a device or dtype move, ``train()``/``eval()``
+        or :meth:`clear_folded` (call one of them after changing weights in
+        place). Hooks registered on the replaced
         blocks do not carry over; those on the stages and the backbone do.
 
         Gradients still reach the input, but no longer the weights, which
@@ -292,11 +326,13 @@ class VHeat(BaseBackbone):
             return
         for stage in self.stages:
             stage.switch_to_deploy()
+        self.patch_embed.in_sub_batches = True
         self.requires_grad_(False)
         self.deploy = True
 
     def clear_folded(self):
-        """Drop the filters a deployed model folded."""
+        """Drop what a deployed model derived from its weights: the folded
+        filters and the prepared linear weights."""
         for stage in self.stages:
             if isinstance(stage.blocks, DeployedHeatBlocks):
                 stage.blocks.clear_folded()

@@ -9,14 +9,18 @@ written once instead of being read and written again per elementwise step.
 Everywhere else -- under autograd, autocast, tracing or export, on other
 devices or dtypes, or with ``torch.backends.mkldnn`` disabled -- it is
 ``F.linear`` followed by the same elementwise ops, so results agree to
-float32 rounding either way.
+float32 rounding either way. A weight packed once by
+:func:`pack_linear_weight` into the blocked layout oneDNN computes with
+spares the call its reordering of the weight (5-7% of a call at the
+shapes of vHeat's blocks); it is used where the oneDNN call runs, the plain
+weight everywhere else.
 
 :func:`cpu_sub_batch_size` says how many images of a batch to process at a
 time so that a piece of work stays within the CPU caches: large maps
 otherwise pass through memory once per op, each fresh allocation faulted in
 page by page. Images are independent, so the result is the same.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +28,10 @@ from torch import Tensor
 
 from mmvheat.utils.torch_modes import autocast_enabled, is_capturing_graph
 
-__all__ = ['ACTIVATIONS', 'cpu_sub_batch_size', 'fused_linear']
+__all__ = [
+    'ACTIVATIONS', 'cpu_sub_batch_size', 'in_cpu_sub_batches', 'fused_linear',
+    'pack_linear_weight'
+]
 
 #: Activation name -> (eager function, oneDNN post-op, its algorithm).
 ACTIVATIONS = {
@@ -34,14 +41,18 @@ ACTIVATIONS = {
 
 _ONEDNN_OPS = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if hasattr(
     torch.ops, 'mkldnn') else None
+_ONEDNN_PACK = getattr(torch.ops.mkldnn, '_reorder_linear_weight',
+                       None) if _ONEDNN_OPS is not None else None
+
+
+def _onednn_enabled() -> bool:
+    return (_ONEDNN_OPS is not None and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
 
 
 def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether the fused oneDNN call computes the same as the eager ops."""
-    if _ONEDNN_OPS is None or x.device.type != 'cpu':
-        return False
-    if not (torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled):
+    if x.device.type != 'cpu' or not _onednn_enabled():
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.dtype != torch.float32 for t in tensors):
@@ -62,11 +73,24 @@ def _residual_fuses(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
             and residual.is_contiguous())
 
 
+def pack_linear_weight(weight: Tensor) -> Optional[Tensor]:
+    """``weight`` ``(C_out, C_in)`` in oneDNN's blocked layout, for
+    :func:`fused_linear`'s ``packed``: a copy, as large as the weight, that
+    no longer follows it. None where :func:`fused_linear` cannot use it (a
+    weight not float32 on the CPU, or oneDNN unavailable or disabled)."""
+    if (_ONEDNN_PACK is None or not _onednn_enabled()
+            or weight.device.type != 'cpu' or weight.dtype != torch.float32):
+        return None
+    with torch.no_grad():
+        return _ONEDNN_PACK(weight.detach().contiguous())
+
+
 def fused_linear(x: Tensor,
                  weight: Tensor,
                  bias: Optional[Tensor] = None,
                  activation: Optional[str] = None,
-                 residual: Optional[Tensor] = None) -> Tensor:
+                 residual: Optional[Tensor] = None,
+                 packed: Optional[Tensor] = None) -> Tensor:
     """``activation(F.linear(x, weight, bias)) + residual``.
 
     oneDNN takes one post-op per call here: the activation, or else the
@@ -80,6 +104,9 @@ def fused_linear(x: Tensor,
             Defaults to None.
         residual (Tensor, optional): Added to the (activated) output, with
             broadcasting. Defaults to None.
+        packed (Tensor, optional): ``weight`` as :func:`pack_linear_weight`
+            gives it, for the oneDNN call to use in its place. Defaults to
+            None.
 
     Returns:
         Tensor: ``(..., C_out)``.
@@ -93,24 +120,47 @@ def fused_linear(x: Tensor,
             y = ACTIVATIONS[activation][0](y)
     elif activation is None and residual is not None and _residual_fuses(
             x, weight, residual):
-        return _ONEDNN_OPS.binary(x, residual, weight, bias, 'add')
+        return _ONEDNN_OPS.binary(x, residual,
+                                  weight if packed is None else packed, bias,
+                                  'add')
     else:
         post_op, algorithm = ('none', '') if activation is None else \
             ACTIVATIONS[activation][1:]
-        y = _ONEDNN_OPS(x, weight, bias, post_op, [], algorithm)
+        y = _ONEDNN_OPS(x, weight if packed is None else packed, bias, post_op,
+                        [], algorithm)
     return y if residual is None else y + residual
 
 
-def cpu_sub_batch_size(x: Tensor, max_bytes: int) -> int:
+def cpu_sub_batch_size(x: Tensor,
+                       max_bytes: int,
+                       image_bytes: Optional[int] = None) -> int:
     """Images of ``x`` (batch first) to process together on the CPU.
 
     As many as fit in ``max_bytes``, at least one; the whole batch for
     tensors off the CPU, for ``max_bytes <= 0`` and while a graph is being
     captured (a traced split would fix the batch size).
+
+    Args:
+        x (Tensor): The batch.
+        max_bytes (int): The budget.
+        image_bytes (int, optional): What one image takes; defaults to its
+            size in ``x``.
     """
     batch = x.shape[0]
     if (x.device.type != 'cpu' or max_bytes <= 0 or batch <= 1
             or is_capturing_graph()):
         return batch
-    image_bytes = x[0].numel() * x.element_size()
+    if image_bytes is None:
+        image_bytes = x[0].numel() * x.element_size()
     return max(1, min(batch, max_bytes // max(image_bytes, 1)))
+
+
+def in_cpu_sub_batches(fn: Callable[[Tensor], Tensor],
+                       x: Tensor,
+                       max_bytes: int,
+                       image_bytes: Optional[int] = None) -> Tensor:
+    """``fn(x)`` for a ``fn`` that maps each image on its own, run on the
+    sub-batches of :func:`cpu_sub_batch_size` and concatenated."""
+    parts = x.split(cpu_sub_batch_size(x, max_bytes, image_bytes))
+    outs = [fn(part) for part in parts]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

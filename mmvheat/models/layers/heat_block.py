@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
 from mmvheat.utils.torch_modes import is_capturing_graph
-from .depthwise import depthwise_conv2d
+from .channels_last import depthwise_conv2d
 from .drop_path import DropPath
 from .freq_embed import resize_freq_embed
 from .recompute import gated_linear_recomputed, mlp_recomputed

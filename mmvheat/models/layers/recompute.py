@@ -67,16 +67,20 @@ def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
     return grad.mm(weight.to(grad.dtype)), grad_weight, grad_bias
 
 
-def mlp_in_chunks(x: Tensor,
-                  fc1_weight: Tensor,
-                  fc1_bias: Tensor,
-                  fc2_weight: Tensor,
-                  fc2_bias: Tensor,
-                  residual: Optional[Tensor] = None) -> Tensor:
+def mlp_in_chunks(
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    residual: Optional[Tensor] = None,
+    packed: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
+) -> Tensor:
     """``F.linear(GELU(F.linear(x, fc1)), fc2) + residual`` over the last
     axis of ``x``, a chunk of rows at a time: the hidden map is never whole
     (one chunk while a graph is captured). The GELU and the residual add
-    run inside the linear layers where :func:`fused_linear` fuses them."""
+    run inside the linear layers where :func:`fused_linear` fuses them,
+    with the weights ``packed`` (fc1's, fc2's) where given."""
     rows = x.reshape(-1, x.shape[-1])
     chunk = rows.shape[0] if is_capturing_graph() else row_chunks(
         rows.shape[0], fc1_weight.shape[0] * rows.element_size())
@@ -84,11 +88,16 @@ def mlp_in_chunks(x: Tensor,
         residual = residual.reshape(rows.shape[0], -1).split(chunk)
     outs = [
         fused_linear(
-            fused_linear(part, fc1_weight, fc1_bias, activation='gelu'),
+            fused_linear(
+                part,
+                fc1_weight,
+                fc1_bias,
+                activation='gelu',
+                packed=packed[0]),
             fc2_weight,
             fc2_bias,
-            residual=None if residual is None else residual[i])
-        for i, part in enumerate(rows.split(chunk))
+            residual=None if residual is None else residual[i],
+            packed=packed[1]) for i, part in enumerate(rows.split(chunk))
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -793,8 +793,39 @@ def test_deploy_fuses_activations_and_residuals(arch, onednn_spy):
                                     [last] * 2 * blocks)
 
 
+@pytest.mark.parametrize('pack', [True, False])
+def test_deploy_packs_the_linear_weights(pack, onednn_spy, monkeypatch):
+    """Each oneDNN call of a deployed model gets its weight packed (the
+    default), or the weight itself with ``pack_weights`` off."""
+    monkeypatch.setattr(FusedHeatBlock, 'pack_weights', pack)
+    model = make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT)
+    x = rand_input(2, 3, 64, 48)
+    ref = plain_outputs(model, x)
+    fast = deployed(model)
+    with torch.no_grad():
+        assert_outs_close(fast(x), ref)
+    assert len(onednn_spy.packed) == 5 * sum(PRE_LS_ARCH['depths'])
+    assert set(onednn_spy.packed) == {pack}
+
+
+def test_deployed_model_copies_and_pickles(tmp_path):
+    """A deployed model that has run (packed weights, folded filters) can
+    be deep-copied and saved whole; the copies prepare their own."""
+    fast = deployed(make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT))
+    x = rand_input(2, 3, 64, 48)
+    with torch.no_grad():
+        ref = fast(x)
+        torch.save(fast, tmp_path / 'model.pth')
+        copies = [
+            copy.deepcopy(fast),
+            torch.load(tmp_path / 'model.pth', weights_only=False)
+        ]
+        for other in copies:
+            assert_outs_close(other(x), ref, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize('arch', [PRE_ARCH, POST_ARCH])
-@pytest.mark.parametrize('sub_batch', [1, 2])
+@pytest.mark.parametrize('sub_batch', [1, 2, 4])
 def test_deploy_runs_cpu_sub_batches(arch, sub_batch, monkeypatch):
     model = make_model(arch=arch, out_indices=ALL_OUT)
     x = rand_input(5, 3, 64, 32)
@@ -805,8 +836,12 @@ def test_deploy_runs_cpu_sub_batches(arch, sub_batch, monkeypatch):
         for block in stage.blocks:
             block.register_forward_pre_hook(
                 lambda m, args, i=i: seen[i].append(args[0].shape[0]))
+    stem = []
+    fast.patch_embed.conv1.register_forward_pre_hook(
+        lambda m, args: stem.append(args[0].shape[0]))
     # A budget of `sub_batch` images of stage 0's 16 x 8 x 8 float map; each
-    # later stage's map is half as large, so twice as many images fit.
+    # later stage's map is half as large, so twice as many images fit. The
+    # stem's widest map, conv1's 32 x 16 x 4, is twice stage 0's.
     monkeypatch.setattr(DeployedHeatBlocks, 'cpu_sub_batch_bytes',
                         sub_batch * 16 * 8 * 8 * 4)
     with torch.no_grad():
@@ -815,6 +850,28 @@ def test_deploy_runs_cpu_sub_batches(arch, sub_batch, monkeypatch):
     for i, depth in enumerate(arch['depths']):
         parts = torch.ones(5).split(sub_batch * 2**i)
         assert seen[i] == [len(p) for p in parts for _ in range(depth)]
+    assert stem == [
+        len(p) for p in torch.ones(5).split(max(1, sub_batch // 2))
+    ]
+
+
+def test_deployed_forward_copies_only_the_image_and_outputs():
+    """On the CPU a deployed forward copies no weight and no map between
+    its layers: the image once into the channels-last layout of the first
+    convolution, and the outputs into NCHW. (A convolution's weight of
+    another layout than its input is copied at every call; a LayerNorm
+    copies a strided input.)"""
+    fast = deployed(make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT))
+    x = rand_input(3, 3, 64, 48)
+    with torch.no_grad():
+        fast(x)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            outs = fast(x)
+    copied = [
+        e.input_shapes[0] for e in prof.events() if e.name == 'aten::copy_'
+    ]
+    assert sorted(copied) == sorted([list(x.shape)] +
+                                    [list(out.shape) for out in outs])
 
 
 def test_fold_cache_is_bounded_lru():
@@ -1031,6 +1088,16 @@ def test_folded_filters_are_no_inference_tensors():
         t for s in model.stages for t in next(iter(s.blocks.folded.values()))
     ]
     assert folded and not any(t.is_inference() for t in folded)
+    grad = _grad_after_inference_mode(model, (64, 48))
+    assert grad.abs().sum() > 0
+
+
+def test_prepared_linears_are_no_inference_tensors():
+    """Weights with the layer scales folded in, prepared again under
+    ``inference_mode`` after ``clear_folded()``, serve a later pass with
+    autograd (which cannot save inference tensors)."""
+    model = deployed(make_model(arch=PRE_LS_ARCH, out_indices=ALL_OUT))
+    model.clear_folded()
     grad = _grad_after_inference_mode(model, (64, 48))
     assert grad.abs().sum() > 0
 

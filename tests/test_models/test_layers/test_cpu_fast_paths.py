@@ -1,12 +1,13 @@
 # Copyright (c) mmvheat contributors. All rights reserved.
-"""CPU fast paths: ``fused_linear``'s oneDNN post-op fusion agrees with its
-eager fallback and is only taken where it computes the same thing;
-``cpu_sub_batch_size`` splits batches by bytes."""
+"""CPU fast paths: ``fused_linear``'s oneDNN post-op fusion (with a packed
+weight or not) agrees with its eager fallback and is only taken where it
+computes the same thing; ``cpu_sub_batch_size`` splits batches by bytes."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvheat.models.layers import cpu_sub_batch_size, fused_linear
+from mmvheat.models.layers import (cpu_sub_batch_size, fused_linear,
+                                   pack_linear_weight)
 
 
 def eager(x, weight, bias, activation, residual):
@@ -30,15 +31,19 @@ def make_inputs(shape=(2, 5, 7, 12), out=20, seed=0):
 @pytest.mark.parametrize('activation', [None, 'gelu', 'silu'])
 @pytest.mark.parametrize('with_residual', [False, True])
 @pytest.mark.parametrize('with_bias', [False, True])
-def test_fused_matches_eager(activation, with_residual, with_bias, onednn_spy):
+@pytest.mark.parametrize('packed', [False, True])
+def test_fused_matches_eager(activation, with_residual, with_bias, packed,
+                             onednn_spy):
     x, weight, bias, residual = make_inputs()
     bias = bias if with_bias else None
     residual = residual if with_residual else None
     with torch.no_grad():
-        out = fused_linear(x, weight, bias, activation, residual)
+        out = fused_linear(x, weight, bias, activation, residual,
+                           pack_linear_weight(weight) if packed else None)
     expected = eager(x, weight, bias, activation, residual)
     # oneDNN's GELU/SiLU and blocking round differently from ATen's.
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert onednn_spy.packed == [packed]
     # One oneDNN call: the activation, or else the residual add, is fused.
     if activation is None and residual is not None:
         assert onednn_spy.calls == ['add']
@@ -78,22 +83,46 @@ def test_falls_back_where_fusion_does_not_apply(case, onednn_spy):
     elif case == 'strided':
         x = x.transpose(1, 2)
         residual = residual.transpose(1, 2)
+    # A packed weight, where one is given, is not used either: a weight
+    # that is not the weight would show in the output.
+    packed = pack_linear_weight(torch.randn(20, 12))
     with context:
         if case == 'tracing':
 
             def fn(x):
-                return fused_linear(x, weight, bias, 'gelu', residual)
+                return fused_linear(x, weight, bias, 'gelu', residual, packed)
 
             with torch.no_grad():
                 out = torch.jit.trace(fn, x, check_trace=False)(x)
         else:
-            out = fused_linear(x, weight, bias, 'gelu', residual)
+            out = fused_linear(x, weight, bias, 'gelu', residual, packed)
         expected = eager(x, weight, bias, 'gelu', residual)
     assert onednn_spy.calls == []
     torch.testing.assert_close(out, expected)
     if case == 'grad':
         out.sum().backward()
         assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_packed_weight_is_a_copy_in_onednn_layout():
+    x, weight, bias, _ = make_inputs()
+    packed = pack_linear_weight(weight)
+    assert packed.is_mkldnn and packed.shape == weight.shape
+    with torch.no_grad():
+        before = fused_linear(x, weight, bias, packed=packed)
+        weight.mul_(2)  # the packed copy does not follow
+        after = fused_linear(x, weight, bias, packed=packed)
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('case', ['float64', 'disabled'])
+def test_no_packed_weight_where_fusion_cannot_use_it(case):
+    weight = torch.randn(20, 12)
+    if case == 'float64':
+        assert pack_linear_weight(weight.double()) is None
+    else:
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert pack_linear_weight(weight) is None
 
 
 def test_empty_input():
