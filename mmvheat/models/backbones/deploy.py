@@ -112,8 +112,7 @@ class FusedHeatConduction2d(HeatConduction2d):
                           pack: bool = False) -> Tuple[InferenceLinear, ...]:
         """``linear``'s two halves (``u``, the gate) and ``out_linear``,
         its outputs scaled by ``scale``, as :meth:`forward` runs them."""
-        (weight_u, weight_z), (bias_u, bias_z) = (self.linear.weight.chunk(2),
-                                                  self.linear.bias.chunk(2))
+        (weight_u, bias_u), (weight_z, bias_z) = self.linear_halves()
         return (_inference_linear(weight_u, bias_u, pack=pack),
                 _inference_linear(weight_z, bias_z, pack=pack),
                 _inference_linear(self.out_linear.weight, self.out_linear.bias,

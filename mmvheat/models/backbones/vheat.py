@@ -30,6 +30,7 @@ from mmvheat.utils.torch_modes import is_capturing_graph
 from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
                       HeatConduction2d, Mlp, conv2d_channels_last, conv_nhwc,
                       in_cpu_sub_batches, resize_freq_embed)
+from ..layers.heat_block import recording_gradients
 from .base import BaseBackbone
 from .deploy import DeployedHeatBlocks
 
@@ -82,8 +83,7 @@ class Stem(nn.Module):
         # without a copy.
         x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         x = self.norm1(x.permute(0, 2, 3, 1))
-        if (torch.is_grad_enabled() and x.requires_grad) or \
-                is_capturing_graph():
+        if recording_gradients(x) or is_capturing_graph():
             x = self.act(x)
         else:  # no graph: the LayerNorm's fresh output is overwritten
             x = torch.ops.aten.gelu_(x)

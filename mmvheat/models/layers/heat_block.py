@@ -87,17 +87,20 @@ class HeatConduction2d(nn.Module):
         # float copy of k as for F.relu.
         return heat_transfer(torch.where(k > 0, k, 0.))
 
-    def _projections(self, x: Tensor):
-        """``x`` after the depth-wise conv, and the halves of ``linear``.
+    def linear_halves(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
+        """``linear``'s weight and bias for ``u`` and for ``z``.
 
         Two half-size projections give contiguous ``u`` and ``z`` (a chunk
         of one 2C projection would be strided) from the same parameters.
         """
-        x = conv_nhwc(self.dwconv, x)
-        return (x, ) + tuple(
+        return tuple(
             zip(
                 self.linear.weight.chunk(2, dim=0),
                 self.linear.bias.chunk(2, dim=0)))
+
+    def _projections(self, x: Tensor):
+        """``x`` after the depth-wise conv, and :meth:`linear_halves`."""
+        return (conv_nhwc(self.dwconv, x), ) + self.linear_halves()
 
     def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
         """Filter ``x`` ``(B, H, W, C)`` with ``transfer`` ``(H, W, C)``."""
