@@ -21,6 +21,7 @@ import re
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
@@ -81,7 +82,16 @@ class Stem(nn.Module):
         # A channels-last image makes conv1 write channels-last: its
         # permuted output is then contiguous, and the LayerNorm reads it
         # without a copy.
-        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if recording_gradients(x, self.conv1.weight, self.conv2.weight):
+            # Keeps the image for the backward pass, not the four maps of
+            # conv1's width and resolution the stem's layers would: they are
+            # redone there, two small convolutions at the full resolution.
+            return cp.checkpoint(self._maps, x, use_reentrant=False)
+        return self._maps(x)
+
+    def _maps(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
         x = self.norm1(x.permute(0, 2, 3, 1))
         if recording_gradients(x) or is_capturing_graph():
             x = self.act(x)

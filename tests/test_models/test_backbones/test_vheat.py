@@ -18,6 +18,7 @@ from torch import nn
 
 import mmvheat.models.backbones.vheat as vheat_module
 import mmvheat.models.layers.heat_block as heat_block_module
+from mmvheat.analysis.saved_tensors import saved_bytes
 from mmvheat.models.backbones.deploy import (DeployedHeatBlocks,
                                              FusedHeatBlock,
                                              FusedHeatConduction2d, FusedMlp)
@@ -429,9 +430,9 @@ def test_with_cp_matches(arch, drop_path_rate, monkeypatch):
     calls = []
     checkpoint = heat_block_module.cp.checkpoint
 
-    def counting_checkpoint(*args, **kw):
-        calls.append(1)
-        return checkpoint(*args, **kw)
+    def counting_checkpoint(function, *args, **kw):
+        calls.append(type(function.__self__).__name__)
+        return checkpoint(function, *args, **kw)
 
     monkeypatch.setattr(heat_block_module.cp, 'checkpoint',
                         counting_checkpoint)
@@ -447,7 +448,9 @@ def test_with_cp_matches(arch, drop_path_rate, monkeypatch):
             n: p.grad
             for n, p in model.named_parameters()
         }))
-    assert len(calls) == sum(arch['depths'])  # only the with_cp model
+    # The blocks of the with_cp model only; the stem of both.
+    assert calls.count('HeatBlock') == sum(arch['depths'])
+    assert calls.count('Stem') == 2 and len(calls) == sum(arch['depths']) + 2
 
     (outs_a, gin_a, grads_a), (outs_b, gin_b, grads_b) = results
     assert_outs_close(outs_b, outs_a, atol=1e-6, rtol=1e-6)
@@ -457,6 +460,33 @@ def test_with_cp_matches(arch, drop_path_rate, monkeypatch):
         assert grads_a[name] is not None and grads_b[name] is not None, name
         torch.testing.assert_close(
             grads_b[name], grads_a[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_stem_keeps_only_the_image_for_backward():
+    """In training the stem keeps its input image for the backward pass
+    and redoes its layers there, instead of keeping conv1's output, the
+    two maps after it and conv2's output (three maps of conv1's width
+    and resolution, one at stride 4): in float64 its outputs and every
+    gradient agree with the layers run plainly, to 1e-12 (relative)."""
+    torch.manual_seed(0)
+    stem = vheat_module.Stem(3, 16).double()
+    for param in stem.parameters():
+        nn.init.normal_(param, std=0.5)
+    image = torch.randn(2, 3, 24, 20, dtype=torch.float64, requires_grad=True)
+    saved = saved_bytes(stem, image, exclude=stem.parameters())
+    assert saved <= image.numel() * image.element_size()
+
+    def run(forward):
+        out = forward(image)
+        grads = torch.autograd.grad(
+            out, [image, *stem.parameters()],
+            torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        return [out] + list(grads)
+
+    plain = run(
+        lambda x: stem._maps(x.contiguous(memory_format=torch.channels_last)))
+    for got, expected in zip(run(stem), plain):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_with_cp_skipped_without_grad(monkeypatch):
