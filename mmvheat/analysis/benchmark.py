@@ -630,6 +630,31 @@ def _resident(field: str) -> int:
     raise OSError(f'no {field} in /proc/self/status')
 
 
+def cpu_allocated_peak(fn: Callable[[], object]) -> int:
+    """The most bytes torch's CPU allocator held at once during ``fn()``
+    above what it held before: its tensors, not the libraries' own buffers
+    (the CPU's counterpart of ``torch.cuda.max_memory_allocated``), from
+    the profiler's allocation events. Blocks allocated before the call and
+    freed in it are not subtracted (the profiler does not know their
+    sizes), so a call that frees its inputs is counted high."""
+    # Imported here: the private event tree is only needed for this.
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU],
+            profile_memory=True) as prof:
+        fn()
+    events = list(prof.profiler.kineto_results.experimental_event_tree())
+    peak = 0
+    while events:
+        event = events.pop()
+        events.extend(event.children)
+        if event.tag == _EventType.Allocation and \
+                event.extra_fields.device.type == 'cpu':
+            peak = max(peak, event.extra_fields.total_allocated)
+    return peak
+
+
 def _memory_process():
     """The CPU memory process: a spec on stdin, the peak on stdout."""
     spec = json.loads(sys.stdin.read())

@@ -392,10 +392,13 @@ class HCODispatcher:
         self._generators: Dict[torch.device, torch.Generator] = {}
 
     # ------------------------------------------------------------- calls
-    def __call__(self, x: Tensor, transfer: Tensor) -> Tensor:
+    def __call__(self,
+                 x: Tensor,
+                 transfer: Tensor,
+                 overwrite: bool = False) -> Tensor:
         requested = _requested_backend()
         if _backend(requested, x) == 'torch':
-            return spectral_filter_reference(x, transfer)
+            return spectral_filter_reference(x, transfer, overwrite)
         if transfer.shape != x.shape[-3:]:
             raise ValueError(
                 f'transfer of shape {tuple(transfer.shape)} does not match '
@@ -908,6 +911,8 @@ def spectral_filter_autotuned(x: Tensor, transfer: Tensor) -> Tensor:
     return _through_operator(x, transfer, 'auto')
 
 
-def dispatch_spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
+def dispatch_spectral_filter(x: Tensor,
+                             transfer: Tensor,
+                             overwrite: bool = False) -> Tensor:
     """:func:`spectral_filter` by :data:`hco_dispatcher`."""
-    return hco_dispatcher(x, transfer)
+    return hco_dispatcher(x, transfer, overwrite)

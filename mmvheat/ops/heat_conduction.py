@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 
-def spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
+def spectral_filter(x: Tensor,
+                    transfer: Tensor,
+                    overwrite: bool = False) -> Tensor:
     """``IDCT2D(DCT2D(x) * transfer)`` on a channels-last map.
 
     The same function as :func:`spectral_filter_reference`; on CUDA with
@@ -44,11 +46,14 @@ def spectral_filter(x: Tensor, transfer: Tensor) -> Tensor:
             or bfloat16 (arithmetic in float32), or float64.
         transfer (Tensor): The per-frequency, per-channel filter
             ``(H, W, C)``.
+        overwrite (bool): ``x`` is not needed afterwards, and the
+            reference may write over it (see
+            :func:`spectral_filter_reference`). Defaults to False.
 
     Returns:
         Tensor: The filtered map, shape and dtype of ``x``.
     """
-    return dispatch_spectral_filter(x, transfer)
+    return dispatch_spectral_filter(x, transfer, overwrite)
 
 
 def heat_conduction(x: Tensor, k: Tensor) -> Tensor:

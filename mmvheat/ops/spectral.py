@@ -30,6 +30,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from mmvheat.utils.torch_modes import may_overwrite
+
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
     'idct2d', 'spectral_filter_reference', 'spectral_filter_reference_grads'
@@ -166,16 +168,21 @@ def heat_transfer(k: Tensor) -> Tensor:
     return torch.exp(-k.to(dtype) * energy[:, :, None])
 
 
-def _separable_transform(x: Tensor, basis_h: Tensor,
-                         basis_w: Tensor) -> Tensor:
-    """Apply ``basis_h`` along H and ``basis_w`` along W of ``(B, H, W, C)``.
-    """
+def _separable_transform(x: Tensor,
+                         basis_h: Tensor,
+                         basis_w: Tensor,
+                         out: Optional[Tensor] = None) -> Tensor:
+    """Apply ``basis_h`` along H and ``basis_w`` along W of ``(B, H, W, C)``,
+    into ``out`` (contiguous, ``x``'s shape; ``x`` itself may be it) when
+    given."""
     b, h, w, c = x.shape
     # Along H: one GEMM per image on an (H, W*C) matrix.
-    x = torch.matmul(basis_h, x.reshape(b, h, w * c))
+    along_h = torch.matmul(basis_h, x.reshape(b, h, w * c)).view(b * h, w, c)
     # Along W: one small GEMM per row on a (W, C) matrix.
-    x = torch.matmul(basis_w, x.reshape(b * h, w, c))
-    return x.reshape(b, h, w, c)
+    if out is None:
+        return torch.matmul(basis_w, along_h).view(b, h, w, c)
+    torch.matmul(basis_w, along_h, out=out.view(b * h, w, c))
+    return out
 
 
 def _as_batched_float(x: Tensor):
@@ -212,7 +219,9 @@ def idct2d(x: Tensor) -> Tensor:
     return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
 
 
-def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
+def spectral_filter_reference(x: Tensor,
+                              transfer: Tensor,
+                              overwrite: bool = False) -> Tensor:
     """``IDCT2D(DCT2D(x) * transfer)`` with plain tensor algebra.
 
     Args:
@@ -220,11 +229,17 @@ def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
             bfloat16. Arithmetic runs in float32.
         transfer (Tensor): The per-frequency, per-channel filter
             ``(H, W, C)``.
+        overwrite (bool): ``x`` is not needed afterwards: each transform
+            may write over its input, so that the filter holds one map
+            besides ``x`` instead of two. Only where no graph is recorded
+            through ``x`` (else ignored); ``x``'s values are then lost.
+            Defaults to False.
 
     Returns:
         Tensor: The filtered map, in the dtype of ``x``.
     """
     out_dtype = x.dtype
+    overwrite = overwrite and may_overwrite(x)
     x, lead = _as_batched_float(x)
     if transfer.shape != x.shape[1:]:
         raise ValueError(f'transfer of shape {tuple(transfer.shape)} does not '
@@ -233,9 +248,16 @@ def spectral_filter_reference(x: Tensor, transfer: Tensor) -> Tensor:
         h, w = x.shape[1:3]
         basis_h = dct_basis(h, x.device, x.dtype)
         basis_w = dct_basis(w, x.device, x.dtype)
-        spectrum = _separable_transform(x, basis_h, basis_w)
-        spectrum = spectrum * transfer.to(x.dtype)
-        y = _separable_transform(spectrum, basis_h.t(), basis_w.t())
+        if overwrite:
+            spectrum = _separable_transform(x, basis_h, basis_w,
+                                            x.contiguous())
+            y = _separable_transform(
+                spectrum.mul_(transfer.to(x.dtype)), basis_h.t(), basis_w.t(),
+                spectrum)
+        else:
+            spectrum = _separable_transform(x, basis_h, basis_w)
+            spectrum = spectrum * transfer.to(x.dtype)
+            y = _separable_transform(spectrum, basis_h.t(), basis_w.t())
     return y.reshape(*lead, *y.shape[1:]).to(out_dtype)
 
 

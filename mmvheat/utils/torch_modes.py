@@ -8,7 +8,9 @@ know when autocast would hand it half-precision tensors.
 """
 import torch
 
-__all__ = ['is_capturing_graph', 'is_compiling', 'autocast_enabled']
+__all__ = [
+    'is_capturing_graph', 'is_compiling', 'may_overwrite', 'autocast_enabled'
+]
 
 
 def is_compiling() -> bool:
@@ -25,6 +27,14 @@ def is_capturing_graph() -> bool:
     if torch.onnx.is_in_onnx_export():
         return True
     return is_compiling()
+
+
+def may_overwrite(*tensors: torch.Tensor) -> bool:
+    """Whether maps computed from ``tensors`` may be written over in place:
+    no graph is recorded through them, by autograd or a graph capture."""
+    return not (is_capturing_graph()
+                or torch.is_grad_enabled() and any(t.requires_grad
+                                                   for t in tensors))
 
 
 def autocast_enabled(device_type: str = 'cpu') -> bool:

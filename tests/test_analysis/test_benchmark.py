@@ -216,6 +216,22 @@ def test_memory_shows_a_known_extra_tensor():
         pytest.approx(32, abs=1)
 
 
+def test_allocated_peak_counts_what_is_held_at_once():
+    """The allocator's peak above the call's start: 4 + 2 MB held at once,
+    then 8 + 2 MB after the first is freed, is 10 MB exactly; a tensor
+    held from before the call is not counted."""
+    held = torch.empty(1 << 20)
+
+    def calls():
+        first, second = torch.empty(10**6), torch.empty(5 * 10**5)
+        del first
+        third = torch.empty(2 * 10**6)
+        return second, third, held
+
+    assert benchmark.cpu_allocated_peak(calls) == 10**7
+    assert benchmark.cpu_allocated_peak(held.clone) == held.nbytes
+
+
 @pytest.mark.parametrize('name, expected', [
     ('vheat-b-pub-fold', ('vheat-b', '-pub-fold')),
     ('vheat-s-plain', ('vheat-s', '-plain')),

@@ -601,3 +601,27 @@ def test_spectral_filter_matches_scipy(fn, h, w, dtype):
     # input rounded once, at most an ulp (2^-7) of the largest value.
     tol = 1e-5 if dtype == torch.float32 else 2.0**-7 + 1e-5
     assert err <= tol * scale, (err, scale)
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 5, 4), (1, 16, 12, 8)])
+def test_spectral_filter_may_overwrite_its_input(shape):
+    """``overwrite=True`` gives the same values, bit for bit, in the input's
+    own memory; where autograd records a graph through the input, or a
+    graph is traced, the input is left as it was."""
+    torch.manual_seed(0)
+    x, transfer = torch.randn(*shape), torch.rand(*shape[1:])
+    expected = spectral_filter_reference(x, transfer)
+    scratch = x.clone()
+    out = spectral_filter(scratch, transfer, overwrite=True)
+    assert torch.equal(out, expected)
+    assert out.data_ptr() == scratch.data_ptr()
+
+    kept = x.clone().requires_grad_()
+    out = spectral_filter(kept, transfer, overwrite=True)
+    assert torch.equal(kept.detach(), x) and out.grad_fn is not None
+    traced = torch.jit.trace(
+        lambda t: spectral_filter_reference(t, transfer, overwrite=True),
+        x.clone())
+    scratch = x.clone()
+    assert torch.equal(traced(scratch), expected)
+    assert torch.equal(scratch, x)

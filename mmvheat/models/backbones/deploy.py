@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mmvheat.ops import spectral_filter
+from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp, conv_nhwc,
                       fused_linear, grid_size, in_cpu_sub_batches,
                       mlp_in_chunks, pack_linear_weight)
@@ -118,19 +119,30 @@ class FusedHeatConduction2d(HeatConduction2d):
                 _inference_linear(self.out_linear.weight, self.out_linear.bias,
                                   scale, pack))
 
-    def forward(
-            self,
-            x: Tensor,
-            transfer: Tensor,
-            residual: Optional[Tensor] = None,
-            linears: Optional[Tuple[InferenceLinear, ...]] = None) -> Tensor:
-        """``residual + HeatConduction2d(x)``, with ``linears`` from
-        :meth:`inference_linears` (by default unscaled and unpacked)."""
+    def forward(self,
+                x: Tensor,
+                transfer: Tensor,
+                residual: Optional[Tensor] = None,
+                linears: Optional[Tuple[InferenceLinear, ...]] = None,
+                norm: Optional[nn.Module] = None) -> Tensor:
+        """``residual + HeatConduction2d(norm(x))``, with ``linears`` from
+        :meth:`inference_linears` (by default unscaled and unpacked).
+
+        Where no graph is recorded, each map is dropped or written over as
+        soon as it has been used: besides ``x``, the operator holds at
+        most three maps of its size (the gate, ``u`` and the transforms'
+        buffer), where its plain form holds five.
+        """
         linear_u, linear_z, out_linear = linears or self.inference_linears()
-        x = conv_nhwc(self.dwconv, x)
-        u = spectral_filter(_linear(x, linear_u), transfer)
+        x = conv_nhwc(self.dwconv, x if norm is None else norm(x))
         gate = _linear(x, linear_z, activation='silu')
-        return _linear(self.out_norm(u) * gate, out_linear, residual=residual)
+        u = _linear(x, linear_u)
+        del x
+        overwrite = may_overwrite(u, gate)
+        u = self.out_norm(spectral_filter(u, transfer, overwrite))
+        u = u.mul_(gate) if overwrite else u * gate
+        del gate
+        return _linear(u, out_linear, residual=residual)
 
 
 class FusedMlp(Mlp):
@@ -151,17 +163,22 @@ class FusedMlp(Mlp):
         return (_inference_linear(self.fc1.weight, self.fc1.bias, pack=pack),
                 _inference_linear(self.fc2.weight, self.fc2.bias, scale, pack))
 
-    def forward(
-            self,
-            x: Tensor,
-            residual: Optional[Tensor] = None,
-            linears: Optional[Tuple[InferenceLinear, ...]] = None) -> Tensor:
-        """``residual + Mlp(x)``, a chunk of rows at a time, with
-        ``linears`` from :meth:`inference_linears` (by default unscaled and
-        unpacked)."""
+    def forward(self,
+                x: Tensor,
+                residual: Optional[Tensor] = None,
+                linears: Optional[Tuple[InferenceLinear, ...]] = None,
+                norm: Optional[nn.Module] = None) -> Tensor:
+        """``residual + Mlp(norm(x))``, a chunk of rows at a time (the
+        ``norm`` too), with ``linears`` from :meth:`inference_linears` (by
+        default unscaled and unpacked)."""
         fc1, fc2 = linears or self.inference_linears()
         return mlp_in_chunks(
-            x, *fc1[:2], *fc2[:2], residual=residual, packed=(fc1[2], fc2[2]))
+            x,
+            *fc1[:2],
+            *fc2[:2],
+            residual=residual,
+            packed=(fc1[2], fc2[2]),
+            norm=norm)
 
 
 class FusedHeatBlock(nn.Module):
@@ -230,8 +247,9 @@ class FusedHeatBlock(nn.Module):
                 self.gamma1)
             return x + self._scale_by(
                 self.norm2(self.mlp(x, linears=mlp_linears)), self.gamma2)
-        x = self.op(self.norm1(x), transfer, residual=x, linears=op_linears)
-        return self.mlp(self.norm2(x), residual=x, linears=mlp_linears)
+        x = self.op(
+            x, transfer, residual=x, linears=op_linears, norm=self.norm1)
+        return self.mlp(x, residual=x, linears=mlp_linears, norm=self.norm2)
 
     @staticmethod
     def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:

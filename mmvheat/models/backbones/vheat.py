@@ -27,7 +27,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from mmvheat.registry import MODELS, register_plain_name
-from mmvheat.utils.torch_modes import is_capturing_graph
+from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
                       HeatConduction2d, Mlp, conv2d_channels_last, conv_nhwc,
                       in_cpu_sub_batches, resize_freq_embed)
@@ -93,10 +93,10 @@ class Stem(nn.Module):
     def _maps(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         x = self.norm1(x.permute(0, 2, 3, 1))
-        if recording_gradients(x) or is_capturing_graph():
-            x = self.act(x)
-        else:  # no graph: the LayerNorm's fresh output is overwritten
+        if may_overwrite(x):  # the LayerNorm's fresh output
             x = torch.ops.aten.gelu_(x)
+        else:
+            x = self.act(x)
         return self.norm2(conv_nhwc(self.conv2, x))
 
 

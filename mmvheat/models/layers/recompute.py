@@ -24,7 +24,7 @@ under the autocast state of the forward pass, with the forward pass's
 kernels, so the recomputed values are the forward pass's, bit for bit.
 Neither is differentiable twice.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -67,39 +67,47 @@ def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
     return grad.mm(weight.to(grad.dtype)), grad_weight, grad_bias
 
 
-def mlp_in_chunks(
-    x: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    residual: Optional[Tensor] = None,
-    packed: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
-) -> Tensor:
-    """``F.linear(GELU(F.linear(x, fc1)), fc2) + residual`` over the last
-    axis of ``x``, a chunk of rows at a time: the hidden map is never whole
-    (one chunk while a graph is captured). The GELU and the residual add
-    run inside the linear layers where :func:`fused_linear` fuses them,
-    with the weights ``packed`` (fc1's, fc2's) where given."""
+def mlp_in_chunks(x: Tensor,
+                  fc1_weight: Tensor,
+                  fc1_bias: Tensor,
+                  fc2_weight: Tensor,
+                  fc2_bias: Tensor,
+                  residual: Optional[Tensor] = None,
+                  packed: Tuple[Optional[Tensor],
+                                Optional[Tensor]] = (None, None),
+                  norm: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """``F.linear(GELU(F.linear(norm(x), fc1)), fc2) + residual`` over the
+    last axis of ``x``, a chunk of rows at a time: the hidden map (and the
+    normalised input, ``norm`` being a per-row map such as a LayerNorm) is
+    never whole (one chunk while a graph is captured). The GELU and the
+    residual add run inside the linear layers where :func:`fused_linear`
+    fuses them, with the weights ``packed`` (fc1's, fc2's) where given.
+    Each chunk's result is written into the output as it comes."""
     rows = x.reshape(-1, x.shape[-1])
     chunk = rows.shape[0] if is_capturing_graph() else row_chunks(
         rows.shape[0], fc1_weight.shape[0] * rows.element_size())
     if residual is not None:
         residual = residual.reshape(rows.shape[0], -1).split(chunk)
-    outs = [
-        fused_linear(
-            fused_linear(
-                part,
-                fc1_weight,
-                fc1_bias,
-                activation='gelu',
-                packed=packed[0]),
+    out = None
+    for i, part in enumerate(rows.split(chunk)):
+        hidden = fused_linear(
+            part if norm is None else norm(part),
+            fc1_weight,
+            fc1_bias,
+            activation='gelu',
+            packed=packed[0])
+        part = fused_linear(
+            hidden,
             fc2_weight,
             fc2_bias,
             residual=None if residual is None else residual[i],
-            packed=packed[1]) for i, part in enumerate(rows.split(chunk))
-    ]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+            packed=packed[1])
+        if part.shape[0] == rows.shape[0]:
+            out = part
+            break
+        if out is None:
+            out = part.new_empty(rows.shape[0], part.shape[1])
+        out[i * chunk:i * chunk + part.shape[0]] = part
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 import mmvheat.models.backbones.vheat as vheat_module
 import mmvheat.models.layers.heat_block as heat_block_module
+from mmvheat.analysis.benchmark import cpu_allocated_peak
 from mmvheat.analysis.saved_tensors import saved_bytes
 from mmvheat.models.backbones.deploy import (DeployedHeatBlocks,
                                              FusedHeatBlock,
@@ -902,6 +903,32 @@ def test_deployed_forward_copies_only_the_image_and_outputs():
     ]
     assert sorted(copied) == sorted([list(x.shape)] +
                                     [list(out.shape) for out in outs])
+
+
+def test_deployed_operator_holds_three_maps():
+    """Without a graph a deployed block's operator holds at most three maps
+    of its input's size at once (the gate, ``u`` and the transforms' one
+    buffer, or the output), its norm's output, the depth-wise conv's and
+    the LayerNorm's dropped or written over as soon as they are used. With
+    autograd it holds more (the plain ops), and gives the same output."""
+    dim, h, w = 16, 24, 20
+    torch.manual_seed(0)
+    trained = heat_block_module.HeatConduction2d(dim)
+    op, norm = FusedHeatConduction2d.from_trained(trained), nn.LayerNorm(dim)
+    x, transfer = torch.randn(1, h, w, dim), torch.rand(h, w, dim)
+    map_bytes = x.nbytes
+
+    def run():
+        return op(x, transfer, residual=x, norm=norm)
+
+    with torch.no_grad():
+        expected = run()  # the DCT bases are made and cached here
+        peak = cpu_allocated_peak(run)
+    # A quarter of a map: the LayerNorm's statistics and small buffers.
+    assert 3 * map_bytes <= peak <= 3.25 * map_bytes
+    with torch.enable_grad():
+        assert cpu_allocated_peak(run) > 4 * map_bytes
+        torch.testing.assert_close(run(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_fold_cache_is_bounded_lru():

@@ -273,15 +273,20 @@ def test_mlp_chunks_agree_with_whole(small_chunks):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
-def test_deployed_mlp_in_chunks(small_chunks):
-    """The inference form's chunks give the whole MLP plus the residual,
-    to float32 rounding (oneDNN may fuse the GELU and the add)."""
+@pytest.mark.parametrize('with_norm', [False, True])
+def test_deployed_mlp_in_chunks(small_chunks, with_norm):
+    """The inference form's chunks (each normalised on its own, with a
+    norm) give the whole MLP plus the residual, to float32 rounding
+    (oneDNN may fuse the GELU and the add)."""
     from mmvheat.models.backbones.deploy import FusedMlp
-    mlp = heat_block.Mlp(6, 12)
+    torch.manual_seed(0)
+    mlp, norm = heat_block.Mlp(6, 12), nn.LayerNorm(6)
+    nn.init.normal_(norm.weight)
     x, residual = torch.randn(2, 7, 6), torch.randn(2, 7, 6)
     with torch.no_grad():
-        out = FusedMlp.from_trained(mlp)(x, residual=residual)
-        expected = mlp(x) + residual
+        out = FusedMlp.from_trained(mlp)(
+            x, residual=residual, norm=norm if with_norm else None)
+        expected = mlp(norm(x) if with_norm else x) + residual
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
