@@ -185,6 +185,27 @@ def _separable_transform(x: Tensor,
     return out
 
 
+#: The largest map (bytes) an overwriting filter transforms through one
+#: buffer of its size. A larger one is transformed through a buffer of this
+#: size, a slab at a time, and written back.
+OVERWRITE_BUFFER_BYTES = 16 << 20
+
+
+def _separable_transform_(x: Tensor, basis_h: Tensor,
+                          basis_w: Tensor) -> Tensor:
+    """:func:`_separable_transform` written over ``x`` (contiguous)."""
+    if x.nbytes <= OVERWRITE_BUFFER_BYTES:
+        return _separable_transform(x, basis_h, basis_w, out=x)
+    b, h, w, c = x.shape
+    # Along H each column is transformed on its own, along W each row.
+    for basis, maps, axis in ((basis_h, x.view(b, h, w * c), 2),
+                              (basis_w, x.view(b * h, w, c), 0)):
+        step = max(1, OVERWRITE_BUFFER_BYTES * maps.shape[axis] // x.nbytes)
+        for slab in maps.split(step, axis):
+            slab.copy_(torch.matmul(basis, slab))
+    return x
+
+
 def _as_batched_float(x: Tensor):
     if x.dim() < 3:
         raise ValueError('expected a channels-last map (..., H, W, C), got '
@@ -230,10 +251,11 @@ def spectral_filter_reference(x: Tensor,
         transfer (Tensor): The per-frequency, per-channel filter
             ``(H, W, C)``.
         overwrite (bool): ``x`` is not needed afterwards: each transform
-            may write over its input, so that the filter holds one map
-            besides ``x`` instead of two. Only where no graph is recorded
-            through ``x`` (else ignored); ``x``'s values are then lost.
-            Defaults to False.
+            writes over its input, so that the filter holds one buffer
+            besides ``x`` (a map's size, at most
+            :data:`OVERWRITE_BUFFER_BYTES`) instead of two maps. Only where
+            no graph is recorded through ``x`` (else ignored); ``x``'s
+            values are then lost. Defaults to False.
 
     Returns:
         Tensor: The filtered map, in the dtype of ``x``.
@@ -249,11 +271,9 @@ def spectral_filter_reference(x: Tensor,
         basis_h = dct_basis(h, x.device, x.dtype)
         basis_w = dct_basis(w, x.device, x.dtype)
         if overwrite:
-            spectrum = _separable_transform(x, basis_h, basis_w,
-                                            x.contiguous())
-            y = _separable_transform(
-                spectrum.mul_(transfer.to(x.dtype)), basis_h.t(), basis_w.t(),
-                spectrum)
+            spectrum = _separable_transform_(x.contiguous(), basis_h, basis_w)
+            y = _separable_transform_(
+                spectrum.mul_(transfer.to(x.dtype)), basis_h.t(), basis_w.t())
         else:
             spectrum = _separable_transform(x, basis_h, basis_w)
             spectrum = spectrum * transfer.to(x.dtype)

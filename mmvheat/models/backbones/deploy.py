@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from mmvheat.ops import spectral_filter
 from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp, conv_nhwc,
-                      fused_linear, grid_size, in_cpu_sub_batches,
-                      mlp_in_chunks, pack_linear_weight)
+                      fused_linear, grid_size, in_chunks, in_cpu_sub_batches,
+                      mlp_in_chunks, pack_linear_weight, row_chunks)
 from .base import BaseBackbone
 
 __all__ = [
@@ -128,21 +128,35 @@ class FusedHeatConduction2d(HeatConduction2d):
         """``residual + HeatConduction2d(norm(x))``, with ``linears`` from
         :meth:`inference_linears` (by default unscaled and unpacked).
 
-        Where no graph is recorded, each map is dropped or written over as
-        soon as it has been used: besides ``x``, the operator holds at
-        most three maps of its size (the gate, ``u`` and the transforms'
-        buffer), where its plain form holds five.
+        Where no graph is recorded, the operator holds two maps of its
+        input's size besides its input (the depth-wise conv's output and
+        ``u``), where its plain form holds five: the transforms write over
+        ``u``, and the gate, the LayerNorm and ``out_linear`` run a chunk
+        of rows at a time, each chunk's result written over the rows of
+        ``u`` it came from.
         """
         linear_u, linear_z, out_linear = linears or self.inference_linears()
         x = conv_nhwc(self.dwconv, x if norm is None else norm(x))
-        gate = _linear(x, linear_z, activation='silu')
         u = _linear(x, linear_u)
-        del x
-        overwrite = may_overwrite(u, gate)
-        u = self.out_norm(spectral_filter(u, transfer, overwrite))
-        u = u.mul_(gate) if overwrite else u * gate
-        del gate
-        return _linear(u, out_linear, residual=residual)
+        overwrite = may_overwrite(u, x)
+        u = spectral_filter(u, transfer, overwrite)
+
+        def gated_projection(u: Tensor, x: Tensor,
+                             residual: Optional[Tensor]) -> Tensor:
+            gate = _linear(x, linear_z, activation='silu')
+            u = self.out_norm(u)
+            u = u.mul_(gate) if overwrite else u * gate
+            return _linear(u, out_linear, residual=residual)
+
+        if not overwrite:
+            return gated_projection(u, x, residual)
+        rows = u.view(-1, u.shape[-1])
+        if residual is not None:
+            residual = residual.reshape(rows.shape)
+        return in_chunks(gated_projection,
+                         [rows, x.reshape(rows.shape), residual],
+                         row_chunks(rows.shape[0],
+                                    4 * rows[0].nbytes), rows).view(u.shape)
 
 
 class FusedMlp(Mlp):
@@ -167,10 +181,12 @@ class FusedMlp(Mlp):
                 x: Tensor,
                 residual: Optional[Tensor] = None,
                 linears: Optional[Tuple[InferenceLinear, ...]] = None,
-                norm: Optional[nn.Module] = None) -> Tensor:
+                norm: Optional[nn.Module] = None,
+                out: Optional[Tensor] = None) -> Tensor:
         """``residual + Mlp(norm(x))``, a chunk of rows at a time (the
         ``norm`` too), with ``linears`` from :meth:`inference_linears` (by
-        default unscaled and unpacked)."""
+        default unscaled and unpacked), written into ``out`` (``x`` itself
+        or ``residual`` may be it) or a new tensor."""
         fc1, fc2 = linears or self.inference_linears()
         return mlp_in_chunks(
             x,
@@ -178,7 +194,8 @@ class FusedMlp(Mlp):
             *fc2[:2],
             residual=residual,
             packed=(fc1[2], fc2[2]),
-            norm=norm)
+            norm=norm,
+            out=out)
 
 
 class FusedHeatBlock(nn.Module):
@@ -249,7 +266,13 @@ class FusedHeatBlock(nn.Module):
                 self.norm2(self.mlp(x, linears=mlp_linears)), self.gamma2)
         x = self.op(
             x, transfer, residual=x, linears=op_linears, norm=self.norm1)
-        return self.mlp(x, residual=x, linears=mlp_linears, norm=self.norm2)
+        # The operator's output is this block's own: the MLP writes over it.
+        return self.mlp(
+            x,
+            residual=x,
+            linears=mlp_linears,
+            norm=self.norm2,
+            out=x if may_overwrite(x) else None)
 
     @staticmethod
     def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:

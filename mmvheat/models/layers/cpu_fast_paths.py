@@ -20,7 +20,7 @@ time so that a piece of work stays within the CPU caches: large maps
 otherwise pass through memory once per op, each fresh allocation faulted in
 page by page. Images are independent, so the result is the same.
 """
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,8 @@ from torch import Tensor
 from mmvheat.utils.torch_modes import autocast_enabled, is_capturing_graph
 
 __all__ = [
-    'ACTIVATIONS', 'cpu_sub_batch_size', 'in_cpu_sub_batches', 'fused_linear',
-    'pack_linear_weight'
+    'ACTIVATIONS', 'cpu_sub_batch_size', 'in_chunks', 'in_cpu_sub_batches',
+    'fused_linear', 'pack_linear_weight'
 ]
 
 #: Activation name -> (eager function, oneDNN post-op, its algorithm).
@@ -155,12 +155,35 @@ def cpu_sub_batch_size(x: Tensor,
     return max(1, min(batch, max_bytes // max(image_bytes, 1)))
 
 
+def in_chunks(fn: Callable[..., Tensor],
+              inputs: Sequence[Optional[Tensor]],
+              chunk: int,
+              out: Optional[Tensor] = None) -> Tensor:
+    """``fn`` over slices of ``chunk`` entries (along the first axis) of
+    ``inputs`` (a None passes as None), each result written into ``out``
+    as it comes.
+
+    ``out`` (a new tensor by default) may be one of ``inputs`` where each
+    slice of the result depends on the same slice of the inputs alone: a
+    slice is read before it is written. With one slice, ``fn``'s own
+    result (``out`` untouched).
+    """
+    size = next(t for t in inputs if t is not None).shape[0]
+    if chunk >= size:
+        return fn(*inputs)
+    for start in range(0, size, chunk):
+        part = fn(*(None if t is None else t[start:start + chunk]
+                    for t in inputs))
+        if out is None:
+            out = part.new_empty((size, ) + part.shape[1:])
+        out[start:start + part.shape[0]] = part
+    return out
+
+
 def in_cpu_sub_batches(fn: Callable[[Tensor], Tensor],
                        x: Tensor,
                        max_bytes: int,
                        image_bytes: Optional[int] = None) -> Tensor:
     """``fn(x)`` for a ``fn`` that maps each image on its own, run on the
-    sub-batches of :func:`cpu_sub_batch_size` and concatenated."""
-    parts = x.split(cpu_sub_batch_size(x, max_bytes, image_bytes))
-    outs = [fn(part) for part in parts]
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+    sub-batches of :func:`cpu_sub_batch_size`."""
+    return in_chunks(fn, [x], cpu_sub_batch_size(x, max_bytes, image_bytes))

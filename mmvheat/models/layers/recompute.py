@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mmvheat.utils.torch_modes import is_capturing_graph
-from .cpu_fast_paths import fused_linear
+from .cpu_fast_paths import fused_linear, in_chunks
 
 __all__ = [
     'MLP_CHUNK_BYTES', 'row_chunks', 'mlp_in_chunks', 'mlp_recomputed',
@@ -75,39 +75,36 @@ def mlp_in_chunks(x: Tensor,
                   residual: Optional[Tensor] = None,
                   packed: Tuple[Optional[Tensor],
                                 Optional[Tensor]] = (None, None),
-                  norm: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+                  norm: Optional[Callable[[Tensor], Tensor]] = None,
+                  out: Optional[Tensor] = None) -> Tensor:
     """``F.linear(GELU(F.linear(norm(x), fc1)), fc2) + residual`` over the
     last axis of ``x``, a chunk of rows at a time: the hidden map (and the
     normalised input, ``norm`` being a per-row map such as a LayerNorm) is
     never whole (one chunk while a graph is captured). The GELU and the
     residual add run inside the linear layers where :func:`fused_linear`
     fuses them, with the weights ``packed`` (fc1's, fc2's) where given.
-    Each chunk's result is written into the output as it comes."""
+    Each chunk's result is written into ``out`` (``x`` itself, or the
+    residual, may be it; by default a new tensor) as it comes, where there
+    are several."""
     rows = x.reshape(-1, x.shape[-1])
     chunk = rows.shape[0] if is_capturing_graph() else row_chunks(
         rows.shape[0], fc1_weight.shape[0] * rows.element_size())
-    if residual is not None:
-        residual = residual.reshape(rows.shape[0], -1).split(chunk)
-    out = None
-    for i, part in enumerate(rows.split(chunk)):
+
+    def mlp(part: Tensor, residual: Optional[Tensor]) -> Tensor:
         hidden = fused_linear(
             part if norm is None else norm(part),
             fc1_weight,
             fc1_bias,
             activation='gelu',
             packed=packed[0])
-        part = fused_linear(
-            hidden,
-            fc2_weight,
-            fc2_bias,
-            residual=None if residual is None else residual[i],
-            packed=packed[1])
-        if part.shape[0] == rows.shape[0]:
-            out = part
-            break
-        if out is None:
-            out = part.new_empty(rows.shape[0], part.shape[1])
-        out[i * chunk:i * chunk + part.shape[0]] = part
+        return fused_linear(
+            hidden, fc2_weight, fc2_bias, residual=residual, packed=packed[1])
+
+    if residual is not None:
+        residual = residual.reshape(rows.shape[0], -1)
+    if out is not None:
+        out = out.view(rows.shape[0], -1)
+    out = in_chunks(mlp, [rows, residual], chunk, out)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
