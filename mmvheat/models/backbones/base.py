@@ -122,10 +122,15 @@ class BaseBackbone(StrictPretrainedModule):
         x = stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x = self._stage_forward(i, x)
             if i in self.out_indices:
                 outs.append(self._output(i, x))
         return tuple(outs)
+
+    def _stage_forward(self, i: int, x: Tensor) -> Tensor:
+        """Stage ``i`` on ``x``, the stem's or the previous stage's output,
+        which only :meth:`forward` holds (unless it is returned too)."""
+        return self.stages[i](x)
 
     def _output(self, i: int, x: Tensor) -> Tensor:
         """Stage ``i``'s output ``x`` as the backbone returns it."""

@@ -26,7 +26,7 @@ and packed for oneDNN (a second copy of the blocks' linear weights) are
 made when the blocks are built. Neither is stored in the state dict.
 """
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -255,8 +255,14 @@ class FusedHeatBlock(nn.Module):
         # oneDNN tensors, which can be neither copied nor saved.
         return dict(super().__getstate__(), _linears=None)
 
-    def forward(self, x: Tensor, transfer: Tensor) -> Tensor:
-        """Map a ``(B, H, W, C)`` tensor, filtering with ``transfer``."""
+    def forward(self,
+                x: Tensor,
+                transfer: Tensor,
+                out: Optional[Tensor] = None) -> Tensor:
+        """Map a ``(B, H, W, C)`` tensor, filtering with ``transfer``; a
+        pre-norm block writes its output over ``out`` (given up by the
+        caller; ``x`` itself may be it) where given, else over its
+        operator's output, where no graph is recorded."""
         op_linears, mlp_linears = self.inference_linears()
         if self.post_norm:
             x = x + self._scale_by(
@@ -266,13 +272,14 @@ class FusedHeatBlock(nn.Module):
                 self.norm2(self.mlp(x, linears=mlp_linears)), self.gamma2)
         x = self.op(
             x, transfer, residual=x, linears=op_linears, norm=self.norm1)
-        # The operator's output is this block's own: the MLP writes over it.
+        # The operator's output is this block's own: the MLP may write over
+        # it, its rows read before they are written.
+        if not may_overwrite(x):
+            out = None
+        elif out is None:
+            out = x
         return self.mlp(
-            x,
-            residual=x,
-            linears=mlp_linears,
-            norm=self.norm2,
-            out=x if may_overwrite(x) else None)
+            x, residual=x, linears=mlp_linears, norm=self.norm2, out=out)
 
     @staticmethod
     def _scale_by(value: Tensor, gamma: Optional[Tensor]) -> Tensor:
@@ -347,7 +354,31 @@ class DeployedHeatBlocks(HeatBlocks):
         self.clear_folded()  # a device or dtype move
         return super()._apply(*args, **kwargs)
 
-    def forward(self, x: Tensor, freq_embed: Tensor) -> Tensor:
+    def run(self,
+            x: Tensor,
+            transfers: Sequence[Tensor],
+            overwrite_input: bool = False) -> Tensor:
+        """:meth:`HeatBlocks.run`; with ``overwrite_input`` each block
+        writes its output over its input, ``x`` first (see
+        :meth:`FusedHeatBlock.forward`)."""
+        for block, transfer in zip(self, transfers):
+            x = block(x, transfer, x if overwrite_input else None)
+        return x
+
+    def forward(self,
+                x: Tensor,
+                freq_embed: Tensor,
+                overwrite_input: bool = False) -> Tensor:
+        """Map ``x`` ``(B, H, W, C)``; with ``overwrite_input`` (``x`` is
+        given up by the caller) every block's output, and so the stage's,
+        is written over ``x``, where no graph is recorded, so that ``x``
+        is not held beside the later blocks' maps."""
         transfers = self.folded_heat_transfers(freq_embed, grid_size(x))
-        return in_cpu_sub_batches(lambda part: self.run(part, transfers), x,
-                                  self.cpu_sub_batch_bytes)
+        if not (overwrite_input and may_overwrite(x)):
+            return in_cpu_sub_batches(lambda part: self.run(part, transfers),
+                                      x, self.cpu_sub_batch_bytes)
+        return in_cpu_sub_batches(
+            lambda part: self.run(part, transfers, overwrite_input=True),
+            x,
+            self.cpu_sub_batch_bytes,
+            out=x)

@@ -30,7 +30,7 @@ from mmvheat.registry import MODELS, register_plain_name
 from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
                       HeatConduction2d, Mlp, conv2d_channels_last, conv_nhwc,
-                      in_cpu_sub_batches, resize_freq_embed)
+                      in_chunks, in_cpu_sub_batches, resize_freq_embed)
 from ..layers.heat_block import recording_gradients
 from .base import BaseBackbone
 from .deploy import DeployedHeatBlocks
@@ -79,10 +79,6 @@ class Stem(nn.Module):
                                   widest)
 
     def _forward(self, x: Tensor) -> Tensor:
-        # A channels-last image makes conv1 write channels-last: its
-        # permuted output is then contiguous, and the LayerNorm reads it
-        # without a copy.
-        x = x.contiguous(memory_format=torch.channels_last)
         if recording_gradients(x, self.conv1.weight, self.conv2.weight):
             # Keeps the image for the backward pass, not the four maps of
             # conv1's width and resolution the stem's layers would: they are
@@ -91,13 +87,23 @@ class Stem(nn.Module):
         return self._maps(x)
 
     def _maps(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        x = self.norm1(x.permute(0, 2, 3, 1))
-        if may_overwrite(x):  # the LayerNorm's fresh output
-            x = torch.ops.aten.gelu_(x)
-        else:
-            x = self.act(x)
-        return self.norm2(conv_nhwc(self.conv2, x))
+        # A channels-last image makes conv1 write channels-last: its
+        # permuted output is then contiguous, and the LayerNorm reads it
+        # without a copy.
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 2, 3, 1)
+        x = self._norm_act_(x) if may_overwrite(x) else self.act(self.norm1(x))
+        x = conv_nhwc(self.conv2, x)  # conv1's output is dropped here
+        return self.norm2(x)
+
+    def _norm_act_(self, x: Tensor) -> Tensor:
+        """``act(norm1(x))`` written over ``x``, the stem's widest map, a
+        chunk of rows at a time."""
+        rows = x.reshape(-1, x.shape[-1])
+        chunk = max(1,
+                    DeployedHeatBlocks.cpu_sub_batch_bytes // rows[0].nbytes)
+        return in_chunks(lambda part: torch.ops.aten.gelu_(self.norm1(part)),
+                         [rows], chunk, rows).view(x.shape)
 
 
 class Downsample(nn.Module):
@@ -169,11 +175,18 @@ class HeatStage(nn.Module):
             '(bicubic).')
         state_dict[key] = resize_freq_embed(embed, size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map a ``(B, H, W, C_in)`` tensor to ``(B, H', W', C)``."""
+    def forward(self, x: Tensor, overwrite_input: bool = False) -> Tensor:
+        """Map a ``(B, H, W, C_in)`` tensor to ``(B, H', W', C)``.
+
+        Deployed blocks write their output over their input where they may
+        (see :class:`~mmvheat.models.backbones.deploy.DeployedHeatBlocks`):
+        over the downsample's output, which is the stage's own, and over
+        ``x`` itself with ``overwrite_input`` (the caller gives it up).
+        """
         if self.downsample is not None:
             x = self.downsample(x)
-        return self.blocks(x, self.freq_embed)
+            overwrite_input = True
+        return self.blocks(x, self.freq_embed, overwrite_input)
 
 
 @register_plain_name
@@ -353,6 +366,11 @@ class VHeat(BaseBackbone):
                 'This VHeat was switched to deploy mode (inference only); '
                 'build a new one to train.')
         return super().train(mode)
+
+    def _stage_forward(self, i: int, x: Tensor) -> Tensor:
+        # The first stage's input is the stem's output, which nothing else
+        # holds (later stages downsample theirs): it may be written over.
+        return self.stages[i](x, overwrite_input=i == 0)
 
     def _output(self, i: int, x: Tensor) -> Tensor:
         out = getattr(self, f'norm{i}')(x)

@@ -183,7 +183,10 @@ def in_chunks(fn: Callable[..., Tensor],
 def in_cpu_sub_batches(fn: Callable[[Tensor], Tensor],
                        x: Tensor,
                        max_bytes: int,
-                       image_bytes: Optional[int] = None) -> Tensor:
+                       image_bytes: Optional[int] = None,
+                       out: Optional[Tensor] = None) -> Tensor:
     """``fn(x)`` for a ``fn`` that maps each image on its own, run on the
-    sub-batches of :func:`cpu_sub_batch_size`."""
-    return in_chunks(fn, [x], cpu_sub_batch_size(x, max_bytes, image_bytes))
+    sub-batches of :func:`cpu_sub_batch_size` (written into ``out`` as
+    :func:`in_chunks` does)."""
+    return in_chunks(fn, [x], cpu_sub_batch_size(x, max_bytes, image_bytes),
+                     out)

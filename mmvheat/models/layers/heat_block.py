@@ -211,7 +211,11 @@ class HeatBlocks(nn.ModuleList):
             x = block(x, transfer)
         return x
 
-    def forward(self, x: Tensor, freq_embed: Tensor) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                freq_embed: Tensor,
+                overwrite_input: bool = False) -> Tensor:
         """Map ``x`` ``(B, H, W, C)``, the filters predicted afresh from
-        ``freq_embed``."""
+        ``freq_embed``. (``overwrite_input`` lets the deployed form write
+        over ``x``; these blocks never do.)"""
         return self.run(x, self.heat_transfers(freq_embed, grid_size(x)))

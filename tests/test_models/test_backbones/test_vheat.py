@@ -492,6 +492,30 @@ def test_stem_keeps_only_the_image_for_backward():
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_stem_without_a_graph_holds_its_widest_map_once(monkeypatch):
+    """Without a graph the stem writes its LayerNorm and GELU over conv1's
+    output (its widest map) a chunk of rows at a time: it holds at most
+    that map and conv2's output (half of it) at once, and the buffers the
+    convolutions take for themselves (a quarter of it, measured), where
+    the layers run plainly hold three times that map; the outputs agree."""
+    monkeypatch.setattr(DeployedHeatBlocks, 'cpu_sub_batch_bytes', 8192)
+    torch.manual_seed(0)
+    stem = vheat_module.Stem(3, 96)
+    image = rand_input(1, 3, 128, 128)
+    widest = 48 * 64 * 64 * 4
+
+    def peak():
+        stem(image)  # oneDNN's first-call state
+        return cpu_allocated_peak(lambda: stem(image))
+
+    with torch.no_grad():
+        out, in_place = stem(image), peak()
+        monkeypatch.setattr(vheat_module, 'may_overwrite', lambda *t: False)
+        plain = peak()
+        torch.testing.assert_close(stem(image), out, rtol=1e-6, atol=1e-6)
+    assert in_place <= 1.8 * widest < 2.5 * widest <= plain, (in_place, plain)
+
+
 def test_with_cp_skipped_without_grad(monkeypatch):
     model = make_model(with_cp=True)
 
@@ -944,6 +968,49 @@ def test_deployed_operator_holds_two_maps(chunked, monkeypatch):
     with torch.enable_grad():
         assert cpu_allocated_peak(run) > 4 * map_bytes
         torch.testing.assert_close(run(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_deployed_stage_writes_over_its_input_only_when_given_up(monkeypatch):
+    """A deployed stage leaves its input as it is, unless the caller gives
+    it up (``overwrite_input``, as the backbone does with the stem's
+    output): each block (where its MLP runs in several chunks), and so the
+    stage, then writes its output over it, with the same result, and the
+    input is not held beside the blocks' maps (one map less at the peak).
+    A stage with a downsample writes over the downsample's output, never
+    over its input."""
+    monkeypatch.setattr(recompute_module, 'MLP_CHUNK_BYTES', 4096)
+    model = deployed(
+        make_model(arch=dict(PRE_ARCH, depths=[3, 1, 1, 1]), img_size=64))
+    stage = model.stages[0]
+    x = rand_input(1, 16, 16, 8)
+    given = x.clone()
+    with torch.no_grad():
+        expected = stage(x)
+        assert torch.equal(x, given)
+        out = stage(given, overwrite_input=True)
+        assert torch.equal(out, expected) and not torch.equal(given, x)
+        kept = cpu_allocated_peak(lambda: stage(x))
+        peak = cpu_allocated_peak(
+            lambda: stage(x.clone(), overwrite_input=True))
+    # Counted with the given-up input (a clone made in the call), no more
+    # than the maps held besides the kept input.
+    assert peak <= kept, (peak, kept, x.nbytes)
+
+    # The backbone gives up the stem's output, which only it holds.
+    given_up = []
+    model.stages[0].register_forward_pre_hook(
+        lambda module, args, kwargs: given_up.append(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        model(rand_input(1, 3, 64, 64))
+    assert given_up == [dict(overwrite_input=True)]
+
+    down = model.stages[1]
+    x = rand_input(1, 8, 8, 8)
+    given = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            down(given, overwrite_input=True), down(x), rtol=0, atol=0)
+    assert torch.equal(given, x)
 
 
 def test_fold_cache_is_bounded_lru():
