@@ -5,8 +5,9 @@ Shaped like mmdet's ``utils/benchmark.py``: each measured thing is a
 :class:`Candidate` (``run_once``: one call; ``run``: calls in a row, timed)
 and :func:`run_round_robin` runs a group of them interleaved (``repeats``
 rounds after ``warmup`` calls, median taken), so the *ratios* are the
-result. ``tools/analysis_tools/benchmark.py`` and its preset ``gpu_report.py``
-are the command lines.
+result (for the models, the median of the rounds' ratios,
+:func:`paired_speedup`). ``tools/analysis_tools/benchmark.py`` and its
+preset ``gpu_report.py`` are the command lines.
 
 Operator (:func:`measure_hco`): ``reference`` (four float32 matmuls), each
 Triton kernel path that takes the shape (``fused`` for grids up to 32 x 32,
@@ -123,6 +124,14 @@ def _median(xs: List[float]) -> float:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else _NAN
+
+
+def paired_speedup(baseline: List[float], times: List[float]) -> float:
+    """How many times faster ``times`` ran than ``baseline``: the median
+    over the rounds of each round's ratio (round ``i`` timed both one
+    after the other), so that a machine whose speed drifts between rounds
+    moves both sides of each ratio alike. NaN without a common round."""
+    return _median([a / b for a, b in zip(baseline, times) if b])
 
 
 def failure_status(err: BaseException) -> str:
@@ -826,6 +835,7 @@ def benchmark_models(
                     notes.append(f'memory of {cand.name} at {res} {m} not '
                                  f'measured: {first_line(e)}')
         times = {c.name: _median(c.times) for c in cands}
+        samples = {c.name: c.times for c in cands}
         peaks = {
             c.name: _NAN if c.peak is None else c.peak / 2**20
             for c in cands
@@ -852,10 +862,13 @@ def benchmark_models(
                     device=device.type,
                     median_ms=t * 1e3,
                     images_per_s=batch_size / t,
-                    speedup_vs_baseline=times[base] / t,
-                    speedup_vs_published=times.get(
-                        published_counterpart(cand.name, m, published_repo
-                                              is not None), _NAN) / t,
+                    speedup_vs_baseline=paired_speedup(samples[base],
+                                                       cand.times),
+                    speedup_vs_published=paired_speedup(
+                        samples.get(
+                            published_counterpart(cand.name, m, published_repo
+                                                  is not None), []),
+                        cand.times),
                     peak_mem_mb=peaks[cand.name],
                     mem_vs_baseline=_ratio(peaks[cand.name], peaks[base]),
                     gflops_per_image=gflops,

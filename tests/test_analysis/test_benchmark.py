@@ -6,6 +6,7 @@ import csv
 import math
 import os.path as osp
 import shutil
+import statistics
 import sys
 import time
 
@@ -133,17 +134,22 @@ def test_benchmark_models_cpu_tiny(tmp_path):
     ]
 
 
-def test_benchmark_models_trains_only_the_training_forms():
-    rows, notes = benchmark.benchmark_models(
+def _timed_at_32(models, mode: str, repeats: int = 1):
+    """``benchmark_models`` on the CPU at 32, batch 1, times only."""
+    return benchmark.benchmark_models(
         torch.device('cpu'),
-        VHEAT_T_FORMS,
+        models,
         resolutions=[32],
         batch_size=1,
-        mode='both',
-        repeats=1,
+        mode=mode,
+        repeats=repeats,
         warmup=0,
         flops=False,
         cpu_memory=False)
+
+
+def test_benchmark_models_trains_only_the_training_forms():
+    rows, notes = _timed_at_32(VHEAT_T_FORMS, 'both')
     assert [(r['model'], r['mode']) for r in rows
             ] == [(name, 'infer')
                   for name in VHEAT_T_FORMS] + [('vheat-t', 'train'),
@@ -155,6 +161,40 @@ def test_benchmark_models_trains_only_the_training_forms():
     train = {r['model']: r for r in rows if r['mode'] == 'train'}
     assert train['vheat-t']['speedup_vs_published'] == (
         train['vheat-t-pub']['median_ms'] / train['vheat-t']['median_ms'])
+
+
+def test_paired_speedup_takes_each_rounds_ratio():
+    """The median of the rounds' ratios, not the ratio of the medians: a
+    machine twice as slow in one round moves both sides of that round."""
+    baseline, times = [1., 10., 3.], [2., 20., 1.]
+    assert benchmark.paired_speedup(baseline, times) == 0.5
+    assert statistics.median(baseline) / statistics.median(times) == 1.5
+    assert math.isnan(benchmark.paired_speedup([], times))
+
+
+def test_models_speedups_are_paired(monkeypatch):
+    """``speedup_vs_baseline`` and ``speedup_vs_published`` of the models
+    pair the rounds (:func:`paired_speedup`)."""
+    # The ratios of the medians: 2 / 3 for the plain form against the
+    # published dataflow, 4 / 2 for the deployed against the folded one.
+    rounds = {
+        'vheat-t': [1., 4., 2.],
+        'vheat-t-plain': [3., 8., 1.],
+        'vheat-t-pub': [6., 2., 2.],
+        'vheat-t-pub-fold': [4., 4., 2.]
+    }
+
+    def fake_rounds(cands, *args, **kwargs):
+        for cand in cands:
+            cand.times = list(rounds[cand.name])
+
+    monkeypatch.setattr(benchmark, 'run_round_robin', fake_rounds)
+    rows, _ = _timed_at_32(list(rounds), 'infer', repeats=3)
+    got = {r['model']: r for r in rows}
+    assert got['vheat-t-plain']['speedup_vs_baseline'] == 1 / 2
+    assert got['vheat-t']['speedup_vs_published'] == 1  # 4, 1, 1
+    assert got['vheat-t-plain']['speedup_vs_published'] == 2  # 2, 1/4, 2
+    assert got['vheat-t']['median_ms'] == 2e3
 
 
 class _Allocates(nn.Module):

@@ -27,7 +27,8 @@ classifier) and ``vheat-t-published-fold`` (its inference mode,
 same weights as the other rows. ``speedup_vs_published`` then divides by
 these rows: deployed and ``-pub-fold`` by ``-published-fold``, plain,
 training and ``-pub`` by ``-published``; the replays' value is how fast
-they run against the code they replay.
+they run against the code they replay. The models' speed-ups are medians
+of each round's ratio.
 
 Operator rows: ``reference`` (four float32 matmuls), ``published``
 (``F.conv1d`` transforms) and, on CUDA, each Triton kernel path that takes
