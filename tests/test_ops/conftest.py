@@ -93,8 +93,6 @@ def calls(monkeypatch):
     triton_hco = pytest.importorskip('mmvheat.ops.triton_hco')
     counts = {'forward': [], 'backward': [], 'reference': 0}
     forward, backward = triton_hco.launch_forward, triton_hco.launch_backward
-    reference = dispatch.spectral_filter_reference
-    reference_grads = dispatch.spectral_filter_reference_grads
 
     def counted_forward(x, transfer, path):
         counts['forward'].append(path)
@@ -104,18 +102,18 @@ def calls(monkeypatch):
         counts['backward'].append(path)
         return backward(x, transfer, grad, need_gx, need_gt, path)
 
-    def counted_reference(*args):
-        counts['reference'] += 1
-        return reference(*args)
+    def counted_reference(reference):
 
-    def counted_reference_grads(*args):
-        counts['reference'] += 1
-        return reference_grads(*args)
+        def counted(*args):
+            counts['reference'] += 1
+            return reference(*args)
+
+        return counted
 
     monkeypatch.setattr(triton_hco, 'launch_forward', counted_forward)
     monkeypatch.setattr(triton_hco, 'launch_backward', counted_backward)
-    monkeypatch.setattr(dispatch, 'spectral_filter_reference',
-                        counted_reference)
-    monkeypatch.setattr(dispatch, 'spectral_filter_reference_grads',
-                        counted_reference_grads)
+    for name in ('spectral_filter_reference',
+                 'spectral_filter_reference_grads'):
+        monkeypatch.setattr(dispatch, name,
+                            counted_reference(getattr(dispatch, name)))
     return counts

@@ -374,11 +374,9 @@ class DeployedHeatBlocks(HeatBlocks):
         is written over ``x``, where no graph is recorded, so that ``x``
         is not held beside the later blocks' maps."""
         transfers = self.folded_heat_transfers(freq_embed, grid_size(x))
-        if not (overwrite_input and may_overwrite(x)):
-            return in_cpu_sub_batches(lambda part: self.run(part, transfers),
-                                      x, self.cpu_sub_batch_bytes)
+        given_up = overwrite_input and may_overwrite(x)
         return in_cpu_sub_batches(
-            lambda part: self.run(part, transfers, overwrite_input=True),
+            lambda part: self.run(part, transfers, given_up),
             x,
             self.cpu_sub_batch_bytes,
-            out=x)
+            out=x if given_up else None)

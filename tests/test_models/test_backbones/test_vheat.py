@@ -498,7 +498,8 @@ def test_stem_without_a_graph_holds_its_widest_map_once(monkeypatch):
     that map and conv2's output (half of it) at once, and the buffers the
     convolutions take for themselves (a quarter of it, measured), where
     the layers run plainly hold three times that map; the outputs agree."""
-    monkeypatch.setattr(DeployedHeatBlocks, 'cpu_sub_batch_bytes', 8192)
+    # Chunks of 8 KiB of conv1's output.
+    monkeypatch.setattr(recompute_module, 'MLP_CHUNK_BYTES', 4 * 8192)
     torch.manual_seed(0)
     stem = vheat_module.Stem(3, 96)
     image = rand_input(1, 3, 128, 128)
