@@ -5,8 +5,8 @@ Shaped like mmdet's ``utils/benchmark.py``: each measured thing is a
 :class:`Candidate` (``run_once``: one call; ``run``: calls in a row, timed)
 and :func:`run_round_robin` runs a group of them interleaved (``repeats``
 rounds after ``warmup`` calls, median taken), so the *ratios* are the
-result (for the models, the median of the rounds' ratios,
-:func:`paired_speedup`). ``tools/analysis_tools/benchmark.py`` and its
+result: each speed-up is the median of the rounds' ratios
+(:func:`paired_speedup`). ``tools/analysis_tools/benchmark.py`` and its
 preset ``gpu_report.py`` are the command lines.
 
 Operator (:func:`measure_hco`): ``reference`` (four float32 matmuls), each
@@ -434,6 +434,7 @@ def measure_hco(shape: Tuple[int, int, int, int],
         rows['copy'] = dict(impl='copy')
     run_round_robin(cands, repeats, warmup, device, min_sample_s, deadline)
     times = {c.name: _median(c.times) for c in cands}
+    samples = {c.name: c.times for c in cands}
     for cand in cands:
         rows[cand.name].update(
             median_ms=times[cand.name] * 1e3,
@@ -452,8 +453,10 @@ def measure_hco(shape: Tuple[int, int, int, int],
         if name == 'copy':
             row['bytes_per_elem'] = 2 * x.element_size()
             continue
-        row['speedup_vs_published'] = times.get('published', _NAN) / t
-        row['speedup_vs_reference'] = times.get('reference', _NAN) / t
+        for column, baseline in (('speedup_vs_published', 'published'),
+                                 ('speedup_vs_reference', REFERENCE)):
+            row[column] = paired_speedup(
+                samples.get(baseline, []), samples.get(name, []))
         if copy:
             row['vs_copy'] = t / (ideal / bandwidth)
         if copy and name in kernel_paths():

@@ -197,6 +197,30 @@ def test_models_speedups_are_paired(monkeypatch):
     assert got['vheat-t']['median_ms'] == 2e3
 
 
+def test_operator_speedups_are_paired(monkeypatch):
+    """``measure_hco``'s ``speedup_vs_published`` and
+    ``speedup_vs_reference`` pair the rounds too."""
+    # The ratios of the medians: 5 / 2 and 2 / 5.
+    rounds = {'reference': [1., 2., 4.], 'published': [2., 6., 5.]}
+
+    def fake_rounds(cands, *args, **kwargs):
+        for cand in cands:
+            cand.times = list(rounds.get(cand.name, [1., 1., 1.]))
+
+    monkeypatch.setattr(benchmark, 'run_round_robin', fake_rounds)
+    rows = benchmark.measure_hco((1, 4, 4, 2),
+                                 'fp32',
+                                 'infer',
+                                 torch.device('cpu'),
+                                 repeats=3,
+                                 kernels=False)
+    got = {r['impl']: r for r in rows}
+    assert got['reference']['speedup_vs_published'] == 2  # 2, 3, 5/4
+    assert got['published']['speedup_vs_reference'] == 1 / 2  # 1/2, 1/3, 4/5
+    assert got['reference']['speedup_vs_reference'] == 1
+    assert got['reference']['median_ms'] == 2e3
+
+
 class _Allocates(nn.Module):
     """A classifier whose forward holds ``count`` tensors of ``nbytes``
     (written, so resident) beside its tiny computation, and whose first

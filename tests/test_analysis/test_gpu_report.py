@@ -166,8 +166,10 @@ def test_quick_report_operator_rows(quick_report):
             # writes x once).
             assert float(row['vs_copy']) == pytest.approx(
                 t / (ideal / (2 * x_bytes / copy_s)), rel=1e-9)
-            assert float(row['speedup_vs_published']) == pytest.approx(
-                float(by_name['published']['median_ms']) / (t * 1e3), rel=1e-9)
+            # Paired round by round (the rounds are not in the file; see
+            # test_operator_speedups_are_paired): against itself exactly 1.
+            speedup = float(row['speedup_vs_published'])
+            assert speedup == 1. if name == 'published' else 0 < speedup
         # Global-memory bytes per element, counted by hand for an s-byte
         # dtype: the fused path reads and writes each activation once (2 s;
         # train 5 s); the tiled one, for rows up to 64, adds a float32 map
@@ -238,10 +240,11 @@ def test_quick_report_model_rows(quick_report):
         ] if mode == 'infer' else ['vheat-t', 'vheat-t-pub', 'swin-t'])
         assert all(r['status'] == 'ok' for r in group)
         assert all(r['peak_mem_mb'] == '' for r in group)  # CUDA only
-        swin_ms = float(group[-1]['median_ms'])
         for row in group:
-            assert float(row['speedup_vs_swin']) == pytest.approx(
-                swin_ms / float(row['median_ms']), rel=1e-9)
+            # Paired round by round (see test_model_speedups_vs_swin_are_
+            # paired): Swin-T against itself exactly 1.
+            speedup = float(row['speedup_vs_swin'])
+            assert speedup == 1. if row['model'] == 'swin-t' else 0 < speedup
             assert float(row['images_per_s']) == pytest.approx(
                 2 / float(row['median_ms']) * 1e3, rel=1e-9)
 
@@ -400,26 +403,29 @@ def _op(impls, mode='infer', dtype='bf16'):
     return rows
 
 
-@pytest.mark.parametrize('published_ms, result', [(5.0, 'PASS'),
-                                                  (4.9, 'FAIL')])
-def test_targets_judge_the_measured_ratio(published_ms, result):
+@pytest.mark.parametrize('speedup, result', [(5.0, 'PASS'), (4.9, 'FAIL')])
+def test_targets_judge_the_measured_ratio(speedup, result):
+    """The kernel's speed-up paired round by round, not the ratio of the
+    medians (here 3)."""
     rows = _op([
-        _ok('reference', 2., autotuned='tiled'),
+        _ok('reference', 2., autotuned='tiled', speedup_vs_reference=2.),
         _ok('tiled',
             1.,
             vs_copy=2.5,
             bytes_per_elem=20,
             vs_own_bytes=1.5,
             gb_per_s=100.,
-            autotuned='tiled'),
-        _ok('published', published_ms),
+            autotuned='tiled',
+            speedup_vs_published=speedup),
+        _ok('published', 3.),
         _ok('copy', .4, gb_per_s=250., bytes_per_elem=4)
     ])
     targets = gpu_report.evaluate_targets(rows, [], gpu_report.FULL_PLAN)
     by_name = {t['target']: t for t in targets}
     kernel = by_name['HCO kernel vs published formulation, target shape '
                      '(bf16, infer, vheat-t/s 512 stage 0)']
-    assert (kernel['ratio'], kernel['result']) == (published_ms, result)
+    assert (kernel['ratio'], kernel['result']) == (speedup, result)
+    assert kernel['detail'] == 'tiled 1 ms, published 3 ms'
     # Judged on the kernel's own bytes (20 per element, 5x a copy's): 1.5x
     # the time they take at the copy's bandwidth.
     copy = by_name['HCO kernel time vs its bytes moved at copy bandwidth '
@@ -440,46 +446,72 @@ def test_targets_catch_a_slow_autotuned_choice(choice_ms, result):
     rows = _op([
         _ok('reference', 1., autotuned='tiled', tuner_ms=1.),
         _ok('tiled', 1., autotuned='tiled', tuner_ms=0.9),
-        _ok('autotuned', choice_ms, autotuned='tiled', tuner_ms=0.9),
+        # Paired with the reference round by round: 1 / choice_ms (the
+        # medians say 1, so the target takes the pairs).
+        _ok('autotuned',
+            1.,
+            autotuned='tiled',
+            tuner_ms=0.9,
+            speedup_vs_reference=1 / choice_ms),
         _ok('published', 3.),
     ])
     train = [
         _ok('reference', 2., autotuned='fused/tiled', tuner_ms=2.),
         _ok('fused', 1.5, autotuned='fused/tiled', tuner_ms=1.5),
-        _ok('autotuned', 1., autotuned='fused/tiled', tuner_ms=1.),
+        _ok('autotuned',
+            1.,
+            autotuned='fused/tiled',
+            tuner_ms=1.,
+            speedup_vs_reference=2.),
     ]
     rows += _op(train, mode='train')
     target = gpu_report.evaluate_targets(rows, [], gpu_report.FULL_PLAN)[-1]
     assert target['target'].startswith('autotuned choice vs reference')
-    assert (target['ratio'], target['result']) == (choice_ms, result)
+    assert (target['ratio'], target['result']) == (pytest.approx(choice_ms),
+                                                   result)
     assert "tuner's own times at worst 0.9x" in target['detail']
 
 
-def _model(name, res, mode, ms, peak_mb=None):
+def _model(name, res, mode, ms, **ratios):
     return dict(
         model=name,
         resolution=res,
         mode=mode,
         median_ms=ms,
         images_per_s=64e3 / ms,
-        peak_mem_mb=peak_mb,
-        status='ok')
+        status='ok',
+        **ratios)
 
 
 def test_model_targets_compare_like_with_like():
     """Inference against the published inference mode (folded), training
     against the published training forward; Swin-T's throughput at the
-    smallest and largest resolution, its peak memory at the largest."""
+    smallest and largest resolution, its peak memory at the largest. Each
+    the row's own ratio (the speed-ups paired round by round), not one of
+    the medians (all 10 ms here)."""
     rows = [
-        _model('vheat-t', 224, 'infer', 10., 100.),
-        _model('vheat-t-pub-fold', 224, 'infer', 12.),
-        _model('vheat-t-pub', 224, 'infer', 20.),
-        _model('swin-t', 224, 'infer', 16., 300.),
-        _model('vheat-t', 1024, 'infer', 100., 1000.),
-        _model('vheat-t-pub-fold', 1024, 'infer', 140.),
-        _model('swin-t', 1024, 'infer', 290., 3500.),
-        _model('vheat-t', 224, 'train', 30.),
-        _model('vheat-t-pub', 224, 'train', 45.),
+        _model(
+            'vheat-t',
+            224,
+            'infer',
+            10.,
+            speedup_vs_published=1.2,
+            speedup_vs_swin=1.6),
+        _model('vheat-t-pub-fold', 224, 'infer', 10.),
+        _model('vheat-t-pub', 224, 'infer', 10.),
+        _model('swin-t', 224, 'infer', 10.),
+        _model(
+            'vheat-t',
+            1024,
+            'infer',
+            10.,
+            speedup_vs_published=1.4,
+            speedup_vs_swin=2.9,
+            mem_vs_swin=1000 / 3500),
+        _model('vheat-t-pub-fold', 1024, 'infer', 10.),
+        _model('swin-t', 1024, 'infer', 10.),
+        _model('vheat-t', 224, 'train', 10., speedup_vs_published=1.5),
+        _model('vheat-t-pub', 224, 'train', 10.),
     ]
     targets = gpu_report.evaluate_targets([], rows, gpu_report.FULL_PLAN)
     got = {
@@ -500,6 +532,29 @@ def test_model_targets_compare_like_with_like():
         'vHeat-T vs Swin-T peak inference memory, largest resolution '
         '(infer, 1024)': (pytest.approx(1000 / 3500), 'PASS'),
     }
+
+
+def test_model_speedups_vs_swin_are_paired(monkeypatch):
+    """``speedup_vs_swin`` is the median of the rounds' ratios, and Swin-T's
+    row comes last."""
+    # Swin-T's median over vHeat-T's: 4 / 2; the pairs give 4, 1, 1.
+    rounds = {'swin-t': [4., 4., 2.], 'vheat-t': [1., 4., 2.]}
+
+    def fake_rounds(cands, *args, **kwargs):
+        for cand in cands:
+            cand.times = list(rounds.get(cand.name, [1., 1., 1.]))
+
+    monkeypatch.setattr(harness, 'run_round_robin', fake_rounds)
+    rows, _, _ = gpu_report._report_models(32, 'infer', CPU,
+                                           gpu_report.QUICK_PLAN, True, None)
+    assert [r['model'] for r in rows] == [
+        'vheat-t', 'vheat-t-pub-fold', 'vheat-t-pub', 'vheat-t-plain', 'swin-t'
+    ]
+    assert rows[0]['speedup_vs_swin'] == 1  # 4, 1, 1
+    assert rows[-1]['speedup_vs_swin'] == 1
+    assert rows[1]['speedup_vs_swin'] == 4  # 4, 4, 2
+    # The folded published form stays vHeat-T's published counterpart.
+    assert rows[0]['speedup_vs_published'] == 1 / 2  # 1, 1/4, 1/2
 
 
 def test_time_budget_stops_cleanly(tmp_path):
