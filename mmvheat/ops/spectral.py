@@ -25,12 +25,12 @@ cannot be saved for a later backward pass.
 """
 import math
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from mmvheat.utils.torch_modes import may_overwrite
+from mmvheat.utils.torch_modes import is_compiling, may_overwrite
 
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
@@ -68,6 +68,13 @@ def _float64_device(device: torch.device) -> torch.device:
     return torch.device('cpu') if device.type == 'mps' else device
 
 
+def _from_cache(cached: Callable[..., Tensor], *args) -> Tensor:
+    """``cached(*args)``; under ``torch.compile`` the function under the
+    cache, whose result the graph computes (Dynamo cannot trace a cache
+    lookup)."""
+    return cached.__wrapped__(*args) if is_compiling() else cached(*args)
+
+
 @lru_cache(maxsize=BASES_CACHED)
 @torch.inference_mode(False)
 def _cached_dct_basis(n: int, device: torch.device,
@@ -99,7 +106,8 @@ def dct_basis(n: int,
     """
     if n < 1:
         raise ValueError(f'DCT size must be positive, got {n}')
-    return _cached_dct_basis(int(n), _canonical_device(device), dtype)
+    return _from_cache(_cached_dct_basis, int(n), _canonical_device(device),
+                       dtype)
 
 
 @lru_cache(maxsize=MAPS_CACHED)
@@ -129,8 +137,8 @@ def frequency_energy(h: int,
     """
     if h < 1 or w < 1:
         raise ValueError(f'grid size must be positive, got {h} x {w}')
-    return _cached_frequency_energy(
-        int(h), int(w), _canonical_device(device), dtype)
+    return _from_cache(_cached_frequency_energy, int(h), int(w),
+                       _canonical_device(device), dtype)
 
 
 def decay_map(h: int,

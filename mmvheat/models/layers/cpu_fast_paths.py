@@ -52,14 +52,17 @@ def _onednn_enabled() -> bool:
 
 def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether the fused oneDNN call computes the same as the eager ops."""
-    if x.device.type != 'cpu' or not _onednn_enabled():
+    # A captured graph first: torch.backends.mkldnn's checks would break a
+    # torch.compile graph at every call.
+    if is_capturing_graph() or x.device.type != 'cpu' or \
+            not _onednn_enabled():
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]
     if any(t.dtype != torch.float32 for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if autocast_enabled('cpu') or is_capturing_graph():
+    if autocast_enabled('cpu'):
         return False
     return x.numel() > 0 and x.is_contiguous()
 

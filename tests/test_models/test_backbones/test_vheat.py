@@ -11,6 +11,7 @@ import json
 import math
 import os
 import os.path as osp
+import warnings
 
 import pytest
 import torch
@@ -699,6 +700,41 @@ def test_deploy_keeps_the_state_dict(arch):
                                 for p in model.parameters())
     model.switch_to_deploy()  # a second call changes nothing
     assert list(model.state_dict()) == list(before)
+
+
+@pytest.mark.parametrize('form', ['train', 'eval', 'deployed'])
+def test_torch_compile_captures_the_backbone_whole(form):
+    """``torch.compile`` captures the backbone as one graph, training, in
+    eval mode and deployed: no graph break (each splits the model, and past
+    Dynamo's recompile limit leaves frames to run eagerly) and no warning
+    about our code. Compiled through AOTAutograd (``aot_eager``: inductor's
+    code generation takes minutes on a CPU and compiles the same graph), it
+    gives the eager outputs and gradients."""
+    model = make_model(out_indices=ALL_OUT)
+    if form == 'deployed':
+        model = deployed(model)
+    elif form == 'eval':
+        model.eval()
+    x = rand_input(2, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    with warnings.catch_warnings(record=True) as caught, \
+            torch.set_grad_enabled(form == 'train'):
+        warnings.simplefilter('always')
+        got = compiled(x)
+        ours = [str(w.message) for w in caught if 'mmvheat' in str(w.message)]
+        assert not ours
+        ref = model(x)
+    # The compiled graph runs the plain ops (no oneDNN fusions, chunks or
+    # sub-batches); float32 round-off through five blocks stays below 1e-5.
+    assert_outs_close(got, ref, atol=1e-5, rtol=1e-5)
+    if form == 'train':
+        grads = [
+            torch.autograd.grad(weighted_loss(outs), model.parameters())
+            for outs in (got, ref)
+        ]
+        assert_outs_close(*grads, atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()
 
 
 def test_train_mode_is_for_the_plain_model():
