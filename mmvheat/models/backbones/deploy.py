@@ -237,10 +237,13 @@ class FusedHeatBlock(nn.Module):
         return self._linears
 
     @torch.inference_mode(False)
+    @torch.no_grad()
     def _prepare_linears(self) -> Tuple[tuple, tuple]:
         # Outside any inference_mode, as the folded filters: constants that
-        # a later pass with autograd can use too. A post-norm block scales
-        # after its norms, outside the operator and the MLP.
+        # a later pass with autograd can use too, and with no graph back to
+        # the parameters (which still require gradients while the model is
+        # being deployed). A post-norm block scales after its norms,
+        # outside the operator and the MLP.
         scale1, scale2 = (None, None) if self.post_norm else (self.gamma1,
                                                               self.gamma2)
         return (self.op.inference_linears(scale1, self.pack_weights),

@@ -852,6 +852,26 @@ def test_stage_deploy_keeps_requires_grad():
     assert all(p.requires_grad for p in model.stages[1].parameters())
 
 
+def test_deployed_weights_get_no_gradient():
+    """Right after ``switch_to_deploy()`` (its linear weights prepared while
+    the parameters still required gradients, and not prepared again by an
+    ``eval()`` or a load), a pass with autograd records nothing through the
+    weights: an input without gradient gives an output without one,
+    computed as under ``no_grad`` to the bit, and an input's gradient
+    leaves every parameter's ``grad`` None."""
+    model = make_model(out_indices=ALL_OUT).eval()
+    model.switch_to_deploy()
+    x = rand_input(2, 3, 32, 32)
+    outs = model(x)
+    assert not any(o.requires_grad for o in outs)
+    with torch.no_grad():
+        assert_outs_close(outs, model(x), atol=0, rtol=0)
+    xg = x.clone().requires_grad_()
+    weighted_loss(model(xg)).backward()
+    assert xg.grad.abs().sum() > 0
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
+
+
 @pytest.mark.parametrize('arch', DEPLOY_ARCHS)
 def test_deployed_state_dict_loads_into_a_plain_model(arch):
     """A deployed model's state dict is a training one: it loads strictly
