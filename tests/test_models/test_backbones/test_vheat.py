@@ -737,6 +737,25 @@ def test_torch_compile_captures_the_backbone_whole(form):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize('form', ['eval', 'deployed'])
+def test_torch_export_keeps_the_eager_outputs(form):
+    """``torch.export`` of the backbone in eval mode and deployed runs like
+    the eager model, and lifts no tensor that still requires a gradient (a
+    deployed model's prepared weights are constants)."""
+    model = make_model(out_indices=ALL_OUT).eval()
+    if form == 'deployed':
+        model.switch_to_deploy()
+    x = rand_input(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        exported = torch.export.export(model, (x, )).module()
+    assert not [str(w.message) for w in caught if 'gradient' in str(w.message)]
+    with torch.no_grad():
+        # The exported graph runs the plain ops (no oneDNN fusions, chunks
+        # or sub-batches): float32 round-off through five blocks.
+        assert_outs_close(exported(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_train_mode_is_for_the_plain_model():
     model = make_model()
     model.switch_to_deploy()
