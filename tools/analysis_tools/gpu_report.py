@@ -575,7 +575,8 @@ def evaluate_targets(op_rows: List[dict], model_rows: List[dict],
         choice = impls.get('autotuned')
         if not (_ok(reference) and _ok(choice)):
             continue
-        ratio = 1 / choice['speedup_vs_reference']  # its time over theirs
+        # Its time over the reference's.
+        ratio = 1 / choice.get('speedup_vs_reference', math.nan)
         if math.isnan(ratio):
             continue
         if worst is None or ratio > worst:
