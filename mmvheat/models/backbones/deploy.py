@@ -35,7 +35,7 @@ from mmvheat.ops import spectral_filter
 from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (HeatBlock, HeatBlocks, HeatConduction2d, Mlp, conv_nhwc,
                       fused_linear, grid_size, in_chunks, in_cpu_sub_batches,
-                      mlp_in_chunks, pack_linear_weight, row_chunks)
+                      map_row_chunks, mlp_in_chunks, pack_linear_weight)
 from .base import BaseBackbone
 
 __all__ = [
@@ -155,8 +155,7 @@ class FusedHeatConduction2d(HeatConduction2d):
             residual = residual.reshape(rows.shape)
         return in_chunks(gated_projection,
                          [rows, x.reshape(rows.shape), residual],
-                         row_chunks(rows.shape[0],
-                                    4 * rows[0].nbytes), rows).view(u.shape)
+                         map_row_chunks(rows), rows).view(u.shape)
 
 
 class FusedMlp(Mlp):

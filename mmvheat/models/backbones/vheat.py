@@ -30,8 +30,8 @@ from mmvheat.registry import MODELS, register_plain_name
 from mmvheat.utils.torch_modes import may_overwrite
 from ..layers import (DEFAULT_INIT_CFG, HeatBlock, HeatBlocks,
                       HeatConduction2d, Mlp, conv2d_channels_last, conv_nhwc,
-                      in_chunks, in_cpu_sub_batches, resize_freq_embed,
-                      row_chunks)
+                      in_chunks, in_cpu_sub_batches, map_row_chunks,
+                      resize_freq_embed)
 from ..layers.heat_block import recording_gradients
 from .base import BaseBackbone
 from .deploy import DeployedHeatBlocks
@@ -101,10 +101,8 @@ class Stem(nn.Module):
         """``act(norm1(x))`` written over ``x``, the stem's widest map, a
         chunk of rows at a time."""
         rows = x.reshape(-1, x.shape[-1])
-        # A quarter of an MLP chunk's budget, as the operator's gate.
-        chunk = row_chunks(rows.shape[0], 4 * rows[0].nbytes)
         return in_chunks(lambda part: torch.ops.aten.gelu_(self.norm1(part)),
-                         [rows], chunk, rows).view(x.shape)
+                         [rows], map_row_chunks(rows), rows).view(x.shape)
 
 
 class Downsample(nn.Module):

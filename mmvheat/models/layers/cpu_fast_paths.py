@@ -52,9 +52,9 @@ def _onednn_enabled() -> bool:
 
 def _onednn_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether the fused oneDNN call computes the same as the eager ops."""
-    # A captured graph first: torch.backends.mkldnn's checks would break a
-    # torch.compile graph at every call.
-    if is_capturing_graph() or x.device.type != 'cpu' or \
+    # A captured graph before torch.backends.mkldnn's checks, which would
+    # break a torch.compile graph at every call.
+    if x.device.type != 'cpu' or is_capturing_graph() or \
             not _onednn_enabled():
         return False
     tensors = [t for t in (x, weight, bias) if t is not None]

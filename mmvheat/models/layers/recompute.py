@@ -35,8 +35,8 @@ from mmvheat.utils.torch_modes import is_capturing_graph
 from .cpu_fast_paths import fused_linear, in_chunks
 
 __all__ = [
-    'MLP_CHUNK_BYTES', 'row_chunks', 'mlp_in_chunks', 'mlp_recomputed',
-    'gated_linear_recomputed'
+    'MLP_CHUNK_BYTES', 'row_chunks', 'map_row_chunks', 'mlp_in_chunks',
+    'mlp_recomputed', 'gated_linear_recomputed'
 ]
 
 #: Budget of hidden activations an MLP chunk holds at a time.
@@ -50,6 +50,14 @@ def row_chunks(rows: int, row_bytes: int) -> int:
     """Rows per chunk for rows of ``row_bytes`` within
     :data:`MLP_CHUNK_BYTES`."""
     return max(1, min(rows, MLP_CHUNK_BYTES // max(row_bytes, 1)))
+
+
+def map_row_chunks(rows: Tensor) -> int:
+    """Rows per chunk of ``rows`` ``(N, C)`` for row-wise work written over
+    them a chunk at a time (a deployed operator's gate and LayerNorm, the
+    stem's LayerNorm and GELU): a quarter of :data:`MLP_CHUNK_BYTES`, as
+    many rows as an MLP chunk whose hidden map is four times as wide."""
+    return row_chunks(rows.shape[0], 4 * rows[0].nbytes)
 
 
 def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
