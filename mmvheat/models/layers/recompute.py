@@ -57,7 +57,7 @@ def map_row_chunks(rows: Tensor) -> int:
     them a chunk at a time (a deployed operator's gate and LayerNorm, the
     stem's LayerNorm and GELU): a quarter of :data:`MLP_CHUNK_BYTES`, as
     many rows as an MLP chunk whose hidden map is four times as wide."""
-    return row_chunks(rows.shape[0], 4 * rows[0].nbytes)
+    return row_chunks(rows.shape[0], 4 * rows.shape[1] * rows.element_size())
 
 
 def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
@@ -108,10 +108,11 @@ def mlp_in_chunks(x: Tensor,
         return fused_linear(
             hidden, fc2_weight, fc2_bias, residual=residual, packed=packed[1])
 
+    out_rows = (rows.shape[0], fc2_weight.shape[0])
     if residual is not None:
-        residual = residual.reshape(rows.shape[0], -1)
+        residual = residual.reshape(out_rows)
     if out is not None:
-        out = out.view(rows.shape[0], -1)
+        out = out.view(out_rows)
     out = in_chunks(mlp, [rows, residual], chunk, out)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 

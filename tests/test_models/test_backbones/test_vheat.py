@@ -343,6 +343,21 @@ def test_forward_odd_and_tiny_inputs(size):
         assert outs[-1].shape[-2:] == (1, 1)
 
 
+@pytest.mark.parametrize('form', ['train', 'eval', 'deployed'])
+def test_forward_empty_batch(form):
+    # An empty batch passes the input check; every form maps it to empty
+    # maps of the shapes a one-image batch gets (and trains through it).
+    model = make_model(out_indices=ALL_OUT).train(form == 'train')
+    if form == 'deployed':
+        model.switch_to_deploy()
+    with torch.set_grad_enabled(form == 'train'):
+        one = model(rand_input(1, 3, 64, 48))
+        outs = model(rand_input(0, 3, 64, 48))
+    assert [o.shape for o in outs] == [(0, ) + o.shape[1:] for o in one]
+    if form == 'train':
+        weighted_loss(outs).backward()
+
+
 def test_forward_input_larger_than_img_size():
     model = make_model(img_size=64, out_indices=ALL_OUT)
     assert model.stages[0].freq_embed.shape[:2] == (16, 16)
