@@ -30,7 +30,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from mmvheat.utils.torch_modes import is_compiling, may_overwrite
+from mmvheat.utils.torch_modes import autocast, is_compiling, may_overwrite
 
 __all__ = [
     'dct_basis', 'decay_map', 'frequency_energy', 'heat_transfer', 'dct2d',
@@ -229,7 +229,7 @@ def dct2d(x: Tensor) -> Tensor:
     """Orthonormal 2D DCT-II over the (H, W) axes of ``(..., H, W, C)``."""
     out_dtype = x.dtype
     x, lead = _as_batched_float(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device.type):
         h, w = x.shape[1:3]
         y = _separable_transform(x, dct_basis(h, x.device, x.dtype),
                                  dct_basis(w, x.device, x.dtype))
@@ -240,7 +240,7 @@ def idct2d(x: Tensor) -> Tensor:
     """Inverse of :func:`dct2d` (the orthonormal DCT-III)."""
     out_dtype = x.dtype
     x, lead = _as_batched_float(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device.type):
         h, w = x.shape[1:3]
         y = _separable_transform(x,
                                  dct_basis(h, x.device, x.dtype).t(),
@@ -274,7 +274,7 @@ def spectral_filter_reference(x: Tensor,
     if transfer.shape != x.shape[1:]:
         raise ValueError(f'transfer of shape {tuple(transfer.shape)} does not '
                          f'match the map {tuple(x.shape[1:])}')
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device.type):
         h, w = x.shape[1:3]
         basis_h = dct_basis(h, x.device, x.dtype)
         basis_w = dct_basis(w, x.device, x.dtype)

@@ -18,7 +18,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmvheat.ops import heat_transfer, spectral_filter
-from mmvheat.utils.torch_modes import is_capturing_graph
+from mmvheat.utils.torch_modes import autocast, is_capturing_graph
 from .channels_last import depthwise_conv2d
 from .drop_path import DropPath
 from .freq_embed import resize_freq_embed
@@ -79,7 +79,7 @@ class HeatConduction2d(nn.Module):
         model folds for later float32 passes.
         """
         dtype = torch.promote_types(self.to_k.weight.dtype, torch.float32)
-        with torch.autocast(freq_embed.device.type, enabled=False):
+        with autocast(freq_embed.device.type):
             k = F.linear(
                 freq_embed.to(dtype), self.to_k.weight.to(dtype),
                 self.to_k.bias.to(dtype))

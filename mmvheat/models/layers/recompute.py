@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mmvheat.utils.torch_modes import is_capturing_graph
+from mmvheat.utils.torch_modes import (autocast, autocast_state,
+                                       is_capturing_graph)
 from .cpu_fast_paths import fused_linear, in_chunks
 
 __all__ = [
@@ -58,11 +59,6 @@ def map_row_chunks(rows: Tensor) -> int:
     stem's LayerNorm and GELU): a quarter of :data:`MLP_CHUNK_BYTES`, as
     many rows as an MLP chunk whose hidden map is four times as wide."""
     return row_chunks(rows.shape[0], 4 * rows.shape[1] * rows.element_size())
-
-
-def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
-    return (torch.is_autocast_enabled(device_type),
-            torch.get_autocast_dtype(device_type))
 
 
 def _linear_grads(ctx, first: int, rows: Tensor, grad: Tensor, weight: Tensor):
@@ -121,7 +117,7 @@ class _RecomputedMlp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        ctx.autocast = _autocast_state(x.device.type)
+        ctx.autocast = autocast_state(x.device.type)
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] * fc1_weight.shape[0] * rows.element_size(
         ) > MLP_KEEP_BYTES:
@@ -143,7 +139,7 @@ class _RecomputedMlp(torch.autograd.Function):
             rows.shape[0], fc1_weight.shape[0] * rows.element_size())
         grad_rows, totals = [], [None] * 4
         enabled, dtype = ctx.autocast
-        with torch.autocast(x.device.type, dtype, enabled=enabled):
+        with autocast(x.device.type, enabled, dtype):
             for part, grad_part in zip(rows.split(chunk), grads.split(chunk)):
                 # fc1 as the forward pass ran it (to the last bit).
                 pre = kept[0] if kept else fused_linear(
@@ -169,7 +165,7 @@ class _RecomputedGatedLinear(torch.autograd.Function):
     def forward(ctx, u, z, norm_weight, norm_bias, eps, weight, bias):
         ctx.save_for_backward(u, z, norm_weight, norm_bias, weight)
         ctx.eps = eps
-        ctx.autocast = _autocast_state(u.device.type)
+        ctx.autocast = autocast_state(u.device.type)
         gated = F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias,
                              eps) * F.silu(z)
         return F.linear(gated, weight, bias)
@@ -181,7 +177,7 @@ class _RecomputedGatedLinear(torch.autograd.Function):
         need = ctx.needs_input_grad
         shape = u.shape[-1:]
         enabled, dtype = ctx.autocast
-        with torch.autocast(u.device.type, dtype, enabled=enabled):
+        with autocast(u.device.type, enabled, dtype):
             # The dispatcher applies autocast's policy for the LayerNorm,
             # as F.layer_norm did in the forward pass.
             norm, mean, rstd = torch.ops.aten.native_layer_norm(

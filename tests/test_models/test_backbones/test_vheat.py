@@ -358,6 +358,26 @@ def test_forward_empty_batch(form):
         weighted_loss(outs).backward()
 
 
+@pytest.mark.parametrize('form', ['train', 'with_cp', 'eval', 'deployed'])
+def test_forward_on_the_meta_device(form):
+    # A model built on the meta device (no memory, no values) maps shapes
+    # as on the CPU, and trains through them: nothing asks for autocast on
+    # a device that has none.
+    model = make_model(out_indices=ALL_OUT, with_cp=form == 'with_cp')
+    model.train(form in ('train', 'with_cp'))
+    if form == 'deployed':
+        model.switch_to_deploy()
+    shapes = [o.shape for o in model(rand_input(2, 3, 64, 48))]
+    model.to('meta')
+    outs = model(torch.empty(2, 3, 64, 48, device='meta'))
+    assert [o.device.type for o in outs] == ['meta'] * len(ALL_OUT)
+    assert [o.shape for o in outs] == shapes
+    if form in ('train', 'with_cp'):
+        sum(o.sum() for o in outs).backward()
+        assert all(p.grad is not None and p.grad.device.type == 'meta'
+                   for p in model.parameters())
+
+
 def test_forward_input_larger_than_img_size():
     model = make_model(img_size=64, out_indices=ALL_OUT)
     assert model.stages[0].freq_embed.shape[:2] == (16, 16)
