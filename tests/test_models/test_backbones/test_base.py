@@ -238,3 +238,30 @@ def test_tracing_records_no_shape_check():
     with torch.no_grad():
         for a, b in zip(traced(x), backbone(x)):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('cls, arch', [(VHeat, VHEAT_ARCH),
+                                       (MPViT, MPVIT_ARCH)])
+def test_construction_draws_from_the_global_generator(cls, arch):
+    # Building a backbone draws its initial weights from torch's global
+    # generator as it finds it, and leaves it running: another seed gives
+    # other weights, every one that is drawn at random (a tensor filled
+    # with one value, a norm's ones or a bias's zeros, is the same), and
+    # the draws after it differ too. A constructor that reseeds would give
+    # every model the same weights and every run the same later draws.
+    models, after = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(cls(arch=copy.deepcopy(arch)))
+        after.append(torch.rand(8))
+    assert not torch.equal(*after)
+    random_init = 0
+    for (name, p0), p1 in zip(models[0].state_dict().items(),
+                              models[1].state_dict().values()):
+        if p0.is_floating_point() and p0.numel() > 1 and \
+                not torch.all(p0 == p0.flatten()[0]):
+            random_init += 1
+            assert not torch.equal(p0, p1), name
+        else:
+            assert torch.equal(p0, p1), name
+    assert random_init > 10
