@@ -109,13 +109,37 @@ def config_running(marker) -> str:
 
 
 # -- hostile sizes ------------------------------------------------------------
-def bytearray_bomb(path, size: int) -> str:
-    """A file of a few hundred bytes that asks for ``bytearray(size)``
-    (torch's own allowlist holds ``builtins.bytearray``)."""
+def _bytearray_call(size: int) -> bytes:
+    """A pickle that asks for ``bytearray(size)``."""
     length = (size.bit_length() + 8) // 8
     body = (b'cbuiltins\nbytearray\n' + b'\x8a' + bytes([length]) +
             size.to_bytes(length, 'little', signed=True) + b'\x85R')
-    return torch_archive(path, b'\x80\x02' + body + b'.')
+    return b'\x80\x02' + body + b'.'
+
+
+def bytearray_bomb(path, size: int) -> str:
+    """A file of a few hundred bytes that asks for ``bytearray(size)``
+    (torch's own allowlist holds ``builtins.bytearray``)."""
+    return torch_archive(path, _bytearray_call(size))
+
+
+def legacy_bytearray_bomb(path, size: int, slot: int) -> str:
+    """:func:`bytearray_bomb` in ``torch.save``'s legacy format, whose
+    pickles torch reads one after another (the magic number, the protocol,
+    the system information, the objects): the pickle at ``slot`` asks for
+    ``bytearray(size)``, the ones before it are what torch writes."""
+    sys_info = dict(
+        protocol_version=torch.serialization.PROTOCOL_VERSION,
+        little_endian=True,
+        type_sizes=dict(short=2, int=4, long=4))
+    pickles = [
+        pickle.dumps(value, protocol=2)
+        for value in (torch.serialization.MAGIC_NUMBER,
+                      torch.serialization.PROTOCOL_VERSION, sys_info)
+    ]
+    with open(path, 'wb') as file:
+        file.write(b''.join(pickles[:slot]) + _bytearray_call(size))
+    return str(path)
 
 
 def tensor_opcodes(numel: int, key: str = '0') -> bytes:
@@ -194,3 +218,14 @@ def ordered_dict(pairs, attributes: dict) -> Reduce:
     """An ``OrderedDict`` of ``pairs`` to which the file gives instance
     ``attributes`` (``items``, ``get``... shadowing its methods)."""
     return Reduce(OrderedDict, list(pairs), state=attributes)
+
+
+def self_holding_tuple(path, item) -> str:
+    """A tuple ``(list, item)`` whose list holds the tuple itself, as the
+    file's object (pickle builds the tuple, then appends it to the list)."""
+    body = (
+        b']q\xf0' +  # the list, as memo 240
+        pickled(item) + b'\x86q\xf1' +  # (list, item), as memo 241
+        b'h\xf0h\xf1a' +  # list.append(tuple)
+        b'h\xf1')  # the tuple on top
+    return torch_archive(path, b'\x80\x02' + body + b'.')

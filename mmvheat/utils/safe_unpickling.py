@@ -101,10 +101,13 @@ def _refuse(what: str):
 
 
 # -- numpy --------------------------------------------------------------------
-# Numeric and bool kinds: their items are plain bytes, never pointers.
-_NUMERIC_KINDS = frozenset('biufc')
-# How numpy names such a dtype when pickling it ('f8', 'b1', 'c16', ...).
+# How numpy names a numeric or bool dtype when pickling it ('f8', 'b1',
+# 'c16', ...): a kind and a size.
 _DTYPE_SPEC = re.compile(r'[biufc][0-9]{1,2}\Z')
+# Numeric and bool kinds: their items are plain bytes, never pointers. The
+# dtype built from a name is checked too, whatever a numpy version makes of
+# the name.
+_NUMERIC_KINDS = frozenset('biufc')
 # What numpy's dtype.__reduce__ gives as state for every numeric dtype, less
 # the byte order: (version, [byte order,] subarray, names, fields, itemsize,
 # alignment, flags); the last three are -1, -1, 0 for fixed-size types.
@@ -124,15 +127,18 @@ class _PickledDtype:
     def __new__(cls, spec=None, align=False, copy=True):
         if not (type(spec) is str and _DTYPE_SPEC.match(spec)):
             _refuse(f'numpy dtype {spec!r}: only numeric and bool dtypes '
-                    'are loaded')
+                    "are loaded, named as numpy pickles them ('f8', 'b1')")
         if not all(
                 type(flag) in (bool, int) and flag in (0, 1)
                 for flag in (align, copy)):
             _refuse(f'numpy dtype arguments {(spec, align, copy)!r}')
-        dtype = np.dtype(spec)
+        try:
+            dtype = np.dtype(spec)
+        except TypeError:  # a size numpy has no such dtype of ('f1')
+            _refuse(f'numpy dtype {spec!r}: no such dtype')
         if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
-            _refuse(f'numpy dtype {spec!r}: only numeric and bool dtypes '
-                    'are loaded')
+            _refuse(f'numpy dtype {spec!r} of kind {dtype.kind!r}: only '
+                    'numeric and bool dtypes are loaded')
         self = object.__new__(cls)
         self.dtype = dtype
         return self

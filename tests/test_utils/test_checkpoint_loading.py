@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import mmvheat  # noqa: F401
+import mmvheat.utils.safe_unpickling as safe_unpickling
 from mmvheat.utils.checkpoint_loading import (CheckpointLoadError,
                                               CheckpointRefusedError,
                                               allow_mmengine_checkpoints,
@@ -819,6 +820,27 @@ MEMORY_UNSAFE = [
      'a second state for one numpy array'),
     ('reconstruct-other-type', _Reduce(_RECONSTRUCT, np.ndarray, (2, ),
                                        b'O'), 'numpy _reconstruct arguments'),
+    ('reconstruct-sized', _Reduce(_RECONSTRUCT, np.ndarray, (5, ),
+                                  b'b'), 'numpy _reconstruct arguments'),
+    ('dtype-named-otherwise',
+     _array(_dtype('float64', _dtype_state()), (1, ),
+            bytes(8)), "numpy dtype 'float64'"),
+    ('dtype-of-no-such-size',
+     _array(_dtype('f1', _dtype_state(endian='|')), (1, ),
+            bytes(1)), "numpy dtype 'f1': no such dtype"),
+    ('dtype-align-argument',
+     _array(
+         _Reduce(np.dtype, 'f8', 2, True, state=_dtype_state()), (1, ),
+         bytes(8)), 'numpy dtype arguments'),
+    ('dtype-byte-order',
+     _array(_dtype('f8', _dtype_state(endian='|')), (1, ),
+            bytes(8)), 'numpy dtype state'),
+    ('array-33-dims', _array(_FLOAT64, (1, ) * 33,
+                             bytes(8)), 'numpy array state'),
+    ('array-negative-sides', _array(_FLOAT64, (-1, -2),
+                                    bytes(16)), 'numpy array state'),
+    ('array-past-numpy-index', _array(_FLOAT64, (1 << 40, 1 << 40, 0),
+                                      b''), 'larger than numpy can index'),
 ]
 
 
@@ -1087,3 +1109,15 @@ def test_array_data_of_the_wrong_length_refused(shape, data, tmp_path):
     assert str(info.value) == (
         f'{path}: refused numpy array of shape {shape} and dtype float64 '
         f'from {len(data)} bytes {_REFUSAL_ADVICE}')
+
+
+def test_dtype_kind_checked_beside_its_name(tmp_path, monkeypatch):
+    """Two checks keep other dtypes out, each enough alone: the name must
+    be one numpy writes for a numeric or bool dtype, and the dtype numpy
+    builds from it must be one."""
+    monkeypatch.setattr(safe_unpickling, '_DTYPE_SPEC', re.compile('.*'))
+    path = _save(tmp_path,
+                 _array(_dtype('M8', _dtype_state()), (1, ), bytes(8)))
+    with pytest.raises(
+            CheckpointRefusedError, match="numpy dtype 'M8' of kind 'M'"):
+        load_checkpoint_file(path)

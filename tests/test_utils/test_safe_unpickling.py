@@ -30,6 +30,11 @@ def _load(tmp_path, obj):
     return load_checkpoint_file(crafted.save(tmp_path / 'c.pth', obj))
 
 
+#: A float64 dtype as numpy pickles it: loaded as a stand-in first.
+_DTYPE = crafted.Reduce(
+    np.dtype, 'f8', False, True, state=(3, '<', None, None, None, -1, -1, 0))
+
+
 # -- no stand-in left ---------------------------------------------------------
 def test_numpy_values_come_back_plain(tmp_path):
     values = dict(
@@ -64,13 +69,59 @@ def test_shared_and_self_holding_containers(tmp_path):
      (crafted.Reduce(getattr, HistoryBuffer,
                      'mean'), 'HistoryBuffer.mean outside a HistoryBuffer'),
      (crafted.Reduce(torch._utils._rebuild_parameter, torch.ones(2), True,
-                     OrderedDict([
-                         (0, torch.device('cpu'))
-                     ])), 'a tensor that carries backward hooks')])
+                     OrderedDict([(0, torch.device('cpu'))
+                                  ])), 'a tensor that carries backward hooks'),
+     (crafted.Reduce(torch._utils._rebuild_parameter_with_state, torch.ones(2),
+                     True, OrderedDict(), dict(backward=1)),
+      "a tensor with the attributes ['backward']"),
+     ({
+         _DTYPE: 1
+     }, 'a dictionary key of type _PickledDtype'),
+     ({_DTYPE}, 'a set of numpy or HistoryBuffer objects')],
+    ids=[
+        'buffer-without-state', 'array-without-state', 'statistic-alone',
+        'tensor-hooks', 'tensor-attributes', 'dict-key', 'set'
+    ])
 def test_what_must_not_stay_is_refused(payload, words, tmp_path):
     with pytest.raises(CheckpointRefusedError) as info:
         _load(tmp_path, dict(payload=payload))
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize('item', [np.arange(2.), 5], ids=['array', 'int'])
+def test_a_tuple_that_holds_itself_is_refused(item, tmp_path):
+    # Its plain form could not hold itself: a stand-in would stay reachable
+    # through the old tuple.
+    path = crafted.self_holding_tuple(tmp_path / 'c.pth', item)
+    with pytest.raises(CheckpointRefusedError, match='a tuple that holds'):
+        load_checkpoint_file(path)
+
+
+class _TensorSubclass(torch.Tensor):
+    pass
+
+
+def test_what_others_allowlist_does_not_pass_the_checks(tmp_path):
+    """A user may allowlist numpy's dtype classes (torch's refusal suggests
+    it) or a tensor subclass: their objects still never reach a loaded
+    array's state or what a load returns."""
+    dtype = crafted.Reduce(np.dtypes.Float64DType)
+    array = crafted.Reduce(
+        crafted.RECONSTRUCT,
+        np.ndarray, (0, ),
+        b'b',
+        state=(1, (1, ), dtype, False, bytes(8)))
+    with torch.serialization.safe_globals([np.dtypes.Float64DType]):
+        with pytest.raises(
+                CheckpointRefusedError,
+                match='numpy dtype given as Float64DType'):
+            _load(tmp_path, dict(array=array))
+    tensor = torch.ones(2).as_subclass(_TensorSubclass)
+    with torch.serialization.safe_globals([_TensorSubclass]):
+        with pytest.raises(
+                CheckpointRefusedError,
+                match='a tensor of type _TensorSubclass'):
+            _load(tmp_path, dict(tensor=tensor))
 
 
 def test_ordered_dict_keeps_only_torch_metadata(tmp_path):
@@ -83,6 +134,13 @@ def test_ordered_dict_keeps_only_torch_metadata(tmp_path):
         with pytest.raises(
                 CheckpointRefusedError, match=rf"the attributes \['{name}'\]"):
             _load(tmp_path, shadowed)
+    beside = crafted.ordered_dict(
+        [('w', torch.ones(1))],
+        dict(_metadata=OrderedDict([('', dict(version=1))]), items=1))
+    with pytest.raises(
+            CheckpointRefusedError,
+            match=r"the attributes \['_metadata', 'items'\]"):
+        _load(tmp_path, beside)
     odd = torch.nn.Linear(1, 1).state_dict()
     odd._metadata[''] = dict(version='1; import os')
     with pytest.raises(CheckpointRefusedError, match="'_metadata'"):
@@ -112,9 +170,15 @@ def _peak_rss_of(code: str) -> int:
     return int(lines[-1]) * 1024, lines[:-1]
 
 
-def test_bytearray_is_refused_before_it_allocates(tmp_path):
-    # 3 GiB from a file of under a kilobyte.
-    path = crafted.bytearray_bomb(tmp_path / 'b.pth', 3 << 30)
+@pytest.mark.parametrize(
+    'slot', [None, 0, 3], ids=['zip', 'legacy-magic', 'legacy-objects'])
+def test_bytearray_is_refused_before_it_allocates(slot, tmp_path):
+    # 3 GiB from a file of under a kilobyte, in torch's zip format or in
+    # its legacy one, in the place of the magic number or of the objects.
+    if slot is None:
+        path = crafted.bytearray_bomb(tmp_path / 'b.pth', 3 << 30)
+    else:
+        path = crafted.legacy_bytearray_bomb(tmp_path / 'b.pth', 3 << 30, slot)
     assert os.path.getsize(path) < 1024
     code = (f'from mmvheat.utils.checkpoint_loading import '
             f'load_checkpoint_file\ntry:\n    load_checkpoint_file({path!r})'
