@@ -229,3 +229,21 @@ def self_holding_tuple(path, item) -> str:
         b'h\xf0h\xf1a' +  # list.append(tuple)
         b'h\xf1')  # the tuple on top
     return torch_archive(path, b'\x80\x02' + body + b'.')
+
+
+def damaged_record(source, path) -> str:
+    """A copy of the checkpoint ``source`` with one byte of its first
+    tensor record flipped: whole in size and index, wrong in its checksum
+    (torch's reader does not check it). Returns the record's name."""
+    raw = bytearray(open(source, 'rb').read())
+    with zipfile.ZipFile(source) as archive:
+        record = next(info for info in archive.infolist()
+                      if '/data/' in info.filename and info.file_size >= 8)
+    # The local header: 30 bytes, then the name and the extra field.
+    name_length, extra_length = struct.unpack(
+        '<HH', raw[record.header_offset + 26:record.header_offset + 30])
+    start = record.header_offset + 30 + name_length + extra_length
+    raw[start + record.file_size // 2] ^= 0xFF
+    with open(path, 'wb') as file:
+        file.write(raw)
+    return record.filename

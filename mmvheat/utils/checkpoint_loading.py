@@ -38,6 +38,7 @@ import os.path as osp
 import pickle
 import re
 import stat
+import struct
 import zipfile
 from typing import Any, Iterator, List, Optional, Union
 
@@ -191,10 +192,11 @@ def _explained(exc: Exception, source: str,
             f'{source}: cannot be read: {exc.strerror or detail}')
     unreadable = (RuntimeError, EOFError, pickle.PickleError, KeyError,
                   IndexError, TypeError, ValueError, AttributeError,
-                  ImportError)
+                  ImportError, struct.error)
     if isinstance(exc, unreadable):
-        return CheckpointLoadError(
-            f'{source}: {_CORRUPT} ({type(exc).__name__}: {detail})')
+        kind = 'struct.error' if isinstance(
+            exc, struct.error) else type(exc).__name__
+        return CheckpointLoadError(f'{source}: {_CORRUPT} ({kind}: {detail})')
     return None
 
 

@@ -61,6 +61,7 @@ import io
 import math
 import mmap
 import os
+import pickle
 import pickletools
 import re
 import zipfile
@@ -395,6 +396,10 @@ _ALLOCATING_GLOBALS = frozenset(
 # The floor lets a small file that a user compressed again still load.
 _MAX_INFLATION = 4
 _INFLATION_FLOOR = 1 << 20
+# What pickletools says of a pickle that ends before its STOP opcode.
+_CUT_SHORT = re.compile(
+    r'exhausted before seeing STOP|not enough data in stream|'
+    r'no newline found|but only \d+ remain')
 # The ``torch.save`` legacy format: the magic number, the protocol and the
 # system information pickles come before the one that holds the objects.
 _LEGACY_PICKLES = 4
@@ -403,14 +408,19 @@ _LEGACY_PICKLES = 4
 def _scan_pickle(stream) -> None:
     """Refuse a pickle that names a global which allocates at the file's
     word; torch's unpickler takes no other way to name a global than the
-    ``GLOBAL`` opcode. A stream that is no pickle is left to torch's
+    ``GLOBAL`` opcode. A pickle cut short raises ``UnpicklingError``
+    (torch's unpickler would read a global's name cut short as another
+    name, and refuse it); a stream that is no pickle is left to torch's
     reader, whose error says so."""
     names = set()
     try:
         for opcode, arg, _ in pickletools.genops(stream):
             if opcode.name == 'GLOBAL':
                 names.add(arg)
-    except (ValueError, EOFError, UnicodeDecodeError):
+    except ValueError as exc:
+        if _CUT_SHORT.search(str(exc)):
+            raise pickle.UnpicklingError('pickle data was truncated') from None
+    except (EOFError, UnicodeDecodeError):
         pass
     if names & _ALLOCATING_GLOBALS:
         _refuse('global builtins.bytearray: it allocates any size a file '

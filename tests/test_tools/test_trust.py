@@ -772,12 +772,13 @@ def _check_same_weights(path, reference):
         assert torch.equal(got[key], expected[key]), key
 
 
-def test_auto_resume_passes_over_an_empty_pointer_and_a_cut_file(
-        session_run, tmp_path):
+def test_auto_resume_passes_over_what_is_not_whole(session_run, tmp_path):
     work_dir = tmp_path / 'work_dir'
     os.makedirs(work_dir)
-    for i in (2, 4):
-        shutil.copy(session_run[f'ckpt{i}'], work_dir / f'iter_{i}.pth')
+    shutil.copy(session_run['ckpt2'], work_dir / 'iter_2.pth')
+    # Whole in size, one byte wrong: torch would load it without a word.
+    record = crafted.damaged_record(session_run['ckpt4'],
+                                    work_dir / 'iter_4.pth')
     raw = open(session_run['ckpt6'], 'rb').read()
     (work_dir / 'iter_6.pth').write_bytes(raw[:len(raw) // 2])
     (work_dir / 'last_checkpoint').write_text('')
@@ -788,10 +789,12 @@ def test_auto_resume_passes_over_an_empty_pointer_and_a_cut_file(
         str(work_dir), '--resume'
     ], str(tmp_path), tool_env(OMP_NUM_THREADS='1'))
     assert resumed.returncode == 0, resumed
-    assert (f'Resuming from {work_dir}/iter_4.pth, the newest complete '
+    corrupt = 'cannot be read as a PyTorch checkpoint, truncated or corrupt'
+    assert (f'Resuming from {work_dir}/iter_2.pth, the newest complete '
             f'checkpoint in {work_dir}; passed over {work_dir}/iter_6.pth '
-            '(cannot be read as a PyTorch checkpoint, truncated or corrupt'
-            ) in resumed.stdout, resumed
+            f'({corrupt} (') in resumed.stdout, resumed
+    assert (f'; {work_dir}/iter_4.pth ({corrupt} (record {record} fails '
+            'its checksum))') in resumed.stdout, resumed
     _check_same_weights(work_dir / 'iter_6.pth', session_run['ckpt6'])
 
 

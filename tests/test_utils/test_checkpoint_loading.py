@@ -10,8 +10,10 @@ a child interpreter, so that a crash fails a test instead of killing pytest.
 """
 import argparse
 import contextlib
+import functools
 import io
 import json
+import logging
 import os
 import os.path as osp
 import pickle
@@ -27,11 +29,12 @@ import numpy as np
 import pytest
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, load_checkpoint
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -655,6 +658,25 @@ def test_trusted_file_with_namespace_loads(tmp_path):
     assert load_checkpoint_file(path, trust=True)['payload'] == args
 
 
+def test_a_trusted_load_warns(tmp_path):
+    path = _save(tmp_path, argparse.Namespace(lr=0.1))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        load_checkpoint_file(_save(tmp_path, dict(w=1), 'plain.pth'))
+        assert records == []
+        load_checkpoint_file(path, trust=True)
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.WARNING, f'Loading {path} with full pickle '
+         '(--trust-checkpoint): it can run any code the file names.')
+    ]
+
+
 # -- crafted files that could corrupt memory, in a child interpreter ----------
 _CHILD = r'''
 import json
@@ -978,6 +1000,13 @@ def _corrupt_files(tmp_path):
                     name, data[:len(data) //
                                2] if name == pickle_name else src.read(name))
         files['pickle_truncated'] = out.getvalue()
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, 'w') as dst:
+            for name in names:
+                dst.writestr(
+                    name, b'\x00 not a pickle'
+                    if name == pickle_name else src.read(name))
+        files['pickle_foreign'] = out.getvalue()
     paths = {}
     for name, content in files.items():
         path = tmp_path / f'{name}.pth'
@@ -997,6 +1026,7 @@ CORRUPT = dict(
     text=_OTHER_KIND,
     prose=_OTHER_KIND,
     zeros=_OTHER_KIND,
+    pickle_foreign=_OTHER_KIND,
     missing='no such file',
     directory='is a directory, not a checkpoint file')
 
@@ -1036,9 +1066,55 @@ def test_truncated_pickle(tmp_path):
         load_checkpoint_file(path)
     assert str(info.value) == (
         f'{path}: cannot be read as a PyTorch checkpoint, truncated or '
-        "corrupt (a name cut short: 'torch.')")
+        'corrupt (pickle data was truncated)')
     with pytest.raises(CheckpointLoadError, match='truncated or corrupt'):
         load_checkpoint_file(path, trust=True)
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
+def test_every_cut_of_a_checkpoint_is_corrupt(legacy, tmp_path):
+    """A checkpoint cut short anywhere (its pickle inside torch's archive,
+    or the whole file in the legacy format) is truncated or corrupt, in one
+    line, trusted or not and through mmengine's loader: never a refused
+    global (torch's unpickler reads a global's name cut short as another
+    name) and never a traceback."""
+    checkpoint = dict(
+        state_dict=dict(w=torch.arange(6.)),
+        meta=dict(iter=3, lr=0.5, note='x'))
+    whole = tmp_path / 'whole.pth'
+    torch.save(checkpoint, whole, _use_new_zipfile_serialization=not legacy)
+    if legacy:
+        raw = whole.read_bytes()
+        cuts = [raw[:end] for end in range(1, len(raw))]
+    else:
+        with zipfile.ZipFile(whole) as archive:
+            records = {n: archive.read(n) for n in archive.namelist()}
+        name = next(n for n in records if n.endswith('/data.pkl'))
+        cuts = []
+        for end in range(len(records[name])):
+            out = io.BytesIO()
+            with zipfile.ZipFile(out, 'w') as archive:
+                for record, data in records.items():
+                    archive.writestr(record,
+                                     data[:end] if record == name else data)
+            cuts.append(out.getvalue())
+    path = str(tmp_path / 'cut.pth')
+    loaders = dict(
+        safe=load_checkpoint_file,
+        trusted=functools.partial(load_checkpoint_file, trust=True),
+        mmengine=functools.partial(_load_checkpoint, map_location='cpu'))
+    for end, data in enumerate(cuts):
+        with open(path, 'wb') as file:
+            file.write(data)
+        for loader, load in loaders.items():
+            with pytest.raises(CheckpointLoadError) as info:
+                load(path)
+            message = str(info.value)
+            assert not isinstance(
+                info.value, CheckpointRefusedError), (loader, end, message)
+            assert message.startswith(f'{path}: {_CUT}'), (loader, end,
+                                                           message)
+            assert '\n' not in message, (loader, end, message)
 
 
 @pytest.mark.parametrize('name', ['truncated', 'missing', 'prose', 'empty'])

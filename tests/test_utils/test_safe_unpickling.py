@@ -213,6 +213,8 @@ def test_compressed_records_within_bounds_load(tmp_path):
     ('gpu_ids = [0]\ngpu_ids = [0, 1, 2]', [0, 1, 2]),
     ("gpu_ids = __import__('os').system('id')", None),
     ('gpu_ids = range(10**12)', None),
+    ('gpu_ids = range(5000)', None),
+    ('gpu_ids = range(True, 3)', None),
     ('gpu_ids = [-1]', None),
     ('gpu_ids = [0.5]', None),
     ('import os\nos.system("id")', None),
@@ -254,6 +256,10 @@ def test_remote_schemes_are_forced_to_weights_only(tmp_path, monkeypatch):
     try:
         with pytest.raises(CheckpointRefusedError, match='posix.system'):
             _load_checkpoint(f'stand-in://{path}', map_location='cpu')
+        # What such a load returns holds no stand-in either.
+        plain = crafted.save(tmp_path / 'plain.pth', dict(a=np.arange(2.)))
+        loaded = _load_checkpoint(f'stand-in://{plain}', map_location='cpu')
+        assert type(loaded['a']) is np.ndarray
     finally:
         CheckpointLoader._schemes = schemes
     assert not marker.exists()
