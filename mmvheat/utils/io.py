@@ -155,7 +155,11 @@ def _remove_stale_temporaries(target: str) -> None:
             continue
         path = osp.join(directory, entry)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+            # Neither through a symlink nor waiting on a named pipe: a file
+            # named like a temporary that is not a regular file is not one.
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0)
+                | getattr(os, 'O_NONBLOCK', 0))
         except OSError:
             continue
         try:

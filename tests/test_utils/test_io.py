@@ -7,10 +7,13 @@ gives, a symlink kept, the directory fsynced after the rename, and the
 process umask never touched.
 """
 import argparse
+import errno
 import io
 import os
 import re
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -333,6 +336,68 @@ def test_a_live_writers_temporary_is_kept(tmp_path):
         assert temporary in os.listdir(tmp_path)
     assert dst.read_bytes() == b'first'
     assert os.listdir(tmp_path) == ['iter_4.pth']
+
+
+def test_what_only_looks_like_a_temporary_is_left_alone(tmp_path):
+    """A named pipe or a symlink named as the writer names its temporaries
+    is not one of them: the write neither waits on the pipe nor removes
+    either. (In a child, so that a write that waits fails the test.)"""
+    dst = tmp_path / 'iter_4.pth'
+    fifo = tmp_path / f'.{dst.name}.0badc0de.tmp'
+    os.mkfifo(fifo)
+    kept = tmp_path / 'kept'
+    kept.write_bytes(b'kept')
+    link = tmp_path / f'.{dst.name}.1badc0de.tmp'
+    os.symlink(kept, link)
+    code = ('from mmvheat.utils.io import atomic_write\n'
+            f'with atomic_write({str(dst)!r}) as f:\n'
+            "    f.write(b'new')\n")
+    proc = subprocess.run([sys.executable, '-c', code],
+                          capture_output=True,
+                          text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_bytes() == b'new'
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.readlink(link) == str(kept) and kept.read_bytes() == b'kept'
+
+
+class _DiskFullAfter:
+    """A file whose writes fail as on a full disk after ``limit`` bytes."""
+
+    def __init__(self, file, limit: int):
+        self._file, self._left = file, limit
+
+    def write(self, data):
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._file.close()
+
+
+def test_a_checkpoint_save_reports_the_file_systems_error(
+        tmp_path, monkeypatch):
+    """torch's writer reports a failed write in its own words; the save
+    reports the file system's, and leaves nothing behind."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(
+        os, 'fdopen',
+        lambda *args, **kwargs: _DiskFullAfter(fdopen(*args, **kwargs), 4096))
+    dst = tmp_path / 'c.pth'
+    with pytest.raises(OutputWriteError) as info:
+        save_checkpoint_atomic({'w': torch.zeros(100000)}, str(dst))
+    assert str(
+        info.value) == (f'cannot write {dst}: {os.strerror(errno.ENOSPC)}')
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize('through_symlink', [False, True])
