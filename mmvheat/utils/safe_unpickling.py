@@ -397,7 +397,7 @@ _ALLOCATING_GLOBALS = frozenset(
 _MAX_INFLATION = 4
 _INFLATION_FLOOR = 1 << 20
 # What pickletools says of a pickle that ends before its STOP opcode.
-_CUT_SHORT = re.compile(
+_ENDS_BEFORE_STOP = re.compile(
     r'exhausted before seeing STOP|not enough data in stream|'
     r'no newline found|but only \d+ remain')
 # The ``torch.save`` legacy format: the magic number, the protocol and the
@@ -418,7 +418,7 @@ def _scan_pickle(stream) -> None:
             if opcode.name == 'GLOBAL':
                 names.add(arg)
     except ValueError as exc:
-        if _CUT_SHORT.search(str(exc)):
+        if _ENDS_BEFORE_STOP.search(str(exc)):
             raise pickle.UnpicklingError('pickle data was truncated') from None
     except (EOFError, UnicodeDecodeError):
         pass

@@ -977,6 +977,26 @@ def test_trusted_resume(namespace_checkpoint, trained, tmp_path):
 
 
 # -- unreadable files ---------------------------------------------------------
+def _records(path) -> dict:
+    """The records of the zip archive ``path``, name: bytes, in order."""
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _pickle_name(records: dict) -> str:
+    return next(name for name in records if name.endswith('/data.pkl'))
+
+
+def _with_pickle(records: dict, data: bytes) -> bytes:
+    """An archive of ``records`` whose ``data.pkl`` is ``data``."""
+    name = _pickle_name(records)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as archive:
+        for record, content in records.items():
+            archive.writestr(record, data if record == name else content)
+    return out.getvalue()
+
+
 def _corrupt_files(tmp_path):
     good = str(tmp_path / 'good.pth')
     torch.save(dict(state_dict=dict(w=torch.arange(6.))), good)
@@ -989,24 +1009,10 @@ def _corrupt_files(tmp_path):
         # An unpickler reads 't' as TUPLE, which fails on an empty stack.
         prose=b'this is not a checkpoint\n',
         zeros=bytes(256))
-    with zipfile.ZipFile(good) as src:
-        names = src.namelist()
-        pickle_name = next(n for n in names if n.endswith('/data.pkl'))
-        data = src.read(pickle_name)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, 'w') as dst:
-            for name in names:
-                dst.writestr(
-                    name, data[:len(data) //
-                               2] if name == pickle_name else src.read(name))
-        files['pickle_truncated'] = out.getvalue()
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, 'w') as dst:
-            for name in names:
-                dst.writestr(
-                    name, b'\x00 not a pickle'
-                    if name == pickle_name else src.read(name))
-        files['pickle_foreign'] = out.getvalue()
+    records = _records(good)
+    data = records[_pickle_name(records)]
+    files['pickle_truncated'] = _with_pickle(records, data[:len(data) // 2])
+    files['pickle_foreign'] = _with_pickle(records, b'\x00 not a pickle')
     paths = {}
     for name, content in files.items():
         path = tmp_path / f'{name}.pth'
@@ -1087,17 +1093,9 @@ def test_every_cut_of_a_checkpoint_is_corrupt(legacy, tmp_path):
         raw = whole.read_bytes()
         cuts = [raw[:end] for end in range(1, len(raw))]
     else:
-        with zipfile.ZipFile(whole) as archive:
-            records = {n: archive.read(n) for n in archive.namelist()}
-        name = next(n for n in records if n.endswith('/data.pkl'))
-        cuts = []
-        for end in range(len(records[name])):
-            out = io.BytesIO()
-            with zipfile.ZipFile(out, 'w') as archive:
-                for record, data in records.items():
-                    archive.writestr(record,
-                                     data[:end] if record == name else data)
-            cuts.append(out.getvalue())
+        records = _records(whole)
+        data = records[_pickle_name(records)]
+        cuts = [_with_pickle(records, data[:end]) for end in range(len(data))]
     path = str(tmp_path / 'cut.pth')
     loaders = dict(
         safe=load_checkpoint_file,
